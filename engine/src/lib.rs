@@ -1,0 +1,1 @@
+//! Distillery engine

@@ -1,0 +1,1 @@
+//! A Llama-architecture decoder generic over the Burn backend.
