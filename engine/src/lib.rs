@@ -1,1 +1,29 @@
-//! Distillery engine
+//! The Distillery engine: recipes in YAML become a validated graph of
+//! stages; each stage runs at most once per content key, into a store that
+//! survives crashes and concurrent runs. It knows nothing about models: ops
+//! register themselves into an [`OpRegistry`].
+
+pub mod diagnostic;
+pub mod files;
+pub mod graph;
+pub mod key;
+pub mod op;
+pub mod plan;
+pub mod progress;
+pub mod recipe;
+pub mod run;
+pub mod schema;
+pub mod store;
+pub mod testing;
+pub mod validate;
+pub mod vars;
+pub mod yaml;
+
+pub use diagnostic::{Diagnostic, Span};
+pub use op::{
+    ArtifactKind, CheckContext, Device, Op, OpRegistry, ParamIssue, RunContext, Slot, TypedOp,
+};
+pub use plan::{Plan, Selection};
+pub use progress::Progress;
+pub use store::Store;
+pub use validate::{Pipeline, load, validate};

@@ -1,0 +1,259 @@
+//! Planning: the key of every stage, whether the store already has it, and
+//! why a stage would run. Reads external files only when their stat changed.
+
+use crate::files::FileHasher;
+use crate::key::{self, ENGINE_FORMAT, KeyChange, KeyMaterial};
+use crate::store::Store;
+use crate::validate::Pipeline;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Which stages a command acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Stages to reach, with everything they need (`--until`).
+    pub until: Vec<String>,
+    /// Only these stages; their inputs must already be in the store (`--only`).
+    pub only: Vec<String>,
+    /// These stages and everything downstream of them (`--from`).
+    pub from: Vec<String>,
+    /// Stages to recompute even when stored (`--force`); `all` forces every
+    /// selected stage.
+    pub force: Vec<String>,
+}
+
+/// Why a stage will run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum RunReason {
+    /// No run of this stage in this recipe is recorded.
+    New,
+    /// The key changed since the last run; the fields that differ.
+    Changed {
+        changes: Vec<KeyChange>,
+    },
+    /// Same key as the last run, but the entry is gone (garbage-collected).
+    Missing,
+    Forced,
+}
+
+impl std::fmt::Display for RunReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::New => f.write_str("never run"),
+            Self::Missing => {
+                f.write_str("same key as the last run, but its entry is no longer stored")
+            }
+            Self::Forced => f.write_str("forced"),
+            Self::Changed { changes } => {
+                let fields: Vec<String> = changes.iter().map(|c| c.field.clone()).collect();
+                write!(f, "changed: {}", fields.join(", "))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum StageState {
+    Cached,
+    Run(RunReason),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStage {
+    pub index: usize,
+    pub name: String,
+    pub op: String,
+    pub key: String,
+    #[serde(skip)]
+    pub material: KeyMaterial,
+    pub state: StageState,
+    /// Part of what the command will act on.
+    pub selected: bool,
+    pub uses_accelerator: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub recipe: String,
+    /// In topological order.
+    pub stages: Vec<PlannedStage>,
+}
+
+impl Plan {
+    pub fn stage(&self, name: &str) -> Option<&PlannedStage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    pub fn to_run(&self) -> impl Iterator<Item = &PlannedStage> {
+        self.stages
+            .iter()
+            .filter(|s| s.selected && matches!(s.state, StageState::Run(_)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no stage named `{name}`{hint}")]
+    UnknownStage { name: String, hint: String },
+    #[error(
+        "`--only {stage}` needs stage `{input}`, which is not in the store; run it first or drop --only"
+    )]
+    InputNotStored { stage: String, input: String },
+    #[error("cannot hash `{path}`: {error}")]
+    Hash { path: String, error: std::io::Error },
+}
+
+/// Computes keys and states for every stage and marks the selected ones.
+pub fn plan(
+    pipeline: &Pipeline,
+    store: &Store,
+    hasher: &FileHasher,
+    selection: &Selection,
+) -> Result<Plan, PlanError> {
+    let order = pipeline.graph.topological_order();
+    let recipe_dir = pipeline.recipe.dir();
+
+    // Hash every external file of every stage at once, in parallel.
+    let mut all_files: Vec<std::path::PathBuf> = pipeline
+        .stages
+        .iter()
+        .flat_map(|s| s.external_files.iter().map(|f| recipe_dir.join(f)))
+        .collect();
+    all_files.sort();
+    all_files.dedup();
+    let digests: BTreeMap<std::path::PathBuf, String> = {
+        let list = hasher
+            .digest_all(&all_files)
+            .map_err(|error| PlanError::Hash {
+                path: error.to_string(),
+                error,
+            })?;
+        all_files.into_iter().zip(list).collect()
+    };
+
+    let selected = select(pipeline, selection)?;
+    let force_all = selection.force.iter().any(|f| f == "all");
+    let mut keys: Vec<String> = vec![String::new(); pipeline.stages.len()];
+    let mut stages = Vec::with_capacity(order.len());
+    for i in order {
+        let stage = &pipeline.stages[i];
+        let material = KeyMaterial {
+            engine_format: ENGINE_FORMAT,
+            op: stage.op.name().to_string(),
+            op_version: stage.op.version(),
+            params: stage.params.clone(),
+            inputs: stage
+                .inputs
+                .iter()
+                .map(|(slot, producers)| {
+                    (
+                        slot.clone(),
+                        producers.iter().map(|&j| keys[j].clone()).collect(),
+                    )
+                })
+                .collect(),
+            files: stage
+                .external_files
+                .iter()
+                .map(|f| {
+                    (
+                        f.to_string_lossy().into_owned(),
+                        digests[&recipe_dir.join(f)].clone(),
+                    )
+                })
+                .collect(),
+            seed: pipeline.recipe.seed,
+        };
+        let key = material.key();
+        keys[i] = key.clone();
+        let forced = selected.contains(&i)
+            && (force_all || selection.force.iter().any(|f| *f == stage.name));
+        let state = if forced {
+            StageState::Run(RunReason::Forced)
+        } else if store.contains(&key) {
+            StageState::Cached
+        } else {
+            StageState::Run(reason(store, &pipeline.recipe.name, &stage.name, &material))
+        };
+        stages.push(PlannedStage {
+            index: i,
+            name: stage.name.clone(),
+            op: stage.op.name().to_string(),
+            key,
+            material,
+            state,
+            selected: selected.contains(&i),
+            uses_accelerator: stage.uses_accelerator,
+        });
+    }
+    let plan = Plan {
+        recipe: pipeline.recipe.name.clone(),
+        stages,
+    };
+    if !selection.only.is_empty() {
+        for s in plan.stages.iter().filter(|s| s.selected) {
+            for &j in &pipeline.graph.producers(s.index) {
+                let producer = plan.stages.iter().find(|p| p.index == j).unwrap();
+                if !producer.selected && !store.contains(&producer.key) {
+                    return Err(PlanError::InputNotStored {
+                        stage: s.name.clone(),
+                        input: producer.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn reason(store: &Store, recipe: &str, stage: &str, material: &KeyMaterial) -> RunReason {
+    match store.stage_record(recipe, stage) {
+        None => RunReason::New,
+        Some(record) if record.material == *material => RunReason::Missing,
+        Some(record) => RunReason::Changed {
+            changes: key::diff(&record.material, material),
+        },
+    }
+}
+
+/// The stage indices a selection covers. Stages a selected stage needs are
+/// included (they are cache hits when stored), except with `--only`.
+fn select(pipeline: &Pipeline, selection: &Selection) -> Result<BTreeSet<usize>, PlanError> {
+    let index = |name: &String| {
+        pipeline.stage_index(name).ok_or_else(|| {
+            let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+            PlanError::UnknownStage {
+                name: name.clone(),
+                hint: crate::diagnostic::did_you_mean(name, &names)
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default(),
+            }
+        })
+    };
+    for name in &selection.force {
+        if name != "all" {
+            index(name)?;
+        }
+    }
+    let graph = &pipeline.graph;
+    let mut chosen: BTreeSet<usize> =
+        if selection.until.is_empty() && selection.only.is_empty() && selection.from.is_empty() {
+            (0..pipeline.stages.len()).collect()
+        } else {
+            BTreeSet::new()
+        };
+    for name in &selection.until {
+        chosen.extend(graph.ancestors_of(index(name)?));
+    }
+    for name in &selection.from {
+        for d in graph.descendants_of(index(name)?) {
+            chosen.extend(graph.ancestors_of(d));
+        }
+    }
+    for name in &selection.only {
+        chosen.insert(index(name)?);
+    }
+    Ok(chosen)
+}

@@ -1,0 +1,481 @@
+//! The recipe as the user wrote it: name, seed, device, vars and stages, each
+//! part with its place in the source. Reading the YAML tree into this shape
+//! reports structural problems; what ops and stages mean is checked later
+//! (`validate`).
+
+use crate::diagnostic::{Diagnostic, Span, did_you_mean, quoted_list};
+use crate::op::Device;
+use crate::vars;
+use crate::yaml::{self, Node, Value};
+use std::path::{Path, PathBuf};
+
+const TOP_LEVEL_KEYS: &[&str] = &["name", "seed", "device", "vars", "stages"];
+const STAGE_KEYS: &[&str] = &["op", "inputs", "with"];
+
+/// A parsed recipe, before its ops are resolved.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// Where the recipe was read from (for messages and relative paths).
+    pub path: PathBuf,
+    pub source: String,
+    pub name: String,
+    pub seed: u64,
+    pub device: Device,
+    pub stages: Vec<StageSpec>,
+}
+
+impl Recipe {
+    /// Folder that relative paths in the recipe are resolved against.
+    pub fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&StageSpec> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+/// One stage as written.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub name: String,
+    pub name_span: Span,
+    pub op: String,
+    pub op_span: Span,
+    pub inputs: Vec<InputBinding>,
+    /// The `with` block after `${vars.x}` substitution; None when absent.
+    pub with: Option<Node>,
+}
+
+impl StageSpec {
+    /// Where `with` problems without a more precise place should point.
+    pub fn with_span(&self) -> Span {
+        self.with.as_ref().map_or(self.name_span, |w| w.span)
+    }
+}
+
+/// `slot: stage` or `slot: [stage, ...]`.
+#[derive(Debug, Clone)]
+pub struct InputBinding {
+    pub slot: String,
+    pub slot_span: Span,
+    pub targets: Vec<(String, Span)>,
+    /// Written as a YAML list.
+    pub is_list: bool,
+    pub value_span: Span,
+}
+
+/// Parses recipe source. Returns the recipe when it is structurally sound,
+/// and every problem found either way.
+pub fn parse(path: &Path, source: &str) -> (Option<Recipe>, Vec<Diagnostic>) {
+    let (root, mut diagnostics) = yaml::parse(source);
+    let Some(root) = root else {
+        if diagnostics.is_empty() {
+            diagnostics.push(
+                Diagnostic::new("recipe::empty", "the recipe is empty", Span::new(0, 0))
+                    .help("a recipe needs at least `stages:` with one stage"),
+            );
+        }
+        return (None, diagnostics);
+    };
+    let mut reader = Reader {
+        diagnostics: &mut diagnostics,
+    };
+    let recipe = reader.recipe(path, source, &root);
+    let ok = diagnostics.is_empty();
+    (recipe.filter(|_| ok), diagnostics)
+}
+
+struct Reader<'d> {
+    diagnostics: &'d mut Vec<Diagnostic>,
+}
+
+impl Reader<'_> {
+    fn error(&mut self, d: Diagnostic) {
+        self.diagnostics.push(d);
+    }
+
+    fn recipe(&mut self, path: &Path, source: &str, root: &Node) -> Option<Recipe> {
+        let Some(entries) = root.as_map() else {
+            self.error(
+                Diagnostic::new(
+                    "recipe::not-a-mapping",
+                    format!(
+                        "a recipe is a mapping with `stages:`, found {}",
+                        root.kind_name()
+                    ),
+                    root.span,
+                )
+                .label("expected a mapping"),
+            );
+            return None;
+        };
+        for (key, _) in entries {
+            let text = key.key_text().unwrap_or_default();
+            if !TOP_LEVEL_KEYS.contains(&text.as_str()) {
+                let mut d = Diagnostic::new(
+                    "recipe::unknown-key",
+                    format!("unknown top-level key `{text}`"),
+                    key.span,
+                )
+                .label("not a recipe key");
+                d.help = Some(match did_you_mean(&text, TOP_LEVEL_KEYS) {
+                    Some(hint) => format!("{hint} (allowed: {})", quoted_list(TOP_LEVEL_KEYS)),
+                    None => format!("allowed keys: {}", quoted_list(TOP_LEVEL_KEYS)),
+                });
+                self.error(d);
+            }
+        }
+
+        let default_name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "recipe".into());
+        let name = match root.get("name") {
+            None => default_name,
+            Some((_, node)) => match &node.value {
+                Value::Str(s) if !s.trim().is_empty() => s.clone(),
+                _ => {
+                    self.error(
+                        Diagnostic::new(
+                            "recipe::invalid-name",
+                            format!(
+                                "`name` must be a non-empty string, found {}",
+                                node.kind_name()
+                            ),
+                            node.span,
+                        )
+                        .label("expected a string"),
+                    );
+                    default_name
+                }
+            },
+        };
+        let seed = match root.get("seed") {
+            None => 0,
+            Some((_, node)) => match node.value {
+                Value::Int(i) if i >= 0 => i as u64,
+                _ => {
+                    self.error(
+                        Diagnostic::new(
+                            "recipe::invalid-seed",
+                            format!(
+                                "`seed` must be a non-negative integer, found {}",
+                                describe(node)
+                            ),
+                            node.span,
+                        )
+                        .label("expected an integer >= 0"),
+                    );
+                    0
+                }
+            },
+        };
+        let device = match root.get("device") {
+            None => Device::Auto,
+            Some((_, node)) => match node.as_str() {
+                Some("cpu") => Device::Cpu,
+                Some("cuda") => Device::Cuda,
+                Some("auto") => Device::Auto,
+                _ => {
+                    let found = describe(node);
+                    let mut d = Diagnostic::new(
+                        "recipe::invalid-device",
+                        format!("`device` must be one of `cpu`, `cuda`, `auto`, found {found}"),
+                        node.span,
+                    )
+                    .label("unknown device");
+                    if let Some(hint) = node
+                        .as_str()
+                        .and_then(|s| did_you_mean(s, &["cpu", "cuda", "auto"]))
+                    {
+                        d = d.help(hint);
+                    }
+                    self.error(d);
+                    Device::Auto
+                }
+            },
+        };
+        let vars = match root.get("vars") {
+            None => Vec::new(),
+            Some((_, node)) => match node.as_map() {
+                Some(entries) => entries
+                    .iter()
+                    .map(|(k, v)| (k.key_text().unwrap_or_default(), v.clone()))
+                    .collect(),
+                None => {
+                    self.error(
+                        Diagnostic::new(
+                            "recipe::invalid-vars",
+                            format!("`vars` must be a mapping, found {}", node.kind_name()),
+                            node.span,
+                        )
+                        .label("expected `name: value` pairs"),
+                    );
+                    Vec::new()
+                }
+            },
+        };
+
+        let stages = match root.get("stages") {
+            None => {
+                self.error(
+                    Diagnostic::new(
+                        "recipe::missing-stages",
+                        "the recipe has no `stages`",
+                        Span::new(root.span.start, root.span.start),
+                    )
+                    .help("add `stages:` with at least one stage"),
+                );
+                Vec::new()
+            }
+            Some((key, node)) => self.stages(key, node, &vars),
+        };
+        Some(Recipe {
+            path: path.to_path_buf(),
+            source: source.to_string(),
+            name,
+            seed,
+            device,
+            stages,
+        })
+    }
+
+    fn stages(&mut self, key: &Node, node: &Node, vars: &[(String, Node)]) -> Vec<StageSpec> {
+        let entries = match &node.value {
+            Value::Map(entries) if !entries.is_empty() => entries,
+            Value::Map(_) | Value::Null => {
+                self.error(
+                    Diagnostic::new("recipe::empty", "the recipe has no stages", key.span)
+                        .label("no stages under this key")
+                        .help("add at least one stage: `name: { op: ..., with: {...} }`"),
+                );
+                return Vec::new();
+            }
+            _ => {
+                self.error(
+                    Diagnostic::new(
+                        "recipe::invalid-stages",
+                        format!(
+                            "`stages` must be a mapping of stage names, found {}",
+                            node.kind_name()
+                        ),
+                        node.span,
+                    )
+                    .label("expected `stage_name: {op: ...}` entries"),
+                );
+                return Vec::new();
+            }
+        };
+        entries
+            .iter()
+            .filter_map(|(k, v)| self.stage(k, v, vars))
+            .collect()
+    }
+
+    fn stage(&mut self, key: &Node, node: &Node, vars: &[(String, Node)]) -> Option<StageSpec> {
+        let name = key.key_text().unwrap_or_default();
+        if !valid_stage_name(&name) {
+            self.error(
+                Diagnostic::new(
+                    "recipe::invalid-stage-name",
+                    format!("invalid stage name `{name}`"),
+                    key.span,
+                )
+                .label("use letters, digits, `_`, `-` and `.`")
+                .help("stage names appear in commands (`run --until NAME`) and must start with a letter or `_`"),
+            );
+        }
+        let Some(entries) = node.as_map() else {
+            self.error(
+                Diagnostic::new(
+                    "recipe::invalid-stage",
+                    format!(
+                        "stage `{name}` must be a mapping with `op`, found {}",
+                        node.kind_name()
+                    ),
+                    if node.value == Value::Null {
+                        key.span
+                    } else {
+                        node.span
+                    },
+                )
+                .label("expected `op:`, `inputs:` and `with:`"),
+            );
+            return None;
+        };
+        for (k, _) in entries {
+            let text = k.key_text().unwrap_or_default();
+            if !STAGE_KEYS.contains(&text.as_str()) {
+                let hint = did_you_mean(&text, STAGE_KEYS);
+                self.error(
+                    Diagnostic::new(
+                        "recipe::unknown-stage-key",
+                        format!("unknown key `{text}` in stage `{name}`"),
+                        k.span,
+                    )
+                    .label("not a stage key")
+                    .help(match hint {
+                        Some(h) => format!("{h} (a stage has {})", quoted_list(STAGE_KEYS)),
+                        None => format!(
+                            "a stage has {}; op parameters go under `with`",
+                            quoted_list(STAGE_KEYS)
+                        ),
+                    }),
+                );
+            }
+        }
+        let (op, op_span) = match node.get("op") {
+            None => {
+                self.error(
+                    Diagnostic::new(
+                        "recipe::missing-op",
+                        format!("stage `{name}` has no `op`"),
+                        key.span,
+                    )
+                    .label("this stage needs `op: <operation>`"),
+                );
+                (String::new(), key.span)
+            }
+            Some((_, v)) => match v.as_str() {
+                Some(s) => (s.to_string(), v.span),
+                None => {
+                    self.error(
+                        Diagnostic::new(
+                            "recipe::invalid-op",
+                            format!("`op` must be an operation name, found {}", v.kind_name()),
+                            v.span,
+                        )
+                        .label("expected a name"),
+                    );
+                    (String::new(), v.span)
+                }
+            },
+        };
+        let inputs = match node.get("inputs") {
+            None => Vec::new(),
+            Some((_, v)) => self.inputs(&name, v),
+        };
+        let with = match node.get("with") {
+            None => None,
+            Some((_, v)) if v.value == Value::Null => None,
+            Some((_, v)) if v.as_map().is_none() => {
+                self.error(
+                    Diagnostic::new(
+                        "recipe::invalid-with",
+                        format!(
+                            "`with` must be a mapping of parameters, found {}",
+                            v.kind_name()
+                        ),
+                        v.span,
+                    )
+                    .label("expected `parameter: value` pairs"),
+                );
+                None
+            }
+            Some((_, v)) => match vars::substitute(v, vars) {
+                Ok(node) => Some(node),
+                Err(errors) => {
+                    self.diagnostics.extend(errors);
+                    None
+                }
+            },
+        };
+        Some(StageSpec {
+            name,
+            name_span: key.span,
+            op,
+            op_span,
+            inputs,
+            with,
+        })
+    }
+
+    fn inputs(&mut self, stage: &str, node: &Node) -> Vec<InputBinding> {
+        let Some(entries) = node.as_map() else {
+            if node.value != Value::Null {
+                self.error(
+                    Diagnostic::new(
+                        "recipe::invalid-inputs",
+                        format!(
+                            "`inputs` of stage `{stage}` must map slots to stages, found {}",
+                            node.kind_name()
+                        ),
+                        node.span,
+                    )
+                    .label("expected `slot: stage` pairs"),
+                );
+            }
+            return Vec::new();
+        };
+        let mut bindings = Vec::new();
+        for (k, v) in entries {
+            let slot = k.key_text().unwrap_or_default();
+            let (targets, is_list) = match &v.value {
+                Value::Str(s) => (vec![(s.clone(), v.span)], false),
+                Value::Seq(items) => {
+                    let mut targets = Vec::new();
+                    for item in items {
+                        match item.as_str() {
+                            Some(s) => targets.push((s.to_string(), item.span)),
+                            None => self.error(
+                                Diagnostic::new(
+                                    "recipe::invalid-input",
+                                    format!(
+                                        "an input must name a stage, found {}",
+                                        item.kind_name()
+                                    ),
+                                    item.span,
+                                )
+                                .label("expected a stage name"),
+                            ),
+                        }
+                    }
+                    (targets, true)
+                }
+                _ => {
+                    self.error(
+                        Diagnostic::new(
+                            "recipe::invalid-input",
+                            format!(
+                                "input `{slot}` must name a stage or a list of stages, found {}",
+                                v.kind_name()
+                            ),
+                            v.span,
+                        )
+                        .label("expected a stage name"),
+                    );
+                    continue;
+                }
+            };
+            bindings.push(InputBinding {
+                slot,
+                slot_span: k.span,
+                targets,
+                is_list,
+                value_span: v.span,
+            });
+        }
+        bindings
+    }
+}
+
+fn valid_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A value as it reads in a message: `"fast"`, `-3`, `a list`.
+fn describe(node: &Node) -> String {
+    match &node.value {
+        Value::Str(s) => format!("\"{s}\""),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => node.kind_name().to_string(),
+    }
+}

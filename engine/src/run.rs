@@ -1,0 +1,305 @@
+//! Running a plan: independent stages run concurrently up to `jobs`, at most
+//! one accelerator stage at a time, and a failed stage stops its descendants
+//! but not its siblings. Each stage is computed under its key's lock, so two
+//! processes sharing a store never compute the same key twice: the second
+//! waits and then finds the entry published.
+
+use crate::op::{Device, RunContext};
+use crate::plan::{Plan, StageState};
+use crate::progress::Progress;
+use crate::store::Store;
+use crate::validate::Pipeline;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum StageOutcome {
+    /// Found in the store; nothing ran.
+    Cached,
+    /// Another run published it while this one waited for the stage lock.
+    Reused,
+    Ran {
+        seconds: f64,
+    },
+    Failed {
+        error: String,
+    },
+    /// Not run because a stage it needs failed.
+    Skipped {
+        failed_upstream: String,
+    },
+}
+
+impl StageOutcome {
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Self::Failed { .. } | Self::Skipped { .. })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub name: String,
+    pub key: String,
+    #[serde(flatten)]
+    pub outcome: StageOutcome,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub recipe: String,
+    pub stages: Vec<StageReport>,
+}
+
+impl RunReport {
+    pub fn succeeded(&self) -> bool {
+        !self.stages.iter().any(|s| s.outcome.is_failure())
+    }
+}
+
+/// What the command line shows while a run proceeds.
+pub trait RunObserver: Sync {
+    /// A stage starts computing; returns where its progress goes.
+    fn started(&self, stage: &str, key: &str) -> Box<dyn Progress>;
+    fn finished(&self, report: &StageReport);
+}
+
+/// Observes nothing; for library use and tests.
+pub struct Quiet;
+
+impl RunObserver for Quiet {
+    fn started(&self, _: &str, _: &str) -> Box<dyn Progress> {
+        Box::new(crate::progress::NoProgress)
+    }
+    fn finished(&self, _: &StageReport) {}
+}
+
+pub struct RunOptions {
+    pub jobs: usize,
+    /// The device the recipe resolved to (never `Auto` here).
+    pub device: Device,
+}
+
+/// Runs every selected stage of the plan that is not cached.
+pub fn execute(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    store: &Store,
+    options: &RunOptions,
+    observer: &dyn RunObserver,
+) -> std::io::Result<RunReport> {
+    let _store_lock = store.lock_shared()?;
+    let by_index: BTreeMap<usize, &crate::plan::PlannedStage> =
+        plan.stages.iter().map(|s| (s.index, s)).collect();
+    let selected: Vec<usize> = plan
+        .stages
+        .iter()
+        .filter(|s| s.selected)
+        .map(|s| s.index)
+        .collect();
+
+    let mut outcomes: BTreeMap<usize, StageOutcome> = BTreeMap::new();
+    let mut pending: BTreeSet<usize> = BTreeSet::new();
+    for &i in &selected {
+        let planned = by_index[&i];
+        match planned.state {
+            StageState::Cached => {
+                let report = StageReport {
+                    name: planned.name.clone(),
+                    key: planned.key.clone(),
+                    outcome: StageOutcome::Cached,
+                };
+                observer.finished(&report);
+                store
+                    .record_stage(&plan.recipe, &planned.name, &planned.material)
+                    .ok();
+                outcomes.insert(i, StageOutcome::Cached);
+            }
+            StageState::Run(_) => {
+                pending.insert(i);
+            }
+        }
+    }
+
+    let jobs = options.jobs.max(1);
+    let accelerator = options.device != Device::Cpu;
+    let (sender, receiver) = mpsc::channel::<(usize, StageOutcome)>();
+    std::thread::scope(|scope| {
+        let mut running: BTreeSet<usize> = BTreeSet::new();
+        let mut accelerator_busy = false;
+        loop {
+            // Stages whose producers all succeeded are ready; those with a
+            // failed producer are skipped.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for &i in pending.clone().iter() {
+                    let producers = pipeline.graph.producers(i);
+                    if let Some(&bad) = producers
+                        .iter()
+                        .find(|p| outcomes.get(p).is_some_and(StageOutcome::is_failure))
+                    {
+                        let failed_upstream = match &outcomes[&bad] {
+                            StageOutcome::Skipped { failed_upstream } => failed_upstream.clone(),
+                            _ => pipeline.stages[bad].name.clone(),
+                        };
+                        let outcome = StageOutcome::Skipped { failed_upstream };
+                        observer.finished(&StageReport {
+                            name: by_index[&i].name.clone(),
+                            key: by_index[&i].key.clone(),
+                            outcome: outcome.clone(),
+                        });
+                        outcomes.insert(i, outcome);
+                        pending.remove(&i);
+                        progressed = true;
+                    }
+                }
+            }
+            let ready: Vec<usize> = pending
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    pipeline.graph.producers(i).iter().all(|p| {
+                        outcomes.contains_key(p)
+                            || !by_index[p].selected && store.contains(&by_index[p].key)
+                    })
+                })
+                .collect();
+            for i in ready {
+                if running.len() >= jobs {
+                    break;
+                }
+                let planned = by_index[&i];
+                let needs_device = accelerator && planned.uses_accelerator;
+                if needs_device && accelerator_busy {
+                    continue;
+                }
+                accelerator_busy |= needs_device;
+                pending.remove(&i);
+                running.insert(i);
+                let sender = sender.clone();
+                scope.spawn(move || {
+                    let outcome = compute(pipeline, plan, store, i, options.device, observer);
+                    let _ = sender.send((i, outcome));
+                });
+            }
+            if running.is_empty() {
+                break;
+            }
+            let (i, outcome) = receiver.recv().expect("a stage thread reports");
+            running.remove(&i);
+            if accelerator && by_index[&i].uses_accelerator {
+                accelerator_busy = false;
+            }
+            observer.finished(&StageReport {
+                name: by_index[&i].name.clone(),
+                key: by_index[&i].key.clone(),
+                outcome: outcome.clone(),
+            });
+            outcomes.insert(i, outcome);
+        }
+    });
+
+    let stages = plan
+        .stages
+        .iter()
+        .filter_map(|s| {
+            outcomes.get(&s.index).map(|o| StageReport {
+                name: s.name.clone(),
+                key: s.key.clone(),
+                outcome: o.clone(),
+            })
+        })
+        .collect();
+    Ok(RunReport {
+        recipe: plan.recipe.clone(),
+        stages,
+    })
+}
+
+/// Computes one stage under its key lock.
+fn compute(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    store: &Store,
+    index: usize,
+    device: Device,
+    observer: &dyn RunObserver,
+) -> StageOutcome {
+    let planned = plan.stages.iter().find(|s| s.index == index).unwrap();
+    let stage = &pipeline.stages[index];
+    let forced = planned.state == StageState::Run(crate::plan::RunReason::Forced);
+    let result = (|| -> anyhow::Result<StageOutcome> {
+        let lock = store.lock_stage(&planned.key)?;
+        if !forced && store.contains(&planned.key) {
+            store.record_stage(&plan.recipe, &planned.name, &planned.material)?;
+            return Ok(StageOutcome::Reused);
+        }
+        let staging = store.begin(&planned.key, &lock)?;
+        let inputs = stage
+            .inputs
+            .iter()
+            .map(|(slot, producers)| {
+                let dirs = producers
+                    .iter()
+                    .map(|&j| {
+                        let key = &plan.stages.iter().find(|s| s.index == j).unwrap().key;
+                        store.output_dir(key)
+                    })
+                    .collect();
+                (slot.clone(), dirs)
+            })
+            .collect();
+        let progress = observer.started(&planned.name, &planned.key);
+        let ctx = RunContext {
+            stage: &planned.name,
+            inputs,
+            output_dir: staging.out_dir(),
+            scratch_dir: store.scratch_dir(&planned.key),
+            recipe_dir: pipeline.recipe.dir(),
+            seed: pipeline.recipe.seed,
+            device,
+            progress: progress.as_ref(),
+        };
+        let started = Instant::now();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stage.op.run(&stage.params, &ctx)
+        }));
+        let ran = match ran {
+            Ok(r) => r,
+            Err(panic) => Err(anyhow::anyhow!(
+                "op `{}` panicked: {}",
+                stage.op.name(),
+                panic_message(&panic)
+            )),
+        };
+        if let Err(e) = ran {
+            store.abandon(staging);
+            return Err(e);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        store.publish(
+            staging,
+            &plan.recipe,
+            &planned.name,
+            &planned.material,
+            seconds,
+        )?;
+        store.record_stage(&plan.recipe, &planned.name, &planned.material)?;
+        drop(lock);
+        Ok(StageOutcome::Ran { seconds })
+    })();
+    result.unwrap_or_else(|e| StageOutcome::Failed {
+        error: format!("{e:#}"),
+    })
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}

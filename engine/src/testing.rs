@@ -1,0 +1,423 @@
+//! Small ops that exercise the engine without models: text in, text out,
+//! slow checkpointed counting, kinds for every artifact. The command line
+//! registers them only when `DISTILLERY_TEST_OPS=1`, for the engine's tests.
+//!
+//! When `DISTILLERY_TEST_LOG` names a file, each op appends a line per start
+//! and finish to it, so a test can see what actually ran.
+
+use crate::op::{ArtifactKind, CheckContext, OpRegistry, ParamIssue, RunContext, Slot, TypedOp};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Registers every test op.
+pub fn register(registry: &mut OpRegistry) {
+    registry
+        .register(Emit)
+        .register(Concat)
+        .register(Count)
+        .register(ReadFile)
+        .register(MockModel)
+        .register(MockDataset)
+        .register(MockTrain)
+        .register(MockEval);
+}
+
+fn log(ctx: &RunContext, event: &str) {
+    if let Some(path) = std::env::var_os("DISTILLERY_TEST_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{event} {} {}", ctx.stage, std::process::id());
+        }
+    }
+}
+
+fn read_inputs(ctx: &RunContext, slot: &str) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for dir in ctx.inputs.get(slot).into_iter().flatten() {
+        text.push_str(&std::fs::read_to_string(dir.join("out.txt"))?);
+    }
+    Ok(text)
+}
+
+/// Writes `text` `repeat` times.
+pub struct Emit;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmitParams {
+    pub text: String,
+    /// How many times to write the text (1-1000).
+    #[serde(default = "one")]
+    pub repeat: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl TypedOp for Emit {
+    type Params = EmitParams;
+    const NAME: &'static str = "emit";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "Writes a text (engine test op).";
+
+    fn slots(&self) -> Vec<Slot> {
+        Vec::new()
+    }
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Files
+    }
+    fn check(&self, p: &EmitParams, _: &CheckContext) -> Vec<ParamIssue> {
+        if !(1..=1000).contains(&p.repeat) {
+            return vec![ParamIssue::at(
+                &["repeat"],
+                format!("`repeat` must be between 1 and 1000, found {}", p.repeat),
+            )];
+        }
+        Vec::new()
+    }
+    fn run(&self, p: EmitParams, ctx: &RunContext) -> anyhow::Result<()> {
+        log(ctx, "start");
+        std::fs::write(
+            ctx.output_dir.join("out.txt"),
+            p.text.repeat(p.repeat as usize),
+        )?;
+        log(ctx, "finish");
+        Ok(())
+    }
+}
+
+/// Joins the texts of its inputs.
+pub struct Concat;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcatParams {
+    #[serde(default)]
+    pub separator: String,
+}
+
+impl TypedOp for Concat {
+    type Params = ConcatParams;
+    const NAME: &'static str = "concat";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "Joins the texts of its inputs (engine test op).";
+
+    fn slots(&self) -> Vec<Slot> {
+        vec![Slot::list("parts", ArtifactKind::Files)]
+    }
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Files
+    }
+    fn run(&self, p: ConcatParams, ctx: &RunContext) -> anyhow::Result<()> {
+        log(ctx, "start");
+        let parts: Vec<String> = ctx.inputs["parts"]
+            .iter()
+            .map(|d| std::fs::read_to_string(d.join("out.txt")))
+            .collect::<Result<_, _>>()?;
+        std::fs::write(ctx.output_dir.join("out.txt"), parts.join(&p.separator))?;
+        log(ctx, "finish");
+        Ok(())
+    }
+}
+
+/// Counts to `steps`, sleeping `step_ms` per step and checkpointing each
+/// step in scratch; resumes from the checkpoint. `fail_at` fails on a step.
+pub struct Count;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CountParams {
+    pub steps: u32,
+    #[serde(default)]
+    pub step_ms: u64,
+    #[serde(default)]
+    pub fail_at: Option<u32>,
+    /// Holds the accelerator while running, when the recipe has one.
+    #[serde(default)]
+    pub accelerator: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CountCheckpoint {
+    step: u32,
+    digest: String,
+}
+
+impl TypedOp for Count {
+    type Params = CountParams;
+    const NAME: &'static str = "count";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "Counts slowly with checkpoints (engine test op).";
+
+    fn slots(&self) -> Vec<Slot> {
+        vec![Slot::one("source", ArtifactKind::Files).optional()]
+    }
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Files
+    }
+    fn check(&self, p: &CountParams, _: &CheckContext) -> Vec<ParamIssue> {
+        if p.steps == 0 || p.steps > 100_000 {
+            return vec![ParamIssue::at(
+                &["steps"],
+                format!("`steps` must be between 1 and 100000, found {}", p.steps),
+            )];
+        }
+        Vec::new()
+    }
+    fn uses_accelerator(&self, p: &CountParams) -> bool {
+        p.accelerator
+    }
+    fn run(&self, p: CountParams, ctx: &RunContext) -> anyhow::Result<()> {
+        let checkpoint_path = ctx.scratch_dir.join("checkpoint.json");
+        let (mut step, mut digest) = match std::fs::read(&checkpoint_path) {
+            Ok(bytes) => {
+                let c: CountCheckpoint = serde_json::from_slice(&bytes)?;
+                (c.step, c.digest)
+            }
+            Err(_) => (
+                0,
+                blake3::hash(read_inputs(ctx, "source")?.as_bytes())
+                    .to_hex()
+                    .to_string(),
+            ),
+        };
+        log(ctx, &format!("start-at-{step}"));
+        ctx.progress.set_total(p.steps as u64, "steps");
+        while step < p.steps {
+            if p.fail_at == Some(step) {
+                anyhow::bail!("failing at step {step} as asked");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(p.step_ms));
+            digest = blake3::hash(format!("{digest}{step}").as_bytes())
+                .to_hex()
+                .to_string();
+            step += 1;
+            crate::store::write_atomically(
+                &checkpoint_path,
+                &serde_json::to_vec(&CountCheckpoint {
+                    step,
+                    digest: digest.clone(),
+                })?,
+            )?;
+            ctx.progress.set_position(step as u64);
+        }
+        std::fs::write(ctx.output_dir.join("out.txt"), format!("{digest}\n"))?;
+        log(ctx, "finish");
+        Ok(())
+    }
+}
+
+/// Copies an external file.
+pub struct ReadFile;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFileParams {
+    pub path: PathBuf,
+}
+
+impl TypedOp for ReadFile {
+    type Params = ReadFileParams;
+    const NAME: &'static str = "read_file";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "Copies a file into the store (engine test op).";
+
+    fn slots(&self) -> Vec<Slot> {
+        Vec::new()
+    }
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Files
+    }
+    fn external_files(&self, p: &ReadFileParams) -> Vec<PathBuf> {
+        vec![p.path.clone()]
+    }
+    fn run(&self, p: ReadFileParams, ctx: &RunContext) -> anyhow::Result<()> {
+        log(ctx, "start");
+        std::fs::copy(ctx.resolve(&p.path), ctx.output_dir.join("out.txt"))?;
+        log(ctx, "finish");
+        Ok(())
+    }
+}
+
+/// A stand-in model: a JSON file with its sizes.
+pub struct MockModel;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MockModelParams {
+    pub hidden: u32,
+    #[serde(default = "one")]
+    pub layers: u32,
+}
+
+impl TypedOp for MockModel {
+    type Params = MockModelParams;
+    const NAME: &'static str = "mock_model";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "A stand-in model (engine test op).";
+
+    fn slots(&self) -> Vec<Slot> {
+        Vec::new()
+    }
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Model
+    }
+    fn check(&self, p: &MockModelParams, _: &CheckContext) -> Vec<ParamIssue> {
+        let mut issues = Vec::new();
+        if p.hidden == 0 {
+            issues.push(ParamIssue::at(&["hidden"], "`hidden` must be at least 1"));
+        }
+        if p.layers == 0 {
+            issues.push(ParamIssue::at(&["layers"], "`layers` must be at least 1"));
+        }
+        issues
+    }
+    fn run(&self, p: MockModelParams, ctx: &RunContext) -> anyhow::Result<()> {
+        log(ctx, "start");
+        std::fs::write(ctx.output_dir.join("out.txt"), serde_json::to_string(&p)?)?;
+        log(ctx, "finish");
+        Ok(())
+    }
+}
+
+/// A stand-in dataset built from texts.
+pub struct MockDataset;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MockDatasetParams {
+    #[serde(default = "default_seq_len")]
+    pub seq_len: u32,
+}
+
+fn default_seq_len() -> u32 {
+    512
+}
+
+impl TypedOp for MockDataset {
+    type Params = MockDatasetParams;
+    const NAME: &'static str = "mock_dataset";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "A stand-in dataset (engine test op).";
+
+    fn slots(&self) -> Vec<Slot> {
+        vec![Slot::one("source", ArtifactKind::Files)]
+    }
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Dataset
+    }
+    fn run(&self, p: MockDatasetParams, ctx: &RunContext) -> anyhow::Result<()> {
+        log(ctx, "start");
+        let text = read_inputs(ctx, "source")?;
+        std::fs::write(
+            ctx.output_dir.join("out.txt"),
+            format!("{} {}", p.seq_len, text.len()),
+        )?;
+        log(ctx, "finish");
+        Ok(())
+    }
+}
+
+/// A stand-in training stage: model + dataset -> model.
+pub struct MockTrain;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MockTrainParams {
+    /// Learning rate, in (0, 1).
+    pub lr: f64,
+    #[serde(default = "one")]
+    pub steps: u32,
+}
+
+impl TypedOp for MockTrain {
+    type Params = MockTrainParams;
+    const NAME: &'static str = "mock_train";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "A stand-in training stage (engine test op).";
+
+    fn slots(&self) -> Vec<Slot> {
+        vec![
+            Slot::one("model", ArtifactKind::Model),
+            Slot::one("data", ArtifactKind::Dataset),
+        ]
+    }
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Model
+    }
+    fn check(&self, p: &MockTrainParams, ctx: &CheckContext) -> Vec<ParamIssue> {
+        let mut issues = Vec::new();
+        if !(p.lr > 0.0 && p.lr < 1.0) {
+            issues.push(
+                ParamIssue::at(&["lr"], format!("`lr` must be in (0, 1), found {}", p.lr))
+                    .help("typical values are 1e-5 to 1e-3"),
+            );
+        }
+        // A plan-time check that reads an upstream stage's parameters.
+        for model in ctx.inputs.get("model").into_iter().flatten() {
+            if model.op == "mock_model" && model.params["hidden"].as_u64() == Some(13) {
+                issues.push(ParamIssue::at(
+                    &[],
+                    format!(
+                        "stage `{}` has hidden 13, which mock_train refuses",
+                        model.stage
+                    ),
+                ));
+            }
+        }
+        issues
+    }
+    fn run(&self, p: MockTrainParams, ctx: &RunContext) -> anyhow::Result<()> {
+        log(ctx, "start");
+        let model = std::fs::read_to_string(ctx.input("model")?.join("out.txt"))?;
+        std::fs::write(
+            ctx.output_dir.join("out.txt"),
+            format!("{model} trained {} steps", p.steps),
+        )?;
+        log(ctx, "finish");
+        Ok(())
+    }
+}
+
+/// A stand-in evaluation over several models.
+pub struct MockEval;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MockEvalParams {
+    #[serde(default)]
+    pub tasks: Vec<String>,
+}
+
+impl TypedOp for MockEval {
+    type Params = MockEvalParams;
+    const NAME: &'static str = "mock_eval";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "A stand-in evaluation (engine test op).";
+
+    fn slots(&self) -> Vec<Slot> {
+        vec![
+            Slot::list("models", ArtifactKind::Model),
+            Slot::one("data", ArtifactKind::Dataset),
+        ]
+    }
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Metrics
+    }
+    fn run(&self, p: MockEvalParams, ctx: &RunContext) -> anyhow::Result<()> {
+        log(ctx, "start");
+        let n = ctx.inputs["models"].len();
+        std::fs::write(
+            ctx.output_dir.join("out.txt"),
+            format!("{n} models, tasks {:?}", p.tasks),
+        )?;
+        log(ctx, "finish");
+        Ok(())
+    }
+}

@@ -1,0 +1,56 @@
+//! Loading a recipe for a command: the op registry, validation with
+//! diagnostics on stderr, and the store it uses.
+
+use super::output;
+use distillery_engine::validate::LoadError;
+use distillery_engine::{OpRegistry, Pipeline, Store};
+use std::path::{Path, PathBuf};
+
+/// Every op a recipe may use. The engine's test ops join when
+/// `DISTILLERY_TEST_OPS=1` (the engine's own tests use them).
+pub fn registry() -> OpRegistry {
+    let mut registry = OpRegistry::new();
+    distillery_ops::register(&mut registry);
+    if std::env::var("DISTILLERY_TEST_OPS").is_ok_and(|v| v == "1") {
+        distillery_engine::testing::register(&mut registry);
+    }
+    registry
+}
+
+/// Loads and validates a recipe; on failure prints the diagnostics and
+/// returns the exit code.
+pub fn load(path: &Path, registry: &OpRegistry) -> Result<Pipeline, u8> {
+    match distillery_engine::load(path, registry) {
+        Ok(p) => Ok(p),
+        Err(LoadError::Io { path, error }) => {
+            eprintln!("error: cannot read recipe {}: {error}", path.display());
+            Err(super::EXIT_INVALID)
+        }
+        Err(LoadError::Invalid {
+            path,
+            source,
+            diagnostics,
+        }) => {
+            output::print_diagnostics(&path, &source, &diagnostics);
+            Err(super::EXIT_INVALID)
+        }
+    }
+}
+
+/// The store folder: `--store`, or `.distillery` beside the recipe.
+pub fn store_dir(store: &Option<PathBuf>, recipe: &Path) -> PathBuf {
+    match store {
+        Some(dir) => dir.clone(),
+        None => {
+            let parent = recipe.parent().filter(|p| !p.as_os_str().is_empty());
+            parent.unwrap_or(Path::new(".")).join(".distillery")
+        }
+    }
+}
+
+pub fn open_store(dir: &Path) -> Result<Store, u8> {
+    Store::open(dir).map_err(|e| {
+        eprintln!("error: cannot open the store at {}: {e}", dir.display());
+        super::EXIT_FAILED
+    })
+}

@@ -1,0 +1,180 @@
+//! `distillery plan` and `distillery run`.
+
+use super::progress::Observer;
+use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, StoreArgs, output, pipeline};
+use clap::Args;
+use distillery_engine::files::FileHasher;
+use distillery_engine::plan::{self, Plan, Selection, StageState};
+use distillery_engine::run::{self, RunOptions};
+use distillery_engine::{Pipeline, Store};
+use std::path::PathBuf;
+
+/// Which stages to act on.
+#[derive(Args, Clone)]
+pub struct SelectionArgs {
+    /// Run up to these stages (and what they need).
+    #[arg(long, value_name = "STAGE")]
+    until: Vec<String>,
+    /// Run only these stages; their inputs must already be stored.
+    #[arg(long, value_name = "STAGE", conflicts_with_all = ["until", "from"])]
+    only: Vec<String>,
+    /// Run these stages and everything downstream of them.
+    #[arg(long, value_name = "STAGE")]
+    from: Vec<String>,
+    /// Recompute these stages even when stored (`all` for every selected stage).
+    #[arg(long, value_name = "STAGE|all")]
+    force: Vec<String>,
+}
+
+impl SelectionArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            until: self.until.clone(),
+            only: self.only.clone(),
+            from: self.from.clone(),
+            force: self.force.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    recipe: PathBuf,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    recipe: PathBuf,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Stages to run at the same time when they are independent.
+    #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: u16,
+    /// Show what would run, run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Machine-readable report on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Loads the recipe, opens the store and plans; exit code on failure.
+pub fn prepare(
+    recipe: &PathBuf,
+    store: &StoreArgs,
+    selection: &Selection,
+) -> Result<(Pipeline, Store, Plan), u8> {
+    let registry = pipeline::registry();
+    let pipeline = pipeline::load(recipe, &registry)?;
+    let store = pipeline::open_store(&pipeline::store_dir(&store.store, recipe))?;
+    let hasher = FileHasher::with_cache(store.stat_cache_path());
+    let plan = plan::plan(&pipeline, &store, &hasher, selection).map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            plan::PlanError::Hash { .. } => EXIT_FAILED,
+            _ => EXIT_INVALID,
+        }
+    })?;
+    if let Err(e) = hasher.save() {
+        tracing::warn!("cannot save the stat cache: {e}");
+    }
+    Ok((pipeline, store, plan))
+}
+
+pub fn print_plan(plan: &Plan) {
+    let width = plan.stages.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in plan.stages.iter().filter(|s| s.selected) {
+        let state = match &s.state {
+            StageState::Cached => "cached".to_string(),
+            StageState::Run(reason) => format!("run    ({reason})"),
+        };
+        println!("{:width$}  {:<18}  {}  {state}", s.name, s.op, &s.key[..12]);
+    }
+    let runs = plan.to_run().count();
+    println!(
+        "{runs} of {} selected stages to run",
+        plan.stages.iter().filter(|s| s.selected).count()
+    );
+}
+
+pub fn plan(args: PlanArgs) -> u8 {
+    let (_, _, plan) = match prepare(&args.recipe, &args.store, &args.selection.selection()) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if args.json {
+        output::print_json(&plan);
+    } else {
+        print_plan(&plan);
+    }
+    EXIT_OK
+}
+
+pub fn run(args: RunArgs) -> u8 {
+    let (pipeline, store, plan) =
+        match prepare(&args.recipe, &args.store, &args.selection.selection()) {
+            Ok(x) => x,
+            Err(code) => return code,
+        };
+    if args.dry_run {
+        if args.json {
+            output::print_json(&plan);
+        } else {
+            print_plan(&plan);
+        }
+        return EXIT_OK;
+    }
+    let device = match distillery_ops::device::resolve(pipeline.recipe.device) {
+        Ok(d) => d,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return EXIT_INVALID;
+        }
+    };
+    let options = RunOptions {
+        jobs: args.jobs as usize,
+        device,
+    };
+    let observer = Observer::new(args.json);
+    let report = match run::execute(&pipeline, &plan, &store, &options, &observer) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: the store at {} failed: {e}", store.root().display());
+            return EXIT_FAILED;
+        }
+    };
+    if args.json {
+        output::print_json(&report);
+    } else {
+        let ran = report
+            .stages
+            .iter()
+            .filter(|s| matches!(s.outcome, run::StageOutcome::Ran { .. }))
+            .count();
+        let failed = report
+            .stages
+            .iter()
+            .filter(|s| s.outcome.is_failure())
+            .count();
+        eprintln!(
+            "{}: {} stages, {ran} ran, {} cached, {failed} failed or skipped",
+            report.recipe,
+            report.stages.len(),
+            report.stages.len() - ran - failed
+        );
+    }
+    if report.succeeded() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
+}

@@ -1,0 +1,59 @@
+//! `distillery status [--why]`: which stages are up to date, and for those
+//! that are not, which field of their key changed since the last run.
+
+use super::run::prepare;
+use super::{EXIT_OK, StoreArgs, output};
+use clap::Args;
+use distillery_engine::plan::{RunReason, Selection, StageState};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    recipe: PathBuf,
+    /// Only these stages.
+    stages: Vec<String>,
+    /// Explain, field by field, what changed in each out-of-date stage.
+    #[arg(long)]
+    why: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn status(args: StatusArgs) -> u8 {
+    let selection = Selection {
+        until: args.stages.clone(),
+        ..Selection::default()
+    };
+    let (_, _, plan) = match prepare(&args.recipe, &args.store, &selection) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let shown: Vec<_> = plan
+        .stages
+        .iter()
+        .filter(|s| args.stages.is_empty() || args.stages.contains(&s.name))
+        .collect();
+    if args.json {
+        output::print_json(&shown);
+        return EXIT_OK;
+    }
+    for s in shown {
+        match &s.state {
+            StageState::Cached => println!("{}: up to date ({})", s.name, &s.key[..12]),
+            StageState::Run(reason) => {
+                println!("{}: out of date: {reason}", s.name);
+                if args.why {
+                    if let RunReason::Changed { changes } = reason {
+                        for change in changes {
+                            println!("    {change}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    EXIT_OK
+}

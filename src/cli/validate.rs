@@ -1,0 +1,59 @@
+//! `distillery validate`: check many recipes at once, for CI.
+
+use super::{EXIT_INVALID, EXIT_OK, output, pipeline};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// Recipe files.
+    #[arg(required = true)]
+    recipes: Vec<PathBuf>,
+    /// Print the problems as JSON (with line and column) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn validate(args: ValidateArgs) -> u8 {
+    let registry = pipeline::registry();
+    let mut invalid = 0;
+    let mut reports = Vec::new();
+    for path in &args.recipes {
+        let source = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) => {
+                invalid += 1;
+                eprintln!("error: cannot read recipe {}: {e}", path.display());
+                reports.push(
+                    serde_json::json!({"recipe": path, "valid": false, "error": e.to_string()}),
+                );
+                continue;
+            }
+        };
+        match distillery_engine::validate(path, &source, &registry) {
+            Ok(p) => {
+                if !args.json {
+                    eprintln!("{}: ok ({} stages)", path.display(), p.stages.len());
+                }
+                reports.push(serde_json::json!({"recipe": path, "valid": true, "problems": []}));
+            }
+            Err(diagnostics) => {
+                invalid += 1;
+                if !args.json {
+                    output::print_diagnostics(path, &source, &diagnostics);
+                }
+                let problems: Vec<_> = diagnostics
+                    .iter()
+                    .map(|d| output::diagnostic_json(&source, d))
+                    .collect();
+                reports.push(
+                    serde_json::json!({"recipe": path, "valid": false, "problems": problems}),
+                );
+            }
+        }
+    }
+    if args.json {
+        output::print_json(&reports);
+    }
+    if invalid > 0 { EXIT_INVALID } else { EXIT_OK }
+}
