@@ -48,6 +48,10 @@ pub struct StageSpec {
     pub inputs: Vec<InputBinding>,
     /// The `with` block after `${vars.x}` substitution; None when absent.
     pub with: Option<Node>,
+    /// `with` had a problem already reported; its parameters are not checked.
+    pub with_broken: bool,
+    /// `inputs` was not a mapping (already reported); slots are not checked.
+    pub inputs_broken: bool,
 }
 
 impl StageSpec {
@@ -68,8 +72,8 @@ pub struct InputBinding {
     pub value_span: Span,
 }
 
-/// Parses recipe source. Returns the recipe when it is structurally sound,
-/// and every problem found either way.
+/// Parses recipe source. Returns the recipe whenever its root is a mapping
+/// (parts with problems left out), and every problem found.
 pub fn parse(path: &Path, source: &str) -> (Option<Recipe>, Vec<Diagnostic>) {
     let (root, mut diagnostics) = yaml::parse(source);
     let Some(root) = root else {
@@ -84,9 +88,10 @@ pub fn parse(path: &Path, source: &str) -> (Option<Recipe>, Vec<Diagnostic>) {
     let mut reader = Reader {
         diagnostics: &mut diagnostics,
     };
+    // Structural problems do not stop here: validation goes on and reports
+    // what else is wrong, all at once.
     let recipe = reader.recipe(path, source, &root);
-    let ok = diagnostics.is_empty();
-    (recipe.filter(|_| ok), diagnostics)
+    (recipe, diagnostics)
 }
 
 struct Reader<'d> {
@@ -359,10 +364,15 @@ impl Reader<'_> {
             None => Vec::new(),
             Some((_, v)) => self.inputs(&name, v),
         };
+        let inputs_broken = node
+            .get("inputs")
+            .is_some_and(|(_, v)| v.as_map().is_none() && v.value != Value::Null);
+        let mut with_broken = false;
         let with = match node.get("with") {
             None => None,
             Some((_, v)) if v.value == Value::Null => None,
             Some((_, v)) if v.as_map().is_none() => {
+                with_broken = true;
                 self.error(
                     Diagnostic::new(
                         "recipe::invalid-with",
@@ -380,6 +390,7 @@ impl Reader<'_> {
                 Ok(node) => Some(node),
                 Err(errors) => {
                     self.diagnostics.extend(errors);
+                    with_broken = true;
                     None
                 }
             },
@@ -391,6 +402,8 @@ impl Reader<'_> {
             op_span,
             inputs,
             with,
+            with_broken,
+            inputs_broken,
         })
     }
 

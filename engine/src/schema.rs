@@ -84,3 +84,179 @@ pub fn recipe_schema(registry: &OpRegistry) -> Value {
         "$defs": defs,
     })
 }
+
+/// The op reference in Markdown, generated from the same schema: for each
+/// op its inputs, output and parameters (type, default, description).
+pub fn reference_markdown(registry: &OpRegistry) -> String {
+    let schema = recipe_schema(registry);
+    let defs = &schema["$defs"];
+    let mut out = String::new();
+    for op in registry.iter() {
+        let stage = &defs[format!("stage.{}", op.name())];
+        out.push_str(&format!("### `{}`\n\n{}\n\n", op.name(), op.description()));
+        out.push_str(&format!("Output: {}.", op.output()));
+        let slots = op.slots();
+        if slots.is_empty() {
+            out.push_str(" No inputs.\n\n");
+        } else {
+            out.push_str(" Inputs: ");
+            let listed: Vec<String> = slots
+                .iter()
+                .map(|s| {
+                    format!(
+                        "`{}` ({}{}{})",
+                        s.name,
+                        s.kind,
+                        if s.list { ", one or more" } else { "" },
+                        if s.optional { ", optional" } else { "" }
+                    )
+                })
+                .collect();
+            out.push_str(&listed.join(", "));
+            out.push_str(".\n\n");
+        }
+        let params = resolve(&stage["properties"]["with"], defs);
+        let required: Vec<&str> = params["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let Some(properties) = params["properties"].as_object().filter(|p| !p.is_empty()) else {
+            out.push_str("No parameters.\n\n");
+            continue;
+        };
+        out.push_str("| parameter | type | default | description |\n|---|---|---|---|\n");
+        for (name, property) in properties {
+            let property = resolve(property, defs);
+            let default = if required.contains(&name.as_str()) {
+                "required".to_string()
+            } else {
+                property
+                    .get("default")
+                    .map_or("none".to_string(), |d| format!("`{d}`"))
+            };
+            let description = property["description"]
+                .as_str()
+                .unwrap_or("")
+                .replace('\n', " ");
+            out.push_str(&format!(
+                "| `{name}` | {} | {default} | {description} |\n",
+                type_name(&property, defs)
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Follows a `$ref` into `$defs`, keeping the referring node's description.
+fn resolve(schema: &Value, defs: &Value) -> Value {
+    match schema["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+    {
+        Some(name) => {
+            let mut target = defs[name].clone();
+            if let (Some(d), Some(obj)) = (schema.get("description"), target.as_object_mut()) {
+                obj.insert("description".into(), d.clone());
+            }
+            if let (Some(d), Some(obj)) = (schema.get("default"), target.as_object_mut()) {
+                obj.insert("default".into(), d.clone());
+            }
+            target
+        }
+        None => schema.clone(),
+    }
+}
+
+fn type_name(schema: &Value, defs: &Value) -> String {
+    if let Some(values) = schema["enum"].as_array() {
+        return values
+            .iter()
+            .map(|v| format!("`{}`", v.as_str().map_or(v.to_string(), String::from)))
+            .collect::<Vec<_>>()
+            .join(" \\| ");
+    }
+    for combinator in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[combinator].as_array() {
+            return options
+                .iter()
+                .map(|o| type_name(&resolve(o, defs), defs))
+                .filter(|t| t != "null")
+                .collect::<Vec<_>>()
+                .join(" or ");
+        }
+    }
+    if let Some(c) = schema.get("const") {
+        return format!("`{c}`");
+    }
+    let base = match &schema["type"] {
+        Value::String(t) => t.clone(),
+        Value::Array(ts) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ => "any".to_string(),
+    };
+    if base == "array" {
+        let items = resolve(&schema["items"], defs);
+        return format!("list of {}", type_name(&items, defs));
+    }
+    let mut bounds = Vec::new();
+    if let Some(min) = schema.get("minimum") {
+        bounds.push(format!(">= {min}"));
+    }
+    if let Some(max) = schema.get("maximum") {
+        bounds.push(format!("<= {max}"));
+    }
+    if bounds.is_empty() {
+        base
+    } else {
+        format!("{base} ({})", bounds.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> OpRegistry {
+        let mut r = OpRegistry::new();
+        crate::testing::register(&mut r);
+        r
+    }
+
+    #[test]
+    fn schema_has_one_branch_per_op_keyed_by_op() {
+        let registry = registry();
+        let schema = recipe_schema(&registry);
+        let branches = schema["$defs"]["stage"]["oneOf"].as_array().unwrap();
+        assert_eq!(branches.len(), registry.names().len());
+        let emit = &schema["$defs"]["stage.emit"];
+        assert_eq!(emit["properties"]["op"]["const"], "emit");
+        assert_eq!(emit["additionalProperties"], false);
+        let train = &schema["$defs"]["stage.mock_train"];
+        assert_eq!(
+            train["properties"]["inputs"]["required"],
+            serde_json::json!(["model", "data"])
+        );
+    }
+
+    #[test]
+    fn reference_lists_parameters_with_types_and_defaults() {
+        let text = reference_markdown(&registry());
+        assert!(text.contains("### `emit`"), "{text}");
+        assert!(text.contains("| `text` | string | required |"), "{text}");
+        assert!(
+            text.contains(
+                "| `repeat` | integer (>= 0) | `1` | How many times to write the text (1-1000). |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Inputs: `parts` (Files, one or more)."),
+            "{text}"
+        );
+    }
+}

@@ -213,7 +213,10 @@ pub fn validate(
             inputs[i].insert(binding.slot.clone(), bound);
         }
         for slot in &slots {
-            if !slot.optional && !spec.inputs.iter().any(|b| b.slot == slot.name) {
+            if !slot.optional
+                && !spec.inputs_broken
+                && !spec.inputs.iter().any(|b| b.slot == slot.name)
+            {
                 diagnostics.push(
                     Diagnostic::new(
                         "recipe::missing-input",
@@ -273,6 +276,9 @@ pub fn validate(
     let mut params = vec![serde_json::Value::Null; recipe.stages.len()];
     for (i, spec) in recipe.stages.iter().enumerate() {
         let Some(op) = &ops[i] else { continue };
+        if spec.with_broken {
+            continue;
+        }
         let with = spec
             .with
             .as_ref()
@@ -334,7 +340,9 @@ pub fn validate(
                     .label("no such file or directory")
                     .help(format!(
                         "paths are relative to the recipe's folder ({})",
-                        recipe_dir.display()
+                        std::path::absolute(&recipe_dir)
+                            .unwrap_or_else(|_| recipe_dir.clone())
+                            .display()
                     )),
                 );
             }
@@ -467,23 +475,15 @@ fn param_error(spec: &StageSpec, op: &dyn Op, path: &[String], message: &str) ->
     .label("invalid value")
 }
 
-/// The allowed names serde lists after "expected one of".
+/// The allowed names serde lists after "expected" (`a`, `b` or `c`).
 fn allowed_fields(message: &str) -> Vec<String> {
-    let Some(list) = message
-        .split("expected one of ")
-        .nth(1)
-        .or_else(|| message.split("expected ").nth(1))
-    else {
+    let Some((_, list)) = message.split_once("expected ") else {
         return Vec::new();
     };
-    list.split(", ")
-        .filter_map(|s| {
-            s.trim()
-                .strip_prefix('`')?
-                .split('`')
-                .next()
-                .map(String::from)
-        })
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
         .collect()
 }
 
@@ -496,7 +496,6 @@ fn tidy_serde(message: &str) -> String {
         .replace("expected i64", "expected an integer")
         .replace("expected f64", "expected a number")
         .replace("expected f32", "expected a number")
-        .replace("a string", "a string")
 }
 
 /// The span of a string scalar equal to `text` inside `node`.

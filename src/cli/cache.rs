@@ -143,7 +143,7 @@ fn gc(args: GcArgs) -> u8 {
     }
     let doomed = |m: &distillery_engine::store::Manifest| {
         let unreferenced = !args.recipes.is_empty() && !keep.contains(&m.key);
-        let old = cutoff.is_some_and(|c| m.created_unix < c);
+        let old = cutoff.is_some_and(|c| m.created_unix <= c);
         unreferenced || old
     };
     let removed = if args.dry_run {

@@ -9,18 +9,28 @@ pub struct SchemaArgs {
     /// Write to this file instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// `json`: the JSON Schema; `markdown`: the op reference for the README.
+    #[arg(long, value_enum, default_value = "json")]
+    format: SchemaFormat,
 }
 
-/// The schema of the public ops (the engine's test ops never appear in it).
-pub fn schema_text() -> String {
-    let mut registry = distillery_engine::OpRegistry::new();
-    distillery_ops::register(&mut registry);
-    let schema = distillery_engine::schema::recipe_schema(&registry);
-    format!("{}\n", serde_json::to_string_pretty(&schema).unwrap())
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaFormat {
+    Json,
+    Markdown,
 }
 
 pub fn schema(args: SchemaArgs) -> u8 {
-    let text = schema_text();
+    // Only the public ops: the engine's test ops never appear in the schema.
+    let mut registry = distillery_engine::OpRegistry::new();
+    distillery_ops::register(&mut registry);
+    let text = match args.format {
+        SchemaFormat::Json => {
+            let schema = distillery_engine::schema::recipe_schema(&registry);
+            format!("{}\n", serde_json::to_string_pretty(&schema).unwrap())
+        }
+        SchemaFormat::Markdown => distillery_engine::schema::reference_markdown(&registry),
+    };
     match args.output {
         None => {
             print!("{text}");

@@ -4,7 +4,10 @@
 use super::run::prepare;
 use super::{EXIT_OK, StoreArgs, output};
 use clap::Args;
+use distillery_engine::Pipeline;
+use distillery_engine::key::KeyChange;
 use distillery_engine::plan::{RunReason, Selection, StageState};
+use distillery_engine::validate::Stage;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -27,7 +30,7 @@ pub fn status(args: StatusArgs) -> u8 {
         until: args.stages.clone(),
         ..Selection::default()
     };
-    let (_, _, plan) = match prepare(&args.recipe, &args.store, &selection) {
+    let (pipeline, _, plan) = match prepare(&args.recipe, &args.store, &selection) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -47,8 +50,9 @@ pub fn status(args: StatusArgs) -> u8 {
                 println!("{}: out of date: {reason}", s.name);
                 if args.why {
                     if let RunReason::Changed { changes } = reason {
+                        let stage = &pipeline.stages[s.index];
                         for change in changes {
-                            println!("    {change}");
+                            println!("    {}", describe(change, stage, &pipeline));
                         }
                     }
                 }
@@ -56,4 +60,37 @@ pub fn status(args: StatusArgs) -> u8 {
         }
     }
     EXIT_OK
+}
+
+/// One change in words; an input's change names the upstream stages.
+fn describe(change: &KeyChange, stage: &Stage, pipeline: &Pipeline) -> String {
+    let Some(slot) = change.field.strip_prefix("inputs.") else {
+        return change.to_string();
+    };
+    let short = |v: &Option<serde_json::Value>| match v {
+        Some(serde_json::Value::Array(keys)) => keys
+            .iter()
+            .map(|k| {
+                k.as_str()
+                    .map_or("?", |k| &k[..k.len().min(12)])
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "(none)".to_string(),
+    };
+    let names: Vec<String> = stage
+        .inputs
+        .get(slot)
+        .into_iter()
+        .flatten()
+        .map(|&j| format!("`{}`", pipeline.stages[j].name))
+        .collect();
+    format!(
+        "{}: upstream {} changed ({} -> {})",
+        change.field,
+        names.join(", "),
+        short(&change.before),
+        short(&change.after)
+    )
 }
