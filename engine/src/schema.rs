@@ -130,9 +130,10 @@ pub fn reference_markdown(registry: &OpRegistry) -> String {
             let default = if required.contains(&name.as_str()) {
                 "required".to_string()
             } else {
-                property
-                    .get("default")
-                    .map_or("none".to_string(), |d| format!("`{d}`"))
+                match property.get("default") {
+                    None | Some(Value::Null) => "none".to_string(),
+                    Some(d) => format!("`{d}`"),
+                }
             };
             let description = property["description"]
                 .as_str()
@@ -187,7 +188,7 @@ fn type_name(schema: &Value, defs: &Value) -> String {
         }
     }
     if let Some(c) = schema.get("const") {
-        return format!("`{c}`");
+        return format!("`{}`", c.as_str().map_or(c.to_string(), String::from));
     }
     let base = match &schema["type"] {
         Value::String(t) => t.clone(),

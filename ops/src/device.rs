@@ -7,7 +7,11 @@ use distillery_engine::Device;
 pub fn resolve(requested: Device) -> Result<Device, String> {
     match requested {
         Device::Cpu => Ok(Device::Cpu),
-        Device::Auto => Ok(if cuda_available() { Device::Cuda } else { Device::Cpu }),
+        Device::Auto => Ok(if cuda_available() {
+            Device::Cuda
+        } else {
+            Device::Cpu
+        }),
         Device::Cuda if cuda_available() => Ok(Device::Cuda),
         Device::Cuda if cfg!(feature = "cuda") => {
             Err("the recipe asks for `device: cuda`, but no CUDA device was found".into())

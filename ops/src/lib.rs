@@ -1,4 +1,12 @@
 //! Distillery's stage operations and what they need: the Llama model on Burn,
 //! model and data I/O, and the kernels.
+pub mod backend;
+pub mod device;
+pub mod generate;
+pub mod inspect;
 pub mod io;
+pub mod loader;
 pub mod model;
+pub mod stages;
+
+pub use stages::register;

@@ -14,6 +14,23 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Content hashing of external files, and a second `plan` over them.
     Hash(HashArgs),
+    /// Model forward (tokens/s by sequence length) and greedy decoding.
+    Forward(ForwardArgs),
+}
+
+#[derive(Args)]
+pub struct ForwardArgs {
+    /// A GGUF file or a Hugging Face model folder.
+    model: PathBuf,
+    /// Sequence lengths to time (one row each).
+    #[arg(long, value_delimiter = ',', default_value = "36,512")]
+    seq: Vec<usize>,
+    /// Timed repetitions per measurement (the median is printed).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// New tokens for the decoding measurement (0 skips it).
+    #[arg(long, default_value_t = 32)]
+    decode: usize,
 }
 
 #[derive(Args)]
@@ -31,14 +48,80 @@ pub struct HashArgs {
 
 pub fn bench(command: BenchCommand) -> u8 {
     match command {
-        BenchCommand::Hash(args) => match hash(args) {
-            Ok(()) => EXIT_OK,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                EXIT_FAILED
-            }
-        },
+        BenchCommand::Hash(args) => report(hash(args)),
+        BenchCommand::Forward(args) => report(forward(args)),
     }
+}
+
+fn report(result: anyhow::Result<()>) -> u8 {
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// Median wall time of `runs` calls, after one warm-up call.
+fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+    use distillery_ops::backend::Cpu;
+    use distillery_ops::model::tokens_tensor;
+    let device = Default::default();
+    let started = Instant::now();
+    let (model, _) = distillery_ops::loader::load_model::<Cpu>(&args.model, &device)?;
+    println!(
+        "load {}: {:.2} s ({:.1}M parameters), {} threads",
+        args.model.display(),
+        started.elapsed().as_secs_f64(),
+        model.config.num_parameters() as f64 / 1e6,
+        rayon::current_num_threads()
+    );
+    // Deterministic, varied token ids.
+    let vocab = model.config.vocab_size as u64;
+    let tokens: Vec<u32> = (0..args.seq.iter().copied().max().unwrap_or(1) as u64)
+        .map(|i| ((i * 2_654_435_761 + 17) % vocab) as u32)
+        .collect();
+    for &seq in &args.seq {
+        let input = &tokens[..seq.min(tokens.len())];
+        let secs = median_secs(args.runs, || {
+            let logits = model.forward(tokens_tensor(&[input], &device));
+            let _ = logits.into_data();
+        });
+        println!(
+            "forward, batch 1 x {seq} tokens: {:.1} ms median of {}, {:.0} tokens/s",
+            secs * 1e3,
+            args.runs,
+            seq as f64 / secs
+        );
+    }
+    if args.decode > 0 {
+        let prompt = &tokens[..tokens.len().min(36)];
+        let secs = median_secs(args.runs.min(3), || {
+            let _ = model.generate_greedy(prompt, args.decode, &[]);
+        });
+        println!(
+            "greedy decoding, {}-token prompt + {} new tokens: {:.2} s, {:.1} ms per new token (prefill included)",
+            prompt.len(),
+            args.decode,
+            secs,
+            secs * 1e3 / args.decode as f64
+        );
+    }
+    Ok(())
 }
 
 fn hash(args: HashArgs) -> anyhow::Result<()> {

@@ -4,6 +4,8 @@
 mod bench;
 mod cache;
 mod dag;
+mod generate;
+mod inspect;
 mod output;
 mod pipeline;
 mod progress;
@@ -51,6 +53,10 @@ enum Command {
     Cache(cache::CacheCommand),
     /// Print the recipe JSON Schema (for editors and CI).
     Schema(schema::SchemaArgs),
+    /// Describe a model: architecture, parameter counts, storage, per-layer shapes.
+    Inspect(inspect::InspectArgs),
+    /// Generate text from a model (GGUF file or model folder).
+    Generate(generate::GenerateArgs),
     /// Measure the engine's speed and print the figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -93,6 +99,8 @@ pub fn main() -> ExitCode {
         Command::Dag(args) => dag::dag(args),
         Command::Cache(command) => cache::cache(command),
         Command::Schema(args) => schema::schema(args),
+        Command::Inspect(args) => inspect::inspect(args),
+        Command::Generate(args) => generate::generate_command(args),
         Command::Bench(command) => bench::bench(command),
     };
     ExitCode::from(code)

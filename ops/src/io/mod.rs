@@ -1,4 +1,11 @@
 //! Model and data I/O: GGUF, safetensors, tokenizers, datasets.
+pub mod chat;
+pub mod dataset;
+pub mod gguf;
+pub mod gguf_llama;
+pub mod gguf_tokenizer;
+pub mod hf_folder;
 pub mod host_tensor;
+pub mod safetensors_io;
 
 pub use host_tensor::{HostTensor, StateDict};

@@ -1,0 +1,31 @@
+//! The Burn backend a resolved device means: Flex on the CPU, Cuda (feature
+//! `cuda`) on an NVIDIA GPU. Code that runs a model is written once, generic
+//! over the backend, as an [`OnBackend`] task.
+
+use burn::tensor::backend::Backend;
+use distillery_engine::Device;
+
+/// The CPU backend (pure Rust, gemm kernels).
+pub type Cpu = burn::backend::Flex;
+
+/// A computation generic over the backend.
+pub trait OnBackend {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `task` on the backend for `device` (already resolved: never `Auto`).
+pub fn on_device<T: OnBackend>(device: Device, task: T) -> anyhow::Result<T::Output> {
+    match device {
+        Device::Cpu => Ok(task.run::<Cpu>(Default::default())),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => {
+            Ok(task.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(0)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => {
+            anyhow::bail!("this build has no CUDA support (rebuild with `--features cuda`)")
+        }
+        Device::Auto => anyhow::bail!("the device must be resolved before running (`auto` given)"),
+    }
+}

@@ -1,0 +1,166 @@
+//! The Llama decoder, top to bottom: token embedding, decoder layers, final
+//! RMSNorm, and the language-model head (tied to the embedding or not).
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::embedding;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::cache::KvCache;
+use super::capture::{Capture, ForwardOutput, LayerActivations, keep};
+use super::config::LlamaConfig;
+use super::decoder::DecoderLayer;
+use super::layers::RmsNorm;
+use super::rope::Rope;
+
+/// `LlamaForCausalLM`. Build it with [`Llama::from_state_dict`] or
+/// [`Llama::load_hf`]; a change of shape (pruning) goes through the state
+/// dict too, so that `config` and the weights cannot disagree.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// `[vocab, hidden]`
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// `[vocab, hidden]`; `None` when tied: the embedding is the head.
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    pub rope: Rope,
+    pub config: LlamaConfig,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Logits for every position: `tokens: [batch, seq]` -> `[batch, seq, vocab]`.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_with(tokens, &Capture::NONE).logits
+    }
+
+    /// Logits plus the activations `capture` names.
+    pub fn forward_with(&self, tokens: Tensor<B, 2, Int>, capture: &Capture) -> ForwardOutput<B> {
+        let (hidden, layers) = self.run(tokens, None, capture);
+        ForwardOutput {
+            final_norm: keep(capture.final_norm, &hidden),
+            logits: self.logits(hidden),
+            layers,
+        }
+    }
+
+    /// Logits for new tokens, attending to (and extending) `cache`: prefill
+    /// with the prompt, then feed one token at a time.
+    /// `tokens: [batch, new]` -> `[batch, new, vocab]`.
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let (hidden, _) = self.run(tokens, Some(cache), &Capture::NONE);
+        self.logits(hidden)
+    }
+
+    /// Final-norm hidden states, the `lm_head` input:
+    /// `tokens: [batch, seq]` -> `[batch, seq, hidden]`.
+    pub fn hidden_states(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.run(tokens, None, &Capture::NONE).0
+    }
+
+    /// The `lm_head`: `hidden: [batch, seq, hidden]` -> `[batch, seq, vocab]`.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, d] = hidden.dims();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).val();
+        let vocab = head.dims()[0];
+        hidden
+            .reshape([batch * seq, d])
+            .matmul(head.transpose())
+            .reshape([batch, seq, vocab])
+    }
+
+    /// The one forward path. Returns the final-norm hidden states and the
+    /// per-layer records (empty unless asked for).
+    fn run(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        mut cache: Option<&mut KvCache<B>>,
+        capture: &Capture,
+    ) -> (Tensor<B, 3>, Vec<LayerActivations<B>>) {
+        let [_, seq] = tokens.dims();
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let device = tokens.device();
+        let rope = self.rope.tables::<B>(start, seq, &device);
+
+        let mut x = embedding(self.embed_tokens.val(), tokens);
+        let mut records = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut acts = LayerActivations::empty();
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &rope, layer_cache, capture, &mut acts);
+            if capture.wants_layers() {
+                records.push(acts);
+            }
+        }
+        if let Some(cache) = cache {
+            cache.len += seq;
+        }
+        (self.norm.forward(x), records)
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Greedy decoding from one prompt: prefill, then one token at a time
+    /// until `max_new_tokens` or a token of `stop` (which is included).
+    /// Returns the new tokens only.
+    pub fn generate_greedy(&self, prompt: &[u32], max_new_tokens: usize, stop: &[u32]) -> Vec<u32> {
+        let device = self.embed_tokens.device();
+        let mut cache = self.new_cache();
+        let mut out = Vec::with_capacity(max_new_tokens);
+        let mut next_input = prompt.to_vec();
+        while out.len() < max_new_tokens && !next_input.is_empty() {
+            let (hidden, _) = self.run(
+                tokens_tensor(&[next_input.as_slice()], &device),
+                Some(&mut cache),
+                &Capture::NONE,
+            );
+            // Only the last position's logits are needed.
+            let seq = hidden.dims()[1];
+            let last = self.logits(hidden.narrow(1, seq - 1, 1));
+            let token = argmax(&last.into_data().to_vec::<f32>().expect("f32 logits"));
+            out.push(token);
+            if stop.contains(&token) {
+                break;
+            }
+            next_input = vec![token];
+        }
+        out
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.device()
+    }
+}
+
+/// Token ids `[batch][seq]` (rows of equal length) as an Int tensor `[batch, seq]`.
+pub fn tokens_tensor<B: Backend>(rows: &[&[u32]], device: &B::Device) -> Tensor<B, 2, Int> {
+    let seq = rows.first().map_or(0, |r| r.len());
+    assert!(
+        rows.iter().all(|r| r.len() == seq),
+        "token rows must have equal length"
+    );
+    let ids: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&t| t as i64))
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [rows.len(), seq]), device)
+}
+
+/// Index of the largest value (the first one on ties).
+fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

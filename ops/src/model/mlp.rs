@@ -1,0 +1,30 @@
+//! The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+
+use super::layers::Linear;
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// hidden -> intermediate
+    pub gate_proj: Linear<B>,
+    /// hidden -> intermediate
+    pub up_proj: Linear<B>,
+    /// intermediate -> hidden
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// The `down_proj` input: `x: [batch, seq, hidden]` -> `[batch, seq, intermediate]`.
+    pub fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x)
+    }
+
+    /// `down_proj`: `[batch, seq, intermediate]` -> `[batch, seq, hidden]`.
+    pub fn output(&self, act: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj.forward(act)
+    }
+}

@@ -1,0 +1,229 @@
+//! SmolLM2-135M-Instruct from its GGUF against the logits and greedy
+//! generations transformers produced (../shared/assets/reference), directly
+//! and after a round trip through a Hugging Face folder.
+
+mod model_support;
+
+use std::path::Path;
+use std::time::Instant;
+
+use distillery_ops::io::gguf_llama::load_llama;
+use distillery_ops::io::hf_folder::{HfAssets, HfWriteOptions};
+use distillery_ops::model::{Llama, LlamaConfig, tokens_tensor};
+use model_support::*;
+use serde_json::Value;
+
+const GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const MAX_ABS: f32 = 1e-3;
+
+/// A parsed `.npy`: little-endian `<i8` or `<f4`, C order.
+struct Npy {
+    shape: Vec<usize>,
+    f32s: Vec<f32>,
+    i64s: Vec<i64>,
+}
+
+fn parse_npy(bytes: &[u8]) -> Npy {
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "not a .npy file");
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
+        v => panic!("npy version {v}"),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
+    let body = &bytes[start + header_len..];
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let n: usize = shape.iter().product();
+    let mut out = Npy {
+        shape,
+        f32s: Vec::new(),
+        i64s: Vec::new(),
+    };
+    if header.contains("'descr': '<f4'") {
+        out.f32s = body
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(out.f32s.len(), n);
+    } else if header.contains("'descr': '<i8'") {
+        out.i64s = body
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(out.i64s.len(), n);
+    } else {
+        panic!("unsupported npy dtype: {header}");
+    }
+    out
+}
+
+fn read_npy(path: &Path) -> Npy {
+    let bytes = std::fs::read(path).unwrap();
+    if path.extension().is_some_and(|e| e == "zst") {
+        parse_npy(&zstd::decode_all(&bytes[..]).unwrap())
+    } else {
+        parse_npy(&bytes)
+    }
+}
+
+fn top10(row: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    idx.truncate(10);
+    idx
+}
+
+/// Checks the model on both reference prompts; returns the forward time of
+/// the longer one.
+fn check_reference_logits(model: &Llama<B>, dir: &Path, label: &str) -> f64 {
+    let mut chat_secs = 0.0;
+    for name in ["plain", "chat"] {
+        let ids = read_npy(&dir.join(format!("{name}_input_ids.npy")));
+        let want = read_npy(&dir.join(format!("{name}_logits.npy.zst")));
+        let ids: Vec<u32> = ids.i64s.iter().map(|&v| v as u32).collect();
+        let (seq, vocab) = (want.shape[0], want.shape[1]);
+        assert_eq!(seq, ids.len());
+
+        let t = tokens_tensor(&[&ids], &device());
+        let start = Instant::now();
+        let got = to_vec(model.forward(t));
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{label} {name}: forward of {seq} tokens took {:.1} ms",
+            secs * 1e3
+        );
+        if name == "chat" {
+            chat_secs = secs;
+        }
+        assert_eq!(got.len(), seq * vocab);
+
+        let max_abs = got
+            .iter()
+            .zip(&want.f32s)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!("{label} {name}: max |logit diff| = {max_abs:e}");
+        assert!(max_abs <= MAX_ABS, "{label} {name}: max abs diff {max_abs}");
+        for p in 0..seq {
+            let row = p * vocab..(p + 1) * vocab;
+            assert_eq!(
+                top10(&got[row.clone()]),
+                top10(&want.f32s[row]),
+                "{label} {name}: top-10 differs at position {p}"
+            );
+        }
+    }
+    chat_secs
+}
+
+#[test]
+fn gguf_model_reproduces_reference_logits_directly_and_after_export() {
+    let (Some(gguf), Some(refdir)) = (asset(GGUF), asset("reference")) else {
+        return;
+    };
+    let start = Instant::now();
+    let loaded = load_llama(&gguf).expect("GGUF loads");
+    let config = LlamaConfig::from_json(&loaded.config).expect("GGUF config is valid");
+    assert_eq!(config.num_parameters(), 134_515_008);
+    let model =
+        Llama::<B>::from_state_dict(config, loaded.tensors, &device()).expect("model builds");
+    eprintln!("GGUF load + build: {:.2} s", start.elapsed().as_secs_f64());
+
+    // Warm up once so the timing below is of the steady state.
+    let _ = model.forward(tokens_tensor(&[&[1, 2, 3]], &device()));
+    check_reference_logits(&model, &refdir, "gguf");
+
+    let dir = tempfile::tempdir().unwrap();
+    let assets = HfAssets {
+        tokenizer: Some(loaded.tokenizer),
+        tokenizer_config: Some(loaded.tokenizer_config),
+        other_json: Default::default(),
+    };
+    let start = Instant::now();
+    model
+        .save_hf(dir.path(), &assets, &HfWriteOptions::default())
+        .unwrap();
+    eprintln!("save f32 folder: {:.2} s", start.elapsed().as_secs_f64());
+    let start = Instant::now();
+    let (back, back_assets) = Llama::<B>::load_hf(dir.path(), &device()).unwrap();
+    eprintln!("load f32 folder: {:.2} s", start.elapsed().as_secs_f64());
+    assert!(back_assets.tokenizer.is_some() && back_assets.tokenizer_config.is_some());
+    assert!(dir.path().join("model.safetensors").is_file());
+    let _ = back.forward(tokens_tensor(&[&[1, 2, 3]], &device()));
+    check_reference_logits(&back, &refdir, "hf folder");
+
+    // The exported config reads like the reference conversion's.
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(refdir.join("config.json")).unwrap())
+            .unwrap();
+    for key in [
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "tie_word_embeddings",
+        "rope_theta",
+        "rms_norm_eps",
+        "architectures",
+        "model_type",
+    ] {
+        assert_eq!(written[key], reference[key], "config key {key}");
+    }
+}
+
+#[test]
+fn greedy_generation_reproduces_reference_continuations() {
+    let (Some(gguf), Some(refdir)) = (asset(GGUF), asset("reference")) else {
+        return;
+    };
+    let loaded = load_llama(&gguf).expect("GGUF loads");
+    let config = LlamaConfig::from_json(&loaded.config).unwrap();
+    let eos = config.eos_ids();
+    let model = Llama::<B>::from_state_dict(config, loaded.tensors, &device()).unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(refdir.join("reference.json")).unwrap())
+            .unwrap();
+    let generations = reference["generations"].as_array().unwrap();
+    assert!(!generations.is_empty());
+    for g in generations {
+        let prompt: Vec<u32> = g["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let start = Instant::now();
+        // transformers' generate: 30 new tokens, stopping after eos.
+        let new = model.generate_greedy(&prompt, 30, &eos);
+        let secs = start.elapsed().as_secs_f64();
+        let text = loaded.tokenizer.decode(&new, false).unwrap();
+        eprintln!("{} tokens in {:.2} s: {text:?}", new.len(), secs);
+        assert_eq!(
+            text,
+            g["completion"].as_str().unwrap(),
+            "prompt {:?}",
+            g["prompt"]
+        );
+    }
+}
