@@ -182,6 +182,39 @@ fn a_recipe_loads_stores_and_exports_the_teacher() {
             .collect::<Vec<_>>(),
         ["F16"]
     );
+    // `distillery export` writes a stored model in another dtype.
+    let cli_export = ws.run(&[
+        "export",
+        "r.yaml",
+        "teacher",
+        "teacher-bf16",
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(cli_export.status.success(), "{}", text(&cli_export.stderr));
+    let summary = distillery()
+        .arg("inspect")
+        .arg(ws.path("teacher-bf16"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
+    assert_eq!(
+        summary["dtypes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["BF16"]
+    );
+    let again = ws.run(&["export", "r.yaml", "teacher", "teacher-bf16"]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing folder needs --overwrite"
+    );
+    let not_a_model = ws.run(&["export", "r.yaml", "out", "x"]);
+    assert!(text(&not_a_model.stderr).contains("produces a Files, not a Model"));
     // A second run is all cache hits; exporting onto an existing folder needs overwrite.
     let again = ws.run(&["run", "r.yaml", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();

@@ -104,8 +104,10 @@ pub fn execute(
     let mut pending: BTreeSet<usize> = BTreeSet::new();
     for &i in &selected {
         let planned = by_index[&i];
+        // An entry removed since planning (`cache gc`) is computed again.
+        let still_cached = planned.state == StageState::Cached && store.contains(&planned.key);
         match planned.state {
-            StageState::Cached => {
+            StageState::Cached if still_cached => {
                 let report = StageReport {
                     name: planned.name.clone(),
                     key: planned.key.clone(),
@@ -117,7 +119,7 @@ pub fn execute(
                     .ok();
                 outcomes.insert(i, StageOutcome::Cached);
             }
-            StageState::Run(_) => {
+            _ => {
                 pending.insert(i);
             }
         }
@@ -186,6 +188,19 @@ pub fn execute(
                 });
             }
             if running.is_empty() {
+                // Nothing runs and nothing can start: what is left waits for
+                // an input that is neither selected nor stored.
+                for &i in &pending {
+                    let outcome = StageOutcome::Failed {
+                        error: "an input stage is neither selected nor in the store".into(),
+                    };
+                    observer.finished(&StageReport {
+                        name: by_index[&i].name.clone(),
+                        key: by_index[&i].key.clone(),
+                        outcome: outcome.clone(),
+                    });
+                    outcomes.insert(i, outcome);
+                }
                 break;
             }
             let (i, outcome) = receiver.recv().expect("a stage thread reports");

@@ -4,6 +4,7 @@
 mod bench;
 mod cache;
 mod dag;
+mod export;
 mod generate;
 mod inspect;
 mod output;
@@ -53,6 +54,8 @@ enum Command {
     Cache(cache::CacheCommand),
     /// Print the recipe JSON Schema (for editors and CI).
     Schema(schema::SchemaArgs),
+    /// Write a stored model to a folder (Hugging Face layout, dtype of your choice).
+    Export(export::ExportArgs),
     /// Describe a model: architecture, parameter counts, storage, per-layer shapes.
     Inspect(inspect::InspectArgs),
     /// Generate text from a model (GGUF file or model folder).
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
         Command::Dag(args) => dag::dag(args),
         Command::Cache(command) => cache::cache(command),
         Command::Schema(args) => schema::schema(args),
+        Command::Export(args) => export::export(args),
         Command::Inspect(args) => inspect::inspect(args),
         Command::Generate(args) => generate::generate_command(args),
         Command::Bench(command) => bench::bench(command),
