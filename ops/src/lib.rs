@@ -2,6 +2,7 @@
 //! model and data I/O, and the kernels.
 pub mod backend;
 pub mod device;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod io;

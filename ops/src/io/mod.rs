@@ -7,5 +7,6 @@ pub mod gguf_tokenizer;
 pub mod hf_folder;
 pub mod host_tensor;
 pub mod safetensors_io;
+pub mod scores;
 
 pub use host_tensor::{HostTensor, StateDict};

@@ -18,6 +18,7 @@ pub mod llama;
 pub mod mlp;
 pub mod rope;
 pub mod shapes;
+pub mod surgery;
 pub mod weights;
 
 pub use cache::KvCache;

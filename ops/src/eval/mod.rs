@@ -1,0 +1,2 @@
+//! Measuring a model on data: next-token loss and perplexity.
+pub mod loss;
