@@ -253,3 +253,43 @@ fn load_model_checks_its_source_at_plan_time() {
     );
     assert!(messages[1].contains("`path` is required"), "{messages:?}");
 }
+
+#[test]
+fn importance_prune_and_evaluate_chain_on_the_teacher() {
+    let Some(assets) = assets() else { return };
+    let ws = Workspace::new();
+    let recipe = format!(
+        "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {gguf} }}\n  \
+         text:\n    op: dataset\n    inputs: {{ tokenizer: teacher }}\n    with: {{ files: [{corpus}], seq_len: 64, heldout_percent: 0, max_documents: 3 }}\n  \
+         scores:\n    op: importance\n    inputs: {{ model: teacher, data: text }}\n    with: {{ samples: 4, batch: 2, block_sizes: [2] }}\n  \
+         student:\n    op: prune\n    inputs: {{ model: teacher, scores: scores }}\n    with: {{ hidden: 448, ffn: 1024, layers: 28, contiguous: true }}\n  \
+         report:\n    op: evaluate\n    inputs: {{ models: [teacher, student], data: text }}\n    with: {{ split: train, rows: 2 }}\n",
+        gguf = gguf(&assets).display(),
+        corpus = assets.join("corpus/heldout_ppl.jsonl.zst").display(),
+    );
+    ws.write("r.yaml", &recipe);
+    let out = ws.run(&["run", "r.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stored = |stage: &str| ws.store().join("store").join(ws.key_of("r.yaml", stage)).join("out");
+    // The scores inspect as rankings.
+    let scores = distillery().arg("inspect").arg(stored("scores")).output().unwrap();
+    let scores_text = text(&scores.stdout);
+    assert!(scores_text.contains("hidden [576], most important first"), "{scores_text}");
+    assert!(scores_text.contains("depth.block_importance.size2 [29]"), "{scores_text}");
+    // The student has the asked sizes.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored("student").join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["hidden_size"].as_u64(), config["intermediate_size"].as_u64(), config["num_hidden_layers"].as_u64()), (Some(448), Some(1024), Some(28)));
+    // Metrics name both models, with perplexity = exp(loss), the teacher better.
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored("report").join("metrics.json")).unwrap()).unwrap();
+    let models = metrics["models"].as_array().unwrap();
+    assert_eq!(models[0]["stage"], "teacher");
+    assert_eq!(models[1]["stage"], "student");
+    for m in models {
+        let (loss, ppl) = (m["loss"].as_f64().unwrap(), m["perplexity"].as_f64().unwrap());
+        assert!((loss.exp() - ppl).abs() < 1e-6 * ppl, "{m}");
+        assert_eq!(m["tokens"], 2 * 63);
+    }
+    assert!(models[0]["loss"].as_f64() < models[1]["loss"].as_f64());
+}

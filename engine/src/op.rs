@@ -128,6 +128,8 @@ pub struct RunContext<'a> {
     pub stage: &'a str,
     /// Artifact directories of the stages bound to each slot, in recipe order.
     pub inputs: BTreeMap<String, Vec<PathBuf>>,
+    /// Names of those stages, in the same order (for reports and tables).
+    pub input_stages: BTreeMap<String, Vec<String>>,
     /// A fresh, empty directory; published atomically when `run` returns Ok.
     pub output_dir: PathBuf,
     /// Survives interruptions of this stage (same key): checkpoints go here.

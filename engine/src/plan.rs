@@ -101,8 +101,8 @@ pub enum PlanError {
         "`--only {stage}` needs stage `{input}`, which is not in the store; run it first or drop --only"
     )]
     InputNotStored { stage: String, input: String },
-    #[error("cannot hash `{path}`: {error}")]
-    Hash { path: String, error: std::io::Error },
+    #[error("cannot hash an input file: {0}")]
+    Hash(std::io::Error),
 }
 
 /// Computes keys and states for every stage and marks the selected ones.
@@ -124,12 +124,7 @@ pub fn plan(
     all_files.sort();
     all_files.dedup();
     let digests: BTreeMap<std::path::PathBuf, String> = {
-        let list = hasher
-            .digest_all(&all_files)
-            .map_err(|error| PlanError::Hash {
-                path: error.to_string(),
-                error,
-            })?;
+        let list = hasher.digest_all(&all_files).map_err(PlanError::Hash)?;
         all_files.into_iter().zip(list).collect()
     };
 

@@ -267,10 +267,22 @@ fn compute(
                 (slot.clone(), dirs)
             })
             .collect();
+        let input_stages = stage
+            .inputs
+            .iter()
+            .map(|(slot, producers)| {
+                let names = producers
+                    .iter()
+                    .map(|&j| pipeline.stages[j].name.clone())
+                    .collect();
+                (slot.clone(), names)
+            })
+            .collect();
         let progress = observer.started(&planned.name, &planned.key);
         let ctx = RunContext {
             stage: &planned.name,
             inputs,
+            input_stages,
             output_dir: staging.out_dir(),
             scratch_dir: store.scratch_dir(&planned.key),
             recipe_dir: pipeline.recipe.dir(),

@@ -2,16 +2,23 @@
 //! `cuda`) on an NVIDIA GPU. Code that runs a model is written once, generic
 //! over the backend, as an [`OnBackend`] task.
 
+use crate::kernels::importance::ImportanceOps;
 use burn::tensor::backend::Backend;
 use distillery_engine::Device;
 
 /// The CPU backend (pure Rust, gemm kernels).
 pub type Cpu = burn::backend::Flex;
 
+/// What a backend must offer for every stage: Burn's tensor ops plus our
+/// kernels (the importance reductions).
+pub trait ComputeBackend: Backend + ImportanceOps {}
+
+impl<B: Backend + ImportanceOps> ComputeBackend for B {}
+
 /// A computation generic over the backend.
 pub trait OnBackend {
     type Output;
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+    fn run<B: ComputeBackend>(self, device: B::Device) -> Self::Output;
 }
 
 /// Runs `task` on the backend for `device` (already resolved: never `Auto`).

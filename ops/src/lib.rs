@@ -4,10 +4,13 @@ pub mod backend;
 pub mod device;
 pub mod eval;
 pub mod generate;
+pub mod importance;
 pub mod inspect;
 pub mod io;
+pub mod kernels;
 pub mod loader;
 pub mod model;
+pub mod prune;
 pub mod stages;
 
 pub use stages::register;

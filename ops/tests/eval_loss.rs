@@ -8,7 +8,11 @@ use model_support::*;
 use std::collections::BTreeSet;
 
 /// Mean next-token NLL in f64 from the reference logits.
-fn reference_nll(c: &distillery_ops::model::LlamaConfig, sd: &distillery_ops::io::StateDict, rows: &[Vec<u32>]) -> f64 {
+fn reference_nll(
+    c: &distillery_ops::model::LlamaConfig,
+    sd: &distillery_ops::io::StateDict,
+    rows: &[Vec<u32>],
+) -> f64 {
     let mut total = 0.0;
     let mut count = 0;
     for row in rows {
@@ -36,7 +40,11 @@ fn loss_matches_the_float64_oracle() {
         let got = next_token_nll(&model, &refs, 2);
         assert_eq!(got.tokens, 3 * 8);
         let want = reference_nll(&c, &sd, &rows);
-        assert!((got.mean() - want).abs() < 1e-4 * want.abs().max(1.0), "{name}: {} vs {want}", got.mean());
+        assert!(
+            (got.mean() - want).abs() < 1e-4 * want.abs().max(1.0),
+            "{name}: {} vs {want}",
+            got.mean()
+        );
     }
 }
 

@@ -47,7 +47,10 @@ struct Task {
 
 impl OnBackend for Task {
     type Output = anyhow::Result<()>;
-    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: distillery_ops::backend::ComputeBackend>(
+        self,
+        device: B::Device,
+    ) -> anyhow::Result<()> {
         let args = self.args;
         let (model, assets) = distillery_ops::loader::load_model::<B>(&args.model, &device)?;
         let tokenizer = assets

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// A GGUF file or a Hugging Face model folder (a Model artifact is one).
+    /// A GGUF file, a Hugging Face model folder (a Model artifact is one),
+    /// or a Scores artifact folder.
     model: PathBuf,
     /// Machine-readable output on stdout.
     #[arg(long)]
@@ -16,6 +17,13 @@ pub struct InspectArgs {
 }
 
 pub fn inspect(args: InspectArgs) -> u8 {
+    if args
+        .model
+        .join(distillery_ops::io::scores::SCORES_FILE)
+        .is_file()
+    {
+        return inspect_scores(&args);
+    }
     let summary = match ModelSummary::read(&args.model) {
         Ok(s) => s,
         Err(e) => {
@@ -115,4 +123,70 @@ fn group(n: usize) -> String {
         out.push(ch);
     }
     out
+}
+
+/// A Scores artifact: each axis's ranking, most important first.
+fn inspect_scores(args: &InspectArgs) -> u8 {
+    use distillery_ops::io::scores::{Scores, ranking};
+    let scores = match Scores::load(&args.model) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return EXIT_FAILED;
+        }
+    };
+    if args.json {
+        output::print_json(&serde_json::json!({
+            "summary": scores.summary,
+            "tensors": scores.tensors.iter().map(|(k, v)| (k.clone(), serde_json::json!({"shape": v.shape, "values": v.data}))).collect::<serde_json::Map<_, _>>(),
+        }));
+        return EXIT_OK;
+    }
+    let s = &scores.summary;
+    println!(
+        "{} (Scores): {} calibration rows of {} tokens, aggregation batch {} / sequence {}{}",
+        args.model.display(),
+        s.samples,
+        s.seq_len,
+        s.batch_aggregation,
+        s.sequence_aggregation,
+        s.baseline_loss
+            .map_or(String::new(), |l| format!(", held-out loss {l:.4}"))
+    );
+    let show = |values: &[f32], limit: usize| -> String {
+        let order = ranking(values);
+        let shown: Vec<String> = order
+            .iter()
+            .take(limit)
+            .map(|&i| format!("{i} ({:.4})", values[i]))
+            .collect();
+        let more = if order.len() > limit {
+            format!(" ... {} more", order.len() - limit)
+        } else {
+            String::new()
+        };
+        format!("{}{more}", shown.join(", "))
+    };
+    for (name, t) in &scores.tensors {
+        match t.shape.as_slice() {
+            [_] => {
+                println!("{name} [{}], most important first:", t.shape[0]);
+                println!("  {}", show(&t.data, 12));
+                if t.shape[0] > 12 {
+                    let order = ranking(&t.data);
+                    let least: Vec<String> =
+                        order.iter().rev().take(6).map(|i| i.to_string()).collect();
+                    println!("  least important: {}", least.join(", "));
+                }
+            }
+            [layers, n] => {
+                println!("{name} [{layers} layers x {n}], per layer, most important first:");
+                for l in 0..*layers {
+                    println!("  layer {l:>3}: {}", show(Scores::row(t, l), 8));
+                }
+            }
+            _ => println!("{name} {:?}", t.shape),
+        }
+    }
+    EXIT_OK
 }

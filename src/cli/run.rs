@@ -80,7 +80,7 @@ pub fn prepare(
     let plan = plan::plan(&pipeline, &store, &hasher, selection).map_err(|e| {
         eprintln!("error: {e}");
         match e {
-            plan::PlanError::Hash { .. } => EXIT_FAILED,
+            plan::PlanError::Hash(_) => EXIT_FAILED,
             _ => EXIT_INVALID,
         }
     })?;

@@ -36,7 +36,10 @@ pub fn next_token_nll<B: Backend>(model: &Llama<B>, rows: &[&[u32]], batch: usiz
     let mut total = NllSum::default();
     for chunk in rows.chunks(batch.max(1)) {
         let seq = chunk[0].len();
-        assert!(chunk.iter().all(|r| r.len() == seq), "rows of one batch share a length");
+        assert!(
+            chunk.iter().all(|r| r.len() == seq),
+            "rows of one batch share a length"
+        );
         if seq < 2 {
             continue;
         }

@@ -125,8 +125,14 @@ mod tests {
     fn save_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let mut tensors = StateDict::new();
-        tensors.insert("hidden".into(), HostTensor::new(vec![3], vec![1.0, 3.0, 2.0]));
-        tensors.insert("ffn".into(), HostTensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]));
+        tensors.insert(
+            "hidden".into(),
+            HostTensor::new(vec![3], vec![1.0, 3.0, 2.0]),
+        );
+        tensors.insert(
+            "ffn".into(),
+            HostTensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]),
+        );
         let scores = Scores {
             tensors,
             summary: ScoresSummary {

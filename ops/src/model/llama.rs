@@ -56,6 +56,17 @@ impl<B: Backend> Llama<B> {
         self.logits(hidden)
     }
 
+    /// The activations `capture` names and the final-norm hidden states,
+    /// without the `lm_head` (scoring needs no logits, and the head is a
+    /// large share of the forward's work).
+    pub fn forward_activations(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        capture: &Capture,
+    ) -> (Tensor<B, 3>, Vec<LayerActivations<B>>) {
+        self.run(tokens, None, capture)
+    }
+
     /// Final-norm hidden states, the `lm_head` input:
     /// `tokens: [batch, seq]` -> `[batch, seq, hidden]`.
     pub fn hidden_states(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {

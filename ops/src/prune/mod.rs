@@ -21,7 +21,7 @@ pub mod select;
 pub mod slice;
 
 pub use rank::{DepthMetric, DepthRanking, Rankings};
-pub use select::{DepthTarget, Keep, KeepLayer, Targets};
+pub use select::{DepthTarget, Keep, KeepLayer, TargetProblem, Targets};
 pub use slice::apply;
 
 use crate::io::StateDict;

@@ -77,15 +77,20 @@ impl Rankings {
         let l = c.num_hidden_layers;
         let mut out = Self::default();
         if targets.hidden.is_some() {
-            let t = score_tensor(scores, "hidden", &[c.hidden_size], "hidden")?;
+            let t = score_tensor(scores, "hidden", &[c.hidden_size], &axis_hint("hidden"))?;
             out.hidden = Some(ranking(&t.data));
         }
         if targets.ffn.is_some() {
-            let t = score_tensor(scores, "ffn", &[l, c.intermediate_size], "ffn")?;
+            let t = score_tensor(scores, "ffn", &[l, c.intermediate_size], &axis_hint("ffn"))?;
             out.ffn = Some(per_row(t, ranking));
         }
         if targets.heads.is_some() || targets.kv_groups.is_some() {
-            let t = score_tensor(scores, "heads", &[l, c.num_attention_heads], "heads")?;
+            let t = score_tensor(
+                scores,
+                "heads",
+                &[l, c.num_attention_heads],
+                &axis_hint("heads"),
+            )?;
             if targets.heads.is_some() {
                 out.heads = Some(per_row(t, ranking));
             }
@@ -97,7 +102,8 @@ impl Rankings {
         match &targets.depth {
             None | Some(DepthTarget::Drop(_)) => {}
             Some(DepthTarget::Layers(_)) => {
-                let t = score_tensor(scores, metric.tensor_name(), &[l], "depth")?;
+                let hint = metric_hint(metric);
+                let t = score_tensor(scores, metric.tensor_name(), &[l], &hint)?;
                 out.depth = Some(DepthRanking::Layers(ranking(&t.data)));
             }
             Some(DepthTarget::Contiguous(n)) => {
@@ -106,9 +112,15 @@ impl Rankings {
                     let name = format!("{}.size{size}", metric.tensor_name());
                     let t = match scores.depth(&name) {
                         None if size == 1 => {
-                            score_tensor(scores, metric.tensor_name(), &[l], "depth")?
+                            score_tensor(scores, metric.tensor_name(), &[l], &metric_hint(metric))?
                         }
-                        _ => score_tensor(scores, &name, &[l - size + 1], "depth")?,
+                        _ => {
+                            let hint = format!(
+                                "{}, with blocks of {size} layers (`block_sizes: [{size}]`)",
+                                metric_hint(metric)
+                            );
+                            score_tensor(scores, &name, &[l - size + 1], &hint)?
+                        }
                     };
                     out.depth = Some(DepthRanking::Blocks {
                         size,
@@ -153,8 +165,9 @@ impl Rankings {
             }
             v
         };
-        let per_layer =
-            |axis: u64, n: usize| -> Vec<Vec<usize>> { (0..l).map(|i| shuffle(axis, i, n)).collect() };
+        let per_layer = |axis: u64, n: usize| -> Vec<Vec<usize>> {
+            (0..l).map(|i| shuffle(axis, i, n)).collect()
+        };
         let mut out = Self::default();
         if targets.hidden.is_some() {
             out.hidden = Some(shuffle(1, 0, c.hidden_size));
@@ -311,19 +324,17 @@ impl Rankings {
     }
 }
 
-/// A score tensor with the shape the model implies.
+/// A score tensor with the shape the model implies; `hint` says what the
+/// importance stage must compute when it is absent.
 fn score_tensor<'a>(
     scores: &'a Scores,
     name: &str,
     shape: &[usize],
-    axis: &str,
+    hint: &str,
 ) -> Result<&'a HostTensor> {
     let Some(t) = scores.tensors.get(name) else {
         let present: Vec<&str> = scores.tensors.keys().map(String::as_str).collect();
-        bail!(
-            "the scores have no `{name}` tensor (present: {present:?}); \
-             the importance stage must score the `{axis}` axis"
-        )
+        bail!("the scores have no `{name}` tensor (present: {present:?}); {hint}")
     };
     ensure!(
         t.shape == shape,
@@ -332,6 +343,20 @@ fn score_tensor<'a>(
         t.shape
     );
     Ok(t)
+}
+
+/// The hint for a missing depth metric.
+fn metric_hint(metric: DepthMetric) -> String {
+    let name = match metric {
+        DepthMetric::BlockImportance => "block_importance",
+        DepthMetric::Perplexity => "perplexity",
+    };
+    format!("the importance stage must score the `depth` axis with the `{name}` metric")
+}
+
+/// The hint for a missing axis.
+fn axis_hint(axis: &str) -> String {
+    format!("the importance stage must score the `{axis}` axis")
 }
 
 /// `f` applied to every row of a `[rows, n]` tensor.
@@ -343,7 +368,12 @@ fn per_row(t: &HostTensor, f: impl Fn(&[f32]) -> Vec<usize>) -> Vec<Vec<usize>> 
 fn group_norms(heads: &[f32], groups: usize) -> Vec<f32> {
     heads
         .chunks_exact(heads.len() / groups)
-        .map(|g| g.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt() as f32)
+        .map(|g| {
+            g.iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt() as f32
+        })
         .collect()
 }
 
@@ -351,7 +381,12 @@ fn group_norms(heads: &[f32], groups: usize) -> Vec<f32> {
 fn row_norms(t: &HostTensor) -> Vec<f64> {
     t.data
         .chunks_exact(t.shape[1])
-        .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt())
+        .map(|r| {
+            r.iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt()
+        })
         .collect()
 }
 

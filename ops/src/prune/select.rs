@@ -36,7 +36,113 @@ pub enum DepthTarget {
     Drop(Vec<usize>),
 }
 
+/// A target that does not fit the model: the field as a recipe spells it
+/// (`heads`, `drop`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
 impl Targets {
+    /// Every way these targets do not fit `config`: a size of 0 or beyond
+    /// the model's, heads that do not split evenly over the kv groups kept,
+    /// more heads per group than a group has, a `drop` list that names a
+    /// missing layer, a layer twice, or every layer.
+    pub fn problems(&self, config: &LlamaConfig) -> Vec<TargetProblem> {
+        let c = config;
+        let mut out = Vec::new();
+        let mut push =
+            |field: &'static str, message: String| out.push(TargetProblem { field, message });
+        let layers = c.num_hidden_layers;
+        let n_depth = match &self.depth {
+            Some(DepthTarget::Layers(n)) | Some(DepthTarget::Contiguous(n)) => Some(*n),
+            _ => None,
+        };
+        for (field, target, size, name) in [
+            ("hidden", self.hidden, c.hidden_size, "hidden_size"),
+            ("ffn", self.ffn, c.intermediate_size, "intermediate_size"),
+            (
+                "heads",
+                self.heads,
+                c.num_attention_heads,
+                "num_attention_heads",
+            ),
+            (
+                "kv_groups",
+                self.kv_groups,
+                c.num_key_value_heads,
+                "num_key_value_heads",
+            ),
+            ("layers", n_depth, layers, "num_hidden_layers"),
+        ] {
+            match target {
+                Some(0) => push(field, format!("`{field}` must be at least 1")),
+                Some(n) if n > size => push(
+                    field,
+                    format!("`{field}: {n}` is more than the model's {name} {size}"),
+                ),
+                _ => {}
+            }
+        }
+        let per_group = c.num_attention_heads / c.num_key_value_heads.max(1);
+        let groups_kept = self.kv_groups.unwrap_or(c.num_key_value_heads);
+        if let Some(n) = self.heads
+            && n > 0
+            && groups_kept > 0
+            && groups_kept <= c.num_key_value_heads
+        {
+            if !n.is_multiple_of(groups_kept) {
+                push(
+                    "heads",
+                    format!(
+                        "`heads: {n}` is not a multiple of the {groups_kept} kv groups kept: \
+                         query heads are pruned inside each kv group, so every group keeps \
+                         heads / kv_groups of them{}",
+                        if self.kv_groups.is_none() {
+                            " (set `kv_groups` too to drop whole groups; with multi-head \
+                             attention every head is its own group)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            } else if n / groups_kept > per_group {
+                push(
+                    "heads",
+                    format!(
+                        "`heads: {n}` over {groups_kept} kv groups is {} query heads per group, \
+                         but each group of the model has {per_group}",
+                        n / groups_kept
+                    ),
+                );
+            }
+        }
+        if let Some(DepthTarget::Drop(drop)) = &self.depth {
+            let mut seen = vec![false; layers];
+            for &l in drop {
+                if l >= layers {
+                    push(
+                        "drop",
+                        format!(
+                            "`drop` names layer {l}, but the model has {layers} layers, \
+                             numbered from 0 to {}",
+                            layers.saturating_sub(1)
+                        ),
+                    );
+                } else if seen[l] {
+                    push("drop", format!("`drop` names layer {l} twice"));
+                } else {
+                    seen[l] = true;
+                }
+            }
+            if seen.iter().all(|&s| s) {
+                push("drop", format!("`drop` would remove all {layers} layers"));
+            }
+        }
+        out
+    }
+
     /// True when nothing would be pruned.
     pub fn is_empty(&self) -> bool {
         self.hidden.is_none()
@@ -92,8 +198,9 @@ impl Keep {
     }
 
     /// The kept units for `targets`, taking the top of each ranking.
-    /// Targets are checked against the model's sizes here, with messages
-    /// that name the field as a recipe spells it.
+    /// Targets are checked against the model's sizes first
+    /// ([`Targets::problems`]), with messages that name the field as a
+    /// recipe spells it.
     pub fn select(config: &LlamaConfig, rankings: &Rankings, targets: &Targets) -> Result<Self> {
         let c = config;
         let (h, f, nh, g) = (
@@ -103,50 +210,40 @@ impl Keep {
             c.num_key_value_heads,
         );
         let per_group = nh / g;
-        within("hidden", targets.hidden, h, "hidden_size")?;
-        within("ffn", targets.ffn, f, "intermediate_size")?;
-        within("heads", targets.heads, nh, "num_attention_heads")?;
-        within("kv_groups", targets.kv_groups, g, "num_key_value_heads")?;
-
+        let problems = targets.problems(config);
+        if !problems.is_empty() {
+            let lines: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+            bail!("{}", lines.join("; "));
+        }
         let groups_kept = targets.kv_groups.unwrap_or(g);
-        let heads_per_group = match targets.heads {
-            None => per_group,
-            Some(n) => {
-                if !n.is_multiple_of(groups_kept) {
-                    bail!(
-                        "`heads: {n}` is not a multiple of the {groups_kept} kv groups kept: \
-                         query heads are pruned inside each kv group, so every group keeps \
-                         heads / kv_groups of them"
-                    );
-                }
-                let k = n / groups_kept;
-                if k > per_group {
-                    bail!(
-                        "`heads: {n}` over {groups_kept} kv groups is {k} query heads per group, \
-                         but each group of the model has {per_group}"
-                    );
-                }
-                k
-            }
-        };
+        let heads_per_group = targets.heads.map_or(per_group, |n| n / groups_kept);
 
         let hidden = match targets.hidden {
             None => (0..h).collect(),
             Some(n) => top("hidden", rankings.hidden.as_deref(), h, n)?,
         };
-        let sources = select_layers(c.num_hidden_layers, rankings.depth.as_ref(), targets.depth.as_ref())?;
+        let sources = select_layers(
+            c.num_hidden_layers,
+            rankings.depth.as_ref(),
+            targets.depth.as_ref(),
+        )?;
 
         let mut layers = Vec::with_capacity(sources.len());
         for source in sources {
             let ffn = match targets.ffn {
                 None => (0..f).collect(),
-                Some(n) => top("ffn", layer_ranking(&rankings.ffn, source, "ffn")?, f, n)?,
+                Some(n) => top(
+                    "ffn",
+                    Some(layer_ranking(&rankings.ffn, source, "ffn")?),
+                    f,
+                    n,
+                )?,
             };
             let kv_groups: Vec<usize> = match targets.kv_groups {
                 None => (0..g).collect(),
                 Some(n) => top(
                     "kv_groups",
-                    layer_ranking(&rankings.kv_groups, source, "kv_groups")?,
+                    Some(layer_ranking(&rankings.kv_groups, source, "kv_groups")?),
                     g,
                     n,
                 )?,
@@ -281,17 +378,6 @@ impl Keep {
     }
 }
 
-/// A target must be between 1 and the model's size.
-fn within(field: &str, target: Option<usize>, size: usize, config_name: &str) -> Result<()> {
-    match target {
-        Some(0) => bail!("`{field}` must be at least 1"),
-        Some(n) if n > size => {
-            bail!("`{field}: {n}` is more than the model's {config_name} {size}")
-        }
-        _ => Ok(()),
-    }
-}
-
 /// The first `n` entries of an axis ranking.
 fn top(axis: &str, ranking: Option<&[usize]>, size: usize, n: usize) -> Result<Vec<usize>> {
     let Some(ranking) = ranking else {
@@ -306,11 +392,11 @@ fn layer_ranking<'a>(
     rankings: &'a Option<Vec<Vec<usize>>>,
     layer: usize,
     axis: &str,
-) -> Result<Option<&'a [usize]>> {
+) -> Result<&'a [usize]> {
     match rankings {
         None => bail!("no ranking for the `{axis}` axis"),
         Some(rows) => match rows.get(layer) {
-            Some(row) => Ok(Some(row.as_slice())),
+            Some(row) => Ok(row.as_slice()),
             None => bail!(
                 "the `{axis}` ranking covers {} layers; layer {layer} has none",
                 rows.len()
@@ -351,7 +437,6 @@ fn select_layers(
         None => Ok(all()),
         Some(DepthTarget::Layers(n)) => {
             let n = *n;
-            within("layers", Some(n), layers, "num_hidden_layers")?;
             let Some(DepthRanking::Layers(ranking)) = ranking else {
                 bail!("no per-layer depth ranking for `layers: {n}`")
             };
@@ -362,7 +447,6 @@ fn select_layers(
         }
         Some(DepthTarget::Contiguous(n)) => {
             let n = *n;
-            within("layers", Some(n), layers, "num_hidden_layers")?;
             let size = layers - n;
             if size == 0 {
                 return Ok(all());
@@ -384,22 +468,6 @@ fn select_layers(
                 .filter(|l| !(start..start + size).contains(l))
                 .collect())
         }
-        Some(DepthTarget::Drop(drop)) => {
-            let mut seen = vec![false; layers];
-            for &l in drop {
-                ensure!(
-                    l < layers,
-                    "`drop` names layer {l}, but the model's layers are 0..{} (0-based)",
-                    layers - 1
-                );
-                ensure!(!seen[l], "`drop` names layer {l} twice");
-                seen[l] = true;
-            }
-            ensure!(
-                drop.len() < layers,
-                "`drop` would remove all {layers} layers"
-            );
-            Ok((0..layers).filter(|&l| !seen[l]).collect())
-        }
+        Some(DepthTarget::Drop(drop)) => Ok((0..layers).filter(|l| !drop.contains(l)).collect()),
     }
 }

@@ -1,0 +1,112 @@
+//! Timings for `distillery bench importance`: the CPU twin of the channel
+//! statistics on a given shape, and the machine's memory bandwidth to compare
+//! it with. Not tests: figures depend on the machine and its load.
+
+use super::importance::{Aggregation, ChannelStats};
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Inputs the benches cycle through are at least this large together, so that
+/// they are read from memory and not from the last-level cache.
+const WORKING_SET_BYTES: usize = 256 << 20;
+
+/// What one timing measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throughput {
+    /// Wall time of all iterations.
+    pub seconds: f64,
+    /// Bytes of input read in that time.
+    pub bytes_read: u64,
+}
+
+impl Throughput {
+    pub fn bytes_per_second(&self) -> f64 {
+        self.bytes_read as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Deterministic filler in [-1, 1) (xorshift), so benches need no RNG crate.
+fn fill(buf: &mut [f32], seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for v in buf {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *v = (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+    }
+}
+
+/// Times `iters` hook calls of the channel statistics on `Flex` (the CPU
+/// twin, through the same [`ChannelStats::add`] the op uses) on `[b, s, c]`
+/// f32 inputs, cycling through enough distinct inputs to exceed the caches,
+/// and reading the accumulators back once at the end. One untimed warm-up
+/// call first.
+pub fn bench_channel_stats_cpu(
+    b: usize,
+    s: usize,
+    c: usize,
+    seq_agg: Aggregation,
+    iters: usize,
+) -> Throughput {
+    let len = b * s * c;
+    let bytes = len * 4;
+    let copies = WORKING_SET_BYTES.div_ceil(bytes.max(1)).clamp(1, 64);
+    let device = Default::default();
+    let inputs: Vec<Tensor<Flex, 3>> = (0..copies)
+        .map(|i| {
+            let mut x = vec![0.0f32; len];
+            fill(&mut x, i as u64 + 1);
+            Tensor::from_data(TensorData::new(x, [b, s, c]), &device)
+        })
+        .collect();
+    let mut stats = ChannelStats::<Flex>::new(c, seq_agg, &device);
+    stats.add(inputs[0].clone());
+    let start = Instant::now();
+    for i in 0..iters {
+        stats.add(inputs[i % copies].clone());
+    }
+    black_box(stats.sums());
+    Throughput {
+        seconds: start.elapsed().as_secs_f64(),
+        bytes_read: (bytes * iters) as u64,
+    }
+}
+
+/// The machine's memory read bandwidth in bytes/s: every thread sums its
+/// share of a 256 MiB buffer (best of a few passes after a warm-up).
+pub fn measure_copy_bandwidth() -> f64 {
+    let len = WORKING_SET_BYTES / 8;
+    let mut buf = vec![0u64; len];
+    buf.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(i, chunk)| chunk.iter_mut().for_each(|v| *v = i as u64));
+    let threads = rayon::current_num_threads().max(1);
+    let part = len.div_ceil(threads * 8);
+    let mut best = 0.0f64;
+    for pass in 0..6 {
+        let start = Instant::now();
+        let sum: u64 = buf.par_chunks(part).map(read_sum).sum();
+        let seconds = start.elapsed().as_secs_f64();
+        black_box(sum);
+        if pass > 0 {
+            best = best.max(WORKING_SET_BYTES as f64 / seconds);
+        }
+    }
+    best
+}
+
+/// Wrapping sum in 8 independent lanes (vectorizes; bound by memory).
+fn read_sum(chunk: &[u64]) -> u64 {
+    let mut lanes = [0u64; 8];
+    let mut blocks = chunk.chunks_exact(8);
+    for block in &mut blocks {
+        for l in 0..8 {
+            lanes[l] = lanes[l].wrapping_add(block[l]);
+        }
+    }
+    let tail: u64 = blocks.remainder().iter().fold(0, |a, &v| a.wrapping_add(v));
+    lanes.iter().fold(tail, |a, &v| a.wrapping_add(v))
+}

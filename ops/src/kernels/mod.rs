@@ -1,0 +1,20 @@
+//! Custom kernels. Each is a backend extension with a CubeCL kernel for the
+//! CubeCL backends (features `wgpu`, `cuda`) and a rayon twin for the CPU
+//! backend, both checked against the float64 oracles in [`reference`].
+//!
+//! - [`importance`]: the width statistics and block importance reductions.
+//! - [`bandwidth`]: timings of the CPU twin against the machine's memory
+//!   bandwidth, for `distillery bench importance`.
+
+pub mod bandwidth;
+pub mod importance;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod importance_cube;
+mod importance_flex;
+pub mod reference;
+
+pub use importance::{
+    Aggregation, BlockDistance, ChannelStats, ImportanceOps, batch_aggregate,
+    channel_stats_accumulate, cosine_distance_accumulate,
+};
+pub use importance_flex::{channel_sums_host, cosine_distance_sum_host};
