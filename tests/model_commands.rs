@@ -270,24 +270,51 @@ fn importance_prune_and_evaluate_chain_on_the_teacher() {
     ws.write("r.yaml", &recipe);
     let out = ws.run(&["run", "r.yaml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let stored = |stage: &str| ws.store().join("store").join(ws.key_of("r.yaml", stage)).join("out");
+    let stored = |stage: &str| {
+        ws.store()
+            .join("store")
+            .join(ws.key_of("r.yaml", stage))
+            .join("out")
+    };
     // The scores inspect as rankings.
-    let scores = distillery().arg("inspect").arg(stored("scores")).output().unwrap();
+    let scores = distillery()
+        .arg("inspect")
+        .arg(stored("scores"))
+        .output()
+        .unwrap();
     let scores_text = text(&scores.stdout);
-    assert!(scores_text.contains("hidden [576], most important first"), "{scores_text}");
-    assert!(scores_text.contains("depth.block_importance.size2 [29]"), "{scores_text}");
+    assert!(
+        scores_text.contains("hidden [576], most important first"),
+        "{scores_text}"
+    );
+    assert!(
+        scores_text.contains("depth.block_importance.size2 [29]"),
+        "{scores_text}"
+    );
     // The student has the asked sizes.
     let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(stored("student").join("config.json")).unwrap()).unwrap();
-    assert_eq!((config["hidden_size"].as_u64(), config["intermediate_size"].as_u64(), config["num_hidden_layers"].as_u64()), (Some(448), Some(1024), Some(28)));
+        serde_json::from_slice(&std::fs::read(stored("student").join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            config["hidden_size"].as_u64(),
+            config["intermediate_size"].as_u64(),
+            config["num_hidden_layers"].as_u64()
+        ),
+        (Some(448), Some(1024), Some(28))
+    );
     // Metrics name both models, with perplexity = exp(loss), the teacher better.
     let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(stored("report").join("metrics.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(stored("report").join("metrics.json")).unwrap())
+            .unwrap();
     let models = metrics["models"].as_array().unwrap();
     assert_eq!(models[0]["stage"], "teacher");
     assert_eq!(models[1]["stage"], "student");
     for m in models {
-        let (loss, ppl) = (m["loss"].as_f64().unwrap(), m["perplexity"].as_f64().unwrap());
+        let (loss, ppl) = (
+            m["loss"].as_f64().unwrap(),
+            m["perplexity"].as_f64().unwrap(),
+        );
         assert!((loss.exp() - ppl).abs() < 1e-6 * ppl, "{m}");
         assert_eq!(m["tokens"], 2 * 63);
     }
