@@ -3,6 +3,8 @@
 //! (boundaries, separators, dropped tail); the split by document; errors;
 //! plan-time checks; malformed artifacts; and the whole distillation corpus.
 
+mod assets_support;
+use assets_support::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,22 +21,6 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 // ---------------------------------------------------------------- assets
-
-const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/assets");
-
-/// The asset's path, or `None` (with a message) when it is absent; under
-/// CI=true a missing asset fails the test instead.
-fn asset(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(ASSETS).join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("asset {} is missing (CI=true)", p.display());
-    }
-    eprintln!("skipping: asset {} is missing", p.display());
-    None
-}
 
 /// The reference tokenizer folder (SmolLM2-135M-Instruct's tokenizer files).
 fn tokenizer_dir() -> Option<PathBuf> {

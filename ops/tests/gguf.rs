@@ -2,8 +2,9 @@
 //! Face reference, dequantization against scalar f64 references, handwritten
 //! files, q/k unpermutation, and malformed input that must error, not panic.
 
+mod assets_support;
+use assets_support::*;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use distillery_ops::io::gguf::{
@@ -17,22 +18,7 @@ use serde_json::{Value, json};
 
 // ---------------------------------------------------------------- assets
 
-const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/assets");
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// The asset's path, or `None` (with a message) when it is absent; under
-/// CI=true a missing asset fails the test instead.
-fn asset(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(ASSETS).join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("asset {} is missing (CI=true)", p.display());
-    }
-    eprintln!("skipping: asset {} is missing", p.display());
-    None
-}
 
 fn read_json(rel: &str) -> Option<Value> {
     let p = asset(rel)?;
@@ -833,29 +819,6 @@ fn handwritten_gguf_round_trips_through_a_temp_file() {
 }
 
 // ---------------------------------------------------------------- a tiny Llama
-
-/// GPT-2's byte-to-unicode table, for a byte-level vocabulary.
-fn byte_level_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!'..=b'~')
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .map(u32::from)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut table = vec!['\0'; 256];
-    for (b, c) in bs.into_iter().zip(cs) {
-        table[b as usize] = char::from_u32(c).unwrap();
-    }
-    table
-}
 
 const TINY_HIDDEN: u64 = 32;
 const TINY_FFN: u64 = 64;

@@ -2,8 +2,9 @@
 //! reference tokenizer.json: structure, ids on the whole held-out corpus,
 //! the reference prompts, special tokens, and the other pre-tokenizers.
 
+mod assets_support;
+use assets_support::*;
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use distillery_ops::io::gguf::GgufFile;
@@ -16,22 +17,7 @@ use tokenizers::Tokenizer;
 
 // ---------------------------------------------------------------- assets
 
-const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/assets");
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// The asset's path, or `None` (with a message) when it is absent; under
-/// CI=true a missing asset fails the test instead.
-fn asset(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(ASSETS).join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("asset {} is missing (CI=true)", p.display());
-    }
-    eprintln!("skipping: asset {} is missing", p.display());
-    None
-}
 
 /// (tokenizer from the GGUF, reference tokenizer.json), built once.
 fn tokenizers_pair() -> Option<&'static (Tokenizer, Tokenizer)> {
@@ -52,39 +38,9 @@ fn reference_json() -> Option<Value> {
 
 /// A 1-D little-endian int64 .npy array.
 fn read_npy_i64(rel: &str) -> Option<Vec<i64>> {
-    let bytes = std::fs::read(asset(rel)?).unwrap();
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{rel}: not a .npy file");
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => (
-            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-            12,
-        ),
-        v => panic!("{rel}: .npy version {v}"),
-    };
-    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
-    assert!(header.contains("'descr': '<i8'"), "{rel}: {header}");
-    assert!(header.contains("'fortran_order': False"), "{rel}: {header}");
-    let shape = header
-        .split("'shape': (")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap();
-    let dims: Vec<usize> = shape
-        .split(',')
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| d.trim().parse().unwrap())
-        .collect();
-    let data = &bytes[start + header_len..];
-    let n: usize = dims.iter().product();
-    assert_eq!(data.len(), n * 8, "{rel}: data size");
-    Some(
-        data.chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-    )
+    let npy = read_npy(&asset(rel)?);
+    assert_eq!(npy.shape.len(), 1, "{rel}: not 1-D");
+    Some(npy.i64s)
 }
 
 fn ids(tk: &Tokenizer, text: &str, special: bool) -> Vec<u32> {
@@ -327,29 +283,6 @@ fn gguf_with(kv: &[(&str, V<'_>)]) -> GgufFile {
         }
     }
     GgufFile::from_bytes(b).unwrap()
-}
-
-/// GPT-2's byte-to-unicode table.
-fn byte_level_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!'..=b'~')
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .map(u32::from)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut table = vec!['\0'; 256];
-    for (b, c) in bs.into_iter().zip(cs) {
-        table[b as usize] = char::from_u32(c).unwrap();
-    }
-    table
 }
 
 const MERGES: [&str; 5] = ["1 2", "12 3", "123 4", "1234 5", "4 5"];

@@ -336,29 +336,6 @@ fn generic_fallback_matches_the_oracle() {
 /// memory bandwidth (`cargo test --release -p distillery-ops --test
 /// kernels_importance -- --ignored --nocapture`).
 #[test]
-#[ignore]
-fn flex_channel_stats_bandwidth() {
-    use distillery_ops::kernels::bandwidth::{bench_channel_stats_cpu, measure_copy_bandwidth};
-    let machine = measure_copy_bandwidth();
-    eprintln!("memory read bandwidth: {:.1} GB/s", machine / 1e9);
-    for (dims, iters) in [
-        ([8, 512, 1536], 40),
-        ([1, 4096, 4096], 20),
-        ([1, 4096, 14336], 6),
-    ] {
-        for seq_agg in Aggregation::ALL {
-            let t = bench_channel_stats_cpu(dims[0], dims[1], dims[2], seq_agg, iters);
-            eprintln!(
-                "{dims:?} seq {seq_agg}: {:.2} ms/call, {:.1} GB/s, {:.0}% of memory bandwidth",
-                1e3 * t.seconds / iters as f64,
-                t.bytes_per_second() / 1e9,
-                100.0 * t.bytes_per_second() / machine
-            );
-        }
-    }
-}
-
-#[test]
 fn aggregation_names_round_trip() {
     for agg in Aggregation::ALL {
         assert_eq!(agg.name().parse::<Aggregation>().unwrap(), agg);

@@ -16,6 +16,15 @@ pub enum BenchCommand {
     Hash(HashArgs),
     /// Model forward (tokens/s by sequence length) and greedy decoding.
     Forward(ForwardArgs),
+    /// The CPU importance reduction against the machine's memory bandwidth.
+    Importance(ImportanceArgs),
+}
+
+#[derive(Args)]
+pub struct ImportanceArgs {
+    /// Hook calls timed per shape.
+    #[arg(long, default_value_t = 40)]
+    iters: usize,
 }
 
 #[derive(Args)]
@@ -50,6 +59,7 @@ pub fn bench(command: BenchCommand) -> u8 {
     match command {
         BenchCommand::Hash(args) => report(hash(args)),
         BenchCommand::Forward(args) => report(forward(args)),
+        BenchCommand::Importance(args) => report(importance(args)),
     }
 }
 
@@ -208,5 +218,36 @@ fn hash(args: HashArgs) -> anyhow::Result<()> {
         timings.push(seconds);
     }
     println!("second plan / first plan = {:.4}", timings[1] / timings[0]);
+    Ok(())
+}
+
+/// Times the channel statistics (the importance op's per-hook reduction)
+/// on the CPU backend and compares the bytes it reads per second with a
+/// plain read of memory on all threads.
+fn importance(args: ImportanceArgs) -> anyhow::Result<()> {
+    use distillery_ops::kernels::bandwidth::{bench_channel_stats_cpu, measure_copy_bandwidth};
+    use distillery_ops::kernels::importance::Aggregation;
+    let machine = measure_copy_bandwidth();
+    println!(
+        "memory read bandwidth ({} threads, best of 5 passes over 256 MiB): {:.1} GB/s",
+        rayon::current_num_threads(),
+        machine / 1e9
+    );
+    for (dims, scale) in [
+        ([8, 512, 1536], 1),
+        ([1, 4096, 4096], 2),
+        ([1, 4096, 14336], 7),
+    ] {
+        let iters = (args.iters / scale).max(1);
+        for seq_agg in Aggregation::ALL {
+            let t = bench_channel_stats_cpu(dims[0], dims[1], dims[2], seq_agg, iters);
+            println!(
+                "channel stats {dims:?}, sequence {seq_agg}: {:.2} ms per call, {:.1} GB/s = {:.0}% of memory bandwidth",
+                1e3 * t.seconds / iters as f64,
+                t.bytes_per_second() / 1e9,
+                100.0 * t.bytes_per_second() / machine
+            );
+        }
+    }
     Ok(())
 }

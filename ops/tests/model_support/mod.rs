@@ -429,21 +429,7 @@ pub fn reference_forward(c: &LlamaConfig, sd: &StateDict, tokens: &[u32]) -> Ref
 // ---------------------------------------------------------------------------
 // Shared assets.
 
-/// `../shared/assets/<rel>` from the ops crate, or `None` when absent
-/// outside CI. In CI (`CI=true`) a missing asset fails the test.
-pub fn asset(rel: &str) -> Option<std::path::PathBuf> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/assets")
-        .join(rel);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "asset {} is missing (required when CI=true)",
-            path.display()
-        );
-    }
-    eprintln!("skipping: asset {} is missing", path.display());
-    None
-}
+#[path = "../assets_support/mod.rs"]
+mod assets_support;
+#[allow(unused_imports)]
+pub use assets_support::{Npy, asset, read_npy};
