@@ -3,6 +3,7 @@
 //! the same text.
 
 use crate::model::{Llama, tokens_tensor};
+use crate::rng::SplitMix64;
 use burn::tensor::backend::Backend;
 
 #[derive(Debug, Clone, Copy)]
@@ -92,24 +93,6 @@ pub fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SplitMix64
         }
     }
     nucleus[kept - 1].0
-}
-
-/// A small, fast, seedable generator (SplitMix64).
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 #[cfg(test)]

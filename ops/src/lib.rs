@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod prune;
+pub mod rng;
 pub mod stages;
 
 pub use stages::register;

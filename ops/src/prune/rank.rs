@@ -9,6 +9,7 @@ use super::select::{DepthTarget, Targets};
 use crate::io::scores::{Scores, ranking};
 use crate::io::{HostTensor, StateDict};
 use crate::model::LlamaConfig;
+use crate::rng::{SplitMix64, mix};
 use anyhow::{Result, bail, ensure};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -157,13 +158,7 @@ impl Rankings {
         let c = config;
         let l = c.num_hidden_layers;
         let shuffle = |axis: u64, layer: usize, n: usize| {
-            let mut rng = SplitMix64::new(mix(mix(seed, axis), layer as u64));
-            let mut v: Vec<usize> = (0..n).collect();
-            for i in (1..n).rev() {
-                let j = (rng.next() % (i as u64 + 1)) as usize;
-                v.swap(i, j);
-            }
-            v
+            SplitMix64::new(mix(mix(seed, axis), layer as u64)).permutation(n)
         };
         let per_layer = |axis: u64, n: usize| -> Vec<Vec<usize>> {
             (0..l).map(|i| shuffle(axis, i, n)).collect()
@@ -403,26 +398,4 @@ fn col_norms(t: &HostTensor) -> Vec<f64> {
 
 fn to_f32(values: impl Iterator<Item = f64>) -> Vec<f32> {
     values.map(|v| v as f32).collect()
-}
-
-/// splitmix64: a small seeded generator, enough for shuffles.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-/// Two words into one well-mixed word (for deriving stream seeds).
-pub fn mix(a: u64, b: u64) -> u64 {
-    SplitMix64::new(a ^ SplitMix64::new(b).next()).next()
 }

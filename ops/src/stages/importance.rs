@@ -311,13 +311,8 @@ fn pick_rows(
     if available == 0 {
         bail!("the dataset's {} split has no rows", split.name());
     }
-    let mut order: Vec<usize> = (0..available).collect();
-    // Fisher-Yates with a seeded generator: the same seed, the same rows.
-    let mut rng = crate::generate::SplitMix64(seed ^ 0x1A2B_3C4D);
-    for i in (1..order.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
+    // The same seed, the same rows.
+    let mut order = crate::rng::SplitMix64::new(seed ^ 0x1A2B_3C4D).permutation(available);
     order.truncate(count.min(available));
     Ok(order
         .iter()
