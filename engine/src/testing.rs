@@ -31,7 +31,10 @@ fn log(ctx: &RunContext, event: &str) {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(f, "{event} {} {}", ctx.stage, std::process::id());
+            // One write per line: appends from concurrent stages and
+            // processes then never interleave within a line.
+            let line = format!("{event} {} {}\n", ctx.stage, std::process::id());
+            let _ = f.write_all(line.as_bytes());
         }
     }
 }
