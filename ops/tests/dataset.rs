@@ -987,11 +987,6 @@ fn assert_same_ids(encoder: &DocumentEncoder, tok: &Tokenizer, texts: &[String],
     });
 }
 
-fn read_zst(rel: &str) -> Option<String> {
-    let path = asset(rel)?;
-    Some(String::from_utf8(zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap()).unwrap())
-}
-
 #[test]
 fn fast_path_gives_the_tokenizers_ids_on_real_text() {
     let Some(_) = tokenizer_dir() else { return };
@@ -1003,19 +998,9 @@ fn fast_path_gives_the_tokenizers_ids_on_real_text() {
     let tricky: Vec<String> = TRICKY.iter().map(|s| s.to_string()).collect();
     assert_same_ids(&encoder, &tok, &tricky, "tricky");
 
-    let Some(ppl) = read_zst("corpus/heldout_ppl.jsonl.zst") else {
+    let Some(docs) = heldout_documents() else {
         return;
     };
-    let docs: Vec<String> = ppl
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert!(docs.len() > 100);
     assert_same_ids(&encoder, &tok, &docs, "heldout_ppl");
 
     for rel in [

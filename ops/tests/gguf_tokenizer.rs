@@ -4,7 +4,6 @@
 
 mod assets_support;
 use assets_support::*;
-use std::io::Read;
 use std::sync::OnceLock;
 
 use distillery_ops::io::gguf::GgufFile;
@@ -94,24 +93,9 @@ fn same_ids_as_reference_on_every_heldout_document() {
     let Some((ours, reference)) = tokenizers_pair() else {
         return;
     };
-    let Some(path) = asset("corpus/heldout_ppl.jsonl.zst") else {
+    let Some(docs) = heldout_documents() else {
         return;
     };
-    let mut text = String::new();
-    zstd::Decoder::new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    let docs: Vec<String> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert!(docs.len() > 100, "{} documents", docs.len());
     let n_tokens: usize = docs
         .par_iter()
         .enumerate()

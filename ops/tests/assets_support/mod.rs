@@ -21,6 +21,29 @@ pub fn asset(rel: &str) -> Option<PathBuf> {
     None
 }
 
+/// A zstd-compressed asset as text.
+pub fn read_zst(rel: &str) -> Option<String> {
+    let path = asset(rel)?;
+    let bytes = zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap();
+    Some(String::from_utf8(bytes).unwrap())
+}
+
+/// The `text` of every document of `corpus/heldout_ppl.jsonl.zst`.
+pub fn heldout_documents() -> Option<Vec<String>> {
+    let text = read_zst("corpus/heldout_ppl.jsonl.zst")?;
+    let docs: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(docs.len() > 100, "{} documents", docs.len());
+    Some(docs)
+}
+
 /// A `.npy` array: f32 or i64 values (the other vector empty) and its shape.
 pub struct Npy {
     pub shape: Vec<usize>,
