@@ -11,6 +11,7 @@ pub mod importance;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod importance_cube;
 mod importance_flex;
+pub mod kd;
 pub mod reference;
 
 pub use importance::{

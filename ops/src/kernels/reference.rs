@@ -3,6 +3,7 @@
 //! (the rayon twin, the CubeCL kernel) with these.
 
 use super::importance::{Aggregation, COSINE_EPS};
+use super::kd::{KdLoss, KdSpec};
 
 /// Sequence aggregate of one channel: `values` are `x[b, :, c]`.
 ///
@@ -89,4 +90,102 @@ pub fn cosine_distance_sum(h_in: &[f32], h_out: &[f32], channels: usize) -> f64 
         .zip(h_out.chunks_exact(channels))
         .map(|(u, v)| cosine_distance(u, v))
         .sum()
+}
+
+/// Log-softmax of `logits / tau` in f64 (max-shifted).
+fn log_softmax(logits: &[f32], tau: f64) -> Vec<f64> {
+    let z: Vec<f64> = logits.iter().map(|&x| x as f64 / tau).collect();
+    let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+    z.iter().map(|v| v - lse).collect()
+}
+
+/// One row of the KD loss: `(L, dL/ds)` for student logits `s` and teacher
+/// logits `t` of one position, by the formulas in [`super::kd`], written
+/// from the definitions (the JSD gradient by the chain rule through the
+/// softmax, not from the closed form the kernels use).
+pub fn kd_row(s: &[f32], t: &[f32], spec: KdSpec) -> (f64, Vec<f64>) {
+    assert_eq!(s.len(), t.len());
+    let tau = spec.temperature as f64;
+    let (lp, lq) = (log_softmax(s, tau), log_softmax(t, tau));
+    let p: Vec<f64> = lp.iter().map(|v| v.exp()).collect();
+    let q: Vec<f64> = lq.iter().map(|v| v.exp()).collect();
+    // Terms with a zero probability are zero (their logs may be -inf when
+    // logits of magnitude 1e4 underflow).
+    let kl = |a: &[f64], la: &[f64], lb: &[f64]| -> f64 {
+        (0..a.len())
+            .filter(|&v| a[v] > 0.0)
+            .map(|v| a[v] * (la[v] - lb[v]))
+            .sum()
+    };
+    // dL/dp (as if p were free), then through the softmax and the 1/tau.
+    let (loss, dl_dp): (f64, Vec<f64>) = match spec.loss {
+        KdLoss::ForwardKl => (
+            kl(&q, &lq, &lp),
+            (0..p.len()).map(|v| -q[v] / p[v]).collect(),
+        ),
+        KdLoss::ReverseKl => (
+            kl(&p, &lp, &lq),
+            (0..p.len()).map(|v| lp[v] - lq[v] + 1.0).collect(),
+        ),
+        KdLoss::Jsd { beta } => {
+            let beta = beta as f64;
+            // ln m in log space: m underflows where both p and q do.
+            let lm: Vec<f64> = (0..p.len())
+                .map(|v| {
+                    let (a, b) = (beta.ln() + lq[v], (1.0 - beta).ln() + lp[v]);
+                    let hi = a.max(b);
+                    hi + ((a - hi).exp() + (b - hi).exp()).ln()
+                })
+                .collect();
+            let loss = beta * kl(&q, &lq, &lm) + (1.0 - beta) * kl(&p, &lp, &lm);
+            let grad = (0..p.len())
+                .map(|v| {
+                    let (q_m, p_m) = ((lq[v] - lm[v]).exp(), (lp[v] - lm[v]).exp());
+                    -beta * q_m * (1.0 - beta)
+                        + (1.0 - beta) * (lp[v] - lm[v] + 1.0 - p_m * (1.0 - beta))
+                })
+                .collect();
+            (loss, grad)
+        }
+    };
+    // Softmax Jacobian: dL/dz_k = p_k (g_k - sum_j p_j g_j), z = s / tau.
+    // For forward KL, p_k g_k = -q_k exactly; guard 0 * inf when p underflows.
+    let g: Vec<f64> = match spec.loss {
+        KdLoss::ForwardKl => (0..p.len()).map(|v| -q[v]).collect(),
+        _ => (0..p.len())
+            .map(|v| if p[v] > 0.0 { p[v] * dl_dp[v] } else { 0.0 })
+            .collect(),
+    };
+    let mean: f64 = g.iter().sum();
+    let grad = (0..p.len()).map(|v| (g[v] - p[v] * mean) / tau).collect();
+    (loss, grad)
+}
+
+/// The whole op: `rows x vocab` logits, per-row weights. Returns
+/// `(sum_n w_n L_n, w_n dL_n/ds)` times the spec's scale.
+pub fn kd_loss(
+    student: &[f32],
+    teacher: &[f32],
+    weights: &[f32],
+    vocab: usize,
+    spec: KdSpec,
+) -> (f64, Vec<f64>) {
+    assert_eq!(student.len(), teacher.len());
+    assert_eq!(student.len(), weights.len() * vocab);
+    let scale = spec.scale() as f64;
+    let mut loss = 0.0;
+    let mut grad = vec![0.0; student.len()];
+    for (n, &w) in weights.iter().enumerate() {
+        let row = n * vocab..(n + 1) * vocab;
+        if w == 0.0 {
+            continue;
+        }
+        let (l, g) = kd_row(&student[row.clone()], &teacher[row.clone()], spec);
+        loss += scale * w as f64 * l;
+        for (o, gv) in grad[row].iter_mut().zip(g) {
+            *o = scale * w as f64 * gv;
+        }
+    }
+    (loss, grad)
 }
