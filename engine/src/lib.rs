@@ -6,6 +6,7 @@
 pub mod diagnostic;
 pub mod files;
 pub mod graph;
+pub mod interrupt;
 pub mod key;
 pub mod op;
 pub mod plan;

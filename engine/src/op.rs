@@ -112,6 +112,9 @@ pub struct UpstreamInfo {
     pub op: String,
     /// The upstream stage's parameters, defaults filled in.
     pub params: serde_json::Value,
+    /// Its own inputs, by slot, all the way up (for checks that follow a
+    /// model back to where it was loaded).
+    pub inputs: BTreeMap<String, Vec<UpstreamInfo>>,
 }
 
 /// The context of a plan-time check.

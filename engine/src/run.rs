@@ -169,6 +169,22 @@ pub fn execute(
                     })
                 })
                 .collect();
+            if crate::interrupt::requested() {
+                // Started stages finish or checkpoint; nothing new starts.
+                for &i in &pending {
+                    let outcome = StageOutcome::Failed {
+                        error: "not started: the run was interrupted".into(),
+                    };
+                    observer.finished(&StageReport {
+                        name: by_index[&i].name.clone(),
+                        key: by_index[&i].key.clone(),
+                        outcome: outcome.clone(),
+                    });
+                    outcomes.insert(i, outcome);
+                }
+                pending.clear();
+            }
+            let ready: Vec<usize> = ready.into_iter().filter(|i| pending.contains(i)).collect();
             for i in ready {
                 if running.len() >= jobs {
                     break;

@@ -295,20 +295,7 @@ pub fn validate(
         if params[i].is_null() {
             continue;
         }
-        let upstream: BTreeMap<String, Vec<UpstreamInfo>> = inputs[i]
-            .iter()
-            .map(|(slot, producers)| {
-                let infos = producers
-                    .iter()
-                    .map(|&j| UpstreamInfo {
-                        stage: recipe.stages[j].name.clone(),
-                        op: recipe.stages[j].op.clone(),
-                        params: params[j].clone(),
-                    })
-                    .collect();
-                (slot.clone(), infos)
-            })
-            .collect();
+        let upstream = upstream_of(i, &inputs, &params, &recipe, recipe.stages.len());
         let ctx = CheckContext {
             inputs: &upstream,
             recipe_dir: &recipe_dir,
@@ -507,4 +494,34 @@ fn find_string(node: Option<&Node>, text: &str) -> Option<Span> {
         Value::Map(entries) => entries.iter().find_map(|(_, v)| find_string(Some(v), text)),
         _ => None,
     }
+}
+
+/// What a check of stage `i` sees of the stages bound to its slots, and of
+/// theirs in turn. `depth` bounds the walk, so a cycle (reported elsewhere)
+/// cannot recurse forever.
+fn upstream_of(
+    i: usize,
+    inputs: &[BTreeMap<String, Vec<usize>>],
+    params: &[serde_json::Value],
+    recipe: &Recipe,
+    depth: usize,
+) -> BTreeMap<String, Vec<UpstreamInfo>> {
+    if depth == 0 {
+        return BTreeMap::new();
+    }
+    inputs[i]
+        .iter()
+        .map(|(slot, producers)| {
+            let infos = producers
+                .iter()
+                .map(|&j| UpstreamInfo {
+                    stage: recipe.stages[j].name.clone(),
+                    op: recipe.stages[j].op.clone(),
+                    params: params[j].clone(),
+                    inputs: upstream_of(j, inputs, params, recipe, depth - 1),
+                })
+                .collect();
+            (slot.clone(), infos)
+        })
+        .collect()
 }

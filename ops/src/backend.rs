@@ -3,6 +3,7 @@
 //! over the backend, as an [`OnBackend`] task.
 
 use crate::kernels::importance::ImportanceOps;
+use crate::kernels::kd::KdOps;
 use burn::tensor::backend::Backend;
 use distillery_engine::Device;
 
@@ -10,10 +11,10 @@ use distillery_engine::Device;
 pub type Cpu = burn::backend::Flex;
 
 /// What a backend must offer for every stage: Burn's tensor ops plus our
-/// kernels (the importance reductions).
-pub trait ComputeBackend: Backend + ImportanceOps {}
+/// kernels (the importance reductions and the fused KD loss).
+pub trait ComputeBackend: Backend + ImportanceOps + KdOps {}
 
-impl<B: Backend + ImportanceOps> ComputeBackend for B {}
+impl<B: Backend + ImportanceOps + KdOps> ComputeBackend for B {}
 
 /// A computation generic over the backend.
 pub trait OnBackend {

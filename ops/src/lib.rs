@@ -13,5 +13,6 @@ pub mod model;
 pub mod prune;
 pub mod rng;
 pub mod stages;
+pub mod train;
 
 pub use stages::register;

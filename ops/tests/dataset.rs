@@ -1,7 +1,8 @@
 //! The `dataset` op and its reader: exact token ids against the tokenizer
 //! on small handmade JSONL, text, zstd and chat inputs; the packing into rows
 //! (boundaries, separators, dropped tail); the split by document; errors;
-//! plan-time checks; malformed artifacts; and the whole distillation corpus.
+//! plan-time checks; malformed artifacts; the loss mask of chat data; and the
+//! whole distillation corpus.
 
 mod assets_support;
 use assets_support::*;
@@ -15,7 +16,9 @@ use distillery_engine::progress::{NoProgress, Progress};
 use distillery_engine::{CheckContext, Device, OpRegistry, RunContext, TypedOp};
 use distillery_ops::io::chat::ChatTemplate;
 use distillery_ops::io::dataset::{DatasetArtifact, DatasetIndex, DocumentRecord, Split, split_of};
-use distillery_ops::stages::dataset::{DataFormat, Dataset, DatasetParams, DocumentEncoder};
+use distillery_ops::stages::dataset::{
+    DataFormat, Dataset, DatasetParams, DocumentEncoder, LossOn,
+};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -214,6 +217,16 @@ fn jsonl_documents_give_the_tokenizers_ids_with_eos_after_each() {
     assert_eq!(index.files[0].format, "jsonl");
     assert_eq!(index.files[0].documents, 4);
     data.check_token_ids().unwrap();
+    // Text documents: every token is a target, no mask is written.
+    assert!(!data.has_loss_mask());
+    assert!(data.loss_mask(Split::Train).is_none());
+    assert!(data.loss_mask_row(Split::Train, 0).is_none());
+    assert!(index.loss_mask.is_none());
+    assert_eq!(index.train.mask_file, None);
+    assert_eq!(index.train.target_tokens, None);
+    assert!(!data.dir().join("train.mask.bin").exists());
+    let written = std::fs::read_to_string(data.dir().join("index.json")).unwrap();
+    assert!(!written.contains("mask"), "{written}");
 
     let docs = data.documents().unwrap();
     let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
@@ -355,6 +368,30 @@ fn chat_conversations_are_rendered_with_the_chat_template() {
     // The special tokens are single ids.
     assert_eq!(&expected[..1], &[1]);
     assert_packed(&data, Split::Train, &expected);
+    // The loss mask: the replies with their <|im_end|>, nothing else of the
+    // conversations, not the separator after them; all of the plain text.
+    assert!(data.has_loss_mask());
+    let mut mask = Vec::new();
+    for (text, reply) in [
+        (
+            c1.strip_suffix("Hello! How can I help?<|im_end|>\n")
+                .unwrap(),
+            0,
+        ),
+        ("Hello! How can I help?<|im_end|>", 1),
+        ("\n", 0),
+        ("<|im_end|>", 0),
+        (c2.strip_suffix("4<|im_end|>\n").unwrap(), 0),
+        ("4<|im_end|>", 1),
+        ("\n", 0),
+        ("<|im_end|>", 0),
+        ("A plain document between chats.<|im_end|>", 1),
+    ] {
+        mask.extend(std::iter::repeat_n(reply, encode(&tok, text).len()));
+    }
+    assert_eq!(mask.len(), expected.len());
+    let n = data.rows(Split::Train) * 16;
+    assert_eq!(data.loss_mask(Split::Train).unwrap(), &mask[..n]);
     let ids: Vec<String> = data
         .documents()
         .unwrap()
@@ -788,7 +825,8 @@ fn plan_time_checks_and_defaults() {
             "id_field": "doc_id",
             "format": "auto",
             "max_documents": null,
-            "separator": null
+            "separator": null,
+            "loss_on": null
         })
     );
     assert_eq!(
@@ -1254,4 +1292,630 @@ fn whole_distillation_corpus() {
     let n = ids.len().min(2048);
     assert_eq!(&data.row(split, 0)[..n], &ids[..n]);
     let _ = std::io::stdout().flush();
+}
+
+// ---------------------------------------------------------------- loss mask
+
+/// A tokenizer folder built from the teacher GGUF's metadata, as
+/// `load_model` writes it: `tokenizer.json` and `tokenizer_config.json`.
+fn gguf_tokenizer_dir(ws: &Workspace) -> Option<PathBuf> {
+    use distillery_ops::io::gguf::GgufFile;
+    use distillery_ops::io::gguf_tokenizer::{tokenizer_config, tokenizer_from_gguf};
+    let gguf = asset("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    let g = GgufFile::open(&gguf).unwrap();
+    let dir = ws.dir.path().join("teacher-tokenizer");
+    std::fs::create_dir_all(&dir).unwrap();
+    tokenizer_from_gguf(&g)
+        .unwrap()
+        .save(dir.join("tokenizer.json"), false)
+        .unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tokenizer_config(&g).unwrap()).unwrap(),
+    )
+    .unwrap();
+    Some(dir)
+}
+
+fn chat_template(tokenizer_dir: &Path) -> ChatTemplate {
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(tokenizer_dir.join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    ChatTemplate::from_tokenizer_config(&config)
+        .unwrap()
+        .unwrap()
+}
+
+/// A split's tokens and mask cut back into documents (text ids and mask,
+/// without the separator), following `documents.jsonl`; documents that run
+/// into the dropped tail are left out. Also checks the separators' ids, and
+/// their mask: `separator_mask` of the document's id.
+fn split_documents(
+    data: &DatasetArtifact,
+    split: Split,
+    separator: &[u32],
+    separator_mask: impl Fn(&str) -> u8,
+) -> Vec<(DocumentRecord, Vec<u32>, Vec<u8>)> {
+    let tokens = data.tokens(split);
+    let mask = data.loss_mask(split).expect("a loss mask");
+    assert_eq!(mask.len(), tokens.len());
+    let mut at = 0;
+    let mut out = Vec::new();
+    for record in data.documents().unwrap() {
+        if record.split != split {
+            continue;
+        }
+        let end = at + record.tokens as usize;
+        if end + separator.len() > tokens.len() {
+            break;
+        }
+        assert_eq!(&tokens[end..end + separator.len()], separator);
+        assert!(
+            mask[end..end + separator.len()]
+                .iter()
+                .all(|&m| m == separator_mask(&record.id)),
+            "separator mask after {}",
+            record.id
+        );
+        out.push((record, tokens[at..end].to_vec(), mask[at..end].to_vec()));
+        at = end + separator.len();
+    }
+    out
+}
+
+/// The maximal runs of tokens whose mask is 1.
+fn target_runs(ids: &[u32], mask: &[u8]) -> Vec<Vec<u32>> {
+    let mut runs: Vec<Vec<u32>> = Vec::new();
+    let mut open = false;
+    for (&id, &m) in ids.iter().zip(mask) {
+        match (m, open) {
+            (1, true) => runs.last_mut().unwrap().push(id),
+            (1, false) => runs.push(vec![id]),
+            (0, _) => {}
+            (other, _) => panic!("mask byte {other}"),
+        }
+        open = m == 1;
+    }
+    runs
+}
+
+#[test]
+fn loss_mask_marks_exactly_the_assistant_replies_of_sharegpt() {
+    let ws = Workspace::new();
+    let Some(tdir) = gguf_tokenizer_dir(&ws) else {
+        return;
+    };
+    let Some(chats) = asset("instruct/sharegpt_en_heldout.jsonl.zst") else {
+        return;
+    };
+    let tok = Tokenizer::from_file(tdir.join("tokenizer.json")).unwrap();
+    let template = chat_template(&tdir);
+    std::fs::create_dir_all(ws.recipe_dir()).unwrap();
+    // Short rows, so that most conversations are cut across rows.
+    let mut p = params(&[chats], 257, 10.0);
+    p.id_field = "id".into();
+    let progress = Recorder::default();
+    let out = ws.run_named("sft", &tdir, p, 0, &progress).unwrap();
+    let data = DatasetArtifact::open(&out).unwrap();
+    let index = data.index();
+    assert!(data.has_loss_mask());
+    assert_eq!(index.format_version, 2);
+    assert_eq!(index.loss_mask.as_ref().unwrap().loss_on, "assistant");
+    data.check_token_ids().unwrap();
+    data.check_loss_mask().unwrap();
+    let lines = progress.lines.lock().unwrap().clone();
+    assert!(lines.iter().any(|l| l.contains("loss mask")), "{lines:?}");
+
+    let records: BTreeMap<String, Value> = read_zst("instruct/sharegpt_en_heldout.jsonl.zst")
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            (r["id"].as_str().unwrap().to_string(), r)
+        })
+        .collect();
+    let mut conversations = 0;
+    let mut replies = 0;
+    for split in Split::ALL {
+        let stats = index.split(split);
+        assert_eq!(
+            stats.mask_file.as_deref(),
+            Some(split.mask_file_name()),
+            "{split}"
+        );
+        let mask = data.loss_mask(split).unwrap();
+        assert_eq!(mask.len(), data.tokens(split).len());
+        let targets = mask.iter().filter(|&&m| m == 1).count() as u64;
+        assert_eq!(stats.target_tokens, Some(targets));
+        assert!(targets > 0 && targets < stats.tokens, "{split}: {targets}");
+        // Rows and their masks line up, documents cut across rows included.
+        for i in 0..data.rows(split) {
+            let row = data.loss_mask_row(split, i).unwrap();
+            assert_eq!(row.len(), 257);
+            assert_eq!(row, &mask[i * 257..(i + 1) * 257]);
+        }
+        // The separator after a conversation is not a target.
+        for (record, ids, doc_mask) in split_documents(&data, split, &[EOS], |_| 0) {
+            let messages = &records[&record.id]["messages"];
+            // The pieces concatenate to the tokens of the whole rendered
+            // text: no assistant reply here starts with whitespace, the only
+            // place where cutting could change SmolLM2's tokens.
+            let text = template.render(messages, false).unwrap();
+            assert_eq!(ids, encode(&tok, &text), "{}", record.id);
+            assert_eq!(
+                record.target_tokens,
+                Some(doc_mask.iter().map(|&m| m as u64).sum())
+            );
+            // Each run of targets decodes to one reply and its end of turn.
+            let expected: Vec<String> = messages
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["role"] == "assistant")
+                .map(|m| format!("{}<|im_end|>", m["content"].as_str().unwrap()))
+                .collect();
+            let runs: Vec<String> = target_runs(&ids, &doc_mask)
+                .iter()
+                .map(|run| tok.decode(run, false).unwrap())
+                .collect();
+            assert_eq!(runs, expected, "{}", record.id);
+            // Everything else, system and user turns and role headers, is
+            // context: the unmasked tokens decode to the text less the
+            // replies.
+            let context: Vec<u32> = ids
+                .iter()
+                .zip(&doc_mask)
+                .filter(|&(_, &m)| m == 0)
+                .map(|(&id, _)| id)
+                .collect();
+            let mut rest = text.clone();
+            for reply in &expected {
+                rest = rest.replacen(&format!("\n{reply}"), "\n", 1);
+            }
+            assert_eq!(tok.decode(&context, false).unwrap(), rest, "{}", record.id);
+            assert!(rest.contains("<|im_start|>assistant\n"));
+            conversations += 1;
+            replies += expected.len();
+        }
+    }
+    println!("{conversations} conversations, {replies} replies checked");
+    assert!(conversations > 250, "{conversations}");
+}
+
+#[test]
+fn loss_mask_pieces_differ_from_the_whole_text_only_at_their_bounds() {
+    let Some(tdir) = tokenizer_dir() else { return };
+    let tok = tokenizer();
+    let template = chat_template(&tdir);
+    // A reply that starts with spaces: the header's newline and the first
+    // spaces would be one pre-token in the whole text.
+    let messages = json!([
+        {"role": "user", "content": "Indent this."},
+        {"role": "assistant", "content": "   indented\n\n  code"},
+        {"role": "user", "content": "  and mine?"},
+        {"role": "assistant", "content": "Done."}
+    ]);
+    let rendered = template.render_with_replies(&messages).unwrap();
+    assert_eq!(rendered.text, template.render(&messages, false).unwrap());
+    let pieces = rendered.segments();
+    assert_eq!(
+        pieces.iter().map(|(t, _)| *t).collect::<String>(),
+        rendered.text
+    );
+    let replies: Vec<&str> = pieces
+        .iter()
+        .filter(|(_, reply)| *reply)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(
+        replies,
+        ["   indented\n\n  code<|im_end|>", "Done.<|im_end|>"]
+    );
+    let ids: Vec<u32> = pieces.iter().flat_map(|(t, _)| encode(&tok, t)).collect();
+    let whole = encode(&tok, &rendered.text);
+    assert_ne!(ids, whole, "the bound changes the tokens here");
+    assert_eq!(tok.decode(&ids, false).unwrap(), rendered.text);
+    // They agree up to the bound, and again from the reply's first word.
+    let header = encode(&tok, pieces[0].0);
+    assert_eq!(&whole[..header.len() - 1], &header[..header.len() - 1]);
+    let tail = encode(
+        &tok,
+        &rendered.text[rendered.text.find("\n\n  code").unwrap()..],
+    );
+    assert!(whole.ends_with(&tail) && ids.ends_with(&tail));
+
+    // Through the op, the mask is exact on the cut tokens.
+    let ws = Workspace::new();
+    let f = ws.file("c.jsonl", jsonl(&[json!({"messages": messages})]));
+    let data = ws.run(&tdir, params(&[f], 2, 0.0)).unwrap();
+    let n = data.tokens(Split::Train).len();
+    assert_eq!(
+        data.tokens(Split::Train),
+        &[ids.clone(), vec![EOS]].concat()[..n]
+    );
+    let mask = data.loss_mask(Split::Train).unwrap();
+    let runs: Vec<String> = target_runs(&ids[..n.min(ids.len())], &mask[..n.min(ids.len())])
+        .iter()
+        .map(|r| tok.decode(r, false).unwrap())
+        .collect();
+    assert_eq!(runs, replies);
+}
+
+#[test]
+fn loss_on_all_writes_no_mask_and_keeps_the_whole_text_ids() {
+    let Some(tdir) = tokenizer_dir() else { return };
+    let tok = tokenizer();
+    let template = chat_template(&tdir);
+    let messages = json!([
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "  Hello."}
+    ]);
+    let ws = Workspace::new();
+    let f = ws.file("c.jsonl", jsonl(&[json!({"messages": messages})]));
+    let mut p = params(&[f], 2, 0.0);
+    p.loss_on = Some(LossOn::All);
+    let data = ws.run(&tdir, p).unwrap();
+    assert!(!data.has_loss_mask());
+    assert!(data.loss_mask_row(Split::Train, 0).is_none());
+    assert!(!data.dir().join("train.mask.bin").exists());
+    let text = template.render(&messages, false).unwrap();
+    assert_packed(&data, Split::Train, &stream(&tok, &[&text], &[EOS]));
+    assert_eq!(data.documents().unwrap()[0].target_tokens, None);
+}
+
+#[test]
+fn loss_mask_covers_text_read_before_the_first_conversation() {
+    let Some(tdir) = tokenizer_dir() else { return };
+    let tok = tokenizer();
+    let template = chat_template(&tdir);
+    let ws = Workspace::new();
+    // Text documents fill rows before the first conversation turns the mask
+    // on; the held-out split gets text only and still a mask of ones.
+    let mut records: Vec<Value> = (0..40)
+        .map(|i| json!({"doc_id": format!("t{i}"), "text": TEXTS[i % 4]}))
+        .collect();
+    let conversation = json!([
+        {"role": "system", "content": "Terse."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Red."}
+    ]);
+    // Chat ids whose side is train at 20%.
+    let chat_ids: Vec<String> = (0..)
+        .map(|i| format!("chat{i}"))
+        .filter(|id| split_of(id, 20.0) == Split::Train)
+        .take(3)
+        .collect();
+    for id in &chat_ids {
+        records.push(json!({"doc_id": id, "messages": conversation}));
+    }
+    let f = ws.file("mixed.jsonl", jsonl(&records));
+    let data = ws.run(&tdir, params(&[f], 5, 20.0)).unwrap();
+    assert!(data.has_loss_mask());
+    data.check_loss_mask().unwrap();
+    let docs = data.documents().unwrap();
+    assert!(docs.iter().any(|d| d.split == Split::Heldout));
+
+    let text = template.render(&conversation, false).unwrap();
+    let chat_ids_tok = encode(&tok, &text);
+    for split in Split::ALL {
+        // Not a target after a conversation, a target after plain text.
+        let pieces = split_documents(&data, split, &[EOS], |id| u8::from(!id.starts_with("chat")));
+        let mut separators_checked = 0;
+        for (record, ids, mask) in &pieces {
+            if record.id.starts_with("chat") {
+                assert_eq!(ids, &chat_ids_tok);
+                let runs: Vec<String> = target_runs(ids, mask)
+                    .iter()
+                    .map(|r| tok.decode(r, false).unwrap())
+                    .collect();
+                assert_eq!(runs, ["Blue.<|im_end|>", "Red.<|im_end|>"]);
+                assert_eq!(record.target_tokens, Some(6));
+            } else {
+                assert!(mask.iter().all(|&m| m == 1), "{}", record.id);
+                assert_eq!(record.target_tokens, None);
+                separators_checked += 1;
+            }
+        }
+        assert!(separators_checked > 0, "{split}");
+    }
+    // The text before the first conversation: every token a target, its
+    // separators too.
+    let first_chat = docs.iter().position(|d| d.id.starts_with("chat")).unwrap();
+    let before: usize = docs[..first_chat]
+        .iter()
+        .filter(|d| d.split == Split::Train)
+        .map(|d| d.tokens as usize + 1)
+        .sum();
+    assert!(before > 10, "{before}");
+    let mask = data.loss_mask(Split::Train).unwrap();
+    assert!(mask[..before].iter().all(|&m| m == 1));
+    assert!(
+        data.loss_mask(Split::Heldout)
+            .unwrap()
+            .iter()
+            .all(|&m| m == 1)
+    );
+}
+
+#[test]
+fn templates_that_cannot_be_masked_are_an_error() {
+    // The last message is rendered differently: the render up to a reply
+    // does not start with the render before it plus the generation prompt.
+    let template = ChatTemplate::new(
+        "{% for m in messages %}{% if loop.last and not add_generation_prompt %}[final] {% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}".into(),
+        serde_json::Map::new(),
+    )
+    .unwrap();
+    let messages = json!([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}
+    ]);
+    let err = format!("{:#}", template.render_with_replies(&messages).unwrap_err());
+    assert!(err.contains("cannot be masked"), "{err}");
+    assert!(err.contains("message 1"), "{err}");
+
+    // Through the op: the file and line, and `loss_on: all` still works.
+    let Some(tdir) = tokenizer_dir() else { return };
+    let ws = Workspace::new();
+    let tk = ws.dir.path().join("odd-template");
+    std::fs::create_dir_all(&tk).unwrap();
+    std::fs::copy(tdir.join("tokenizer.json"), tk.join("tokenizer.json")).unwrap();
+    std::fs::write(
+        tk.join("tokenizer_config.json"),
+        serde_json::to_string(&json!({
+            "eos_token": "<|im_end|>",
+            "chat_template": "{% for m in messages %}{% if loop.last and not add_generation_prompt %}[final] {% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let f = ws.file(
+        "c.jsonl",
+        format!(
+            "{{\"text\": \"plain\"}}\n{}\n",
+            json!({"messages": messages})
+        ),
+    );
+    let msg = run_err(&ws, &tk, params(std::slice::from_ref(&f), 2, 0.0));
+    assert!(
+        msg.contains("c.jsonl:2") && msg.contains("cannot be masked"),
+        "{msg}"
+    );
+    let mut p = params(&[f], 2, 0.0);
+    p.loss_on = Some(LossOn::All);
+    let out = ws.run_named("all", &tk, p, 0, &NoProgress).unwrap();
+    assert!(!DatasetArtifact::open(out).unwrap().has_loss_mask());
+}
+
+#[test]
+fn replies_are_found_with_other_template_styles() {
+    // Llama 3 style: header tokens before the reply, <|eot_id|> after, no
+    // newline.
+    let llama3 = ChatTemplate::new(
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}".into(),
+        serde_json::Map::from_iter([("bos_token".to_string(), json!("<|begin_of_text|>"))]),
+    )
+    .unwrap();
+    let messages = json!([
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1 "},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "A2"}
+    ]);
+    let r = llama3.render_with_replies(&messages).unwrap();
+    let replies: Vec<&str> = r.replies.iter().map(|x| &r.text[x.clone()]).collect();
+    assert_eq!(replies, ["A1<|eot_id|>", "A2<|eot_id|>"]);
+    assert!(r.text.starts_with("<|begin_of_text|>"));
+
+    // Mistral style: the reply follows `[/INST]` and ends with </s>; the
+    // template rejects a conversation that does not alternate.
+    let mistral = ChatTemplate::new(
+        "{{ bos_token }}{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('roles must alternate') }}{% endif %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}".into(),
+        serde_json::Map::from_iter([
+            ("bos_token".to_string(), json!("<s>")),
+            ("eos_token".to_string(), json!("</s>")),
+        ]),
+    )
+    .unwrap();
+    let r = mistral
+        .render_with_replies(&json!([
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"}
+        ]))
+        .unwrap();
+    let replies: Vec<&str> = r.replies.iter().map(|x| &r.text[x.clone()]).collect();
+    assert_eq!(replies, ["b</s>", "d</s>"]);
+    assert_eq!(r.text, "<s>[INST] a [/INST]b</s>[INST] c [/INST]d</s>");
+    let err = mistral
+        .render_with_replies(&json!([{"role": "assistant", "content": "x"}]))
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("roles must alternate"),
+        "{err:#}"
+    );
+
+    // A conversation without a reply has no targets.
+    let r = llama3
+        .render_with_replies(&json!([{"role": "user", "content": "Q"}]))
+        .unwrap();
+    assert!(r.replies.is_empty());
+    assert_eq!(r.segments(), [(r.text.as_str(), false)]);
+}
+
+#[test]
+fn loss_on_is_checked_against_the_file_formats() {
+    // Plan time: a plain-text file with `loss_on` is an error.
+    let found = issues(json!({"files": ["a.jsonl", "b.txt"], "loss_on": "assistant"}));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, vec!["loss_on".to_string()]);
+    assert!(
+        found[0].1.contains("b.txt") && found[0].1.contains("plain text"),
+        "{found:?}"
+    );
+    let found = issues(json!({"files": ["x.data"], "format": "text", "loss_on": "all"}));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(issues(json!({"files": ["a.jsonl.zst"], "loss_on": "all"})).is_empty());
+    assert!(issues(json!({"files": ["b.txt"]})).is_empty());
+    let registry = registry();
+    let op = registry.get("dataset").unwrap();
+    assert!(
+        op.normalize(json!({"files": ["a.jsonl"], "loss_on": "user"}))
+            .is_err()
+    );
+    let mut generator = schemars::SchemaGenerator::default();
+    let schema = serde_json::to_string(&op.params_schema(&mut generator)).unwrap()
+        + &serde_json::to_string(&generator.definitions()).unwrap();
+    for word in ["loss_on", "assistant", "end-of-turn", "loss mask"] {
+        assert!(schema.contains(word), "schema lacks {word:?}");
+    }
+
+    // Run time, for callers that skip the plan.
+    let Some(tdir) = tokenizer_dir() else { return };
+    let ws = Workspace::new();
+    let f = ws.file("t.txt", "text");
+    let mut p = params(&[f], 2, 0.0);
+    p.loss_on = Some(LossOn::Assistant);
+    let msg = run_err(&ws, &tdir, p);
+    assert!(msg.contains("loss_on") && msg.contains("t.txt"), "{msg}");
+}
+
+#[test]
+fn reader_opens_version_1_folders_and_rejects_malformed_masks() {
+    let Some(tdir) = tokenizer_dir() else { return };
+    let ws = Workspace::new();
+    let chat = json!({"messages": [
+        {"role": "user", "content": "Say something long enough for a few rows."},
+        {"role": "assistant", "content": "Here is something long enough for a few rows of four."}
+    ]});
+    let f = ws.file("c.jsonl", jsonl(&[chat.clone(), chat]));
+    let out = ws
+        .run_named("m", &tdir, params(&[f], 4, 0.0), 0, &NoProgress)
+        .unwrap();
+    let ok = DatasetArtifact::open(&out).unwrap();
+    assert!(ok.has_loss_mask());
+    let rows = ok.rows(Split::Train);
+    assert!(rows >= 4);
+    // Out of range is a panic, as for rows, not a silent "no mask".
+    let result = std::panic::catch_unwind(|| ok.loss_mask_row(Split::Train, rows).map(<[u8]>::len));
+    assert!(result.is_err());
+    // An empty split with a mask has an empty one.
+    assert_eq!(ok.loss_mask(Split::Heldout), Some(&[][..]));
+    drop(ok);
+
+    let copy = |name: &str| {
+        let dir = ws.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(&out).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        dir
+    };
+    let index = |dir: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap()
+    };
+    let set_index = |dir: &Path, v: &Value| {
+        std::fs::write(dir.join("index.json"), serde_json::to_string(v).unwrap()).unwrap()
+    };
+    let err = |dir: &Path| format!("{:#}", DatasetArtifact::open(dir).unwrap_err());
+
+    // An index as version 1 wrote it: no mask fields at all.
+    let dir = copy("v1");
+    let mut v = index(&dir);
+    v["format_version"] = json!(1);
+    v.as_object_mut().unwrap().remove("loss_mask");
+    for split in ["train", "heldout"] {
+        let s = v[split].as_object_mut().unwrap();
+        s.remove("mask_file");
+        s.remove("target_tokens");
+    }
+    std::fs::remove_file(dir.join("train.mask.bin")).unwrap();
+    std::fs::remove_file(dir.join("heldout.mask.bin")).unwrap();
+    set_index(&dir, &v);
+    let documents: String = std::fs::read_to_string(dir.join("documents.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut d: Value = serde_json::from_str(l).unwrap();
+            assert!(d.as_object_mut().unwrap().remove("target_tokens").is_some());
+            format!("{d}\n")
+        })
+        .collect();
+    std::fs::write(dir.join("documents.jsonl"), documents).unwrap();
+    let old = DatasetArtifact::open(&dir).unwrap();
+    assert!(!old.has_loss_mask());
+    assert_eq!(old.rows(Split::Train), rows);
+    assert!(old.loss_mask_row(Split::Train, 0).is_none());
+    old.check_loss_mask().unwrap();
+    assert!(
+        old.documents()
+            .unwrap()
+            .iter()
+            .all(|d| d.target_tokens.is_none())
+    );
+
+    // A version 1 index that claims a mask.
+    let dir = copy("v1-mask");
+    let mut v = index(&dir);
+    v["format_version"] = json!(1);
+    set_index(&dir, &v);
+    assert!(err(&dir).contains("format version 1"), "{}", err(&dir));
+
+    // Versions from the future.
+    let dir = copy("v9");
+    let mut v = index(&dir);
+    v["format_version"] = json!(9);
+    set_index(&dir, &v);
+    assert!(err(&dir).contains("not supported"), "{}", err(&dir));
+
+    let dir = copy("no-mask-file");
+    std::fs::remove_file(dir.join("train.mask.bin")).unwrap();
+    let msg = err(&dir);
+    assert!(
+        msg.contains("train.mask.bin") && msg.contains("loss mask"),
+        "{msg}"
+    );
+
+    let dir = copy("short-mask");
+    let bytes = std::fs::read(dir.join("train.mask.bin")).unwrap();
+    std::fs::write(dir.join("train.mask.bin"), &bytes[..bytes.len() - 1]).unwrap();
+    let msg = err(&dir);
+    assert!(msg.contains("one per token"), "{msg}");
+
+    let dir = copy("unnamed-mask");
+    let mut v = index(&dir);
+    v["heldout"].as_object_mut().unwrap().remove("mask_file");
+    set_index(&dir, &v);
+    let msg = err(&dir);
+    assert!(msg.contains("heldout split names no mask_file"), "{msg}");
+
+    let dir = copy("stray-mask");
+    let mut v = index(&dir);
+    v.as_object_mut().unwrap().remove("loss_mask");
+    set_index(&dir, &v);
+    let msg = err(&dir);
+    assert!(msg.contains("no loss_mask"), "{msg}");
+
+    let dir = copy("bad-byte");
+    let mut bad = bytes.clone();
+    bad[1] = 7;
+    std::fs::write(dir.join("train.mask.bin"), &bad).unwrap();
+    let data = DatasetArtifact::open(&dir).unwrap();
+    let msg = format!("{:#}", data.check_loss_mask().unwrap_err());
+    assert!(msg.contains("neither 0 nor 1"), "{msg}");
+
+    let dir = copy("miscounted");
+    let mut flipped = bytes.clone();
+    let zero = flipped.iter().position(|&b| b == 0).unwrap();
+    flipped[zero] = 1;
+    std::fs::write(dir.join("train.mask.bin"), &flipped).unwrap();
+    let data = DatasetArtifact::open(&dir).unwrap();
+    let msg = format!("{:#}", data.check_loss_mask().unwrap_err());
+    assert!(msg.contains("targets"), "{msg}");
 }

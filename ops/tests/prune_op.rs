@@ -421,6 +421,7 @@ fn op_reports_targets_beyond_the_model_at_run_time() {
 /// from a `load_model` stage whose file is not known.
 fn check(with: Value, scores: Option<UpstreamInfo>) -> Vec<(Vec<String>, String)> {
     let model = UpstreamInfo {
+        inputs: Default::default(),
         stage: "teacher".into(),
         op: "load_model".into(),
         params: json!({"source": "gguf"}),
@@ -456,6 +457,7 @@ fn importance_stage(params: Value) -> Option<UpstreamInfo> {
         stage: "scores".into(),
         op: "importance".into(),
         params,
+        inputs: Default::default(),
     })
 }
 
@@ -622,6 +624,7 @@ fn plan_time_checks_read_the_source_models_sizes() {
         stage: "teacher".into(),
         op: "load_model".into(),
         params: json!({"source": source, "path": path, "dtype": "f32"}),
+        inputs: Default::default(),
     };
     // The Hugging Face folder's config.json, relative to the recipe folder.
     let hf = || load("hf", Path::new("model"));

@@ -18,6 +18,70 @@ pub enum BenchCommand {
     Forward(ForwardArgs),
     /// The CPU importance reduction against the machine's memory bandwidth.
     Importance(ImportanceArgs),
+    /// Evaluation throughput: benchmark items/s and perplexity tokens/s.
+    Eval(EvalArgs),
+    /// The fused KD loss, forward and backward, against the memory bandwidth.
+    Kd(KdArgs),
+    /// Distillation training steps: teacher forward, student forward and
+    /// backward, optimizer; tokens/s of each part.
+    Distill(DistillArgs),
+}
+
+#[derive(Args)]
+pub struct DistillArgs {
+    /// The teacher: a GGUF file or a Hugging Face model folder.
+    teacher: PathBuf,
+    /// The student's folder (default: a copy of the teacher).
+    #[arg(long)]
+    student: Option<PathBuf>,
+    /// Rows per optimizer step (one micro-batch).
+    #[arg(long, default_value_t = 4)]
+    rows: usize,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Timed steps (after one untimed).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+}
+
+#[derive(Args)]
+pub struct KdArgs {
+    /// Token positions (rows of logits).
+    #[arg(long, default_value_t = 1024)]
+    rows: usize,
+    #[arg(long, default_value_t = 49_152)]
+    vocab: usize,
+    #[arg(long, value_enum, default_value = "forward_kl")]
+    loss: KdLossArg,
+    /// JSD's mixture weight of the teacher.
+    #[arg(long, default_value_t = 0.5)]
+    beta: f32,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Multiply the loss by the temperature squared.
+    #[arg(long)]
+    tau_squared: bool,
+    /// Timed forward+backward steps (after two untimed ones).
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: KdDeviceArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KdLossArg {
+    #[value(name = "forward_kl")]
+    ForwardKl,
+    #[value(name = "reverse_kl")]
+    ReverseKl,
+    Jsd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KdDeviceArg {
+    Cpu,
+    Cuda,
+    Auto,
 }
 
 #[derive(Args)]
@@ -60,6 +124,9 @@ pub fn bench(command: BenchCommand) -> u8 {
         BenchCommand::Hash(args) => report(hash(args)),
         BenchCommand::Forward(args) => report(forward(args)),
         BenchCommand::Importance(args) => report(importance(args)),
+        BenchCommand::Eval(args) => report(eval(args)),
+        BenchCommand::Kd(args) => report(kd(args)),
+        BenchCommand::Distill(args) => report(distill(args)),
     }
 }
 
@@ -249,5 +316,398 @@ fn importance(args: ImportanceArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Times the fused KD loss as a training step runs it: `kd_loss` on
+/// `Autodiff<B>` with the student's logits tracked, then `backward()` and the
+/// student's gradient, synchronized with the device. The figure to compare
+/// with PyTorch's `kl_div(log_softmax(s), log_softmax(t))` forward and
+/// backward (scripts/bench_kd_torch.py).
+fn kd(args: KdArgs) -> anyhow::Result<()> {
+    use distillery_engine::Device;
+    use distillery_ops::kernels::{KdLoss, KdSpec};
+    let spec = KdSpec {
+        loss: match args.loss {
+            KdLossArg::ForwardKl => KdLoss::ForwardKl,
+            KdLossArg::ReverseKl => KdLoss::ReverseKl,
+            KdLossArg::Jsd => KdLoss::Jsd { beta: args.beta },
+        },
+        temperature: args.temperature,
+        tau_squared: args.tau_squared,
+    };
+    spec.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        args.rows > 0 && args.vocab > 0,
+        "--rows and --vocab must be positive"
+    );
+    let requested = match args.device {
+        KdDeviceArg::Cpu => Device::Cpu,
+        KdDeviceArg::Cuda => Device::Cuda,
+        KdDeviceArg::Auto => Device::Auto,
+    };
+    match distillery_ops::device::resolve(requested).map_err(anyhow::Error::msg)? {
+        Device::Cpu => kd_on::<distillery_ops::backend::Cpu>(Default::default(), &args, spec),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => {
+            kd_on::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(0), &args, spec)
+        }
+        other => anyhow::bail!("no KD bench for device {other:?} in this build"),
+    }
+}
+
+/// Median and minimum of `times` (seconds).
+fn median_min(mut times: Vec<f64>) -> (f64, f64) {
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[0])
+}
+
+fn kd_on<B: distillery_ops::kernels::KdOps>(
+    device: B::Device,
+    args: &KdArgs,
+    spec: distillery_ops::kernels::KdSpec,
+) -> anyhow::Result<()> {
+    use burn::backend::Autodiff;
+    use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+    use distillery_ops::kernels::kd_loss;
+    let (rows, vocab) = (args.rows, args.vocab);
+    let cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<distillery_ops::backend::Cpu>();
+    let sync = |device: &B::Device| B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"));
+
+    // Logits uniform in [-4, 4), as scripts/bench_kd_torch.py draws them.
+    let mut rng = distillery_ops::rng::SplitMix64::new(1);
+    let mut draw = || -> TensorData {
+        let values: Vec<f32> = (0..rows * vocab)
+            .map(|_| (8.0 * rng.next_f64() - 4.0) as f32)
+            .collect();
+        TensorData::new(values, [rows, vocab])
+    };
+    let (student_data, teacher_data) = (draw(), draw());
+    let weights_data = TensorData::new(vec![1.0f32 / rows as f32; rows], [rows]);
+
+    // The machine's bandwidth, measured in the same run.
+    let (bandwidth, bandwidth_what) = if cpu {
+        let bw = distillery_ops::kernels::bandwidth::measure_copy_bandwidth();
+        (bw, "memory read bandwidth, all threads".to_string())
+    } else {
+        // One read and one write of a 256 MiB tensor, best of 5.
+        let x = Tensor::<B, 1>::ones([64 << 20], &device);
+        let mut best = f64::INFINITY;
+        for _ in 0..6 {
+            sync(&device)?;
+            let t = Instant::now();
+            let y = x.clone().mul_scalar(1.0001);
+            sync(&device)?;
+            best = best.min(t.elapsed().as_secs_f64());
+            drop(y);
+        }
+        (
+            2.0 * (256u64 << 20) as f64 / best,
+            "device copy bandwidth (read + write)".to_string(),
+        )
+    };
+
+    let student = Tensor::<Autodiff<B>, 2>::from_data(student_data.clone(), &device).require_grad();
+    let teacher = Tensor::<Autodiff<B>, 2>::from_data(teacher_data.clone(), &device);
+    let weights = Tensor::<Autodiff<B>, 1>::from_data(weights_data.clone(), &device);
+    let mut loss_value = 0.0f32;
+    let mut step = || -> anyhow::Result<f64> {
+        sync(&device)?;
+        let started = Instant::now();
+        let loss = kd_loss(student.clone(), teacher.clone(), weights.clone(), spec);
+        let grads = loss.clone().backward();
+        let grad = student.grad(&grads).expect("a gradient for the student");
+        sync(&device)?;
+        let seconds = started.elapsed().as_secs_f64();
+        drop(grad);
+        loss_value = loss.into_data().convert::<f32>().into_vec::<f32>().unwrap()[0];
+        Ok(seconds)
+    };
+    for _ in 0..2 {
+        step()?;
+    }
+    let times = (0..args.repeats.max(1))
+        .map(|_| step())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (median, min) = median_min(times);
+
+    let bytes = 3.0 * (rows * vocab * 4) as f64;
+    let threads = if cpu {
+        format!("{} threads", rayon::current_num_threads())
+    } else {
+        "GPU".to_string()
+    };
+    println!(
+        "KD {:?}, {rows} x {vocab} f32 logits, tau {}{}, {threads}: loss {loss_value:.6}",
+        spec.loss,
+        spec.temperature,
+        if spec.tau_squared { " (x tau^2)" } else { "" }
+    );
+    println!("{bandwidth_what}: {:.1} GB/s", bandwidth / 1e9);
+    println!(
+        "forward + backward (Autodiff, student kept by the caller): {:.2} ms median, {:.2} ms min of {} (after 2 untimed)",
+        median * 1e3,
+        min * 1e3,
+        args.repeats.max(1)
+    );
+    println!(
+        "  effective {:.1} GB/s (3 x N x V x 4 bytes: read s, read t, write the gradient) = {:.0}% of the measured bandwidth",
+        bytes / median / 1e9,
+        100.0 * bytes / median / bandwidth
+    );
+
+    // The op and the backward's scaling on the inner backend, the logits
+    // handed over as a fresh tensor as a model's forward produces them (on
+    // the CPU the gradient then overwrites them: no N x V allocation).
+    let teacher = Tensor::<B, 2>::from_data(teacher_data, &device);
+    let weights = Tensor::<B, 1>::from_data(weights_data, &device);
+    let upstream = Tensor::<B, 1>::ones([1], &device);
+    let owned_step = || -> anyhow::Result<f64> {
+        let s = Tensor::<B, 2>::from_data(student_data.clone(), &device);
+        sync(&device)?;
+        let started = Instant::now();
+        let (loss, grad) = B::kd_loss_fused(
+            s.into_primitive().tensor(),
+            teacher.clone().into_primitive().tensor(),
+            weights.clone().into_primitive().tensor(),
+            spec,
+        );
+        let grad = B::kd_scale_grad(grad, upstream.clone().into_primitive().tensor());
+        sync(&device)?;
+        let seconds = started.elapsed().as_secs_f64();
+        drop((
+            Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(loss)),
+            grad,
+        ));
+        Ok(seconds)
+    };
+    for _ in 0..2 {
+        owned_step()?;
+    }
+    let times = (0..args.repeats.max(1))
+        .map(|_| owned_step())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (owned_median, owned_min) = median_min(times);
+    println!(
+        "fused op + backward scaling, logits owned by the op: {:.2} ms median, {:.2} ms min ({:.0}% of the measured bandwidth)",
+        owned_median * 1e3,
+        owned_min * 1e3,
+        100.0 * bytes / owned_median / bandwidth
+    );
+    if cpu {
+        let per_task = distillery_ops::kernels::kd_cpu_scratch_rows(
+            burn::tensor::DType::F32,
+            burn::tensor::DType::F32,
+            false,
+        );
+        let in_place = distillery_ops::kernels::kd_cpu_scratch_rows(
+            burn::tensor::DType::F32,
+            burn::tensor::DType::F32,
+            true,
+        );
+        println!(
+            "extra memory (from the kernel's code, not measured): {per_task} row(s) of V f32 per rayon task \
+             ({in_place} when the gradient overwrites the logits), at most one task per thread: \
+             {:.0} KiB here; no N x V buffer besides the gradient",
+            (in_place * vocab * 4 * rayon::current_num_threads()) as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A GGUF file or a Hugging Face model folder.
+    model: PathBuf,
+    /// The multiple-choice benchmark timed in items/s.
+    #[arg(
+        long,
+        default_value = "../shared/assets/benchmarks/hellaswag_validation.jsonl.zst"
+    )]
+    hellaswag: PathBuf,
+    /// Its first this many items are scored.
+    #[arg(long, default_value_t = 100)]
+    items: usize,
+    /// The text timed in tokens/s (perplexity).
+    #[arg(long, default_value = "../shared/assets/corpus/heldout_ppl.txt.zst")]
+    text: PathBuf,
+    /// Tokens per perplexity window.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Perplexity windows scored.
+    #[arg(long, default_value_t = 4)]
+    windows: usize,
+    /// Sequences per forward pass (the `evaluate` stage's default).
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+}
+
+/// Evaluation throughput as the `evaluate` stage scores: benchmark items
+/// (every choice a sequence) and perplexity windows.
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use distillery_ops::backend::Cpu;
+    use distillery_ops::eval::multiple_choice::{ScoringSetup, run_task};
+    use distillery_ops::eval::tasks::load_task_file;
+    use distillery_ops::eval::text_perplexity::{read_text_file, run_text, text_windows};
+    use distillery_ops::eval::tokenize::EvalTokenizer;
+    let device = Default::default();
+    let started = Instant::now();
+    let (model, assets) = distillery_ops::loader::load_model::<Cpu>(&args.model, &device)?;
+    let tokenizer = assets
+        .tokenizer
+        .ok_or_else(|| anyhow::anyhow!("{} has no tokenizer", args.model.display()))?;
+    let tok = EvalTokenizer::new(tokenizer)?;
+    println!(
+        "load {}: {:.2} s ({:.1}M parameters), {} threads",
+        args.model.display(),
+        started.elapsed().as_secs_f64(),
+        model.config.num_parameters() as f64 / 1e6,
+        rayon::current_num_threads()
+    );
+
+    let label = args.hellaswag.display().to_string();
+    let mut file = load_task_file(&args.hellaswag, &label, None)?;
+    file.items.truncate(args.items);
+    let setup = ScoringSetup {
+        tokenizer: &tok,
+        delimiter: "",
+        batch: args.batch,
+        max_len: model.config.max_position_embeddings,
+        empty_context: model.config.bos_token_id.unwrap_or(0),
+    };
+    let run = run_task(&model, file.kind, &file.items, &setup, &mut |_| {})?;
+    println!(
+        "{label}: {} items ({} sequences, {} tokens), batch {}: {:.1} s = {:.2} items/s, {:.0} tokens/s (acc {:.3}, acc_norm {})",
+        run.scores.n,
+        run.sequences,
+        run.tokens,
+        args.batch,
+        run.seconds,
+        run.items_per_s,
+        run.tokens_per_s,
+        run.scores.acc,
+        run.scores
+            .acc_norm
+            .map_or("-".into(), |v| format!("{v:.3}"))
+    );
+
+    let label = args.text.display().to_string();
+    let text = read_text_file(&args.text, &label)?;
+    let windows = text_windows(&tok, &text, args.seq_len, Some(args.windows))?;
+    let run = run_text(&model, &windows, args.batch, &mut |_| {})?;
+    println!(
+        "{label}: {} windows of {} tokens, batch {}: {:.1} s = {:.0} tokens/s (perplexity {:.3}, {:.4} bits per byte)",
+        run.windows,
+        run.seq_len,
+        args.batch,
+        run.seconds,
+        run.tokens_per_s,
+        run.ppl,
+        run.bits_per_byte
+    );
+    Ok(())
+}
+
+fn distill(args: DistillArgs) -> anyhow::Result<()> {
+    use burn::backend::Autodiff;
+    use burn::module::AutodiffModule;
+    use distillery_ops::backend::Cpu;
+    use distillery_ops::kernels::kd::{KdLoss, KdSpec};
+    use distillery_ops::model::Llama;
+    use distillery_ops::train::data::{MicroBatch, TrainRow};
+    use distillery_ops::train::{AdamW, AdamWConfig, Distillation, GradientSum, Objective};
+    let device = Default::default();
+    let (teacher, _) = distillery_ops::loader::load_model::<Cpu>(&args.teacher, &device)?;
+    let student: Llama<Autodiff<Cpu>> = match &args.student {
+        Some(dir) => Llama::load_hf(dir, &device)?.0,
+        None => Llama::from_state_dict(teacher.config.clone(), teacher.to_state_dict(), &device)?,
+    };
+    let vocab = teacher.config.vocab_size;
+    println!(
+        "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; {} threads",
+        teacher.config.num_parameters() as f64 / 1e6,
+        student.config.num_parameters() as f64 / 1e6,
+        args.rows,
+        args.seq,
+        rayon::current_num_threads()
+    );
+    let objective = Distillation {
+        teacher,
+        spec: KdSpec {
+            loss: KdLoss::ForwardKl,
+            temperature: 1.0,
+            tau_squared: false,
+        },
+        ce_weight: 0.0,
+        vocab,
+    };
+    let tokens: Vec<Vec<u32>> = (0..args.rows)
+        .map(|r| {
+            (0..args.seq)
+                .map(|i| (((r * args.seq + i) as u64 * 2_654_435_761 + 17) % vocab as u64) as u32)
+                .collect()
+        })
+        .collect();
+    let rows: Vec<TrainRow> = tokens
+        .iter()
+        .map(|t| TrainRow {
+            tokens: t,
+            mask: None,
+        })
+        .collect();
+    let weight = 1.0 / (args.rows * (args.seq - 1)) as f32;
+    let mut adam = AdamW::<Cpu>::new(AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+    });
+    let mut model = student;
+    let mut grads = GradientSum::<Cpu>::default();
+    let step_tokens = (args.rows * args.seq) as f64;
+    let mut parts = Vec::new();
+    for step in 0..=args.steps {
+        let t0 = Instant::now();
+        let mb = MicroBatch::<Cpu>::new(&rows, weight, &device);
+        // The teacher's share, timed on its own (the objective runs it again).
+        let teacher_s = {
+            let t = Instant::now();
+            let _ = objective.teacher.forward(mb.inputs.clone()).into_data();
+            t.elapsed().as_secs_f64()
+        };
+        let t1 = Instant::now();
+        let loss = objective.loss(&model, &mb);
+        let _ = loss.clone().into_data();
+        let forward_s = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        let g = loss.backward();
+        grads.add::<Autodiff<Cpu>, _>(&model, &g);
+        let backward_s = t2.elapsed().as_secs_f64();
+        let t3 = Instant::now();
+        let (m, _) = adam.step::<Autodiff<Cpu>, _>(model, &mut grads, 1e-5);
+        model = m;
+        let _ = model.valid().norm.weight.val().into_data();
+        let optim_s = t3.elapsed().as_secs_f64();
+        let total = t0.elapsed().as_secs_f64() - teacher_s;
+        if step > 0 {
+            parts.push([teacher_s, forward_s - teacher_s, backward_s, optim_s, total]);
+        }
+    }
+    let mean = |i: usize| parts.iter().map(|p| p[i]).sum::<f64>() / parts.len() as f64;
+    let total = mean(4);
+    println!(
+        "step {:.2} s = teacher forward {:.2} s + student forward and KD loss {:.2} s + backward {:.2} s + optimizer {:.2} s",
+        total,
+        mean(0),
+        mean(1),
+        mean(2),
+        mean(3)
+    );
+    println!(
+        "distillation: {:.1} tokens/s (mean of {} steps)",
+        step_tokens / total,
+        parts.len()
+    );
     Ok(())
 }

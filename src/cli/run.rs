@@ -144,6 +144,9 @@ pub fn run(args: RunArgs) -> u8 {
         jobs: args.jobs as usize,
         device,
     };
+    if let Err(e) = distillery_engine::interrupt::install_handler() {
+        eprintln!("warning: {e}; an interrupt will kill stages without a checkpoint");
+    }
     let observer = Observer::new(args.json);
     let report = match run::execute(&pipeline, &plan, &store, &options, &observer) {
         Ok(r) => r,
@@ -174,6 +177,8 @@ pub fn run(args: RunArgs) -> u8 {
     }
     if report.succeeded() {
         EXIT_OK
+    } else if distillery_engine::interrupt::requested() {
+        distillery_engine::interrupt::EXIT_INTERRUPTED as u8
     } else {
         EXIT_FAILED
     }

@@ -1,2 +1,7 @@
-//! Measuring a model on data: next-token loss and perplexity.
+//! Measuring a model: next-token loss and perplexity on token rows and on
+//! raw text (with bits per byte), and log-likelihood benchmarks.
 pub mod loss;
+pub mod multiple_choice;
+pub mod tasks;
+pub mod text_perplexity;
+pub mod tokenize;

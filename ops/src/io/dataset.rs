@@ -4,13 +4,29 @@
 //! A dataset folder holds:
 //! - `train.bin`, `heldout.bin`: little-endian `u32` token ids, rows of
 //!   `seq_len` tokens back to back (no header);
+//! - `train.mask.bin`, `heldout.mask.bin`, only in a dataset with a loss mask
+//!   (see below): one byte per token of the rows, in the same order;
 //! - `index.json`: [`DatasetIndex`], what the rows are and how they were made;
 //! - `documents.jsonl`: one [`DocumentRecord`] per document, in input order
 //!   (kept out of the index so that opening a large dataset stays cheap).
 //!
-//! [`DatasetArtifact::open`] memory-maps the two row files and hands out rows
-//! as `&[u32]` without copying. [`SplitWriter`] packs documents into rows,
-//! for the ops that build datasets.
+//! # Loss mask
+//!
+//! Supervised fine-tuning trains on some tokens only (the assistant's
+//! replies of a chat). Such a dataset records [`LossMaskInfo`] in its index
+//! and holds a mask file per split: byte `j` of a row is 1 when token `j`
+//! of that row is a training target and 0 when it is context only. The mask
+//! is indexed by the predicted token, not by the position that predicts it:
+//! the logits at position `j - 1` are scored against token `j` when
+//! `mask[j] == 1`, so `mask[0]` of a row (whose predictor lies in the row
+//! before, out of reach) is never used by a loss over one row. A dataset
+//! without a mask trains on every token. Documents cut across rows keep
+//! their mask, byte for byte with their tokens.
+//!
+//! [`DatasetArtifact::open`] memory-maps the row (and mask) files and hands
+//! out rows as `&[u32]` (masks as `&[u8]`) without copying. It reads the
+//! current layout and version 1, which had no masks. [`SplitWriter`] packs
+//! documents into rows, for the ops that build datasets.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -24,8 +40,13 @@ use serde::{Deserialize, Serialize};
 pub const INDEX_FILE: &str = "index.json";
 pub const DOCUMENTS_FILE: &str = "documents.jsonl";
 
-/// Version of the folder layout written in `index.json`.
-pub const DATASET_FORMAT_VERSION: u32 = 1;
+/// Version of the folder layout written in `index.json`. Version 2 added
+/// the optional loss mask; it is bumped so that a reader of version 1, which
+/// would ignore the mask and train on every token, refuses the folder.
+pub const DATASET_FORMAT_VERSION: u32 = 2;
+
+/// The layout versions [`DatasetArtifact::open`] reads.
+pub const SUPPORTED_FORMAT_VERSIONS: [u32; 2] = [1, 2];
 
 /// One side of the train / held-out split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -50,6 +71,14 @@ impl Split {
         match self {
             Split::Train => "train.bin",
             Split::Heldout => "heldout.bin",
+        }
+    }
+
+    /// The file holding this split's loss mask, in a dataset that has one.
+    pub fn mask_file_name(self) -> &'static str {
+        match self {
+            Split::Train => "train.mask.bin",
+            Split::Heldout => "heldout.mask.bin",
         }
     }
 
@@ -109,6 +138,23 @@ pub struct SplitStats {
     pub dropped_tail_tokens: u64,
     /// UTF-8 bytes of the documents' text (chat conversations as rendered).
     pub text_bytes: u64,
+    /// The loss mask, relative to the dataset folder: one byte per token of
+    /// `file`. Absent when the dataset has no loss mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_file: Option<String>,
+    /// Tokens of the rows whose mask byte is 1. Absent without a loss mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_tokens: Option<u64>,
+}
+
+/// How a dataset's loss mask was made (see the module documentation for
+/// what the bytes mean).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossMaskInfo {
+    /// Which tokens of a chat conversation are targets: `assistant`.
+    pub loss_on: String,
+    /// Which tokens are targets, in words.
+    pub rule: String,
 }
 
 /// The tokenizer a dataset was made with.
@@ -160,6 +206,10 @@ pub struct DatasetIndex {
     pub files: Vec<FileStats>,
     pub train: SplitStats,
     pub heldout: SplitStats,
+    /// Present when the dataset has a loss mask; absent (as in every index
+    /// of version 1) when every token is a target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_mask: Option<LossMaskInfo>,
 }
 
 impl DatasetIndex {
@@ -191,6 +241,10 @@ pub struct DocumentRecord {
     pub split: Split,
     /// Tokens of the text, separator excluded.
     pub tokens: u64,
+    /// Of those, the training targets, for a document that has targets and
+    /// context (a masked conversation); absent when all of them are targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_tokens: Option<u64>,
 }
 
 /// A dataset folder, its rows memory-mapped.
@@ -200,6 +254,37 @@ pub struct DatasetArtifact {
     index: DatasetIndex,
     /// Per split; `None` for an empty file (nothing to map).
     maps: [Option<Mmap>; 2],
+    /// The mask files, per split, like `maps`; all `None` without a mask.
+    mask_maps: [Option<Mmap>; 2],
+}
+
+/// Maps `path` after checking that it holds `expected` bytes; `None` when
+/// it is empty.
+fn map_checked(
+    dir: &Path,
+    path: &Path,
+    what: &str,
+    expected: impl FnOnce(u64) -> Result<()>,
+) -> Result<Option<Mmap>> {
+    let file = File::open(path).with_context(|| {
+        format!(
+            "dataset {}: cannot open the {what} {}",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    expected(len)?;
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the store never rewrites a published artifact.
+    let map =
+        unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+    Ok(Some(map))
 }
 
 impl DatasetArtifact {
@@ -224,8 +309,8 @@ impl DatasetArtifact {
         let index: DatasetIndex = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a valid dataset index", index_path.display()))?;
         ensure!(
-            index.format_version == DATASET_FORMAT_VERSION,
-            "{}: dataset format version {} is not supported (expected {DATASET_FORMAT_VERSION})",
+            SUPPORTED_FORMAT_VERSIONS.contains(&index.format_version),
+            "{}: dataset format version {} is not supported (expected one of {SUPPORTED_FORMAT_VERSIONS:?})",
             index_path.display(),
             index.format_version
         );
@@ -239,38 +324,72 @@ impl DatasetArtifact {
         for split in Split::ALL {
             let stats = index.split(split);
             let path = dir.join(&stats.file);
-            let file = File::open(&path).with_context(|| {
-                format!(
-                    "dataset {}: cannot open the {split} rows {}",
-                    dir.display(),
-                    path.display()
-                )
+            maps[split.index()] = map_checked(&dir, &path, &format!("{split} rows"), |len| {
+                ensure!(
+                    len % row_bytes == 0,
+                    "{}: {len} bytes is not a whole number of rows of seq_len {} ({row_bytes} bytes each)",
+                    path.display(),
+                    index.seq_len
+                );
+                ensure!(
+                    len / row_bytes == stats.rows,
+                    "{}: holds {} rows but {INDEX_FILE} says {}",
+                    path.display(),
+                    len / row_bytes,
+                    stats.rows
+                );
+                Ok(())
             })?;
-            let len = file
-                .metadata()
-                .with_context(|| format!("cannot stat {}", path.display()))?
-                .len();
-            ensure!(
-                len % row_bytes == 0,
-                "{}: {len} bytes is not a whole number of rows of seq_len {} ({row_bytes} bytes each)",
-                path.display(),
-                index.seq_len
-            );
-            ensure!(
-                len / row_bytes == stats.rows,
-                "{}: holds {} rows but {INDEX_FILE} says {}",
-                path.display(),
-                len / row_bytes,
-                stats.rows
-            );
-            if len > 0 {
-                // SAFETY: the store never rewrites a published artifact.
-                let map = unsafe { Mmap::map(&file) }
-                    .with_context(|| format!("cannot map {}", path.display()))?;
-                maps[split.index()] = Some(map);
-            }
         }
-        Ok(Self { dir, index, maps })
+        let mut mask_maps = [None, None];
+        if index.loss_mask.is_some() {
+            ensure!(
+                index.format_version >= 2,
+                "{}: a loss mask in a dataset of format version {}, which has none",
+                index_path.display(),
+                index.format_version
+            );
+            for split in Split::ALL {
+                let stats = index.split(split);
+                let Some(file) = &stats.mask_file else {
+                    bail!(
+                        "{}: the dataset has a loss mask but the {split} split names no mask_file",
+                        index_path.display()
+                    );
+                };
+                let path = dir.join(file);
+                let expected = stats.rows * index.seq_len;
+                mask_maps[split.index()] = map_checked(
+                    &dir,
+                    &path,
+                    &format!("{split} loss mask"),
+                    |len| {
+                        ensure!(
+                            len == expected,
+                            "{}: {len} bytes, but the loss mask of {} rows of seq_len {} has {expected} (one per token)",
+                            path.display(),
+                            stats.rows,
+                            index.seq_len
+                        );
+                        Ok(())
+                    },
+                )?;
+            }
+        } else if let Some(split) = Split::ALL
+            .into_iter()
+            .find(|&s| index.split(s).mask_file.is_some())
+        {
+            bail!(
+                "{}: the {split} split names a mask_file but the index has no loss_mask",
+                index_path.display()
+            );
+        }
+        Ok(Self {
+            dir,
+            index,
+            maps,
+            mask_maps,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -346,6 +465,65 @@ impl DatasetArtifact {
         Ok(())
     }
 
+    /// Whether the dataset has a loss mask. Without one every token is a
+    /// training target.
+    pub fn has_loss_mask(&self) -> bool {
+        self.index.loss_mask.is_some()
+    }
+
+    /// The loss mask of a split, one byte per token of [`Self::tokens`]
+    /// (1: a training target), or `None` when the dataset has no mask.
+    pub fn loss_mask(&self, split: Split) -> Option<&[u8]> {
+        self.index.loss_mask.as_ref()?;
+        Some(match &self.mask_maps[split.index()] {
+            None => &[],
+            Some(map) => map,
+        })
+    }
+
+    /// The loss mask of row `i` of a split, `seq_len` bytes: `mask[j] == 1`
+    /// when token `j` of the row is a training target (predicted from
+    /// position `j - 1`). `None` when the dataset has no mask. Panics when
+    /// `i` is out of range, like [`Self::row`], rather than answering as if
+    /// there were no mask.
+    pub fn loss_mask_row(&self, split: Split, i: usize) -> Option<&[u8]> {
+        let mask = self.loss_mask(split)?;
+        let n = self.seq_len();
+        Some(mask.get(i * n..(i + 1) * n).unwrap_or_else(|| {
+            panic!(
+                "row {i} is out of range: the {split} split has {} rows",
+                self.rows(split)
+            )
+        }))
+    }
+
+    /// Checks that every loss mask byte is 0 or 1 and that the targets add
+    /// up to the index's counts (reads all masks); nothing to check without
+    /// a mask.
+    pub fn check_loss_mask(&self) -> Result<()> {
+        for split in Split::ALL {
+            let Some(mask) = self.loss_mask(split) else {
+                return Ok(());
+            };
+            if let Some(pos) = mask.iter().position(|&m| m > 1) {
+                bail!(
+                    "{}: loss mask byte {} at position {pos} of the {split} split is neither 0 nor 1",
+                    self.dir.display(),
+                    mask[pos]
+                );
+            }
+            let targets = mask.iter().filter(|&&m| m == 1).count() as u64;
+            let expected = self.index.split(split).target_tokens;
+            ensure!(
+                expected.is_none_or(|e| e == targets),
+                "{}: the {split} loss mask marks {targets} targets but {INDEX_FILE} says {}",
+                self.dir.display(),
+                expected.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
     /// Reads `documents.jsonl`: every document, its split and token count.
     pub fn documents(&self) -> Result<Vec<DocumentRecord>> {
         let path = self.dir.join(DOCUMENTS_FILE);
@@ -367,14 +545,36 @@ impl DatasetArtifact {
 }
 
 /// Packs one split's documents into rows of `seq_len` tokens and writes
-/// them; the last partial row is dropped by [`SplitWriter::finish`].
+/// them; the last partial row is dropped by [`SplitWriter::finish`]. The
+/// loss mask is written alongside once it is enabled (by
+/// [`SplitWriter::enable_loss_mask`] or the first masked document).
 pub struct SplitWriter {
     out: BufWriter<File>,
     path: PathBuf,
+    dir: PathBuf,
+    split: Split,
     seq_len: usize,
     row: Vec<u32>,
     bytes: Vec<u8>,
+    mask: Option<MaskWriter>,
     stats: SplitStats,
+}
+
+/// The loss mask half of a [`SplitWriter`].
+struct MaskWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    /// The mask of the partial row: as long as `SplitWriter::row`.
+    row: Vec<u8>,
+    /// Mask bytes equal to 1 in the rows written.
+    targets: u64,
+}
+
+/// The mask of tokens being appended.
+#[derive(Clone, Copy)]
+enum MaskBytes<'a> {
+    Same(u8),
+    Each(&'a [u8]),
 }
 
 impl SplitWriter {
@@ -386,9 +586,12 @@ impl SplitWriter {
         Ok(Self {
             out: BufWriter::with_capacity(1 << 20, file),
             path,
+            dir: dir.to_path_buf(),
+            split,
             seq_len,
             row: Vec::with_capacity(seq_len),
             bytes: Vec::with_capacity(seq_len * 4),
+            mask: None,
             stats: SplitStats {
                 file: split.file_name().to_string(),
                 ..SplitStats::default()
@@ -396,26 +599,98 @@ impl SplitWriter {
         })
     }
 
-    /// Appends a document's tokens and then the separator.
+    /// Starts writing the loss mask. What was pushed before, written rows
+    /// and partial row alike, came through [`Self::push_document`] and so is
+    /// all targets: its mask is 1 throughout. Does nothing when the mask is
+    /// already on.
+    pub fn enable_loss_mask(&mut self) -> Result<()> {
+        if self.mask.is_some() {
+            return Ok(());
+        }
+        let path = self.dir.join(self.split.mask_file_name());
+        let file =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let ones = vec![1u8; self.seq_len];
+        for _ in 0..self.stats.rows {
+            out.write_all(&ones)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        self.mask = Some(MaskWriter {
+            out,
+            path,
+            row: vec![1; self.row.len()],
+            targets: self.stats.tokens,
+        });
+        Ok(())
+    }
+
+    /// Whether the loss mask is being written.
+    pub fn has_loss_mask(&self) -> bool {
+        self.mask.is_some()
+    }
+
+    /// Appends a document's tokens and then the separator, all of them
+    /// training targets.
     pub fn push_document(
         &mut self,
         text: &[u32],
         separator: &[u32],
         text_bytes: u64,
     ) -> Result<()> {
+        self.count(text, separator, text_bytes);
+        self.push_tokens(text, MaskBytes::Same(1))?;
+        self.push_tokens(separator, MaskBytes::Same(1))
+    }
+
+    /// Appends a document of which only some tokens are training targets:
+    /// `mask[j]` (0 or 1) is the mask of `text[j]`, and `separator_mask`
+    /// that of every separator token. Enables the loss mask.
+    pub fn push_masked_document(
+        &mut self,
+        text: &[u32],
+        mask: &[u8],
+        separator: &[u32],
+        separator_mask: u8,
+        text_bytes: u64,
+    ) -> Result<()> {
+        ensure!(
+            mask.len() == text.len(),
+            "a document of {} tokens with a mask of {} bytes",
+            text.len(),
+            mask.len()
+        );
+        ensure!(
+            separator_mask <= 1 && mask.iter().all(|&m| m <= 1),
+            "loss mask bytes must be 0 or 1"
+        );
+        self.enable_loss_mask()?;
+        self.count(text, separator, text_bytes);
+        self.push_tokens(text, MaskBytes::Each(mask))?;
+        self.push_tokens(separator, MaskBytes::Same(separator_mask))
+    }
+
+    fn count(&mut self, text: &[u32], separator: &[u32], text_bytes: u64) {
         self.stats.documents += 1;
         self.stats.text_tokens += text.len() as u64;
         self.stats.separator_tokens += separator.len() as u64;
         self.stats.text_bytes += text_bytes;
-        self.push_tokens(text)?;
-        self.push_tokens(separator)
     }
 
-    fn push_tokens(&mut self, mut tokens: &[u32]) -> Result<()> {
+    fn push_tokens(&mut self, mut tokens: &[u32], mut mask: MaskBytes) -> Result<()> {
         while !tokens.is_empty() {
             let take = (self.seq_len - self.row.len()).min(tokens.len());
             self.row.extend_from_slice(&tokens[..take]);
             tokens = &tokens[take..];
+            if let Some(m) = &mut self.mask {
+                match mask {
+                    MaskBytes::Same(b) => m.row.resize(m.row.len() + take, b),
+                    MaskBytes::Each(bytes) => {
+                        m.row.extend_from_slice(&bytes[..take]);
+                        mask = MaskBytes::Each(&bytes[take..]);
+                    }
+                }
+            }
             if self.row.len() == self.seq_len {
                 self.bytes.clear();
                 for t in &self.row {
@@ -427,6 +702,13 @@ impl SplitWriter {
                 self.row.clear();
                 self.stats.rows += 1;
                 self.stats.tokens += self.seq_len as u64;
+                if let Some(m) = &mut self.mask {
+                    m.out
+                        .write_all(&m.row)
+                        .with_context(|| format!("cannot write {}", m.path.display()))?;
+                    m.targets += m.row.iter().map(|&b| b as u64).sum::<u64>();
+                    m.row.clear();
+                }
             }
         }
         Ok(())
@@ -440,13 +722,20 @@ impl SplitWriter {
     /// Drops the partial row, flushes, and returns the counts.
     pub fn finish(mut self) -> Result<SplitStats> {
         self.stats.dropped_tail_tokens = self.row.len() as u64;
-        self.out
-            .flush()
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
-        self.out
-            .get_ref()
-            .sync_all()
-            .with_context(|| format!("cannot sync {}", self.path.display()))?;
+        flush_and_sync(&mut self.out, &self.path)?;
+        if let Some(mut m) = self.mask.take() {
+            flush_and_sync(&mut m.out, &m.path)?;
+            self.stats.mask_file = Some(self.split.mask_file_name().to_string());
+            self.stats.target_tokens = Some(m.targets);
+        }
         Ok(self.stats)
     }
+}
+
+fn flush_and_sync(out: &mut BufWriter<File>, path: &Path) -> Result<()> {
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    out.get_ref()
+        .sync_all()
+        .with_context(|| format!("cannot sync {}", path.display()))
 }

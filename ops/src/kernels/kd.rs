@@ -21,6 +21,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Shape, Tensor, TensorPrimitive};
 use serde::{Deserialize, Serialize};
 
 /// Which divergence between the teacher's and the student's distributions.
@@ -57,6 +58,23 @@ impl KdSpec {
             1.0
         }
     }
+
+    /// Checks what the op assumes: a finite temperature above 0 and, for
+    /// JSD, beta strictly between 0 and 1.
+    pub fn validate(&self) -> Result<(), String> {
+        let tau = self.temperature;
+        if !(tau.is_finite() && tau > 0.0) {
+            return Err(format!(
+                "the temperature must be finite and above 0, found {tau}"
+            ));
+        }
+        if let KdLoss::Jsd { beta } = self.loss
+            && !(beta > 0.0 && beta < 1.0)
+        {
+            return Err(format!("JSD's beta must lie in (0, 1), found {beta}"));
+        }
+        Ok(())
+    }
 }
 
 /// The fused KD loss as a backend extension.
@@ -71,4 +89,107 @@ pub trait KdOps: Backend {
         weights: FloatTensor<Self>,
         spec: KdSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The whole backward: `grad` (from [`KdOps::kd_loss_fused`]) times
+    /// `upstream`, the `[1]` f32 gradient of the loss, broadcast.
+    fn kd_scale_grad(grad: FloatTensor<Self>, upstream: FloatTensor<Self>) -> FloatTensor<Self> {
+        let upstream = Self::float_reshape(upstream, Shape::new([1, 1]));
+        Self::float_mul(grad, upstream)
+    }
+}
+
+/// The KD loss of `student` against `teacher` logits (`[N, V]` each, any
+/// float dtype), rows weighted by `weights` (`[N]`): a `[1]` f32 tensor, see
+/// the module docs. Under `Autodiff` its gradient flows to `student` only.
+///
+/// Panics when the shapes disagree, the vocabulary is empty, or `spec` is
+/// invalid ([`KdSpec::validate`]).
+pub fn kd_loss<B: KdOps>(
+    student: Tensor<B, 2>,
+    teacher: Tensor<B, 2>,
+    weights: Tensor<B, 1>,
+    spec: KdSpec,
+) -> Tensor<B, 1> {
+    let [rows, vocab] = student.dims();
+    assert_eq!(
+        teacher.dims(),
+        [rows, vocab],
+        "KD loss: teacher logits {:?} do not match the student's {:?}",
+        teacher.dims(),
+        [rows, vocab]
+    );
+    assert_eq!(
+        weights.dims(),
+        [rows],
+        "KD loss: {:?} weights for {rows} rows of logits (one per row expected)",
+        weights.dims()
+    );
+    assert!(vocab > 0, "KD loss: logits over an empty vocabulary");
+    if let Err(e) = spec.validate() {
+        panic!("KD loss: {e}");
+    }
+    let (loss, _grad) = B::kd_loss_fused(
+        student.into_primitive().tensor(),
+        teacher.into_primitive().tensor(),
+        weights.into_primitive().tensor(),
+        spec,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(loss))
+}
+
+/// Under autodiff the loss runs on the inner backend; the student is
+/// tracked, the teacher and the weights are not. The gradient the forward
+/// computed is kept as the op's state, and the backward only scales it by
+/// the upstream gradient.
+mod on_autodiff {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+    use burn::tensor::backend::AutodiffBackend;
+
+    #[derive(Debug)]
+    struct KdBackward;
+
+    impl<B: KdOps> Backward<B, 1> for KdBackward {
+        type State = FloatTensor<B>;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let grad = ops.state;
+            unary::<B, _>(ops.parents, ops.node, grads, |upstream| {
+                B::kd_scale_grad(grad, upstream)
+            });
+        }
+    }
+
+    impl<B: KdOps, C: CheckpointStrategy> KdOps for Autodiff<B, C> {
+        fn kd_loss_fused(
+            student: FloatTensor<Self>,
+            teacher: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            spec: KdSpec,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let node = student.node.clone();
+            let (loss, grad) = B::kd_loss_fused(
+                student.primitive,
+                Self::inner(teacher),
+                Self::inner(weights),
+                spec,
+            );
+            // Computing the gradient is the forward itself: nothing to
+            // recompute, so the op is compute bound and never checkpointed.
+            let loss = match KdBackward.prepare::<C>([node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(grad.clone(), loss),
+                OpsKind::UnTracked(prep) => prep.finish(loss),
+            };
+            (loss, Self::from_inner(grad))
+        }
+    }
 }

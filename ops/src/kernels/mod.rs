@@ -3,6 +3,7 @@
 //! backend, both checked against the float64 oracles in [`reference`].
 //!
 //! - [`importance`]: the width statistics and block importance reductions.
+//! - [`kd`]: the fused knowledge-distillation loss and its gradient.
 //! - [`bandwidth`]: timings of the CPU twin against the machine's memory
 //!   bandwidth, for `distillery bench importance`.
 
@@ -12,6 +13,9 @@ pub mod importance;
 mod importance_cube;
 mod importance_flex;
 pub mod kd;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod kd_cube;
+mod kd_flex;
 pub mod reference;
 
 pub use importance::{
@@ -19,3 +23,5 @@ pub use importance::{
     channel_stats_accumulate, cosine_distance_accumulate,
 };
 pub use importance_flex::{channel_sums_host, cosine_distance_sum_host};
+pub use kd::{KdLoss, KdOps, KdSpec, kd_loss};
+pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;

@@ -11,6 +11,17 @@
 //! separator (by default the tokenizer's eos token) and appended to its
 //! split; each split is cut into rows of `seq_len` tokens and its last
 //! partial row is dropped.
+//!
+//! Chat conversations are rendered with the tokenizer's chat template. With
+//! `loss_on: assistant` (the default) the dataset gets a loss mask that
+//! marks the assistant replies: each conversation is cut into its replies
+//! and the text between them ([`ChatTemplate::render_with_replies`]), each
+//! piece is tokenized on its own and the ids are concatenated, so every
+//! token belongs to exactly one piece and the mask is exact. The ids then
+//! equal those of the whole rendered text except where a tokenizer would
+//! have merged characters across a piece's bound (with SmolLM2's, only when
+//! a reply starts with whitespace that the newline of the role header could
+//! join); they decode to the same text either way.
 //! The folder layout and its reader are in [`crate::io::dataset`].
 
 use std::collections::BTreeMap;
@@ -21,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use crate::io::chat::{ChatTemplate, special_token};
+use crate::io::chat::{ChatTemplate, RenderedChat, special_token};
 use anyhow::{Context, Result, anyhow, bail};
 use distillery_engine::progress::Progress;
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
@@ -32,7 +43,8 @@ use tokenizers::Tokenizer;
 
 use crate::io::dataset::{
     DATASET_FORMAT_VERSION, DOCUMENTS_FILE, DatasetIndex, DocumentRecord, FileStats, INDEX_FILE,
-    SeparatorInfo, Split, SplitWriter, TokenizerInfo, split_key, split_of,
+    LossMaskInfo, SeparatorInfo, Split, SplitStats, SplitWriter, TokenizerInfo, split_key,
+    split_of,
 };
 
 /// The `dataset` op.
@@ -51,6 +63,27 @@ pub enum DataFormat {
     Jsonl,
     /// Plain text; documents are separated by a blank line.
     Text,
+}
+
+/// Which tokens of a chat conversation are training targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LossOn {
+    /// The assistant replies, each with its end-of-turn token: the dataset
+    /// gets a loss mask (`train.mask.bin`, `heldout.mask.bin`).
+    #[default]
+    Assistant,
+    /// Every token, as for plain text: no loss mask.
+    All,
+}
+
+impl LossOn {
+    pub fn name(self) -> &'static str {
+        match self {
+            LossOn::Assistant => "assistant",
+            LossOn::All => "all",
+        }
+    }
 }
 
 /// The format a file is read in, once `auto` is resolved.
@@ -106,6 +139,17 @@ pub struct DatasetParams {
     /// token. A single token's text maps to that token; `""` appends nothing.
     #[serde(default)]
     pub separator: Option<String>,
+    /// Which tokens of chat conversations (`messages` in JSONL) are
+    /// training targets, for supervised fine-tuning. `assistant` (the
+    /// default) writes a loss mask next to the rows: 1 on each assistant
+    /// reply and its end-of-turn token, 0 on role headers, system and user
+    /// turns and the separator after a conversation (plain-text documents in
+    /// the same dataset stay targets throughout). `all` trains on every
+    /// token and writes no mask. A dataset without conversations has no
+    /// mask; setting it with plain-text files (`.txt`, `format: text`) is an
+    /// error.
+    #[serde(default)]
+    pub loss_on: Option<LossOn>,
 }
 
 fn default_seq_len() -> u32 {
@@ -133,6 +177,7 @@ impl DatasetParams {
             format: DataFormat::Auto,
             max_documents: None,
             separator: None,
+            loss_on: None,
         }
     }
 }
@@ -171,8 +216,9 @@ fn is_zst(path: &Path) -> bool {
 impl TypedOp for Dataset {
     type Params = DatasetParams;
     const NAME: &'static str = "dataset";
-    const VERSION: u32 = 1;
-    const DESCRIPTION: &'static str = "Tokenizes JSONL, text or chat files into fixed-length rows of token ids, split into train and held-out by document.";
+    // 2: chat conversations get a loss mask on the assistant replies.
+    const VERSION: u32 = 2;
+    const DESCRIPTION: &'static str = "Tokenizes JSONL, text or chat files into fixed-length rows of token ids, split into train and held-out by document; chat conversations get a loss mask on the assistant replies.";
 
     fn slots(&self) -> Vec<Slot> {
         vec![Slot::one("tokenizer", ArtifactKind::Model)]
@@ -226,6 +272,12 @@ impl TypedOp for Dataset {
         if p.id_field.is_empty() {
             issues.push(ParamIssue::at(&["id_field"], "`id_field` is empty"));
         }
+        if let Some(message) = loss_on_conflict(p) {
+            issues.push(
+                ParamIssue::at(&["loss_on"], message)
+                    .help("leave `loss_on` out: plain text has no turns, every token is trained"),
+            );
+        }
         issues
     }
 
@@ -243,6 +295,21 @@ impl TypedOp for Dataset {
         )
         .map(|_| ())
     }
+}
+
+/// Why `loss_on` cannot be set for these files: it is about chat
+/// conversations, which only JSONL files hold.
+fn loss_on_conflict(p: &DatasetParams) -> Option<String> {
+    let loss_on = p.loss_on?;
+    let text = p
+        .files
+        .iter()
+        .find(|f| file_format(f, p.format) == Ok(FileFormat::Text))?;
+    Some(format!(
+        "`loss_on: {}` applies to chat conversations (`messages` in JSONL), but `{}` is plain text",
+        loss_on.name(),
+        text.display()
+    ))
 }
 
 /// The tokenizer folder's pieces the op needs.
@@ -346,8 +413,42 @@ fn separator(p: &DatasetParams, assets: &TokenizerAssets) -> Result<SeparatorInf
 /// A document as read.
 struct Doc {
     key: String,
-    text: String,
+    body: Body,
     file: usize,
+}
+
+/// What a document holds.
+enum Body {
+    Text(String),
+    /// A conversation, rendered by the tokenization task (with the replies
+    /// located, when masked: several renders, worth running in parallel).
+    Chat {
+        messages: Value,
+        /// `file:line`, for errors.
+        at: String,
+        /// Bytes of its JSONL line, to size chunks.
+        line_bytes: usize,
+    },
+}
+
+impl Doc {
+    /// Roughly the bytes of text it holds, to size chunks.
+    fn size(&self) -> usize {
+        match &self.body {
+            Body::Text(text) => text.len(),
+            Body::Chat { line_bytes, .. } => *line_bytes,
+        }
+    }
+}
+
+/// A document's ids.
+struct Encoded {
+    ids: Vec<u32>,
+    /// One byte per id (1: a target) for a masked conversation; `None`
+    /// when all of them are targets.
+    mask: Option<Vec<u8>>,
+    /// Bytes of the text (a conversation as rendered).
+    text_bytes: u64,
 }
 
 /// Documents handed to one tokenization task.
@@ -452,7 +553,7 @@ impl DocReader<'_> {
                         if !text.is_empty() {
                             let doc = Doc {
                                 key: format!("{}:{first_line}", file.label),
-                                text: std::mem::take(&mut text),
+                                body: Body::Text(std::mem::take(&mut text)),
                                 file: index,
                             };
                             if !emit(doc)? {
@@ -473,7 +574,7 @@ impl DocReader<'_> {
         if !text.is_empty() {
             let doc = Doc {
                 key: format!("{}:{first_line}", file.label),
-                text,
+                body: Body::Text(text),
                 file: index,
             };
             return emit(doc);
@@ -489,26 +590,33 @@ impl DocReader<'_> {
             bail!("{}: expected a JSON object, found {}", at(), kind(&value));
         };
         let p = self.params;
-        let text = match record.remove(&p.text_field) {
-            Some(Value::String(text)) => text,
+        let body = match record.remove(&p.text_field) {
+            Some(Value::String(text)) => Body::Text(text),
             Some(other) => bail!(
                 "{}: field `{}` must be a string, found {}",
                 at(),
                 p.text_field,
                 kind(&other)
             ),
-            None => match record.get("messages") {
+            None => match record.remove("messages") {
                 Some(messages @ Value::Array(_)) => {
-                    let chat = self.chat.ok_or_else(|| {
-                        anyhow!(
+                    if self.chat.is_none() {
+                        bail!(
                             "{}: a chat conversation (`messages`), but the tokenizer has no chat_template",
                             at()
-                        )
-                    })?;
-                    chat.render(messages, false)
-                        .with_context(|| format!("{}: cannot render the conversation", at()))?
+                        );
+                    }
+                    Body::Chat {
+                        messages,
+                        at: at(),
+                        line_bytes: line.len(),
+                    }
                 }
-                Some(other) => bail!("{}: `messages` must be a list, found {}", at(), kind(other)),
+                Some(other) => bail!(
+                    "{}: `messages` must be a list, found {}",
+                    at(),
+                    kind(&other)
+                ),
                 None => bail!(
                     "{}: no `{}` field (nor a `messages` conversation)",
                     at(),
@@ -530,7 +638,7 @@ impl DocReader<'_> {
         let source = record.get("source").and_then(Value::as_str);
         Ok(Doc {
             key: split_key(source, &id),
-            text,
+            body,
             file: index,
         })
     }
@@ -570,6 +678,10 @@ pub fn build_dataset(
     if p.files.is_empty() {
         bail!("`files` must name at least one file");
     }
+    if let Some(message) = loss_on_conflict(p) {
+        bail!(message);
+    }
+    let loss_on = p.loss_on.unwrap_or_default();
     let seq_len = p.seq_len as usize;
     let assets = load_tokenizer(tokenizer_dir)?;
     let separator = separator(p, &assets)?;
@@ -632,6 +744,7 @@ pub fn build_dataset(
     let max_in_flight = 4 * threads;
     let encoder = DocumentEncoder::new(&assets.tokenizer, &assets.json, threads);
     let encoder = &encoder;
+    let chat_ref = chat.as_ref();
     progress.log(if encoder.is_fast() {
         "tokenizing with the byte-level BPE fast path (checked against `tokenizers` on a sample of documents)"
     } else {
@@ -641,11 +754,24 @@ pub fn build_dataset(
     let mut text_bytes_total = 0u64;
     let mut documents_total = 0u64;
     let mut tokens_total = 0u64;
-    let mut write_chunk = |chunk: Chunk, ids: Vec<Vec<u32>>| -> Result<()> {
-        for (doc, ids) in chunk.docs.into_iter().zip(ids) {
+    let mut write_chunk = |chunk: Chunk, encoded: Vec<Encoded>| -> Result<()> {
+        for (doc, encoded) in chunk.docs.into_iter().zip(encoded) {
             let split = split_of(&doc.key, p.heldout_percent);
-            let bytes = doc.text.len() as u64;
-            writers[split.index()].push_document(&ids, &separator.ids, bytes)?;
+            let bytes = encoded.text_bytes;
+            let ids = &encoded.ids;
+            let writer = &mut writers[split.index()];
+            let target_tokens = match &encoded.mask {
+                // The conversation's own end-of-turn token teaches stopping;
+                // what follows it is not the reply's.
+                Some(mask) => {
+                    writer.push_masked_document(ids, mask, &separator.ids, 0, bytes)?;
+                    Some(mask.iter().map(|&m| m as u64).sum())
+                }
+                None => {
+                    writer.push_document(ids, &separator.ids, bytes)?;
+                    None
+                }
+            };
             let stats = &mut file_stats[doc.file];
             stats.documents += 1;
             stats.text_bytes += bytes;
@@ -658,6 +784,7 @@ pub fn build_dataset(
                     id: doc.key,
                     split,
                     tokens: ids.len() as u64,
+                    target_tokens,
                 },
             )?;
             documents_out.write_all(b"\n")?;
@@ -688,7 +815,7 @@ pub fn build_dataset(
                     return Ok(false);
                 }
                 emitted += 1;
-                bytes += doc.text.len();
+                bytes += doc.size();
                 docs.push(doc);
                 if bytes >= CHUNK_BYTES || docs.len() >= CHUNK_DOCS {
                     let chunk = Chunk {
@@ -719,9 +846,9 @@ pub fn build_dataset(
             }
         });
 
-        let (result_tx, result_rx) = mpsc::channel::<(Chunk, Result<Vec<Vec<u32>>>)>();
+        let (result_tx, result_rx) = mpsc::channel::<(Chunk, Result<Vec<Encoded>>)>();
         pool.in_place_scope(|tasks| -> Result<()> {
-            let mut pending: BTreeMap<u64, (Chunk, Vec<Vec<u32>>)> = BTreeMap::new();
+            let mut pending: BTreeMap<u64, (Chunk, Vec<Encoded>)> = BTreeMap::new();
             let mut next = 0u64;
             let mut in_flight = 0usize;
             let mut reader_done = false;
@@ -734,7 +861,7 @@ pub fn build_dataset(
                             tasks.spawn(move |_| {
                                 let ids =
                                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                        tokenize_chunk(encoder, &chunk)
+                                        tokenize_chunk(encoder, chat_ref, loss_on, &chunk)
                                     }))
                                     .unwrap_or_else(|_| Err(anyhow!("the tokenizer panicked")));
                                 let _ = result_tx.send((chunk, ids));
@@ -775,6 +902,14 @@ pub fn build_dataset(
         .flush()
         .with_context(|| format!("cannot write {}", documents_path.display()))?;
     drop(documents_out);
+    // A mask is all or nothing: a split without conversations gets one too
+    // (all targets) when the other has one.
+    let masked = writers.iter().any(SplitWriter::has_loss_mask);
+    if masked {
+        for writer in &mut writers {
+            writer.enable_loss_mask()?;
+        }
+    }
     let [train, heldout] = writers;
     let index = DatasetIndex {
         format_version: DATASET_FORMAT_VERSION,
@@ -789,6 +924,10 @@ pub fn build_dataset(
         files: file_stats,
         train: train.finish()?,
         heldout: heldout.finish()?,
+        loss_mask: masked.then(|| LossMaskInfo {
+            loss_on: loss_on.name().into(),
+            rule: "1 on the tokens of each assistant reply of a chat conversation with its end-of-turn token (the text that rendering the conversation through that reply adds to rendering it before the reply with the generation prompt, trailing whitespace excluded) and on every token of plain-text documents and their separators; 0 on the rest of a conversation (system and user turns, role headers) and the separator after it".into(),
+        }),
     };
     let index_path = output_dir.join(INDEX_FILE);
     std::fs::write(&index_path, serde_json::to_string_pretty(&index)? + "\n")
@@ -796,6 +935,15 @@ pub fn build_dataset(
 
     let elapsed = started.elapsed().as_secs_f64();
     progress.set_position(total_bytes);
+    if masked {
+        let share =
+            |s: &SplitStats| s.target_tokens.unwrap_or(0) as f64 / s.tokens.max(1) as f64 * 100.0;
+        progress.log(&format!(
+            "loss mask on the assistant replies: {:.1}% of the train tokens and {:.1}% of the heldout tokens are targets",
+            share(&index.train),
+            share(&index.heldout)
+        ));
+    }
     progress.log(&format!(
         "{} documents, {:.1} MB of text in {elapsed:.1} s ({:.2} MB/s), {} tokens; train {} rows ({} docs, {} tail tokens dropped), heldout {} rows ({} docs, {} tail tokens dropped)",
         index.documents,
@@ -819,28 +967,94 @@ fn verified(chunk: &Chunk, i: usize) -> bool {
     chunk.seq == 0 || (i == 0 && chunk.seq.is_multiple_of(16))
 }
 
-fn tokenize_chunk(encoder: &DocumentEncoder, chunk: &Chunk) -> Result<Vec<Vec<u32>>> {
+fn tokenize_chunk(
+    encoder: &DocumentEncoder,
+    chat: Option<&ChatTemplate>,
+    loss_on: LossOn,
+    chunk: &Chunk,
+) -> Result<Vec<Encoded>> {
     let mut out = Vec::with_capacity(chunk.docs.len());
     for (i, doc) in chunk.docs.iter().enumerate() {
-        let ids = encoder
-            .encode(&doc.text)
-            .map_err(|e| anyhow!("cannot tokenize document `{}`: {e:#}", doc.key))?;
-        if encoder.is_fast() && verified(chunk, i) {
-            let exact = encoder
-                .encode_exact(&doc.text)
-                .map_err(|e| anyhow!("cannot tokenize document `{}`: {e:#}", doc.key))?;
-            if exact != ids {
-                bail!(
-                    "the fast tokenization path disagrees with `tokenizers` on document `{}` ({} ids instead of {}); this is a bug: set {EXACT_ENV}=1 to tokenize through `tokenizers` alone",
-                    doc.key,
-                    ids.len(),
-                    exact.len()
-                );
+        let check = encoder.is_fast() && verified(chunk, i);
+        let encoded = match &doc.body {
+            Body::Text(text) => Encoded {
+                ids: encode_checked(encoder, text, check, &doc.key)?,
+                mask: None,
+                text_bytes: text.len() as u64,
+            },
+            Body::Chat { messages, at, .. } => {
+                let chat = chat
+                    .ok_or_else(|| anyhow!("{at}: a chat conversation without a chat template"))?;
+                match loss_on {
+                    LossOn::All => {
+                        let text = chat
+                            .render(messages, false)
+                            .with_context(|| format!("{at}: cannot render the conversation"))?;
+                        Encoded {
+                            ids: encode_checked(encoder, &text, check, &doc.key)?,
+                            mask: None,
+                            text_bytes: text.len() as u64,
+                        }
+                    }
+                    LossOn::Assistant => {
+                        let rendered = chat.render_with_replies(messages).with_context(|| {
+                            format!("{at}: cannot render the conversation with its loss mask")
+                        })?;
+                        encode_masked(encoder, &rendered, check, &doc.key)?
+                    }
+                }
             }
-        }
-        out.push(ids);
+        };
+        out.push(encoded);
     }
     Ok(out)
+}
+
+/// A conversation's ids, piece by piece, and its mask: 1 on the replies.
+fn encode_masked(
+    encoder: &DocumentEncoder,
+    chat: &RenderedChat,
+    check: bool,
+    key: &str,
+) -> Result<Encoded> {
+    let mut ids = Vec::with_capacity(chat.text.len() / 3 + 8);
+    let mut mask = Vec::with_capacity(ids.capacity());
+    for (piece, reply) in chat.segments() {
+        let piece_ids = encode_checked(encoder, piece, check, key)?;
+        mask.resize(mask.len() + piece_ids.len(), reply as u8);
+        ids.extend_from_slice(&piece_ids);
+    }
+    Ok(Encoded {
+        ids,
+        mask: Some(mask),
+        text_bytes: chat.text.len() as u64,
+    })
+}
+
+/// The ids of `text`; with `check`, also through the exact path, which must
+/// agree.
+fn encode_checked(
+    encoder: &DocumentEncoder,
+    text: &str,
+    check: bool,
+    key: &str,
+) -> Result<Vec<u32>> {
+    let ids = encoder
+        .encode(text)
+        .map_err(|e| anyhow!("cannot tokenize document `{key}`: {e:#}"))?;
+    if check {
+        let exact = encoder
+            .encode_exact(text)
+            .map_err(|e| anyhow!("cannot tokenize document `{key}`: {e:#}"))?;
+        if exact != ids {
+            bail!(
+                "the fast tokenization path disagrees with `tokenizers` on document `{key}` ({} ids instead of {}); this is a bug: set {EXACT_ENV}=1 to tokenize through `tokenizers` alone",
+                ids.len(),
+                exact.len()
+            );
+        }
+    }
+    Ok(ids)
 }
 
 // ---------------------------------------------------------------- encoding

@@ -1,15 +1,23 @@
-//! `evaluate`: held-out loss and perplexity of one or more models on a
-//! Dataset's rows, as a Metrics artifact with a side-by-side table.
-//! (Benchmarks and bits per byte are later work.)
+//! `evaluate`: one or more models side by side on held-out data and
+//! benchmarks, as a Metrics artifact (`metrics.json`) with a table
+//! (`table.md`): loss and perplexity on a Dataset's rows, perplexity and
+//! bits per byte on raw text files, and log-likelihood benchmarks (multiple
+//! choice, partial scoring, greedy match; see [`crate::eval`]).
 
 use crate::backend::{ComputeBackend, OnBackend, on_device};
 use crate::eval::loss::next_token_nll;
+use crate::eval::multiple_choice::{ScoringSetup, TaskRun, run_task};
+use crate::eval::tasks::{TaskItem, TaskKind, load_task_file, task_name, with_shots};
+use crate::eval::text_perplexity::{TextRun, read_text_file, run_text, text_windows};
+use crate::eval::tokenize::EvalTokenizer;
 use crate::io::dataset::{DatasetArtifact, Split};
 use crate::model::Llama;
-use anyhow::bail;
+use anyhow::{Context, bail};
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 pub struct Evaluate;
 
@@ -24,18 +32,89 @@ pub enum SplitName {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateParams {
-    /// The split whose rows are measured.
+    /// The split of the `data` input whose rows are measured.
     #[serde(default = "heldout")]
     pub split: SplitName,
     /// The first this many rows of the split (all when it has fewer).
     #[serde(default = "default_rows")]
     pub rows: usize,
-    /// Tokens per row: rows are cut to this length (default: the dataset's).
+    /// Tokens per `data` row: rows are cut to this length (default: the
+    /// dataset's).
     #[serde(default)]
     pub seq_len: Option<usize>,
-    /// Rows per forward pass.
+    /// Sequences per forward pass (dataset rows, text windows, benchmark
+    /// candidates).
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// Log-likelihood benchmarks, each `{path, name, kind, limit, shots, dev,
+    /// seed, delimiter}`: a JSONL file (optionally `.zst`) of multiple-choice,
+    /// partial-scoring (WinoGrande) or greedy-match (LAMBADA) items, scored
+    /// for `acc` (and `acc_norm`: log-likelihood per byte of the choice).
+    #[serde(default)]
+    pub tasks: Vec<TaskSpec>,
+    /// Raw text files for perplexity and bits per byte, each `{path, name,
+    /// seq_len, windows}`: the text (optionally `.zst`) is tokenized whole
+    /// and cut into non-overlapping windows of `seq_len` tokens (512).
+    #[serde(default)]
+    pub texts: Vec<TextSpec>,
+}
+
+/// A benchmark file and how to score it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Name in the metrics and the table (default: the file name without
+    /// `.jsonl` and `.zst`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The JSONL file, relative to the recipe's folder: `{context, choices,
+    /// gold}` items (multiple choice), `{contexts, continuation, gold}`
+    /// (partial scoring, WinoGrande) or `{context, target}` (greedy match,
+    /// LAMBADA).
+    pub path: PathBuf,
+    /// How items are scored (default: from the first item's fields).
+    #[serde(default)]
+    pub kind: Option<TaskKind>,
+    /// Score only the first this many items.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub limit: Option<usize>,
+    /// Solved examples from `dev` put before each item (k-shot).
+    #[serde(default)]
+    pub shots: usize,
+    /// The file the examples are drawn from (same format), relative to the
+    /// recipe's folder; required when `shots` is above 0.
+    #[serde(default)]
+    pub dev: Option<PathBuf>,
+    /// Seed of the examples' choice (each item's depends on it and on the
+    /// item's position only).
+    #[serde(default = "default_shot_seed")]
+    pub seed: u64,
+    /// Text put between a context and its continuation. The default, none,
+    /// suits files whose continuations start with their own space (as
+    /// lm-eval's target delimiter `" "` already applied).
+    #[serde(default)]
+    pub delimiter: String,
+}
+
+/// A raw text file to measure.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextSpec {
+    /// Name in the metrics and the table (default: the file name without
+    /// `.zst`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The text file, relative to the recipe's folder.
+    pub path: PathBuf,
+    /// Tokens per window; windows do not overlap.
+    #[serde(default = "default_text_seq_len")]
+    #[schemars(range(min = 2))]
+    pub seq_len: usize,
+    /// Score only the first this many windows (default: all the text holds).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub windows: Option<usize>,
 }
 
 fn heldout() -> SplitName {
@@ -47,28 +126,69 @@ fn default_rows() -> usize {
 fn default_batch() -> usize {
     4
 }
+fn default_shot_seed() -> u64 {
+    1234
+}
+fn default_text_seq_len() -> usize {
+    512
+}
 
-/// One model's result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl TaskSpec {
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| task_name(&self.path))
+    }
+}
+
+impl TextSpec {
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let name = task_name(&self.path);
+            if name.is_empty() {
+                self.path.display().to_string()
+            } else {
+                name
+            }
+        })
+    }
+}
+
+/// One model's results.
+#[derive(Debug, Clone, Serialize)]
 pub struct ModelMetrics {
     pub stage: String,
     pub parameters: usize,
-    pub loss: f64,
-    pub perplexity: f64,
-    pub tokens: usize,
+    /// On the `data` rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<usize>,
+    /// By task name, in recipe order.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    pub tasks: Vec<(String, TaskRun)>,
+    /// By text name, in recipe order.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    pub texts: Vec<(String, TextRun)>,
+}
+
+fn as_map<S: serde::Serializer, T: Serialize>(
+    entries: &[(String, T)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(entries.iter().map(|(k, v)| (k, v)))
 }
 
 impl TypedOp for Evaluate {
     type Params = EvaluateParams;
     const NAME: &'static str = "evaluate";
-    const VERSION: u32 = 1;
-    const DESCRIPTION: &'static str =
-        "Measures held-out loss and perplexity of one or more models on a dataset.";
+    const VERSION: u32 = 2;
+    const DESCRIPTION: &'static str = "Measures one or more models side by side: loss and perplexity on a dataset's rows, perplexity and bits per byte on text files, accuracy on log-likelihood benchmarks.";
 
     fn slots(&self) -> Vec<Slot> {
         vec![
             Slot::list("models", ArtifactKind::Model),
-            Slot::one("data", ArtifactKind::Dataset),
+            Slot::one("data", ArtifactKind::Dataset).optional(),
         ]
     }
 
@@ -76,8 +196,14 @@ impl TypedOp for Evaluate {
         ArtifactKind::Metrics
     }
 
-    fn check(&self, p: &EvaluateParams, _: &CheckContext) -> Vec<ParamIssue> {
+    fn check(&self, p: &EvaluateParams, ctx: &CheckContext) -> Vec<ParamIssue> {
         let mut issues = Vec::new();
+        if !ctx.inputs.contains_key("data") && p.tasks.is_empty() && p.texts.is_empty() {
+            issues.push(
+                ParamIssue::at(&[], "nothing to evaluate: no `data` input, `tasks` or `texts`")
+                    .help("bind a dataset with `inputs: { data: <stage> }`, or list `tasks: [{ path: <benchmark.jsonl> }]` or `texts: [{ path: <file.txt> }]`"),
+            );
+        }
         if p.rows == 0 {
             issues.push(ParamIssue::at(&["rows"], "`rows` must be at least 1"));
         }
@@ -87,7 +213,85 @@ impl TypedOp for Evaluate {
         if p.seq_len.is_some_and(|s| s < 2) {
             issues.push(ParamIssue::at(&["seq_len"], "`seq_len` must be at least 2"));
         }
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, t) in p.tasks.iter().enumerate() {
+            let index = i.to_string();
+            let at = |field: &'static str| vec!["tasks", index.as_str(), field];
+            let name = t.name();
+            if name.is_empty() {
+                issues.push(ParamIssue::at(
+                    &at("name"),
+                    "a task's `name` cannot be empty",
+                ));
+            } else if let Some(first) = names.insert(name.clone(), i) {
+                issues.push(
+                    ParamIssue::at(
+                        &["tasks", &index],
+                        format!("tasks {first} and {i} are both named `{name}`"),
+                    )
+                    .help("give one of them another `name`"),
+                );
+            }
+            if t.limit == Some(0) {
+                issues.push(ParamIssue::at(
+                    &at("limit"),
+                    "`limit` must be at least 1 (leave it out to score every item)",
+                ));
+            }
+            match (t.shots, &t.dev) {
+                (0, Some(_)) => issues.push(
+                    ParamIssue::at(&at("dev"), "`dev` is only read when `shots` is above 0")
+                        .help("set `shots`, or remove `dev`"),
+                ),
+                (s, None) if s > 0 => issues.push(
+                    ParamIssue::at(&at("shots"), format!("{s} shots need a `dev` file to draw them from"))
+                        .help("add `dev: <file>` (the task's own file works: an item is never its own example)"),
+                ),
+                _ => {}
+            }
+        }
+        let mut text_names: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, t) in p.texts.iter().enumerate() {
+            let index = i.to_string();
+            let name = t.name();
+            if t.name.as_deref() == Some("") {
+                issues.push(ParamIssue::at(
+                    &["texts", &index, "name"],
+                    "a text's `name` cannot be empty",
+                ));
+            } else if let Some(first) = text_names.insert(name.clone(), i) {
+                issues.push(
+                    ParamIssue::at(
+                        &["texts", &index],
+                        format!("texts {first} and {i} are both named `{name}`"),
+                    )
+                    .help("give one of them another `name`"),
+                );
+            }
+            if t.seq_len < 2 {
+                issues.push(ParamIssue::at(
+                    &["texts", &index, "seq_len"],
+                    format!("`seq_len` must be at least 2, found {}", t.seq_len),
+                ));
+            }
+            if t.windows == Some(0) {
+                issues.push(ParamIssue::at(
+                    &["texts", &index, "windows"],
+                    "`windows` must be at least 1 (leave it out to score the whole text)",
+                ));
+            }
+        }
         issues
+    }
+
+    fn external_files(&self, p: &EvaluateParams) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for t in &p.tasks {
+            files.push(t.path.clone());
+            files.extend(t.dev.iter().cloned());
+        }
+        files.extend(p.texts.iter().map(|t| t.path.clone()));
+        files
     }
 
     fn uses_accelerator(&self, _: &EvaluateParams) -> bool {
@@ -95,93 +299,330 @@ impl TypedOp for Evaluate {
     }
 
     fn run(&self, p: EvaluateParams, ctx: &RunContext) -> anyhow::Result<()> {
-        on_device(ctx.device, Task { params: p, ctx })?
+        on_device(ctx.device, Job { params: p, ctx })?
     }
 }
 
-struct Task<'a, 'c> {
+/// A benchmark read and prepared (limit and shots applied).
+struct LoadedTask {
+    name: String,
+    kind: TaskKind,
+    items: Vec<TaskItem>,
+    delimiter: String,
+}
+
+fn label(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Reads every task file before any model runs, so that a malformed file
+/// fails the stage at once.
+fn load_tasks(p: &EvaluateParams, ctx: &RunContext) -> anyhow::Result<Vec<LoadedTask>> {
+    let mut tasks = Vec::new();
+    for spec in &p.tasks {
+        let file = load_task_file(&ctx.resolve(&spec.path), &label(&spec.path), spec.kind)?;
+        let mut items = file.items;
+        if let Some(limit) = spec.limit {
+            items.truncate(limit);
+        }
+        if let Some(dev_path) = &spec.dev {
+            let dev = load_task_file(&ctx.resolve(dev_path), &label(dev_path), Some(file.kind))?;
+            items = with_shots(&items, &dev.items, spec.shots, spec.seed, &spec.delimiter)
+                .with_context(|| format!("task `{}`", spec.name()))?;
+        }
+        tasks.push(LoadedTask {
+            name: spec.name(),
+            kind: file.kind,
+            items,
+            delimiter: spec.delimiter.clone(),
+        });
+    }
+    Ok(tasks)
+}
+
+struct Job<'a, 'c> {
     params: EvaluateParams,
     ctx: &'a RunContext<'c>,
 }
 
-impl OnBackend for Task<'_, '_> {
+impl OnBackend for Job<'_, '_> {
     type Output = anyhow::Result<()>;
 
     fn run<B: ComputeBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let (p, ctx) = (self.params, self.ctx);
-        let data = DatasetArtifact::open(ctx.input("data")?)?;
+        let data = match ctx.inputs.get("data").and_then(|d| d.first()) {
+            Some(dir) => Some(DatasetArtifact::open(dir)?),
+            None => None,
+        };
         let split = match p.split {
             SplitName::Train => Split::Train,
             SplitName::Heldout => Split::Heldout,
         };
-        let seq_len = p.seq_len.unwrap_or(data.seq_len());
-        if seq_len > data.seq_len() {
-            bail!(
-                "`seq_len` {seq_len} is longer than the dataset's rows ({})",
-                data.seq_len()
-            );
-        }
-        let count = p.rows.min(data.rows(split));
-        if count == 0 {
-            bail!("the dataset's {} split has no rows", split.name());
-        }
-        let rows: Vec<&[u32]> = (0..count).map(|i| &data.row(split, i)[..seq_len]).collect();
-        let names = ctx.input_stages.get("models").cloned().unwrap_or_default();
-        let mut results = Vec::new();
-        ctx.progress
-            .set_total(ctx.inputs["models"].len() as u64, "models");
-        for (i, dir) in ctx.inputs["models"].iter().enumerate() {
-            let (model, _) = Llama::<B>::load_hf(dir, &device)?;
-            if data.vocab_size() > model.config.vocab_size {
+        let mut summary = serde_json::Map::new();
+        let mut rows: Vec<&[u32]> = Vec::new();
+        if let Some(data) = &data {
+            let seq_len = p.seq_len.unwrap_or(data.seq_len());
+            if seq_len > data.seq_len() {
                 bail!(
-                    "the dataset's vocabulary ({}) is larger than model {}'s ({})",
-                    data.vocab_size(),
-                    i,
-                    model.config.vocab_size
+                    "`seq_len` {seq_len} is longer than the dataset's rows ({})",
+                    data.seq_len()
                 );
             }
-            let nll = next_token_nll(&model, &rows, p.batch);
+            let count = p.rows.min(data.rows(split));
+            if count == 0 {
+                bail!("the dataset's {} split has no rows", split.name());
+            }
+            rows = (0..count).map(|i| &data.row(split, i)[..seq_len]).collect();
+            summary.insert("split".into(), split.name().into());
+            summary.insert("rows".into(), count.into());
+            summary.insert("seq_len".into(), seq_len.into());
+        }
+        let tasks = load_tasks(&p, ctx)?;
+        let texts: Vec<(String, String, &TextSpec)> = p
+            .texts
+            .iter()
+            .map(|t| {
+                Ok((
+                    t.name(),
+                    read_text_file(&ctx.resolve(&t.path), &label(&t.path))?,
+                    t,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if !tasks.is_empty() {
+            summary.insert(
+                "tasks".into(),
+                serde_json::to_value(
+                    tasks
+                        .iter()
+                        .zip(&p.tasks)
+                        .map(|(t, spec)| {
+                            serde_json::json!({
+                                "name": t.name,
+                                "path": label(&spec.path),
+                                "kind": t.kind,
+                                "items": t.items.len(),
+                                "shots": spec.shots,
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                )?,
+            );
+        }
+        if !texts.is_empty() {
+            summary.insert(
+                "texts".into(),
+                serde_json::Value::Array(
+                    p.texts
+                        .iter()
+                        .map(|t| {
+                            serde_json::json!({
+                                "name": t.name(),
+                                "path": label(&t.path),
+                                "seq_len": t.seq_len,
+                                "windows": t.windows,
+                            })
+                        })
+                        .collect(),
+                ),
+            );
+        }
+
+        let names = ctx.input_stages.get("models").cloned().unwrap_or_default();
+        let mut results = Vec::new();
+        for (i, dir) in ctx.inputs["models"].iter().enumerate() {
             let stage = names
                 .get(i)
                 .cloned()
                 .unwrap_or_else(|| format!("model {i}"));
-            ctx.progress.log(&format!(
-                "{stage}: loss {:.4}, perplexity {:.2} on {} tokens",
-                nll.mean(),
-                nll.perplexity(),
-                nll.tokens
-            ));
-            results.push(ModelMetrics {
-                stage,
+            let (model, _) = Llama::<B>::load_hf(dir, &device)?;
+            let mut m = ModelMetrics {
+                stage: stage.clone(),
                 parameters: model.config.num_parameters(),
-                loss: nll.mean(),
-                perplexity: nll.perplexity(),
-                tokens: nll.tokens,
-            });
-            ctx.progress.set_position(i as u64 + 1);
+                loss: None,
+                perplexity: None,
+                tokens: None,
+                tasks: Vec::new(),
+                texts: Vec::new(),
+            };
+            if let Some(data) = &data {
+                if data.vocab_size() > model.config.vocab_size {
+                    bail!(
+                        "the dataset's vocabulary ({}) is larger than model `{stage}`'s ({})",
+                        data.vocab_size(),
+                        model.config.vocab_size
+                    );
+                }
+                ctx.progress.set_message(&format!("{stage}: data"));
+                ctx.progress.set_total(rows.len() as u64, "rows");
+                let nll = next_token_nll(&model, &rows, p.batch);
+                ctx.progress.set_position(rows.len() as u64);
+                ctx.progress.log(&format!(
+                    "{stage}: data: loss {:.4}, perplexity {:.2} on {} tokens",
+                    nll.mean(),
+                    nll.perplexity(),
+                    nll.tokens
+                ));
+                m.loss = Some(nll.mean());
+                m.perplexity = Some(nll.perplexity());
+                m.tokens = Some(nll.tokens);
+            }
+            if !tasks.is_empty() || !texts.is_empty() {
+                let tok = EvalTokenizer::from_dir(dir)?;
+                if tok.vocab_size() > model.config.vocab_size {
+                    bail!(
+                        "model `{stage}`'s tokenizer has {} tokens, more than its vocabulary ({})",
+                        tok.vocab_size(),
+                        model.config.vocab_size
+                    );
+                }
+                let empty_context = model
+                    .config
+                    .bos_token_id
+                    .or_else(|| model.config.eos_ids().first().copied())
+                    .unwrap_or(0);
+                for task in &tasks {
+                    let setup = ScoringSetup {
+                        tokenizer: &tok,
+                        delimiter: &task.delimiter,
+                        batch: p.batch,
+                        max_len: model.config.max_position_embeddings,
+                        empty_context,
+                    };
+                    let total: usize = task.items.iter().map(|t| t.candidates.len()).sum();
+                    ctx.progress.set_message(&format!("{stage}: {}", task.name));
+                    ctx.progress.set_total(total as u64, "sequences");
+                    let mut position = 0u64;
+                    let run = run_task(&model, task.kind, &task.items, &setup, &mut |n| {
+                        position += n as u64;
+                        ctx.progress.set_position(position);
+                    })
+                    .with_context(|| format!("task `{}`", task.name))?;
+                    ctx.progress
+                        .log(&format!("{stage}: {}: {}", task.name, describe_task(&run)));
+                    m.tasks.push((task.name.clone(), run));
+                }
+                for (name, text, spec) in &texts {
+                    let windows = text_windows(&tok, text, spec.seq_len, spec.windows)
+                        .with_context(|| format!("text `{name}`"))?;
+                    ctx.progress.set_message(&format!("{stage}: {name}"));
+                    ctx.progress
+                        .set_total(windows.windows.len() as u64, "windows");
+                    let mut position = 0u64;
+                    let run = run_text(&model, &windows, p.batch, &mut |n| {
+                        position += n as u64;
+                        ctx.progress.set_position(position);
+                    })
+                    .with_context(|| format!("text `{name}`"))?;
+                    ctx.progress.log(&format!(
+                        "{stage}: {name}: perplexity {:.3}, {:.4} bits per byte ({} windows of {} tokens, {:.0} tokens/s)",
+                        run.ppl, run.bits_per_byte, run.windows, run.seq_len, run.tokens_per_s
+                    ));
+                    m.texts.push((name.clone(), run));
+                }
+            }
+            results.push(m);
         }
-        let mut table =
-            String::from("| model | parameters | loss | perplexity |\n|---|---:|---:|---:|\n");
-        for r in &results {
-            table.push_str(&format!(
-                "| {} | {:.1}M | {:.4} | {:.2} |\n",
-                r.stage,
-                r.parameters as f64 / 1e6,
-                r.loss,
-                r.perplexity
-            ));
-        }
+        let table = table(&results);
         ctx.progress.log(&format!("\n{table}"));
+        summary.insert("models".into(), serde_json::to_value(&results)?);
         std::fs::write(
             ctx.output_dir.join("metrics.json"),
-            serde_json::to_vec_pretty(&serde_json::json!({
-                "split": split.name(),
-                "rows": count,
-                "seq_len": seq_len,
-                "models": results,
-            }))?,
+            serde_json::to_vec_pretty(&summary)?,
         )?;
         std::fs::write(ctx.output_dir.join("table.md"), table)?;
         Ok(())
     }
+}
+
+fn describe_task(run: &TaskRun) -> String {
+    let s = &run.scores;
+    let mut line = format!("acc {}", with_stderr(s.acc, s.acc_stderr));
+    if let Some(norm) = s.acc_norm {
+        line.push_str(&format!(
+            ", acc_norm {}",
+            with_stderr(norm, s.acc_norm_stderr)
+        ));
+    }
+    line.push_str(&format!(
+        " ({} items, {:.2} items/s, {:.0} tokens/s)",
+        s.n, run.items_per_s, run.tokens_per_s
+    ));
+    line
+}
+
+fn with_stderr(value: f64, stderr: Option<f64>) -> String {
+    match stderr {
+        Some(e) => format!("{value:.4} ± {e:.4}"),
+        None => format!("{value:.4}"),
+    }
+}
+
+/// The models side by side: one column each, one row per figure.
+fn table(results: &[ModelMetrics]) -> String {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |label: String, cell: &dyn Fn(&ModelMetrics) -> Option<String>| {
+        rows.push((
+            label,
+            results
+                .iter()
+                .map(|m| cell(m).unwrap_or_else(|| "-".into()))
+                .collect(),
+        ));
+    };
+    row("parameters".into(), &|m| {
+        Some(if m.parameters >= 1_000_000 {
+            format!("{:.1}M", m.parameters as f64 / 1e6)
+        } else {
+            m.parameters.to_string()
+        })
+    });
+    let first = results.first();
+    if first.is_some_and(|m| m.loss.is_some()) {
+        row("data loss".into(), &|m| m.loss.map(|v| format!("{v:.4}")));
+        row("data perplexity".into(), &|m| {
+            m.perplexity.map(|v| format!("{v:.2}"))
+        });
+    }
+    for (name, run) in first.map(|m| m.tasks.as_slice()).unwrap_or_default() {
+        let find = |m: &ModelMetrics| {
+            m.tasks
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, r)| r.scores)
+        };
+        row(format!("{name} acc (n={})", run.scores.n), &|m| {
+            find(m).map(|s| with_stderr(s.acc, s.acc_stderr))
+        });
+        if run.scores.acc_norm.is_some() {
+            row(format!("{name} acc_norm"), &|m| {
+                find(m).and_then(|s| s.acc_norm.map(|v| with_stderr(v, s.acc_norm_stderr)))
+            });
+        }
+    }
+    for (name, run) in first.map(|m| m.texts.as_slice()).unwrap_or_default() {
+        let find = |m: &ModelMetrics| {
+            m.texts
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, r)| (r.ppl, r.bits_per_byte))
+        };
+        row(format!("{name} perplexity ({} tokens)", run.tokens), &|m| {
+            find(m).map(|(ppl, _)| format!("{ppl:.3}"))
+        });
+        row(format!("{name} bits per byte"), &|m| {
+            find(m).map(|(_, bpb)| format!("{bpb:.4}"))
+        });
+    }
+    let mut out = String::from("| |");
+    for m in results {
+        out.push_str(&format!(" {} |", m.stage));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|".repeat(results.len()));
+    out.push('\n');
+    for (label, cells) in rows {
+        out.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
+    }
+    out
 }

@@ -1,21 +1,29 @@
 //! The stage operations, one file each: parameters, plan-time checks, run.
 
+pub mod align;
 pub mod dataset;
+pub mod distill;
 pub mod evaluate;
 pub mod export;
 pub mod importance;
 pub mod load_model;
 pub mod prune;
+pub mod teacher_correction;
+mod training;
+mod upstream;
 
 use distillery_engine::OpRegistry;
 
 /// Registers every op of this crate.
 pub fn register(registry: &mut OpRegistry) {
     registry
+        .register(align::Align)
         .register(dataset::Dataset)
+        .register(distill::Distill)
         .register(evaluate::Evaluate)
         .register(export::Export)
         .register(importance::Importance)
         .register(load_model::LoadModel)
-        .register(prune::Prune);
+        .register(prune::Prune)
+        .register(teacher_correction::TeacherCorrection);
 }

@@ -4,8 +4,6 @@
 //! random, or the lowest-ranked as a baseline). Writes a Model artifact and
 //! `pruning.json`, the kept indices of every axis.
 
-use crate::io::gguf::GgufFile;
-use crate::io::gguf_llama::llama_config;
 use crate::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
 use crate::io::safetensors_io::DiskDtype;
 use crate::io::scores::Scores;
@@ -261,22 +259,10 @@ fn needed_axes(p: &PruneParams) -> Vec<(&'static str, &'static str)> {
     axes
 }
 
-/// The source model's config when it is cheap to read at plan time: the
-/// `config.json` or GGUF metadata named by an upstream `load_model` stage
-/// (`source: hf` or `gguf`). `None` otherwise, or when it cannot be read
-/// (the `load_model` stage reports that itself).
+/// The source model's config when its `load_model` stage names a file that
+/// is cheap to read at plan time.
 fn source_config(ctx: &CheckContext) -> Option<LlamaConfig> {
-    let up = ctx.inputs.get("model")?.first()?;
-    if up.op != "load_model" {
-        return None;
-    }
-    let path = ctx.recipe_dir.join(up.params.get("path")?.as_str()?);
-    let json = match up.params.get("source")?.as_str()? {
-        "hf" => serde_json::from_slice(&std::fs::read(path.join("config.json")).ok()?).ok()?,
-        "gguf" => llama_config(&GgufFile::open(&path).ok()?).ok()?,
-        _ => return None,
-    };
-    LlamaConfig::from_json(&json).ok()
+    super::upstream::loaded_config(ctx.inputs.get("model")?.first()?, ctx.recipe_dir)
 }
 
 /// What an `importance` stage's parameters (`axes`, `depth_metrics`, as

@@ -1,0 +1,85 @@
+//! What the training ops share around the loop: loading the model to train
+//! from its artifact, running [`crate::train::train`], and publishing the
+//! trained model with its metrics and summary.
+
+use anyhow::{Context, Result};
+use burn::backend::Autodiff;
+use distillery_engine::RunContext;
+use serde::Serialize;
+
+use crate::backend::ComputeBackend;
+use crate::io::dataset::DatasetArtifact;
+use crate::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
+use crate::io::safetensors_io::DiskDtype;
+use crate::model::{Llama, LlamaConfig};
+use crate::train::trainer::{METRICS_FILE, SUMMARY_FILE};
+use crate::train::{Objective, TrainJob, TrainParams, TrainSummary, train};
+
+/// Trains the model in `model_dir` under `objective` and writes the result
+/// to the stage's output: the model folder (config, weights in `dtype`,
+/// tokenizer), `metrics.jsonl`, and `training.json` (the run's summary
+/// plus `details`, what the op wants to record about itself).
+#[allow(clippy::too_many_arguments)]
+pub fn train_and_publish<B: ComputeBackend>(
+    model_dir: &std::path::Path,
+    objective: &impl Objective<B>,
+    objective_name: &str,
+    params: &TrainParams,
+    data: &DatasetArtifact,
+    dtype: DiskDtype,
+    details: impl Serialize,
+    ctx: &RunContext,
+    device: &B::Device,
+) -> Result<TrainSummary> {
+    let folder = read_hf_folder(model_dir)?;
+    let config = LlamaConfig::from_json(&folder.config).context("invalid model config")?;
+    let student = Llama::<Autodiff<B>>::from_state_dict(config, folder.tensors, device)
+        .with_context(|| format!("building the model of {}", model_dir.display()))?;
+    let job = TrainJob {
+        params,
+        data,
+        ctx,
+        objective: objective_name,
+    };
+    let (trained, summary) = train(student, objective, &job, device)?;
+
+    let mut config_json = folder.config;
+    if let (Some(obj), serde_json::Value::Object(normal)) =
+        (config_json.as_object_mut(), trained.config.to_json())
+    {
+        obj.extend(normal);
+    }
+    let options = HfWriteOptions {
+        dtype,
+        ..HfWriteOptions::default()
+    };
+    write_hf_folder(
+        &ctx.output_dir,
+        &config_json,
+        &trained.to_state_dict(),
+        &folder.assets,
+        &options,
+    )?;
+    std::fs::copy(
+        ctx.scratch_dir.join(METRICS_FILE),
+        ctx.output_dir.join(METRICS_FILE),
+    )
+    .context("publishing the metrics")?;
+    let mut record = serde_json::to_value(&summary)?;
+    if let (Some(obj), serde_json::Value::Object(extra)) =
+        (record.as_object_mut(), serde_json::to_value(details)?)
+    {
+        obj.extend(extra);
+    }
+    std::fs::write(
+        ctx.output_dir.join(SUMMARY_FILE),
+        serde_json::to_string_pretty(&record)? + "\n",
+    )?;
+    if let (Some(a), Some(b)) = (summary.first_eval, summary.last_eval) {
+        ctx.progress.log(&format!(
+            "held-out loss {:.4} -> {:.4} (perplexity {:.2} -> {:.2}) over {} tokens in {:.0} s ({:.0} tokens/s)",
+            a.loss, b.loss, a.perplexity, b.perplexity, summary.tokens, summary.elapsed_s, summary.tokens_per_s
+        ));
+    }
+    Ok(summary)
+}

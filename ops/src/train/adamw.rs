@@ -1,0 +1,300 @@
+//! AdamW with decoupled weight decay on matrices only, global-norm gradient
+//! clipping, and gradient accumulation, over every float parameter of a
+//! module. Its state is addressable by parameter path, so a checkpoint can
+//! save it and a resumed run continue bit for bit.
+//!
+//! Parameters are visited in the module's field order, which is the same on
+//! every run of a model of one shape; checkpoints record the paths and a
+//! resume checks them.
+
+use std::collections::BTreeMap;
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
+
+use crate::io::{HostTensor, StateDict};
+
+/// The hyper-parameters that do not change during a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm limit; 0 turns clipping off.
+    pub grad_clip: f64,
+}
+
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// Builds `a.b.c` paths while a visitor or mapper walks a module.
+#[derive(Default)]
+struct PathStack(Vec<String>);
+
+impl PathStack {
+    fn enter(&mut self, name: &str, container: &str) {
+        // Option wrappers do not enter; everything else names a level.
+        let _ = container;
+        self.0.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn leaf(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// The summed gradients of the micro-batches of one optimizer step, one
+/// slot per float parameter in visit order.
+pub struct GradientSum<B: Backend> {
+    slots: Vec<Option<FloatTensor<B>>>,
+}
+
+impl<B: Backend> Default for GradientSum<B> {
+    fn default() -> Self {
+        Self { slots: Vec::new() }
+    }
+}
+
+struct Accumulate<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    sum: &'a mut GradientSum<B::InnerBackend>,
+    index: usize,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Accumulate<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let i = self.index;
+        self.index += 1;
+        if self.sum.slots.len() <= i {
+            self.sum.slots.resize_with(i + 1, || None);
+        }
+        let Some(grad) = param.val().grad(self.grads) else {
+            return;
+        };
+        self.sum.slots[i] = Some(match self.sum.slots[i].take() {
+            None => float(grad),
+            Some(acc) => float(tensor::<_, D>(acc) + grad),
+        });
+    }
+}
+
+impl<B: Backend> GradientSum<B> {
+    /// Adds the gradients of one backward pass.
+    pub fn add<A, M>(&mut self, module: &M, grads: &A::Gradients)
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<A>,
+    {
+        module.visit(&mut Accumulate::<A> {
+            grads,
+            sum: self,
+            index: 0,
+        });
+    }
+
+    /// The global L2 norm of all gradients (one read-back).
+    pub fn norm(&self) -> f64 {
+        let mut total: Option<Tensor<B, 1>> = None;
+        for slot in self.slots.iter().flatten() {
+            let squares = tensor::<B, 1>(slot.clone()).square().sum();
+            total = Some(match total {
+                None => squares,
+                Some(t) => t + squares,
+            });
+        }
+        total.map_or(0.0, |t| t.into_scalar().elem::<f64>().sqrt())
+    }
+}
+
+/// First and second moments of one parameter.
+#[derive(Clone)]
+struct Moments<B: Backend> {
+    m: FloatTensor<B>,
+    v: FloatTensor<B>,
+}
+
+/// AdamW state: the step count and each parameter's moments, keyed by path.
+pub struct AdamW<B: Backend> {
+    pub config: AdamWConfig,
+    /// Optimizer steps taken so far (bias correction uses it).
+    pub steps: u64,
+    moments: BTreeMap<String, Moments<B>>,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The factor gradients were scaled by (1 when not clipped).
+    pub clip_scale: f64,
+}
+
+struct Update<'a, B: Backend> {
+    adam: &'a mut AdamW<B>,
+    grads: &'a mut GradientSum<B>,
+    lr: f64,
+    scale: f64,
+    index: usize,
+    path: PathStack,
+}
+
+impl<A: AutodiffBackend> ModuleMapper<A> for Update<'_, A::InnerBackend> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<A, D>>) -> Param<Tensor<A, D>> {
+        let (id, value, mapper) = param.consume();
+        let i = self.index;
+        self.index += 1;
+        let path = self.path.leaf();
+        let Some(grad) = self.grads.slots.get_mut(i).and_then(Option::take) else {
+            return Param::from_mapped_value(id, value, mapper);
+        };
+        let c = self.adam.config;
+        let t = self.adam.steps as i32;
+        let mut g = tensor::<A::InnerBackend, D>(grad);
+        if self.scale != 1.0 {
+            g = g.mul_scalar(self.scale);
+        }
+        let (m, v) = match self.adam.moments.remove(&path) {
+            Some(s) => (tensor::<_, D>(s.m), tensor::<_, D>(s.v)),
+            None => (g.zeros_like(), g.zeros_like()),
+        };
+        let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
+        let v = v.mul_scalar(c.beta2) + g.square().mul_scalar(1.0 - c.beta2);
+        let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(t));
+        let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(t));
+        let step = m_hat / v_hat.sqrt().add_scalar(c.eps);
+        let mut p = value.inner();
+        // Matrices decay; norms and biases (vectors) do not.
+        if D >= 2 && c.weight_decay > 0.0 {
+            p = p.mul_scalar(1.0 - self.lr * c.weight_decay);
+        }
+        let p = p - step.mul_scalar(self.lr);
+        self.adam.moments.insert(
+            path,
+            Moments {
+                m: float(m),
+                v: float(v),
+            },
+        );
+        Param::from_mapped_value(id, Tensor::from_inner(p).require_grad(), mapper)
+    }
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(config: AdamWConfig) -> Self {
+        Self {
+            config,
+            steps: 0,
+            moments: BTreeMap::new(),
+        }
+    }
+
+    /// One update of `module` with the summed gradients `grads` (consumed)
+    /// at learning rate `lr`, clipping their global norm first.
+    pub fn step<A, M>(&mut self, module: M, grads: &mut GradientSum<B>, lr: f64) -> (M, StepReport)
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<A>,
+    {
+        let grad_norm = grads.norm();
+        let clip = self.config.grad_clip;
+        let clip_scale = if clip > 0.0 && grad_norm > clip {
+            clip / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
+        self.steps += 1;
+        let module = module.map(&mut Update::<B> {
+            adam: self,
+            grads,
+            lr,
+            scale: clip_scale,
+            index: 0,
+            path: PathStack::default(),
+        });
+        grads.slots.clear();
+        (
+            module,
+            StepReport {
+                grad_norm,
+                clip_scale,
+            },
+        )
+    }
+
+    /// The moments as host tensors named `m.<path>` and `v.<path>`.
+    pub fn to_state_dict(&self) -> StateDict {
+        let mut out = StateDict::new();
+        for (path, s) in &self.moments {
+            out.insert(format!("m.{path}"), host::<B>(&s.m));
+            out.insert(format!("v.{path}"), host::<B>(&s.v));
+        }
+        out
+    }
+
+    /// Restores moments saved by [`AdamW::to_state_dict`] after `steps`
+    /// steps.
+    pub fn load_state_dict(
+        config: AdamWConfig,
+        steps: u64,
+        mut saved: StateDict,
+        device: &B::Device,
+    ) -> anyhow::Result<Self> {
+        let mut moments = BTreeMap::new();
+        let paths: Vec<String> = saved
+            .keys()
+            .filter_map(|k| k.strip_prefix("m.").map(str::to_string))
+            .collect();
+        for path in paths {
+            let m = saved.remove(&format!("m.{path}")).expect("listed above");
+            let v = saved.remove(&format!("v.{path}")).ok_or_else(|| {
+                anyhow::anyhow!("optimizer state has `m.{path}` but no `v.{path}`")
+            })?;
+            moments.insert(
+                path,
+                Moments {
+                    m: device_tensor::<B>(m, device),
+                    v: device_tensor::<B>(v, device),
+                },
+            );
+        }
+        if let Some(extra) = saved.keys().next() {
+            anyhow::bail!("unexpected tensor `{extra}` in the optimizer state");
+        }
+        Ok(Self {
+            config,
+            steps,
+            moments,
+        })
+    }
+}
+
+fn host<B: Backend>(t: &FloatTensor<B>) -> HostTensor {
+    // The rank parameter is only a type-level label here: the data read
+    // back carries the primitive's real shape.
+    let data = tensor::<B, 1>(t.clone()).into_data().convert::<f32>();
+    let shape = data.shape.to_vec();
+    HostTensor::new(shape, data.into_vec::<f32>().expect("f32 data"))
+}
+
+fn device_tensor<B: Backend>(h: HostTensor, device: &B::Device) -> FloatTensor<B> {
+    let data = burn::tensor::TensorData::new(h.data, h.shape);
+    B::float_from_data(data, device)
+}

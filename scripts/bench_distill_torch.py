@@ -1,0 +1,73 @@
+"""PyTorch baseline for `distillery bench distill`: the same distillation
+step with transformers' Llama on the CPU, fp32: the teacher's forward under
+no_grad, the student's forward, forward KL on the logits
+(`F.kl_div(log_softmax(s), log_softmax(t), log_target=True)`, mean over
+tokens), backward, and an AdamW step. Same token ids as the Rust bench.
+
+    python3 scripts/bench_distill_torch.py TEACHER_DIR --student STUDENT_DIR --rows 4 --seq 256 --steps 3
+
+Both folders are Hugging Face model folders (e.g. `distillery export` of the
+GGUF teacher in f32, and a `prune` stage's output).
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import LlamaForCausalLM
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("teacher")
+    parser.add_argument("--student")
+    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+
+    teacher = LlamaForCausalLM.from_pretrained(args.teacher, torch_dtype=torch.float32).eval()
+    student = LlamaForCausalLM.from_pretrained(
+        args.student or args.teacher, torch_dtype=torch.float32
+    ).train()
+    vocab = teacher.config.vocab_size
+    ids = torch.tensor(
+        [
+            [((r * args.seq + i) * 2_654_435_761 + 17) % vocab for i in range(args.seq)]
+            for r in range(args.rows)
+        ]
+    )
+    inputs = ids[:, :-1]
+    optim = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
+    print(
+        f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M, "
+        f"student {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters; "
+        f"{args.rows} rows x {args.seq} tokens per step; {torch.get_num_threads()} threads"
+    )
+    times = []
+    for step in range(args.steps + 1):
+        start = time.perf_counter()
+        with torch.no_grad():
+            t = teacher(inputs).logits.float()
+        s = student(inputs).logits.float()
+        v = t.shape[-1]
+        loss = F.kl_div(
+            F.log_softmax(s.reshape(-1, v), -1),
+            F.log_softmax(t.reshape(-1, v), -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        if step > 0:
+            times.append(time.perf_counter() - start)
+    mean = sum(times) / len(times)
+    print(f"step {mean:.2f} s")
+    print(f"distillation: {args.rows * args.seq / mean:.1f} tokens/s (mean of {len(times)} steps)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""PyTorch baseline for `distillery bench kd`: forward KL as
+`F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), reduction="batchmean",
+log_target=True)`, forward and backward with respect to the student logits,
+on fp32 CPU tensors. Prints the same figures as the Rust bench.
+
+    python3 scripts/bench_kd_torch.py --rows 1024 --vocab 49152 --repeats 10
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=49152)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    torch.manual_seed(1)
+    # Uniform in [-4, 4), as the Rust bench draws its logits.
+    s = (torch.rand(args.rows, args.vocab) * 8 - 4).requires_grad_()
+    t = torch.rand(args.rows, args.vocab) * 8 - 4
+    tau = args.temperature
+
+    def step() -> float:
+        started = time.perf_counter()
+        loss = F.kl_div(
+            F.log_softmax(s if tau == 1 else s / tau, -1),
+            F.log_softmax(t if tau == 1 else t / tau, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        (grad,) = torch.autograd.grad(loss, s)
+        seconds = time.perf_counter() - started
+        del grad
+        step.loss = loss.item()
+        return seconds
+
+    for _ in range(2):
+        step()
+    times = sorted(step() for _ in range(max(args.repeats, 1)))
+    median = times[len(times) // 2]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.rows} x {args.vocab} fp32, tau {tau}: loss {step.loss:.6f}"
+    )
+    print(
+        f"forward + backward: {median * 1e3:.2f} ms median, {times[0] * 1e3:.2f} ms min "
+        f"of {len(times)} (after 2 untimed)"
+    )
+
+
+if __name__ == "__main__":
+    main()
