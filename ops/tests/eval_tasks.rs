@@ -248,7 +248,7 @@ fn few_shot_prompts_are_seeded_and_never_show_the_item_itself() {
     assert_eq!(*blocks.last().unwrap(), "Q2:");
     for block in &blocks[..5] {
         let i: usize = block[1..2].parse().unwrap();
-        let answer = if i % 2 == 0 { " yes" } else { " no" };
+        let answer = if i.is_multiple_of(2) { " yes" } else { " no" };
         assert_eq!(*block, format!("Q{i}:{answer}"));
     }
     // Every candidate of an item shares the prompt; continuations are kept.
