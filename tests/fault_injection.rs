@@ -46,6 +46,53 @@ fn assert_no_half_entries(ws: &Workspace) {
 }
 
 #[test]
+fn an_interrupt_stops_the_run_with_130_and_starts_nothing_new() {
+    let ws = Workspace::new();
+    // `other` needs nothing but waits for the one job slot `slow` holds.
+    ws.write(
+        "r.yaml",
+        &format!("{SLOW}  other:\n    op: emit\n    with: {{ text: other }}\n"),
+    );
+    let child = ws
+        .cmd(&["run", "r.yaml", "--jobs", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint_step(&ws).is_none_or(|s| s < 3) {
+        assert!(
+            Instant::now() < deadline,
+            "the slow stage never checkpointed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted at step"), "{stderr}");
+    assert!(
+        stderr.contains("not started: the run was interrupted"),
+        "{stderr}"
+    );
+    assert!(!ws.started().contains(&"after".to_string()));
+    assert_no_half_entries(&ws);
+
+    let rerun = ws.run(&["run", "r.yaml"]);
+    assert!(rerun.status.success(), "{}", text(&rerun.stderr));
+    assert!(ws.started().contains(&"other".to_string()));
+    assert!(
+        ws.log()
+            .iter()
+            .any(|l| l.starts_with("start-at-") && !l.starts_with("start-at-0"))
+    );
+}
+
+#[test]
 fn killed_run_leaves_no_half_entry_and_resumes_from_the_checkpoint() {
     let ws = Workspace::new();
     ws.write("r.yaml", SLOW);

@@ -130,7 +130,8 @@ impl TypedOp for Concat {
 }
 
 /// Counts to `steps`, sleeping `step_ms` per step and checkpointing each
-/// step in scratch; resumes from the checkpoint. `fail_at` fails on a step.
+/// step in scratch; resumes from the checkpoint, and stops between steps
+/// when interrupted. `fail_at` fails on a step.
 pub struct Count;
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -193,6 +194,9 @@ impl TypedOp for Count {
         log(ctx, &format!("start-at-{step}"));
         ctx.progress.set_total(p.steps as u64, "steps");
         while step < p.steps {
+            if crate::interrupt::requested() {
+                return Err(crate::interrupt::Interrupted(Some(format!("at step {step}"))).into());
+            }
             if p.fail_at == Some(step) {
                 anyhow::bail!("failing at step {step} as asked");
             }
