@@ -2,16 +2,13 @@
 //! the loss on assistant tokens only. The dataset carries the mask: build it
 //! with the `dataset` op's chat format.
 
-use anyhow::bail;
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::training::train_and_publish;
-use crate::backend::{ComputeBackend, OnBackend, on_device};
-use crate::io::dataset::DatasetArtifact;
+use super::training::run_cross_entropy;
 use crate::io::safetensors_io::DiskDtype;
-use crate::train::{CrossEntropy, TrainParams};
+use crate::train::TrainParams;
 
 pub struct Align;
 
@@ -55,41 +52,13 @@ impl TypedOp for Align {
         true
     }
 
-    fn run(&self, params: AlignParams, ctx: &RunContext) -> anyhow::Result<()> {
-        on_device(ctx.device, Task { params, ctx })?
-    }
-}
-
-struct Task<'a, 'c> {
-    params: AlignParams,
-    ctx: &'a RunContext<'c>,
-}
-
-impl OnBackend for Task<'_, '_> {
-    type Output = anyhow::Result<()>;
-
-    fn run<B: ComputeBackend>(self, device: B::Device) -> anyhow::Result<()> {
-        let (p, ctx) = (self.params, self.ctx);
-        let data = DatasetArtifact::open(ctx.input("data")?)?;
-        if !data.has_loss_mask() && !p.allow_unmasked {
-            bail!(
-                "the dataset at {} has no loss mask, so every token would be trained on; \
-                 build it from chat conversations (`messages` in JSONL) to train on assistant turns only, \
-                 or set `allow_unmasked: true`",
-                data.dir().display()
-            );
-        }
-        train_and_publish::<B>(
-            ctx.input("model")?,
-            &CrossEntropy,
-            "alignment (cross-entropy on assistant tokens)",
-            &p.train,
-            &data,
-            p.dtype,
-            serde_json::json!({ "masked": data.has_loss_mask() }),
+    fn run(&self, p: AlignParams, ctx: &RunContext) -> anyhow::Result<()> {
+        run_cross_entropy(
             ctx,
-            &device,
-        )?;
-        Ok(())
+            &p.train,
+            p.dtype,
+            "alignment (cross-entropy on assistant tokens)",
+            !p.allow_unmasked,
+        )
     }
 }

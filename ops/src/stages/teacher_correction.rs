@@ -6,11 +6,9 @@ use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::training::train_and_publish;
-use crate::backend::{ComputeBackend, OnBackend, on_device};
-use crate::io::dataset::DatasetArtifact;
+use super::training::run_cross_entropy;
 use crate::io::safetensors_io::DiskDtype;
-use crate::train::{CrossEntropy, TrainParams};
+use crate::train::TrainParams;
 
 pub struct TeacherCorrection;
 
@@ -52,33 +50,13 @@ impl TypedOp for TeacherCorrection {
         true
     }
 
-    fn run(&self, params: TeacherCorrectionParams, ctx: &RunContext) -> anyhow::Result<()> {
-        on_device(ctx.device, Task { params, ctx })?
-    }
-}
-
-struct Task<'a, 'c> {
-    params: TeacherCorrectionParams,
-    ctx: &'a RunContext<'c>,
-}
-
-impl OnBackend for Task<'_, '_> {
-    type Output = anyhow::Result<()>;
-
-    fn run<B: ComputeBackend>(self, device: B::Device) -> anyhow::Result<()> {
-        let (p, ctx) = (self.params, self.ctx);
-        let data = DatasetArtifact::open(ctx.input("data")?)?;
-        train_and_publish::<B>(
-            ctx.input("model")?,
-            &CrossEntropy,
-            "teacher correction (cross-entropy)",
-            &p.train,
-            &data,
-            p.dtype,
-            serde_json::json!({}),
+    fn run(&self, p: TeacherCorrectionParams, ctx: &RunContext) -> anyhow::Result<()> {
+        run_cross_entropy(
             ctx,
-            &device,
-        )?;
-        Ok(())
+            &p.train,
+            p.dtype,
+            "teacher correction (cross-entropy)",
+            false,
+        )
     }
 }

@@ -7,13 +7,13 @@ use burn::backend::Autodiff;
 use distillery_engine::RunContext;
 use serde::Serialize;
 
-use crate::backend::ComputeBackend;
+use crate::backend::{ComputeBackend, OnBackend, on_device};
 use crate::io::dataset::DatasetArtifact;
 use crate::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
 use crate::io::safetensors_io::DiskDtype;
 use crate::model::{Llama, LlamaConfig};
 use crate::train::trainer::{METRICS_FILE, SUMMARY_FILE};
-use crate::train::{Objective, TrainJob, TrainParams, TrainSummary, train};
+use crate::train::{CrossEntropy, Objective, TrainJob, TrainParams, TrainSummary, train};
 
 /// Trains the model in `model_dir` under `objective` and writes the result
 /// to the stage's output: the model folder (config, weights in `dtype`,
@@ -82,4 +82,59 @@ pub fn train_and_publish<B: ComputeBackend>(
         ));
     }
     Ok(summary)
+}
+
+/// Cross-entropy training of the `model` slot on the `data` slot: what
+/// `teacher_correction` and `align` run. `masked_only` refuses a dataset
+/// without a loss mask (unless it is false).
+pub fn run_cross_entropy(
+    ctx: &RunContext,
+    params: &TrainParams,
+    dtype: DiskDtype,
+    objective_name: &str,
+    masked_only: bool,
+) -> Result<()> {
+    struct Task<'a, 'c> {
+        ctx: &'a RunContext<'c>,
+        params: &'a TrainParams,
+        dtype: DiskDtype,
+        objective_name: &'a str,
+        masked_only: bool,
+    }
+    impl OnBackend for Task<'_, '_> {
+        type Output = Result<()>;
+        fn run<B: ComputeBackend>(self, device: B::Device) -> Result<()> {
+            let data = DatasetArtifact::open(self.ctx.input("data")?)?;
+            if self.masked_only && !data.has_loss_mask() {
+                anyhow::bail!(
+                    "the dataset at {} has no loss mask, so every token would be trained on; \
+                     build it from chat conversations (`messages` in JSONL) to train on \
+                     assistant turns only, or set `allow_unmasked: true`",
+                    data.dir().display()
+                );
+            }
+            train_and_publish::<B>(
+                self.ctx.input("model")?,
+                &CrossEntropy,
+                self.objective_name,
+                self.params,
+                &data,
+                self.dtype,
+                serde_json::json!({ "masked": data.has_loss_mask() }),
+                self.ctx,
+                &device,
+            )?;
+            Ok(())
+        }
+    }
+    on_device(
+        ctx.device,
+        Task {
+            ctx,
+            params,
+            dtype,
+            objective_name,
+            masked_only,
+        },
+    )?
 }
