@@ -888,6 +888,201 @@ fn magnitude_ranks_the_largest_weights_first() {
     assert!(kept.contains(&2), "{kept:?}");
 }
 
+/// Indices by descending score.
+fn order_desc(scores: &[f64]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    idx
+}
+
+/// Norm gains spread far from 1, so that folding them in (or not) changes
+/// the hidden ranking.
+fn spread_gains(c: &LlamaConfig, sd: &mut StateDict, rng: &mut Rng) {
+    let mut names = vec!["model.norm.weight".to_string()];
+    for i in 0..c.num_hidden_layers {
+        names.push(format!("model.layers.{i}.input_layernorm.weight"));
+        names.push(format!("model.layers.{i}.post_attention_layernorm.weight"));
+    }
+    for name in names {
+        for v in &mut sd.get_mut(&name).unwrap().data {
+            *v = 1.6 + 1.5 * rng.uniform();
+        }
+    }
+}
+
+/// The magnitude scores written out entry by entry, independently of the
+/// library: every unit's score is the L2 norm of the weights attached to it,
+/// a matrix that reads an RMSNorm's output counting as `W[:, c] * g[c]`.
+/// Returns (hidden, ffn per layer, heads per layer, kv groups per layer).
+#[allow(clippy::type_complexity)]
+fn magnitude_by_hand(
+    c: &LlamaConfig,
+    sd: &StateDict,
+) -> (Vec<f64>, Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let w = |name: &str, r: usize, k: usize| -> f64 {
+        let t = &sd[name];
+        t.data[r * t.shape[1] + k] as f64
+    };
+    let (h, f, nh, g, d) = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    );
+    let head = if c.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    let mut hidden = vec![0.0f64; h];
+    for (ch, s) in hidden.iter_mut().enumerate() {
+        let gf = sd["model.norm.weight"].data[ch] as f64;
+        for v in 0..c.vocab_size {
+            *s += w("model.embed_tokens.weight", v, ch).powi(2);
+            *s += (gf * w(head, v, ch)).powi(2);
+        }
+        for i in 0..c.num_hidden_layers {
+            let p = |n: &str| format!("model.layers.{i}.{n}");
+            let ga = sd[&p("input_layernorm.weight")].data[ch] as f64;
+            let gm = sd[&p("post_attention_layernorm.weight")].data[ch] as f64;
+            for r in 0..nh * d {
+                *s += (ga * w(&p("self_attn.q_proj.weight"), r, ch)).powi(2);
+                *s += w(&p("self_attn.o_proj.weight"), ch, r).powi(2);
+            }
+            for r in 0..g * d {
+                *s += (ga * w(&p("self_attn.k_proj.weight"), r, ch)).powi(2);
+                *s += (ga * w(&p("self_attn.v_proj.weight"), r, ch)).powi(2);
+            }
+            for r in 0..f {
+                *s += (gm * w(&p("mlp.gate_proj.weight"), r, ch)).powi(2);
+                *s += (gm * w(&p("mlp.up_proj.weight"), r, ch)).powi(2);
+                *s += w(&p("mlp.down_proj.weight"), ch, r).powi(2);
+            }
+        }
+    }
+    let (mut ffn, mut heads, mut groups) = (vec![], vec![], vec![]);
+    for i in 0..c.num_hidden_layers {
+        let p = |n: &str| format!("model.layers.{i}.{n}");
+        ffn.push(
+            (0..f)
+                .map(|j| {
+                    (0..h)
+                        .map(|k| {
+                            w(&p("mlp.gate_proj.weight"), j, k).powi(2)
+                                + w(&p("mlp.up_proj.weight"), j, k).powi(2)
+                                + w(&p("mlp.down_proj.weight"), k, j).powi(2)
+                        })
+                        .sum::<f64>()
+                        .sqrt()
+                })
+                .collect(),
+        );
+        let head_sq: Vec<f64> = (0..nh)
+            .map(|hh| {
+                let mut s = 0.0;
+                for r in hh * d..(hh + 1) * d {
+                    for k in 0..h {
+                        s += w(&p("self_attn.q_proj.weight"), r, k).powi(2);
+                        s += w(&p("self_attn.o_proj.weight"), k, r).powi(2);
+                    }
+                }
+                s
+            })
+            .collect();
+        heads.push(head_sq.iter().map(|s| s.sqrt()).collect());
+        groups.push(
+            (0..g)
+                .map(|gg| {
+                    let per = nh / g;
+                    let mut s: f64 = head_sq[gg * per..(gg + 1) * per].iter().sum();
+                    for r in gg * d..(gg + 1) * d {
+                        for k in 0..h {
+                            s += w(&p("self_attn.k_proj.weight"), r, k).powi(2);
+                            s += w(&p("self_attn.v_proj.weight"), r, k).powi(2);
+                        }
+                    }
+                    s.sqrt()
+                })
+                .collect(),
+        );
+    }
+    (hidden, ffn, heads, groups)
+}
+
+#[test]
+fn magnitude_is_the_norm_of_the_attached_weights() {
+    for (i, c) in [cfg_gqa(), cfg_odd_tied(), cfg_bias_llama3(), four_layers()]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = Rng::new(60 + i as u64);
+        let mut sd = random_weights(&c, &mut rng);
+        spread_gains(&c, &mut sd, &mut rng);
+        let r = Rankings::magnitude(&c, &sd, &full_targets(&c)).unwrap();
+        let (hidden, ffn, heads, groups) = magnitude_by_hand(&c, &sd);
+        assert_eq!(r.hidden.unwrap(), order_desc(&hidden), "config {i}: hidden");
+        let per_layer = |v: &[Vec<f64>]| v.iter().map(|s| order_desc(s)).collect::<Vec<_>>();
+        assert_eq!(r.ffn.unwrap(), per_layer(&ffn), "config {i}: ffn");
+        assert_eq!(r.heads.unwrap(), per_layer(&heads), "config {i}: heads");
+        assert_eq!(
+            r.kv_groups.unwrap(),
+            per_layer(&groups),
+            "config {i}: kv groups"
+        );
+    }
+}
+
+#[test]
+fn magnitude_sees_through_norm_gains_and_tying() {
+    // Moving scale between an RMSNorm gain and the columns that read it
+    // leaves the function, and so the hidden ranking, unchanged.
+    let c = cfg_gqa();
+    let mut rng = Rng::new(70);
+    let mut sd = random_weights(&c, &mut rng);
+    spread_gains(&c, &mut sd, &mut rng);
+    let targets = Targets {
+        hidden: Some(1),
+        ..Default::default()
+    };
+    let before = Rankings::magnitude(&c, &sd, &targets).unwrap().hidden;
+    let h = c.hidden_size;
+    for ch in [0, 3, 7] {
+        let k = 4.0 + ch as f32;
+        sd.get_mut("model.layers.1.input_layernorm.weight")
+            .unwrap()
+            .data[ch] *= k;
+        for m in ["q_proj", "k_proj", "v_proj"] {
+            let t = sd
+                .get_mut(&format!("model.layers.1.self_attn.{m}.weight"))
+                .unwrap();
+            for row in t.data.chunks_exact_mut(h) {
+                row[ch] /= k;
+            }
+        }
+    }
+    assert_eq!(
+        Rankings::magnitude(&c, &sd, &targets).unwrap().hidden,
+        before
+    );
+
+    // A tied model scores as the same model with an untied copy of its head.
+    let tied = cfg_odd_tied();
+    let sd = random_weights(&tied, &mut rng);
+    let mut untied_sd = sd.clone();
+    untied_sd.insert(
+        "lm_head.weight".into(),
+        sd["model.embed_tokens.weight"].clone(),
+    );
+    let mut untied = tied.clone();
+    untied.tie_word_embeddings = false;
+    let targets = full_targets(&tied);
+    assert_eq!(
+        Rankings::magnitude(&tied, &sd, &targets).unwrap(),
+        Rankings::magnitude(&untied, &untied_sd, &targets).unwrap()
+    );
+}
+
 fn r_layers(r: &Rankings) -> Vec<usize> {
     match &r.depth {
         Some(DepthRanking::Layers(v)) => v.clone(),

@@ -18,6 +18,9 @@ pub enum BenchCommand {
     Forward(ForwardArgs),
     /// The CPU importance reduction against the machine's memory bandwidth.
     Importance(ImportanceArgs),
+    /// The importance pass (all width axes and block importance) against a
+    /// plain forward over the same rows, tokens/s of each.
+    ImportancePass(ImportancePassArgs),
     /// Evaluation throughput: benchmark items/s and perplexity tokens/s.
     Eval(EvalArgs),
     /// The fused KD loss, forward and backward, against the memory bandwidth.
@@ -85,6 +88,22 @@ enum KdDeviceArg {
 }
 
 #[derive(Args)]
+pub struct ImportancePassArgs {
+    /// A GGUF file or a Hugging Face model folder.
+    model: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    rows: usize,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Rows per forward.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Timed repetitions of each (interleaved; medians printed).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(Args)]
 pub struct ImportanceArgs {
     /// Hook calls timed per shape.
     #[arg(long, default_value_t = 40)]
@@ -124,6 +143,7 @@ pub fn bench(command: BenchCommand) -> u8 {
         BenchCommand::Hash(args) => report(hash(args)),
         BenchCommand::Forward(args) => report(forward(args)),
         BenchCommand::Importance(args) => report(importance(args)),
+        BenchCommand::ImportancePass(args) => report(importance_pass(args)),
         BenchCommand::Eval(args) => report(eval(args)),
         BenchCommand::Kd(args) => report(kd(args)),
         BenchCommand::Distill(args) => report(distill(args)),
@@ -708,6 +728,71 @@ fn distill(args: DistillArgs) -> anyhow::Result<()> {
         "distillation: {:.1} tokens/s (mean of {} steps)",
         step_tokens / total,
         parts.len()
+    );
+    Ok(())
+}
+
+fn importance_pass(args: ImportancePassArgs) -> anyhow::Result<()> {
+    use distillery_engine::progress::NoProgress;
+    use distillery_ops::backend::Cpu;
+    use distillery_ops::importance::{AggregationPair, ImportanceSpec, estimate};
+    use distillery_ops::kernels::Aggregation;
+    use distillery_ops::model::tokens_tensor;
+    let device = Default::default();
+    let (model, _) = distillery_ops::loader::load_model::<Cpu>(&args.model, &device)?;
+    let vocab = model.config.vocab_size as u64;
+    let tokens: Vec<Vec<u32>> = (0..args.rows)
+        .map(|r| {
+            (0..args.seq)
+                .map(|i| (((r * args.seq + i) as u64 * 2_654_435_761 + 17) % vocab) as u32)
+                .collect()
+        })
+        .collect();
+    let rows: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+    let pair = Some(AggregationPair {
+        batch: Aggregation::L2,
+        sequence: Aggregation::Mean,
+    });
+    let spec = ImportanceSpec {
+        hidden: pair,
+        ffn: pair,
+        heads: pair,
+        block_importance: true,
+        perplexity: false,
+        block_sizes: vec![],
+        batch: args.batch,
+    };
+    let mut forward = Vec::new();
+    let mut pass = Vec::new();
+    for run in 0..=args.runs {
+        let t = Instant::now();
+        for chunk in rows.chunks(args.batch.max(1)) {
+            let _ = model.forward(tokens_tensor(chunk, &device)).into_data();
+        }
+        let f = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let _ = estimate(&model, &rows, &[], &spec, &NoProgress);
+        let p = t.elapsed().as_secs_f64();
+        if run > 0 {
+            forward.push(f);
+            pass.push(p);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let tokens = (args.rows * args.seq) as f64;
+    let (f, p) = (median(&mut forward), median(&mut pass));
+    println!(
+        "{} rows x {} tokens, batch {}: plain forward (with the lm_head) {:.1} tokens/s, \
+         importance pass (hidden, ffn, heads, block importance) {:.1} tokens/s: {:.2}x the forward's",
+        args.rows,
+        args.seq,
+        args.batch,
+        tokens / f,
+        tokens / p,
+        f / p
     );
     Ok(())
 }

@@ -10,6 +10,8 @@ mod inspect;
 mod output;
 mod pipeline;
 mod progress;
+mod report;
+mod report_html;
 mod run;
 mod schema;
 mod status;
@@ -49,6 +51,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Print the stage graph as text, Graphviz dot or Mermaid.
     Dag(dag::DagArgs),
+    /// Write an HTML report of a run: stage graph, timings, training curves, evaluations, model sizes.
+    Report(report::ReportArgs),
     /// Inspect and maintain the artifact store.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -100,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::status(args),
         Command::Dag(args) => dag::dag(args),
+        Command::Report(args) => report::report(args),
         Command::Cache(command) => cache::cache(command),
         Command::Schema(args) => schema::schema(args),
         Command::Export(args) => export::export(args),

@@ -190,18 +190,39 @@ impl Rankings {
         out
     }
 
-    /// Rankings by weight magnitude, from the weights alone:
-    /// - hidden channel `c`: L2 norm of its embedding column together with
-    ///   every RMSNorm weight at `c` (both norms of every layer and the final
-    ///   norm), `sqrt(sum_v E[v,c]^2 + sum_norms w[c]^2)`;
-    /// - MLP neuron `j`: `||down[:, j]|| * ||gate[j, :]|| * ||up[j, :]||`,
-    ///   how large the neuron's output can get for an input of unit norm
-    ///   (SiLU grows about linearly with its argument);
-    /// - query head: Frobenius norm of its `o_proj` columns; kv group: L2 of
-    ///   its heads' norms (as for scores);
+    /// Rankings by weight magnitude, from the weights alone. A width unit's
+    /// score is the L2 norm of every weight attached to it, i.e. every weight
+    /// that pruning the unit removes: the usual group-norm magnitude criterion
+    /// of structured pruning, fixed a priori rather than fitted to results.
+    /// Every matrix counts in the same units, so no axis or tensor gets a
+    /// hand-chosen weight; a sum of squares rather than a product of norms,
+    /// which would bound a unit's output instead of measuring its weights.
+    /// - MLP neuron `j` of a layer:
+    ///   `sqrt(||gate[j, :]||^2 + ||up[j, :]||^2 + ||down[:, j]||^2)`;
+    /// - query head `h` of a layer: `sqrt(||q[rows of h]||^2 + ||o[:, cols of h]||^2)`
+    ///   (`k` and `v` are shared by the kv group, and no head prune removes
+    ///   them);
+    /// - kv group of a layer: the norm of its heads' weights and of its own
+    ///   `k` and `v` rows, since dropping the group removes all of them;
+    /// - hidden channel `c`, over all layers at once: column `c` of every
+    ///   matrix that reads the normalized residual (`q`, `k`, `v` after
+    ///   `input_layernorm`, `gate`, `up` after `post_attention_layernorm`,
+    ///   `lm_head` after the final norm), each scaled by its RMSNorm gain at
+    ///   `c`, because the matrix sees `g_c * x_c` and only `W[:, c] * g_c`
+    ///   is its effective weight (a gain and a column can trade scale without
+    ///   changing the function, so neither alone is a magnitude); row `c` of
+    ///   every matrix that writes to the residual (`o_proj`, `down_proj`);
+    ///   and embedding column `c`. A tied embedding counts once as the
+    ///   embedding and once (with the final norm's gain) as the `lm_head`,
+    ///   the two roles it plays, so tying does not change the score;
     /// - layer: Frobenius norm of all its projection weights (q, k, v, o,
     ///   gate, up, down; not the norms); a contiguous block: the Frobenius
     ///   norm over its layers.
+    ///
+    /// As for importance scores, neurons, heads and kv groups are ranked per
+    /// layer and hidden channels once for the whole model. Biases are left
+    /// out: most are attached to no unit, and weight-magnitude criteria rank
+    /// by weights.
     ///
     /// `tensors` must fit `config` (see [`LlamaConfig::tensor_problems`]).
     pub fn magnitude(config: &LlamaConfig, tensors: &StateDict, targets: &Targets) -> Result<Self> {
@@ -217,23 +238,32 @@ impl Rankings {
         let mut out = Self::default();
 
         if targets.hidden.is_some() {
-            let h = c.hidden_size;
-            let mut sq = vec![0.0f64; h];
             let embed = get("model.embed_tokens.weight")?;
-            for row in embed.data.chunks_exact(h) {
-                for (s, &v) in sq.iter_mut().zip(row) {
-                    *s += (v as f64) * (v as f64);
-                }
-            }
-            let mut norms = vec![get("model.norm.weight")?];
+            let head = if c.tie_word_embeddings {
+                embed
+            } else {
+                get("lm_head.weight")?
+            };
+            let mut sq = col_sq(embed);
+            add_scaled(&mut sq, &col_sq(head), &get("model.norm.weight")?.data);
             for i in 0..l {
-                norms.push(layer(i, "input_layernorm.weight")?);
-                norms.push(layer(i, "post_attention_layernorm.weight")?);
-            }
-            for norm in norms {
-                for (s, &v) in sq.iter_mut().zip(&norm.data) {
-                    *s += (v as f64) * (v as f64);
-                }
+                let mut reads_attn = col_sq(layer(i, "self_attn.q_proj.weight")?);
+                add(
+                    &mut reads_attn,
+                    &col_sq(layer(i, "self_attn.k_proj.weight")?),
+                );
+                add(
+                    &mut reads_attn,
+                    &col_sq(layer(i, "self_attn.v_proj.weight")?),
+                );
+                let gain = &layer(i, "input_layernorm.weight")?.data;
+                add_scaled(&mut sq, &reads_attn, gain);
+                let mut reads_mlp = col_sq(layer(i, "mlp.gate_proj.weight")?);
+                add(&mut reads_mlp, &col_sq(layer(i, "mlp.up_proj.weight")?));
+                let gain = &layer(i, "post_attention_layernorm.weight")?.data;
+                add_scaled(&mut sq, &reads_mlp, gain);
+                add(&mut sq, &row_sq(layer(i, "self_attn.o_proj.weight")?));
+                add(&mut sq, &row_sq(layer(i, "mlp.down_proj.weight")?));
             }
             out.hidden = Some(ranking(&to_f32(sq.iter().map(|s| s.sqrt()))));
         }
@@ -241,30 +271,36 @@ impl Rankings {
         if targets.ffn.is_some() {
             let mut rows = Vec::with_capacity(l);
             for i in 0..l {
-                let gate = row_norms(layer(i, "mlp.gate_proj.weight")?);
-                let up = row_norms(layer(i, "mlp.up_proj.weight")?);
-                let down = col_norms(layer(i, "mlp.down_proj.weight")?);
-                let score = (0..c.intermediate_size).map(|j| down[j] * gate[j] * up[j]);
-                rows.push(ranking(&to_f32(score)));
+                let mut sq = row_sq(layer(i, "mlp.gate_proj.weight")?);
+                add(&mut sq, &row_sq(layer(i, "mlp.up_proj.weight")?));
+                add(&mut sq, &col_sq(layer(i, "mlp.down_proj.weight")?));
+                rows.push(ranking(&to_f32(sq.iter().map(|s| s.sqrt()))));
             }
             out.ffn = Some(rows);
         }
 
         if targets.heads.is_some() || targets.kv_groups.is_some() {
             let (nh, d) = (c.num_attention_heads, c.head_dim);
+            let groups = c.num_key_value_heads;
             let mut head_rows = Vec::with_capacity(l);
             let mut group_rows = Vec::with_capacity(l);
             for i in 0..l {
-                let cols = col_norms(layer(i, "self_attn.o_proj.weight")?);
-                let heads: Vec<f32> = to_f32((0..nh).map(|hh| {
-                    cols[hh * d..(hh + 1) * d]
-                        .iter()
-                        .map(|v| v * v)
-                        .sum::<f64>()
-                        .sqrt()
-                }));
-                group_rows.push(ranking(&group_norms(&heads, c.num_key_value_heads)));
-                head_rows.push(ranking(&heads));
+                let mut sq = row_sq(layer(i, "self_attn.q_proj.weight")?);
+                add(&mut sq, &col_sq(layer(i, "self_attn.o_proj.weight")?));
+                let heads: Vec<f64> = sq.chunks_exact(d).map(|h| h.iter().sum()).collect();
+                debug_assert_eq!(heads.len(), nh);
+                head_rows.push(ranking(&to_f32(heads.iter().map(|s| s.sqrt()))));
+                if targets.kv_groups.is_some() {
+                    let mut kv = row_sq(layer(i, "self_attn.k_proj.weight")?);
+                    add(&mut kv, &row_sq(layer(i, "self_attn.v_proj.weight")?));
+                    let per_group = nh / groups;
+                    let score = (0..groups).map(|g| {
+                        let own: f64 = heads[g * per_group..(g + 1) * per_group].iter().sum();
+                        let shared: f64 = kv[g * d..(g + 1) * d].iter().sum();
+                        (own + shared).sqrt()
+                    });
+                    group_rows.push(ranking(&to_f32(score)));
+                }
             }
             if targets.heads.is_some() {
                 out.heads = Some(head_rows);
@@ -372,28 +408,38 @@ fn group_norms(heads: &[f32], groups: usize) -> Vec<f32> {
         .collect()
 }
 
-/// L2 norm of each row of a `[out, in]` matrix.
-fn row_norms(t: &HostTensor) -> Vec<f64> {
+/// Squared L2 norm of each row of a `[out, in]` matrix.
+fn row_sq(t: &HostTensor) -> Vec<f64> {
     t.data
         .chunks_exact(t.shape[1])
-        .map(|r| {
-            r.iter()
-                .map(|&v| (v as f64) * (v as f64))
-                .sum::<f64>()
-                .sqrt()
-        })
+        .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
         .collect()
 }
 
-/// L2 norm of each column of a `[out, in]` matrix.
-fn col_norms(t: &HostTensor) -> Vec<f64> {
+/// Squared L2 norm of each column of a `[out, in]` matrix.
+fn col_sq(t: &HostTensor) -> Vec<f64> {
     let mut sq = vec![0.0f64; t.shape[1]];
     for row in t.data.chunks_exact(t.shape[1]) {
         for (s, &v) in sq.iter_mut().zip(row) {
             *s += (v as f64) * (v as f64);
         }
     }
-    sq.into_iter().map(f64::sqrt).collect()
+    sq
+}
+
+/// `acc += x`, elementwise.
+fn add(acc: &mut [f64], x: &[f64]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+/// `acc += gain^2 * x`, elementwise: squared column norms of a matrix that
+/// reads an RMSNorm's output, with the norm's gain folded in.
+fn add_scaled(acc: &mut [f64], x: &[f64], gain: &[f32]) {
+    for ((a, &v), &g) in acc.iter_mut().zip(x).zip(gain) {
+        *a += (g as f64) * (g as f64) * v;
+    }
 }
 
 fn to_f32(values: impl Iterator<Item = f64>) -> Vec<f32> {

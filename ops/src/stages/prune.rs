@@ -29,11 +29,10 @@ pub enum PruneMethod {
     /// Keep what the `scores` input ranks highest (the Minitron method).
     #[default]
     Importance,
-    /// Rank by weight magnitude, without scores: a hidden channel by the L2
-    /// norm of its embedding column and RMSNorm weights; a neuron by
-    /// ||down_proj column|| * ||gate_proj row|| * ||up_proj row||; a head by
-    /// the norm of its o_proj columns (a kv group by the L2 of its heads');
-    /// a layer (or contiguous block) by the norm of its projection weights.
+    /// Rank by weight magnitude, without scores: a hidden channel, neuron,
+    /// head or kv group by the L2 norm of all the weights attached to it
+    /// (RMSNorm gains folded into the columns that read them); a layer (or
+    /// contiguous block) by the norm of its projection weights.
     Magnitude,
     /// A uniformly random choice, seeded by the recipe's `seed` (mixed with
     /// `random_seed` when given): a baseline.
@@ -363,7 +362,7 @@ impl ModelSizes {
 impl TypedOp for Prune {
     type Params = PruneParams;
     const NAME: &'static str = "prune";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str = "Prunes a model in width (hidden channels, MLP neurons, query heads, kv groups) and depth (layers) by importance scores, weight magnitude or at random.";
 
     fn slots(&self) -> Vec<Slot> {

@@ -1,0 +1,383 @@
+//! `distillery report`: the page for a run of the test ops shows every
+//! stage with its cache state and run time, and the page builders (charts,
+//! tables, stage graph) produce well-formed, escaped HTML from metrics.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../src/cli/report_html.rs"]
+mod report_html;
+
+use common::{Workspace, text};
+use report_html::{
+    MetricsLine, ModelShape, Report, StageReport, StageStatus, dag_svg, escape, loss_chart,
+    lr_chart, markdown_table, nice_ticks, parse_metrics, perplexity_chart, render,
+};
+
+const RECIPE: &str = "\
+name: \"demo <b> & co\"
+seed: 7
+stages:
+  a:
+    op: emit
+    with: { text: \"hello \", repeat: 2 }
+  b:
+    op: emit
+    with: { text: world }
+  joined:
+    op: concat
+    inputs: { parts: [a, b] }
+    with: { separator: \"|\" }
+  counted:
+    op: count
+    inputs: { source: joined }
+    with: { steps: 3 }
+  side:
+    op: emit
+    with: { text: unrelated }
+";
+
+const VOID: [&str; 6] = ["meta", "br", "img", "hr", "input", "link"];
+
+/// Checks that every element opened is closed in order (void elements and
+/// `<x/>` aside); returns the first problem.
+fn check_balanced(html: &str) -> Result<(), String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        let after = &rest[start + 1..];
+        let end = after
+            .find('>')
+            .ok_or_else(|| format!("unclosed `<` at {:?}", &after[..after.len().min(40)]))?;
+        let tag = &after[..end];
+        rest = &after[end + 1..];
+        if tag.starts_with('!') || tag.ends_with('/') {
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            match stack.pop() {
+                Some(open) if open == name.trim() => {}
+                other => return Err(format!("`</{name}>` closes {other:?}")),
+            }
+            continue;
+        }
+        let name: String = tag
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(format!("not a tag: `<{tag}>`"));
+        }
+        if !VOID.contains(&name.as_str()) {
+            stack.push(name);
+        }
+    }
+    if stack.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("never closed: {stack:?}"))
+    }
+}
+
+fn metrics() -> Vec<MetricsLine> {
+    parse_metrics(
+        r#"{"kind":"eval","step":0,"tokens":0,"elapsed_s":3.0,"heldout_loss":6.5,"heldout_ppl":665.1,"heldout_tokens":4080}
+{"kind":"train","step":1,"tokens":2048,"loss":2.94,"lr":0.00006,"grad_norm":12.1,"tokens_per_s":33.5,"elapsed_s":94.2}
+{"kind":"train","step":2,"tokens":4096,"loss":2.51,"lr":0.00012,"grad_norm":9.0,"tokens_per_s":34.0,"elapsed_s":150.0}
+{"kind":"train","step":3,"tokens":6144,"loss":2.20,"lr":0.00018,"grad_norm":7.5,"tokens_per_s":34.1,"elapsed_s":210.0}
+{"kind":"eval","step":3,"tokens":6144,"elapsed_s":215.0,"heldout_loss":4.1,"heldout_ppl":60.3,"heldout_tokens":4080}
+{"kind":"train","step":4,"tok"#,
+    )
+}
+
+const TABLE_MD: &str = "| | teacher | pruned |\n|---|---:|---:|\n| parameters | 134.5M | 84.0M |\n| heldout_ppl perplexity (2048 tokens) | 9.876 | 512.3 |\n";
+
+fn pruned_config() -> serde_json::Value {
+    serde_json::json!({
+        "hidden_size": 448, "intermediate_size": 1024, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+        "vocab_size": 49152, "tie_word_embeddings": true
+    })
+}
+
+#[test]
+fn metrics_lines_parse_and_a_half_written_line_is_skipped() {
+    let lines = metrics();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0].kind, "eval");
+    assert_eq!(lines[0].heldout_ppl, Some(665.1));
+    assert_eq!(lines[1].loss, Some(2.94));
+    assert_eq!(lines[3].tokens, 6144);
+    assert_eq!(lines[4].heldout_loss, Some(4.1));
+}
+
+#[test]
+fn charts_have_axes_ticks_labels_and_a_line_per_series() {
+    let lines = metrics();
+    let svg = loss_chart(&lines);
+    check_balanced(&svg).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(svg.contains("Training loss"));
+    assert!(svg.contains(">tokens seen</text>"));
+    assert!(svg.contains("class=\"axis\""));
+    assert_eq!(svg.matches("<polyline").count(), 1);
+    // Three training points: the polyline has three coordinates, each drawn.
+    let points = svg
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert_eq!(points.split(' ').count(), 3, "{points}");
+    assert_eq!(svg.matches("<circle").count(), 3);
+    assert!(svg.matches("class=\"xtick\"").count() >= 3);
+    assert!(svg.matches("class=\"ytick\"").count() >= 3);
+    // x ticks run from 0 to at least the last token count.
+    assert!(svg.contains(">0</text>"), "{svg}");
+
+    let ppl = perplexity_chart(&lines);
+    check_balanced(&ppl).unwrap();
+    assert_eq!(ppl.matches("<circle").count(), 2, "two evaluations");
+    let lr = lr_chart(&lines);
+    check_balanced(&lr).unwrap();
+    assert!(lr.contains("Learning rate"));
+    assert!(lr.contains("e-5") || lr.contains("0.0001"), "{lr}");
+
+    let empty = loss_chart(&[]);
+    assert!(!empty.contains("<svg"));
+    assert!(empty.contains("no data yet"));
+    check_balanced(&empty).unwrap();
+}
+
+#[test]
+fn ticks_are_round_and_cover_the_range() {
+    let t = nice_ticks(0.0, 6144.0, 6);
+    assert_eq!(t.first(), Some(&0.0));
+    assert!(*t.last().unwrap() >= 6144.0);
+    assert!(t.len() >= 4 && t.len() <= 9, "{t:?}");
+    let t = nice_ticks(2.2, 2.94, 5);
+    assert!(t[0] <= 2.2 && *t.last().unwrap() >= 2.94, "{t:?}");
+    // A single value still gets a range.
+    assert!(nice_ticks(3.0, 3.0, 5).len() >= 2);
+}
+
+#[test]
+fn evaluation_tables_become_html_tables() {
+    let html = markdown_table(TABLE_MD);
+    check_balanced(&html).unwrap();
+    assert!(html.contains("<thead><tr><th></th><th class=\"num\">teacher</th>"));
+    assert!(html.contains("<td class=\"num\">9.876</td>"));
+    assert_eq!(html.matches("<tr>").count(), 3);
+    assert!(markdown_table("a < b").contains("<p>a &lt; b</p>"));
+}
+
+#[test]
+fn model_parameters_follow_the_config() {
+    let shape = ModelShape::from_config(&pruned_config()).unwrap();
+    // pruning.json of the width-pruned SmolLM2 says 83,978,944.
+    assert_eq!(shape.parameters(), 83_978_944);
+    assert_eq!((shape.hidden, shape.ffn, shape.layers), (448, 1024, 30));
+    assert!(ModelShape::from_config(&serde_json::json!({"x": 1})).is_none());
+}
+
+#[test]
+fn text_is_escaped_everywhere_it_goes() {
+    assert_eq!(
+        escape("<a href=\"x\">&'"),
+        "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+    );
+    let stages = vec![
+        StageReport::new(
+            "<script>x",
+            "load_model",
+            "abcdef0123456789",
+            StageStatus::Stored,
+        ),
+        StageReport::new(
+            "b",
+            "evaluate",
+            "0123456789abcdef",
+            StageStatus::NotRun("never run".into()),
+        ),
+    ];
+    let svg = dag_svg(&stages, &[(0, 1)]);
+    check_balanced(&svg).unwrap();
+    assert!(!svg.contains("<script>"));
+    assert!(svg.contains("&lt;script&gt;x"));
+    assert!(svg.contains("class=\"node stored\""));
+    assert!(svg.contains("class=\"node notrun\""));
+}
+
+#[test]
+fn the_page_shows_graph_models_curves_and_tables() {
+    let mut teacher = StageReport::new(
+        "teacher",
+        "load_model",
+        "e06eeffe5268aaaa",
+        StageStatus::Stored,
+    );
+    teacher.duration_secs = Some(1.3);
+    teacher.output_bytes = Some(540_000_000);
+    teacher.model = ModelShape::from_config(&serde_json::json!({
+        "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+        "vocab_size": 49152, "tie_word_embeddings": true
+    }));
+    let mut pruned = StageReport::new("pruned", "prune", "24cc614654edbbbb", StageStatus::Stored);
+    pruned.model = ModelShape::from_config(&pruned_config());
+    pruned.pruned_from = teacher.model.clone();
+    pruned.pruning_method = Some("importance".into());
+    let mut distilled = StageReport::new(
+        "distilled",
+        "distill",
+        "24d61771eb27cccc",
+        StageStatus::Partial { recent: true },
+    );
+    distilled.metrics = metrics();
+    let mut compare = StageReport::new(
+        "compare",
+        "evaluate",
+        "9e7010cb1c26dddd",
+        StageStatus::Stored,
+    );
+    compare.duration_secs = Some(75.0);
+    compare.eval_table = Some(TABLE_MD.into());
+    let report = Report {
+        recipe: "width <pruning>".into(),
+        recipe_path: "recipes/x.yaml".into(),
+        store: "/tmp/store".into(),
+        generated: "2026-11-26 20:00 UTC".into(),
+        stages: vec![teacher, pruned, distilled, compare],
+        edges: vec![(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)],
+    };
+    let html = render(&report);
+    check_balanced(&html).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("<h1>width &lt;pruning&gt;</h1>"));
+    assert!(!html.contains("<script"), "the page is static");
+    assert!(
+        !html.contains("http://") || !html.contains("src=\"http"),
+        "nothing fetched"
+    );
+    assert_eq!(html.matches("<svg class=\"dag\"").count(), 1);
+    assert_eq!(
+        html.matches("<svg class=\"chart\"").count(),
+        4,
+        "loss, held-out loss, perplexity, lr"
+    );
+    assert!(
+        html.contains("134.5M → 84.0M"),
+        "parameters before and after pruning"
+    );
+    assert!(html.contains("576 → 448"));
+    assert!(html.contains("running · step 3"));
+    assert!(html.contains("cached · 1.3 s"));
+    assert!(html.contains("<td class=\"num\">512.3</td>"));
+    assert!(html.contains("pruned by importance"));
+}
+
+fn report_of(ws: &Workspace, extra: &[&str]) -> (String, std::path::PathBuf) {
+    let mut args = vec!["report", "recipe.yaml"];
+    args.extend_from_slice(extra);
+    // No `xdg-open` on the PATH: `--open` must then only print the path.
+    let out = ws.cmd(&args).env("PATH", "/nonexistent").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let path = ws.dir.path().join(text(&out.stdout).trim());
+    let html = std::fs::read_to_string(&path).unwrap();
+    (html, path)
+}
+
+#[test]
+fn report_of_a_real_run_shows_every_stage_cached_with_its_time() {
+    let ws = Workspace::new();
+    ws.write("recipe.yaml", RECIPE);
+    let out = ws.run(&["run", "recipe.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let (html, path) = report_of(&ws, &[]);
+    assert_eq!(
+        path,
+        ws.store().join("reports").join("demo__b____co.html"),
+        "default: in the store, named after the recipe"
+    );
+    check_balanced(&html).unwrap();
+    assert!(
+        html.contains("<h1>demo &lt;b&gt; &amp; co</h1>"),
+        "recipe name escaped"
+    );
+    assert!(!html.contains("<b> & co"));
+    assert_eq!(html.matches("<g class=\"node stored\">").count(), 5);
+    for stage in ["a", "b", "joined", "counted", "side"] {
+        assert!(html.contains(&format!("<tr><th>{stage}</th>")), "{stage}");
+    }
+    // Every stored stage is labelled with the time its manifest recorded.
+    assert_eq!(
+        html.matches("cached · ").count(),
+        2 * 5,
+        "node label and tooltip"
+    );
+    assert_eq!(html.matches("<path class=\"edge\"").count(), 3);
+
+    // A changed parameter: that stage and its descendant are not stored.
+    ws.write(
+        "recipe.yaml",
+        &RECIPE.replace("separator: \"|\"", "separator: \"+\""),
+    );
+    let out_file = ws.path("out/page.html");
+    let (html, path) = report_of(&ws, &["-o", out_file.to_str().unwrap(), "--open"]);
+    assert_eq!(path, out_file);
+    check_balanced(&html).unwrap();
+    assert_eq!(html.matches("<g class=\"node stored\">").count(), 3);
+    assert_eq!(html.matches("<g class=\"node notrun\">").count(), 2);
+    assert!(html.contains("changed: params.separator"));
+}
+
+#[test]
+fn report_leaves_the_store_as_it_was() {
+    let ws = Workspace::new();
+    ws.write("recipe.yaml", RECIPE);
+    assert_eq!(ws.run(&["run", "recipe.yaml"]).status.code(), Some(0));
+    let stat_cache = ws.store().join("stat-cache.json");
+    let before = std::fs::metadata(&stat_cache)
+        .ok()
+        .map(|m| m.modified().unwrap());
+    let out = ws.path("page.html");
+    report_of(&ws, &["-o", out.to_str().unwrap()]);
+    let after = std::fs::metadata(&stat_cache)
+        .ok()
+        .map(|m| m.modified().unwrap());
+    assert_eq!(before, after);
+    assert!(!ws.store().join("reports").exists());
+}
+
+#[test]
+fn an_edge_that_skips_a_column_runs_in_a_lane_below_the_stages() {
+    let stages: Vec<StageReport> = ["a", "b", "c"]
+        .iter()
+        .map(|n| StageReport::new(n, "emit", "0123456789abcdef", StageStatus::Stored))
+        .collect();
+    let svg = dag_svg(&stages, &[(0, 1), (1, 2), (0, 2)]);
+    check_balanced(&svg).unwrap();
+    let paths: Vec<&str> = svg
+        .split("<path class=\"edge\" d=\"")
+        .skip(1)
+        .map(|p| p.split('"').next().unwrap())
+        .collect();
+    assert_eq!(paths.len(), 3);
+    // The direct edges are one curve each; the skipping one crosses b's
+    // column in a straight lane, below b's box (y > 16 + 60).
+    assert!(!paths[0].contains(" L") && !paths[1].contains(" L"));
+    let lane = paths[2].split(" L").nth(1).expect("a lane segment");
+    let y: f64 = lane
+        .split(',')
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(y > 76.0, "{}", paths[2]);
+}
