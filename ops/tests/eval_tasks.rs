@@ -952,3 +952,36 @@ fn evaluate_writes_metrics_and_a_side_by_side_table() {
         .unwrap();
     assert_eq!(acc_row.matches('±').count(), 2, "{acc_row}");
 }
+
+#[test]
+fn every_benchmark_file_scores_with_the_teacher() {
+    let Some(files) = benchmark_files() else {
+        return;
+    };
+    let Some(gguf) = asset("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let (model, assets) = distillery_ops::loader::load_model::<B>(&gguf, &device()).unwrap();
+    let tok = EvalTokenizer::new(assets.tokenizer.unwrap()).unwrap();
+    let setup = ScoringSetup {
+        tokenizer: &tok,
+        delimiter: "",
+        batch: 4,
+        max_len: 1024,
+        empty_context: 0,
+    };
+    // One item per file keeps this to minutes on two cores; the reference
+    // test above checks the scores themselves on whole tasks.
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let file = load_task_file(path, &name, None).unwrap();
+        let run = run_task(&model, file.kind, &file.items[..1], &setup, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(run.scores.n, 1, "{name}");
+        assert!(run.scores.acc == 0.0 || run.scores.acc == 1.0, "{name}");
+        assert!(
+            run.tokens_per_s.is_finite() && run.tokens_per_s > 0.0,
+            "{name}"
+        );
+    }
+}
