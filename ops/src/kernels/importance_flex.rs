@@ -158,63 +158,13 @@ fn sum_shifted_rows(rows: &[f32], shift: &[f32], acc1: &mut [f64], acc2: &mut [f
     }
 }
 
-/// The hot loops compiled for the widest vector instructions the CPU has
-/// (chosen at run time; the build targets baseline x86-64). Same arithmetic
-/// in every version, so results do not depend on the machine.
+/// The hot loops for the widest vector instructions the CPU has
+/// ([`crate::kernels::cpu_dispatch`]). Same arithmetic in every version, so
+/// results do not depend on the machine.
 mod simd {
     use super::Aggregation;
 
-    #[cfg(target_arch = "x86_64")]
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Isa {
-        Avx512,
-        Avx2,
-        Baseline,
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn isa() -> Isa {
-        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *ISA.get_or_init(|| {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-            {
-                Isa::Avx512
-            } else if std::arch::is_x86_feature_detected!("avx2") {
-                Isa::Avx2
-            } else {
-                Isa::Baseline
-            }
-        })
-    }
-
-    /// Declares `pub fn $name` that runs `$body` built for AVX-512, AVX2 or
-    /// the baseline, whichever this CPU supports.
-    macro_rules! dispatch {
-        ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:path;) => {
-            $(#[$doc])*
-            pub fn $name($($arg: $ty),*) -> $ret {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                    fn avx512($($arg: $ty),*) -> $ret {
-                        $body($($arg),*)
-                    }
-                    #[target_feature(enable = "avx2,fma")]
-                    fn avx2($($arg: $ty),*) -> $ret {
-                        $body($($arg),*)
-                    }
-                    match isa() {
-                        // SAFETY: `isa` detected these features on this CPU.
-                        Isa::Avx512 => return unsafe { avx512($($arg),*) },
-                        Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                        Isa::Baseline => {}
-                    }
-                }
-                $body($($arg),*)
-            }
-        };
-    }
+    use crate::kernels::cpu_dispatch::dispatch;
 
     dispatch! {
         /// [`super::chunk_sums`].
@@ -298,7 +248,7 @@ fn row_cosine_distance(a: &[f32], b: &[f32]) -> f64 {
 
 /// The tensor as contiguous f32 host data (a copy only when the dtype or
 /// the layout asks for one).
-fn host_f32(t: FlexTensor) -> FlexTensor {
+pub(super) fn host_f32(t: FlexTensor) -> FlexTensor {
     let t = if t.dtype() == DType::F32 {
         t
     } else {

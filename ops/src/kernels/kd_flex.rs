@@ -27,6 +27,7 @@
 //! student logits (as a training step does), so then nothing of size
 //! `N x V` is allocated at all.
 
+use super::importance_flex::host_f32;
 use super::kd::{KdLoss, KdOps, KdSpec};
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -550,86 +551,40 @@ fn ln_pos<const FMA: bool>(x: f32) -> f32 {
     fmadd::<FMA>(e, 0.693_359_4, m + y)
 }
 
-/// The row kernel compiled for the widest vector instructions the CPU has
-/// (chosen at run time; the build targets baseline x86-64), with fused
-/// multiply-adds where the CPU has them.
+/// The row kernel for the widest vector instructions the CPU has
+/// ([`crate::kernels::cpu_dispatch`]), with fused multiply-adds where the CPU
+/// has them.
 mod simd {
     use super::{NextRow, RowSpec};
 
-    #[cfg(target_arch = "x86_64")]
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Isa {
-        Avx512,
-        Avx2,
-        Baseline,
-    }
+    use crate::kernels::cpu_dispatch::dispatch;
 
-    #[cfg(target_arch = "x86_64")]
-    fn isa() -> Isa {
-        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *ISA.get_or_init(|| {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                Isa::Avx512
-            } else if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                Isa::Avx2
-            } else {
-                Isa::Baseline
-            }
-        })
+    dispatch! {
+        /// [`super::kd_row`].
+        fn kd_row(
+            s: &[f32],
+            t: &[f32],
+            out: &mut [f32],
+            work: &mut [f32],
+            row: RowSpec,
+            coef: f32,
+            next: NextRow
+        ) -> f64 = super::kd_row::<true>, baseline = super::kd_row_baseline;
     }
+}
 
-    /// [`super::kd_row`].
-    pub fn kd_row(
-        s: &[f32],
-        t: &[f32],
-        out: &mut [f32],
-        work: &mut [f32],
-        row: RowSpec,
-        coef: f32,
-        next: NextRow,
-    ) -> f64 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-            fn avx512(
-                s: &[f32],
-                t: &[f32],
-                out: &mut [f32],
-                work: &mut [f32],
-                row: RowSpec,
-                coef: f32,
-                next: NextRow,
-            ) -> f64 {
-                super::kd_row::<true>(s, t, out, work, row, coef, next)
-            }
-            #[target_feature(enable = "avx2,fma")]
-            fn avx2(
-                s: &[f32],
-                t: &[f32],
-                out: &mut [f32],
-                work: &mut [f32],
-                row: RowSpec,
-                coef: f32,
-                next: NextRow,
-            ) -> f64 {
-                super::kd_row::<true>(s, t, out, work, row, coef, next)
-            }
-            match isa() {
-                // SAFETY: `isa` detected these features on this CPU.
-                Isa::Avx512 => return unsafe { avx512(s, t, out, work, row, coef, next) },
-                Isa::Avx2 => return unsafe { avx2(s, t, out, work, row, coef, next) },
-                Isa::Baseline => {}
-            }
-        }
-        // Fused multiply-adds are instructions on aarch64, a slow libm call
-        // on x86-64 without FMA.
-        super::kd_row::<{ cfg!(target_arch = "aarch64") }>(s, t, out, work, row, coef, next)
-    }
+/// [`kd_row`] for CPUs without the vector tiers: fused multiply-adds are
+/// instructions on aarch64, a slow libm call on x86-64 without FMA.
+fn kd_row_baseline(
+    s: &[f32],
+    t: &[f32],
+    out: &mut [f32],
+    work: &mut [f32],
+    row: RowSpec,
+    coef: f32,
+    next: NextRow,
+) -> f64 {
+    kd_row::<{ cfg!(target_arch = "aarch64") }>(s, t, out, work, row, coef, next)
 }
 
 /// The tensor as contiguous host data in f32, f16 or bf16 (other float
@@ -641,17 +596,6 @@ fn host_logits(t: FlexTensor) -> FlexTensor {
     };
     // `to_contiguous` shares the buffer when it can; dropping the original
     // handle keeps it uniquely owned for the in-place gradient.
-    let contiguous = t.to_contiguous();
-    drop(t);
-    contiguous
-}
-
-fn host_f32(t: FlexTensor) -> FlexTensor {
-    let t = if t.dtype() == DType::F32 {
-        t
-    } else {
-        Flex::float_cast(t, FloatDType::F32)
-    };
     let contiguous = t.to_contiguous();
     drop(t);
     contiguous

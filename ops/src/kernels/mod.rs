@@ -8,6 +8,7 @@
 //!   bandwidth, for `distillery bench importance`.
 
 pub mod bandwidth;
+mod cpu_dispatch;
 pub mod importance;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod importance_cube;
