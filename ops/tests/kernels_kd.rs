@@ -21,10 +21,11 @@ use distillery_ops::kernels::reference;
 use distillery_ops::kernels::{KdLoss, KdOps, KdSpec, kd_loss};
 use distillery_ops::rng::SplitMix64;
 
-type Ad = Autodiff<Flex>;
+mod kd_support;
 
-const LOSS_TOL: f64 = 1e-5;
-const GRAD_TOL: f64 = 1e-6;
+use kd_support::{GRAD_TOL, LOSS_TOL, SCALES, TEMPERATURES, logits, weights};
+
+type Ad = Autodiff<Flex>;
 
 const LOSSES: [KdLoss; 4] = [
     KdLoss::ForwardKl,
@@ -32,24 +33,6 @@ const LOSSES: [KdLoss; 4] = [
     KdLoss::Jsd { beta: 0.5 },
     KdLoss::Jsd { beta: 0.1 },
 ];
-const TEMPERATURES: [f32; 3] = [0.5, 1.0, 2.0];
-const SCALES: [f64; 3] = [1.0, 30.0, 1e4];
-
-/// `len` values uniform in `[-scale, scale)`.
-fn logits(rng: &mut SplitMix64, len: usize, scale: f64) -> Vec<f32> {
-    (0..len)
-        .map(|_| (scale * (2.0 * rng.next_f64() - 1.0)) as f32)
-        .collect()
-}
-
-/// Token-mean weights with every third row (from the second) masked.
-fn weights(rows: usize) -> Vec<f32> {
-    let masked = |n: usize| n % 3 == 1;
-    let count = (0..rows).filter(|&n| !masked(n)).count().max(1);
-    (0..rows)
-        .map(|n| if masked(n) { 0.0 } else { 1.0 / count as f32 })
-        .collect()
-}
 
 fn tensor<B: KdOps, const D: usize>(values: &[f32], dims: [usize; D]) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values.to_vec(), dims), &Default::default())

@@ -12,35 +12,16 @@ use distillery_ops::kernels::kd::{KdLoss, KdOps, KdSpec};
 use distillery_ops::kernels::reference;
 use distillery_ops::rng::SplitMix64;
 
+mod kd_support;
+
+use kd_support::{GRAD_TOL, LOSS_TOL, SCALES, TEMPERATURES, logits, weights};
+
 /// `(vocab, rows)`: rows enough to fill several cubes for small
 /// vocabularies, few for the large ones (the oracle runs in f64 on the CPU).
 const SHAPES: [(usize, usize); 4] = [(7, 37), (1000, 9), (49_152, 3), (50_257, 3)];
-const SCALES: [f64; 3] = [1.0, 30.0, 1e4];
-const TEMPERATURES: [f32; 3] = [0.5, 1.0, 2.0];
-
-/// Relative error allowed on the loss.
-const LOSS_TOL: f64 = 1e-5;
-/// Error allowed on a gradient entry, relative to [`grad_scale`].
-const GRAD_TOL: f64 = 1e-6;
 
 fn device() -> WgpuDevice {
     WgpuDevice::default()
-}
-
-/// `len` values uniform in `[-scale, scale)`.
-fn logits(rng: &mut SplitMix64, len: usize, scale: f64) -> Vec<f32> {
-    (0..len)
-        .map(|_| (scale * (2.0 * rng.next_f64() - 1.0)) as f32)
-        .collect()
-}
-
-/// Token-mean weights with every third row masked.
-fn weights(rows: usize) -> Vec<f32> {
-    let masked = |n: usize| n % 3 == 1;
-    let count = (0..rows).filter(|&n| !masked(n)).count().max(1);
-    (0..rows)
-        .map(|n| if masked(n) { 0.0 } else { 1.0 / count as f32 })
-        .collect()
 }
 
 fn tensor<const D: usize>(values: &[f32], dims: [usize; D]) -> Tensor<Wgpu, D> {
