@@ -8,10 +8,10 @@
 //! comptime power of two); the runtime loops hold no barrier. No plane ops.
 //! The vector width and the cube size come from the runtime's properties.
 
+use super::cube_common::{empty_f32, floor_pow2, tree_sum_scalars, vector_width};
 use super::importance::{Aggregation, ImportanceOps};
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::kernel::{cast, into_contiguous};
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
@@ -42,28 +42,6 @@ fn agg_code(agg: Aggregation) -> u32 {
 #[cube]
 fn tree_sum_vectors<N: Size>(
     smem: &mut SharedMemory<Vector<f32, N>>,
-    lane: u32,
-    base: u32,
-    spacing: u32,
-    active: bool,
-    #[comptime] levels: u32,
-) {
-    #[unroll]
-    for level in 0..levels {
-        let stride = 1u32 << (levels - 1 - level);
-        if active && lane < stride {
-            let here = (base + lane * spacing) as usize;
-            let there = (base + (lane + stride) * spacing) as usize;
-            smem[here] = smem[here] + smem[there];
-        }
-        sync_cube();
-    }
-}
-
-/// [`tree_sum_vectors`] for scalars.
-#[cube]
-fn tree_sum_scalars(
-    smem: &mut SharedMemory<f32>,
     lane: u32,
     base: u32,
     spacing: u32,
@@ -305,11 +283,6 @@ fn sum_into(partial: &Tensor<f32>, acc: &mut Tensor<f32>, count: u32, #[comptime
     }
 }
 
-/// Largest power of two `<= n` (n >= 1).
-fn floor_pow2(n: u32) -> u32 {
-    1 << (31 - n.max(1).leading_zeros())
-}
-
 /// Units per cube these kernels may use on this device (a power of two).
 fn max_units<R: CubeRuntime>(client: &ComputeClient<R>) -> u32 {
     floor_pow2(
@@ -319,16 +292,6 @@ fn max_units<R: CubeRuntime>(client: &ComputeClient<R>) -> u32 {
             .max_units_per_cube
             .min(MAX_UNITS),
     )
-}
-
-/// The widest vector the runtime loads well for `dtype` (and for the f32
-/// sums) that divides `channels`.
-fn vector_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, channels: usize) -> usize {
-    client
-        .io_optimized_vector_sizes(dtype.size().max(4))
-        .filter(|w| channels.is_multiple_of(*w))
-        .max()
-        .unwrap_or(1)
 }
 
 /// An f32, contiguous accumulator this call may write in place (a copy when
@@ -345,10 +308,6 @@ fn owned_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     } else {
         t.copy()
     }
-}
-
-fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
 }
 
 fn channel_stats<R: CubeRuntime>(

@@ -30,10 +30,10 @@
 //! barrier. No plane ops. The vector width and the cube size come from the
 //! runtime's properties.
 
+use super::cube_common::{empty_f32, floor_pow2, tree_sum_scalars, vector_width};
 use super::kd::{KdLoss, KdOps, KdSpec};
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::kernel::{cast, into_contiguous};
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
@@ -48,23 +48,6 @@ const LOWEST: f32 = -3.0e38;
 const FORWARD: u32 = 0;
 const REVERSE: u32 = 1;
 const JSD: u32 = 2;
-
-/// `smem[base + lane] += smem[base + lane + stride]` for strides
-/// `2^(levels-1) .. 1`: the sum of `2^levels` slots ends in lane 0. Every
-/// unit of the cube must call it (it holds the barriers).
-#[cube]
-fn tree_sum(smem: &mut SharedMemory<f32>, lane: u32, base: u32, #[comptime] levels: u32) {
-    #[unroll]
-    for level in 0..levels {
-        let stride = 1u32 << (levels - 1 - level);
-        if lane < stride {
-            let here = (base + lane) as usize;
-            let there = here + stride as usize;
-            smem[here] = smem[here] + smem[there];
-        }
-        sync_cube();
-    }
-}
 
 /// `(ln p - ln m, ln q - ln m)` for `m = beta q + (1 - beta) p`, from
 /// `u = ln q - ln p`: whichever of `beta q`, `(1 - beta) p` is larger is
@@ -301,8 +284,8 @@ fn kd_rows<F: Float, N: Size>(
         s_kq[slot] = kq;
         s_kp[slot] = kp;
         sync_cube();
-        tree_sum(&mut s_kq, UNIT_POS_X, row_base, levels_x);
-        tree_sum(&mut s_kp, UNIT_POS_X, row_base, levels_x);
+        tree_sum_scalars(&mut s_kq, UNIT_POS_X, row_base, 1, true, levels_x);
+        tree_sum_scalars(&mut s_kp, UNIT_POS_X, row_base, 1, true, levels_x);
         kl_pm = s_kp[head];
         row_l = beta * s_kq[head] + (f32::new(1.0) - beta) * kl_pm;
     }
@@ -363,25 +346,10 @@ fn sum_rows(row_loss: &Tensor<f32>, total: &mut Tensor<f32>, count: u32, #[compt
     let mut smem = SharedMemory::<f32>::new(comptime!((1u32 << levels) as usize));
     smem[UNIT_POS_X as usize] = sum;
     sync_cube();
-    tree_sum(&mut smem, UNIT_POS_X, 0, levels);
+    tree_sum_scalars(&mut smem, UNIT_POS_X, 0, 1, true, levels);
     if UNIT_POS_X == 0 {
         total[0] = smem[0];
     }
-}
-
-/// Largest power of two `<= n` (n >= 1).
-fn floor_pow2(n: u32) -> u32 {
-    1 << (31 - n.max(1).leading_zeros())
-}
-
-/// The widest vector the runtime loads well for `dtype` (and for the f32
-/// gradient) that divides `vocab`.
-fn vector_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, vocab: usize) -> usize {
-    client
-        .io_optimized_vector_sizes(dtype.size().max(4))
-        .filter(|w| vocab.is_multiple_of(*w))
-        .max()
-        .unwrap_or(1)
 }
 
 fn to_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
@@ -390,10 +358,6 @@ fn to_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     } else {
         cast(t, DType::F32)
     }
-}
-
-fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
 }
 
 fn kd_loss_fused<R: CubeRuntime>(

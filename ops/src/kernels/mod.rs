@@ -9,6 +9,8 @@
 
 pub mod bandwidth;
 mod cpu_dispatch;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube_common;
 pub mod importance;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod importance_cube;
