@@ -444,6 +444,11 @@ fn distill_checks_vocabularies_and_budgets_at_plan_time() {
     );
     let out = ws.run(&["validate", "ok.yaml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // And it trains: the padded student's extra logits are left out of the loss.
+    let out = ws.run(&["run", "ok.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = summary(&stage_dir(&ws, "ok.yaml", "student", "store").join("out"));
+    assert_eq!(s["vocab"], 49_152);
 
     let both = distill_recipe(4, 0, "").replace("steps: 4", "steps: 4\n        tokens: 100");
     ws.write("both.yaml", &both);

@@ -66,8 +66,9 @@ impl<B: ComputeBackend> Objective<B> for Distillation<B> {
             teacher_logits = teacher_logits.slice([0..n, 0..self.vocab]);
         }
         let student_logits = student.forward(Tensor::from_inner(batch.inputs.clone()));
-        let mut student_flat = student_logits.clone().reshape([n, self.vocab]);
-        if student.config.vocab_size != self.vocab {
+        let student_vocab = student_logits.dims()[2];
+        let mut student_flat = student_logits.clone().reshape([n, student_vocab]);
+        if student_vocab != self.vocab {
             student_flat = student_flat.slice([0..n, 0..self.vocab]);
         }
         let weights = Tensor::from_inner(batch.weights.clone());
