@@ -40,9 +40,9 @@ fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
 struct PathStack(Vec<String>);
 
 impl PathStack {
-    fn enter(&mut self, name: &str, container: &str) {
-        // Option wrappers do not enter; everything else names a level.
-        let _ = container;
+    /// Option wrappers do not enter; every other level (struct field, Vec
+    /// index) names one.
+    fn enter(&mut self, name: &str) {
         self.0.push(name.to_string());
     }
     fn exit(&mut self) {
@@ -150,8 +150,8 @@ struct Update<'a, B: Backend> {
 }
 
 impl<A: AutodiffBackend> ModuleMapper<A> for Update<'_, A::InnerBackend> {
-    fn enter_module(&mut self, name: &str, container: &str) {
-        self.path.enter(name, container);
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.path.exit();
