@@ -93,7 +93,7 @@ fn ls(args: LsArgs) -> u8 {
             &m.key[..12],
             format!("{}/{}", m.recipe, m.stage),
             m.material.op,
-            human_bytes(bytes),
+            super::report_html::format_bytes(bytes),
             m.duration_secs,
             format_unix(m.created_unix)
         );
@@ -173,7 +173,11 @@ fn gc(args: GcArgs) -> u8 {
         bytes += m.outputs.values().map(|o| o.size).sum::<u64>();
         println!("{verb} {}  {}/{}", &m.key[..12], m.recipe, m.stage);
     }
-    eprintln!("{verb} {} entries ({})", removed.len(), human_bytes(bytes));
+    eprintln!(
+        "{verb} {} entries ({})",
+        removed.len(),
+        super::report_html::format_bytes(bytes)
+    );
     EXIT_OK
 }
 
@@ -208,21 +212,6 @@ fn verify(args: VerifyArgs) -> u8 {
         EXIT_OK
     } else {
         EXIT_FAILED
-    }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
