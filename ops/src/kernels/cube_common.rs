@@ -1,4 +1,5 @@
-//! Pieces the CubeCL kernels share: a shared-memory tree sum, and the
+//! Pieces the CubeCL kernels share: a shared-memory tree sum, a one-cube
+//! sum kernel, and the
 //! host-side choices of cube size, vector width and output buffers.
 
 use burn::tensor::{DType, Shape};
@@ -30,6 +31,35 @@ pub fn tree_sum_scalars(
             smem[here] = smem[here] + smem[there];
         }
         sync_cube();
+    }
+}
+
+/// One cube of `2^levels` units: `out[0] = sum(values[..count])`, or
+/// `out[0] += ...` when `accumulate`.
+#[cube(launch)]
+pub fn sum_to_first(
+    values: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    count: u32,
+    #[comptime] accumulate: bool,
+    #[comptime] levels: u32,
+) {
+    let mut sum = f32::new(0.0);
+    let mut i = UNIT_POS_X;
+    while i < count {
+        sum += values[i as usize];
+        i += CUBE_DIM_X;
+    }
+    let mut smem = SharedMemory::<f32>::new(comptime!((1u32 << levels) as usize));
+    smem[UNIT_POS_X as usize] = sum;
+    sync_cube();
+    tree_sum_scalars(&mut smem, UNIT_POS_X, 0, 1, true, levels);
+    if UNIT_POS_X == 0 {
+        if accumulate {
+            out[0] = out[0] + smem[0];
+        } else {
+            out[0] = smem[0];
+        }
     }
 }
 

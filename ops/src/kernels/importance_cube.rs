@@ -8,7 +8,7 @@
 //! comptime power of two); the runtime loops hold no barrier. No plane ops.
 //! The vector width and the cube size come from the runtime's properties.
 
-use super::cube_common::{empty_f32, floor_pow2, tree_sum_scalars, vector_width};
+use super::cube_common::{empty_f32, floor_pow2, sum_to_first, tree_sum_scalars, vector_width};
 use super::importance::{Aggregation, ImportanceOps};
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::kernel::{cast, into_contiguous};
@@ -265,24 +265,6 @@ fn cosine_rows<F: Float, N: Size>(
     }
 }
 
-/// Block importance, pass 2 (one cube): `acc[0] += sum(partial)`.
-#[cube(launch)]
-fn sum_into(partial: &Tensor<f32>, acc: &mut Tensor<f32>, count: u32, #[comptime] levels: u32) {
-    let mut sum = f32::new(0.0);
-    let mut i = UNIT_POS_X;
-    while i < count {
-        sum += partial[i as usize];
-        i += CUBE_DIM_X;
-    }
-    let mut smem = SharedMemory::<f32>::new(comptime!((1u32 << levels) as usize));
-    smem[UNIT_POS_X as usize] = sum;
-    sync_cube();
-    tree_sum_scalars(&mut smem, UNIT_POS_X, 0, 1, true, levels);
-    if UNIT_POS_X == 0 {
-        acc[0] = acc[0] + smem[0];
-    }
-}
-
 /// Units per cube these kernels may use on this device (a power of two).
 fn max_units<R: CubeRuntime>(client: &ComputeClient<R>) -> u32 {
     floor_pow2(
@@ -447,13 +429,14 @@ fn cosine_distance<R: CubeRuntime>(
     );
 
     let cube = units.min(floor_pow2(hardware.max_cube_dim.0));
-    sum_into::launch::<R>(
+    sum_to_first::launch::<R>(
         &client,
         CubeCount::new_single(),
         CubeDim::new_1d(cube),
         partial.into_tensor_arg(),
         acc.clone().into_tensor_arg(),
         grid_x * grid_y,
+        true,
         cube.trailing_zeros(),
     );
     acc

@@ -30,7 +30,7 @@
 //! barrier. No plane ops. The vector width and the cube size come from the
 //! runtime's properties.
 
-use super::cube_common::{empty_f32, floor_pow2, tree_sum_scalars, vector_width};
+use super::cube_common::{empty_f32, floor_pow2, sum_to_first, tree_sum_scalars, vector_width};
 use super::kd::{KdLoss, KdOps, KdSpec};
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::kernel::{cast, into_contiguous};
@@ -334,24 +334,6 @@ fn kd_rows<F: Float, N: Size>(
     }
 }
 
-/// One cube: `total[0] = sum(row_loss[..count])`.
-#[cube(launch)]
-fn sum_rows(row_loss: &Tensor<f32>, total: &mut Tensor<f32>, count: u32, #[comptime] levels: u32) {
-    let mut sum = f32::new(0.0);
-    let mut i = UNIT_POS_X;
-    while i < count {
-        sum += row_loss[i as usize];
-        i += CUBE_DIM_X;
-    }
-    let mut smem = SharedMemory::<f32>::new(comptime!((1u32 << levels) as usize));
-    smem[UNIT_POS_X as usize] = sum;
-    sync_cube();
-    tree_sum_scalars(&mut smem, UNIT_POS_X, 0, 1, true, levels);
-    if UNIT_POS_X == 0 {
-        total[0] = smem[0];
-    }
-}
-
 fn to_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     if t.dtype == DType::F32 {
         t
@@ -449,13 +431,14 @@ fn kd_loss_fused<R: CubeRuntime>(
     }
 
     let cube = units.min(floor_pow2(hardware.max_cube_dim.0));
-    sum_rows::launch::<R>(
+    sum_to_first::launch::<R>(
         &client,
         CubeCount::new_single(),
         CubeDim::new_1d(cube),
         row_loss.into_tensor_arg(),
         total.clone().into_tensor_arg(),
         live_rows as u32,
+        false,
         cube.trailing_zeros(),
     );
     (total, grad)
