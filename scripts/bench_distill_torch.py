@@ -1,13 +1,14 @@
 """PyTorch baseline for `distillery bench distill`: the same distillation
-step with transformers' Llama on the CPU, fp32: the teacher's forward under
+step with transformers' Llama, fp32, on the CPU or a CUDA device: the teacher's forward under
 no_grad, the student's forward, forward KL on the logits
 (`F.kl_div(log_softmax(s), log_softmax(t), log_target=True)`, mean over
 tokens), backward, and an AdamW step. Same token ids as the Rust bench.
 
     python3 scripts/bench_distill_torch.py TEACHER_DIR --student STUDENT_DIR --rows 4 --seq 256 --steps 3
 
-Both folders are Hugging Face model folders (e.g. `distillery export` of the
-GGUF teacher in f32, and a `prune` stage's output).
+Both are Hugging Face model folders (e.g. `distillery export` of the GGUF
+teacher in f32, and a `prune` stage's output) or `config.json` files (random
+weights, as the Rust bench takes them: speed does not depend on them).
 """
 
 import argparse
@@ -15,7 +16,16 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def load(path: str, device: torch.device) -> LlamaForCausalLM:
+    if path.endswith(".json"):
+        torch.manual_seed(1)
+        model = LlamaForCausalLM(LlamaConfig.from_json_file(path))
+    else:
+        model = LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    return model.to(device, torch.float32)
 
 
 def main() -> None:
@@ -25,28 +35,34 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
-    teacher = LlamaForCausalLM.from_pretrained(args.teacher, torch_dtype=torch.float32).eval()
-    student = LlamaForCausalLM.from_pretrained(
-        args.student or args.teacher, torch_dtype=torch.float32
-    ).train()
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    teacher = load(args.teacher, device).eval()
+    student = load(args.student or args.teacher, device).train()
     vocab = teacher.config.vocab_size
     ids = torch.tensor(
         [
             [((r * args.seq + i) * 2_654_435_761 + 17) % vocab for i in range(args.seq)]
             for r in range(args.rows)
         ]
-    )
+    ).to(device)
     inputs = ids[:, :-1]
     optim = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
     print(
         f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M, "
         f"student {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters; "
-        f"{args.rows} rows x {args.seq} tokens per step; {torch.get_num_threads()} threads"
+        f"{args.rows} rows x {args.seq} tokens per step; "
+        + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads")
     )
     times = []
     for step in range(args.steps + 1):
+        sync()
         start = time.perf_counter()
         with torch.no_grad():
             t = teacher(inputs).logits.float()
@@ -62,10 +78,11 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optim.step()
         optim.zero_grad(set_to_none=True)
+        sync()
         if step > 0:
             times.append(time.perf_counter() - start)
     mean = sum(times) / len(times)
-    print(f"step {mean:.2f} s")
+    print(f"step {mean:.3f} s")
     print(f"distillation: {args.rows * args.seq / mean:.1f} tokens/s (mean of {len(times)} steps)")
 
 

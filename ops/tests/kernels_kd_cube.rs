@@ -1,12 +1,11 @@
-#![cfg(feature = "wgpu")]
-//! The CubeCL KD loss on `Wgpu` (Mesa's lavapipe on a CPU-only machine)
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+//! The CubeCL KD loss on `Cuda` in a cuda build (a GPU machine), else on
+//! `Wgpu` (Mesa's lavapipe on a CPU-only machine),
 //! against the float64 oracle: every loss, temperature and scaling, vocab
 //! sizes that are and are not multiples of the cube and the vector width,
 //! logits up to 1e4 (near one-hot softmaxes whose small probabilities
 //! underflow), rows of weight 0 and a fully masked batch.
 
-use burn::backend::Wgpu;
-use burn::backend::wgpu::WgpuDevice;
 use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
 use distillery_ops::kernels::kd::{KdLoss, KdOps, KdSpec};
 use distillery_ops::kernels::reference;
@@ -20,33 +19,49 @@ use kd_support::{GRAD_TOL, LOSS_TOL, SCALES, TEMPERATURES, logits, weights};
 /// vocabularies, few for the large ones (the oracle runs in f64 on the CPU).
 const SHAPES: [(usize, usize); 4] = [(7, 37), (1000, 9), (49_152, 3), (50_257, 3)];
 
-fn device() -> WgpuDevice {
-    WgpuDevice::default()
+/// The CubeCL backend under test.
+#[cfg(feature = "cuda")]
+type Cube = burn::backend::Cuda;
+#[cfg(not(feature = "cuda"))]
+type Cube = burn::backend::Wgpu;
+
+/// In a cuda build these tests are the GPU check: a missing device fails
+/// them rather than passing them vacuously.
+#[cfg(feature = "cuda")]
+fn device() -> burn::backend::cuda::CudaDevice {
+    if let Err(why) = distillery_ops::device::resolve(distillery_engine::Device::Cuda) {
+        panic!("the cuda build's KD tests need a CUDA device: {why}");
+    }
+    burn::backend::cuda::CudaDevice::new(0)
+}
+#[cfg(not(feature = "cuda"))]
+fn device() -> burn::backend::wgpu::WgpuDevice {
+    burn::backend::wgpu::WgpuDevice::default()
 }
 
-fn tensor<const D: usize>(values: &[f32], dims: [usize; D]) -> Tensor<Wgpu, D> {
+fn tensor<const D: usize>(values: &[f32], dims: [usize; D]) -> Tensor<Cube, D> {
     Tensor::from_data(TensorData::new(values.to_vec(), dims), &device())
 }
 
-/// The op on `Wgpu`: `(loss, grad)` read back.
+/// The op on the CubeCL backend: `(loss, grad)` read back.
 fn fused(
-    student: Tensor<Wgpu, 2>,
-    teacher: Tensor<Wgpu, 2>,
-    weights: Tensor<Wgpu, 1>,
+    student: Tensor<Cube, 2>,
+    teacher: Tensor<Cube, 2>,
+    weights: Tensor<Cube, 1>,
     spec: KdSpec,
 ) -> (f32, Vec<f32>) {
-    let (loss, grad) = <Wgpu as KdOps>::kd_loss_fused(
+    let (loss, grad) = <Cube as KdOps>::kd_loss_fused(
         student.into_primitive().tensor(),
         teacher.into_primitive().tensor(),
         weights.into_primitive().tensor(),
         spec,
     );
-    let loss = Tensor::<Wgpu, 1>::from_primitive(TensorPrimitive::Float(loss))
+    let loss = Tensor::<Cube, 1>::from_primitive(TensorPrimitive::Float(loss))
         .into_data()
         .into_vec::<f32>()
         .unwrap();
     assert_eq!(loss.len(), 1);
-    let grad = Tensor::<Wgpu, 2>::from_primitive(TensorPrimitive::Float(grad))
+    let grad = Tensor::<Cube, 2>::from_primitive(TensorPrimitive::Float(grad))
         .into_data()
         .into_vec::<f32>()
         .unwrap();

@@ -32,9 +32,11 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct DistillArgs {
-    /// The teacher: a GGUF file or a Hugging Face model folder.
+    /// The teacher: a GGUF file, a Hugging Face model folder, or a
+    /// `config.json` (random weights: speed does not depend on them).
     teacher: PathBuf,
-    /// The student's folder (default: a copy of the teacher).
+    /// The student: a Hugging Face model folder or a `config.json` (random
+    /// weights); default: a copy of the teacher.
     #[arg(long)]
     student: Option<PathBuf>,
     /// Rows per optimizer step (one micro-batch).
@@ -45,6 +47,12 @@ pub struct DistillArgs {
     /// Timed steps (after one untimed).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// The device's peak rate in TFLOP/s, to print the model FLOPs
+    /// utilization against (e.g. its dense bf16 figure).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
 }
 
 #[derive(Args)]
@@ -68,7 +76,47 @@ pub struct KdArgs {
     #[arg(long, default_value_t = 10)]
     repeats: usize,
     #[arg(long, value_enum, default_value = "cpu")]
-    device: KdDeviceArg,
+    device: DeviceArg,
+    /// The logits' dtype (the kernel accumulates in f32 whatever it is).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Also compare the op's loss and gradient on 64 rows with the float64
+    /// oracle, and fail when they are off.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DtypeArg {
+    fn float(self) -> burn::tensor::FloatDType {
+        use burn::tensor::FloatDType;
+        match self {
+            DtypeArg::F32 => FloatDType::F32,
+            DtypeArg::Bf16 => FloatDType::BF16,
+            DtypeArg::F16 => FloatDType::F16,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            DtypeArg::F32 => 4,
+            DtypeArg::Bf16 | DtypeArg::F16 => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DtypeArg::F32 => "f32",
+            DtypeArg::Bf16 => "bf16",
+            DtypeArg::F16 => "f16",
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -81,10 +129,15 @@ enum KdLossArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum KdDeviceArg {
+enum DeviceArg {
     Cpu,
     Cuda,
     Auto,
+    /// The CubeCL kernels on wgpu (builds with `--features wgpu`; on a
+    /// machine without a GPU, Mesa's software Vulkan): the CubeCL code
+    /// paths, checked where no CUDA device is at hand.
+    #[cfg(feature = "wgpu")]
+    Wgpu,
 }
 
 #[derive(Args)]
@@ -108,6 +161,12 @@ pub struct ImportanceArgs {
     /// Hook calls timed per shape.
     #[arg(long, default_value_t = 40)]
     iters: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// First compare the kernels with the float64 oracle, and fail when
+    /// they are off.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -308,18 +367,68 @@ fn hash(args: HashArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a bench generic over the backend on the device `--device` names.
+/// (A macro because the bench is a generic function to instantiate per
+/// backend, which a closure cannot be.)
+macro_rules! on_bench_device {
+    ($arg:expr, $bench:ident ( $($rest:expr),* )) => {{
+        use distillery_engine::Device;
+        #[cfg(feature = "wgpu")]
+        if matches!($arg, DeviceArg::Wgpu) {
+            return $bench::<burn::backend::Wgpu>(Default::default(), $($rest),*);
+        }
+        let requested = match $arg {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+            _ => Device::Auto,
+        };
+        match distillery_ops::device::resolve(requested).map_err(anyhow::Error::msg)? {
+            Device::Cpu => $bench::<distillery_ops::backend::Cpu>(Default::default(), $($rest),*),
+            #[cfg(feature = "cuda")]
+            Device::Cuda => {
+                $bench::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(0), $($rest),*)
+            }
+            other => anyhow::bail!("no {} for device {other:?} in this build", stringify!($bench)),
+        }
+    }};
+}
+
 /// Times the channel statistics (the importance op's per-hook reduction)
-/// on the CPU backend and compares the bytes it reads per second with a
-/// plain read of memory on all threads.
+/// on the chosen device and compares the bytes it reads per second with the
+/// memory bandwidth measured in the same run: a plain read on all threads
+/// on the CPU, an elementwise copy on a GPU.
 fn importance(args: ImportanceArgs) -> anyhow::Result<()> {
-    use distillery_ops::kernels::bandwidth::{bench_channel_stats_cpu, measure_copy_bandwidth};
+    on_bench_device!(args.device, importance_on(&args))
+}
+
+fn importance_on<B: distillery_ops::kernels::importance::ImportanceOps>(
+    device: B::Device,
+    args: &ImportanceArgs,
+) -> anyhow::Result<()> {
+    use distillery_ops::kernels::bandwidth::{
+        bench_channel_stats, measure_copy_bandwidth, measure_device_copy_bandwidth,
+    };
     use distillery_ops::kernels::importance::Aggregation;
-    let machine = measure_copy_bandwidth();
-    println!(
-        "memory read bandwidth ({} threads, best of 5 passes over 256 MiB): {:.1} GB/s",
-        rayon::current_num_threads(),
-        machine / 1e9
-    );
+    let cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<distillery_ops::backend::Cpu>();
+    if args.check {
+        super::bench_check::importance_against_oracle::<B>(&device)?;
+    }
+    let machine = if cpu {
+        let bw = measure_copy_bandwidth();
+        println!(
+            "memory read bandwidth ({} threads, best of 5 passes over 256 MiB): {:.1} GB/s",
+            rayon::current_num_threads(),
+            bw / 1e9
+        );
+        bw
+    } else {
+        let bw = measure_device_copy_bandwidth::<B>(&device);
+        println!(
+            "device copy bandwidth (read + write of 256 MiB, best of 5): {:.1} GB/s",
+            bw / 1e9
+        );
+        bw
+    };
     for (dims, scale) in [
         ([8, 512, 1536], 1),
         ([1, 4096, 4096], 2),
@@ -327,9 +436,9 @@ fn importance(args: ImportanceArgs) -> anyhow::Result<()> {
     ] {
         let iters = (args.iters / scale).max(1);
         for seq_agg in Aggregation::ALL {
-            let t = bench_channel_stats_cpu(dims[0], dims[1], dims[2], seq_agg, iters);
+            let t = bench_channel_stats::<B>(&device, dims, seq_agg, iters);
             println!(
-                "channel stats {dims:?}, sequence {seq_agg}: {:.2} ms per call, {:.1} GB/s = {:.0}% of memory bandwidth",
+                "channel stats {dims:?}, sequence {seq_agg}: {:.3} ms per call, {:.1} GB/s = {:.0}% of the measured bandwidth",
                 1e3 * t.seconds / iters as f64,
                 t.bytes_per_second() / 1e9,
                 100.0 * t.bytes_per_second() / machine
@@ -345,7 +454,6 @@ fn importance(args: ImportanceArgs) -> anyhow::Result<()> {
 /// with PyTorch's `kl_div(log_softmax(s), log_softmax(t))` forward and
 /// backward (scripts/bench_kd_torch.py).
 fn kd(args: KdArgs) -> anyhow::Result<()> {
-    use distillery_engine::Device;
     use distillery_ops::kernels::{KdLoss, KdSpec};
     let spec = KdSpec {
         loss: match args.loss {
@@ -361,19 +469,7 @@ fn kd(args: KdArgs) -> anyhow::Result<()> {
         args.rows > 0 && args.vocab > 0,
         "--rows and --vocab must be positive"
     );
-    let requested = match args.device {
-        KdDeviceArg::Cpu => Device::Cpu,
-        KdDeviceArg::Cuda => Device::Cuda,
-        KdDeviceArg::Auto => Device::Auto,
-    };
-    match distillery_ops::device::resolve(requested).map_err(anyhow::Error::msg)? {
-        Device::Cpu => kd_on::<distillery_ops::backend::Cpu>(Default::default(), &args, spec),
-        #[cfg(feature = "cuda")]
-        Device::Cuda => {
-            kd_on::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(0), &args, spec)
-        }
-        other => anyhow::bail!("no KD bench for device {other:?} in this build"),
-    }
+    on_bench_device!(args.device, kd_on(&args, spec))
 }
 
 /// Median and minimum of `times` (seconds).
@@ -410,25 +506,27 @@ fn kd_on<B: distillery_ops::kernels::KdOps>(
         let bw = distillery_ops::kernels::bandwidth::measure_copy_bandwidth();
         (bw, "memory read bandwidth, all threads".to_string())
     } else {
-        // One read and one write of a 256 MiB tensor, best of 5.
-        let x = Tensor::<B, 1>::ones([64 << 20], &device);
-        let mut best = f64::INFINITY;
-        for _ in 0..6 {
-            sync(&device)?;
-            let t = Instant::now();
-            let y = x.clone().mul_scalar(1.0001);
-            sync(&device)?;
-            best = best.min(t.elapsed().as_secs_f64());
-            drop(y);
-        }
         (
-            2.0 * (256u64 << 20) as f64 / best,
+            distillery_ops::kernels::bandwidth::measure_device_copy_bandwidth::<B>(&device),
             "device copy bandwidth (read + write)".to_string(),
         )
     };
+    if args.check {
+        super::bench_check::kd_against_oracle::<B>(
+            &device,
+            &student_data,
+            &teacher_data,
+            vocab,
+            spec,
+            args.dtype.float(),
+        )?;
+    }
 
-    let student = Tensor::<Autodiff<B>, 2>::from_data(student_data.clone(), &device).require_grad();
-    let teacher = Tensor::<Autodiff<B>, 2>::from_data(teacher_data.clone(), &device);
+    let dtype = args.dtype.float();
+    let student = Tensor::<Autodiff<B>, 2>::from_data(student_data.clone(), &device)
+        .cast(dtype)
+        .require_grad();
+    let teacher = Tensor::<Autodiff<B>, 2>::from_data(teacher_data.clone(), &device).cast(dtype);
     let weights = Tensor::<Autodiff<B>, 1>::from_data(weights_data.clone(), &device);
     let mut loss_value = 0.0f32;
     let mut step = || -> anyhow::Result<f64> {
@@ -451,15 +549,16 @@ fn kd_on<B: distillery_ops::kernels::KdOps>(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (median, min) = median_min(times);
 
-    let bytes = 3.0 * (rows * vocab * 4) as f64;
+    let bytes = 3.0 * (rows * vocab * args.dtype.bytes()) as f64;
     let threads = if cpu {
         format!("{} threads", rayon::current_num_threads())
     } else {
         "GPU".to_string()
     };
     println!(
-        "KD {:?}, {rows} x {vocab} f32 logits, tau {}{}, {threads}: loss {loss_value:.6}",
+        "KD {:?}, {rows} x {vocab} {} logits, tau {}{}, {threads}: loss {loss_value:.6}",
         spec.loss,
+        args.dtype.name(),
         spec.temperature,
         if spec.tau_squared { " (x tau^2)" } else { "" }
     );
@@ -471,19 +570,20 @@ fn kd_on<B: distillery_ops::kernels::KdOps>(
         args.repeats.max(1)
     );
     println!(
-        "  effective {:.1} GB/s (3 x N x V x 4 bytes: read s, read t, write the gradient) = {:.0}% of the measured bandwidth",
+        "  effective {:.1} GB/s (3 x N x V x {} bytes: read s, read t, write the gradient) = {:.0}% of the measured bandwidth",
         bytes / median / 1e9,
+        args.dtype.bytes(),
         100.0 * bytes / median / bandwidth
     );
 
     // The op and the backward's scaling on the inner backend, the logits
     // handed over as a fresh tensor as a model's forward produces them (on
     // the CPU the gradient then overwrites them: no N x V allocation).
-    let teacher = Tensor::<B, 2>::from_data(teacher_data, &device);
+    let teacher = Tensor::<B, 2>::from_data(teacher_data, &device).cast(dtype);
     let weights = Tensor::<B, 1>::from_data(weights_data, &device);
     let upstream = Tensor::<B, 1>::ones([1], &device);
     let owned_step = || -> anyhow::Result<f64> {
-        let s = Tensor::<B, 2>::from_data(student_data.clone(), &device);
+        let s = Tensor::<B, 2>::from_data(student_data.clone(), &device).cast(dtype);
         sync(&device)?;
         let started = Instant::now();
         let (loss, grad) = B::kd_loss_fused(
@@ -629,28 +729,87 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 fn distill(args: DistillArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rows > 0 && args.seq > 1,
+        "--rows must be positive and --seq at least 2"
+    );
+    on_bench_device!(args.device, distill_on(&args))
+}
+
+/// A model for the bench: a `config.json` gets random weights, anything
+/// else is loaded.
+fn bench_model<B: burn::tensor::backend::Backend>(
+    path: &std::path::Path,
+    device: &B::Device,
+) -> anyhow::Result<distillery_ops::model::Llama<B>> {
+    use distillery_ops::model::Llama;
+    use distillery_ops::model::config::LlamaConfig;
+    if path.extension().is_some_and(|e| e == "json") {
+        let config = LlamaConfig::from_file(path)?;
+        Ok(Llama::random_init(config, 1, device)?)
+    } else if path.is_dir() && path.join("model.safetensors").is_file() {
+        Ok(Llama::load_hf(path, device)?.0)
+    } else {
+        Ok(distillery_ops::loader::load_model::<B>(path, device)?.0)
+    }
+}
+
+/// Floating-point operations of one token through `config`'s matrices in
+/// the forward pass, attention over `seq` positions included (the full
+/// square, as computed): `2 x` the matrix parameters (lm_head included, the
+/// embedding lookup not) plus `4 x layers x q_dim x seq` for scores and
+/// values. Training costs 3 forwards (forward, and backward to inputs and
+/// to weights).
+fn forward_flops_per_token(config: &distillery_ops::model::config::LlamaConfig, seq: usize) -> f64 {
+    let (h, f, q, kv) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.q_dim(),
+        config.kv_dim(),
+    );
+    let per_layer = h * q + 2 * h * kv + q * h + 3 * h * f;
+    let matrices = config.num_hidden_layers * per_layer + config.vocab_size * h;
+    2.0 * matrices as f64 + 4.0 * (config.num_hidden_layers * q * seq) as f64
+}
+
+fn distill_on<B: distillery_ops::backend::ComputeBackend>(
+    device: B::Device,
+    args: &DistillArgs,
+) -> anyhow::Result<()> {
     use burn::backend::Autodiff;
     use burn::module::AutodiffModule;
-    use distillery_ops::backend::Cpu;
     use distillery_ops::kernels::kd::{KdLoss, KdSpec};
     use distillery_ops::model::Llama;
     use distillery_ops::train::data::{MicroBatch, TrainRow};
     use distillery_ops::train::{AdamW, AdamWConfig, Distillation, GradientSum, Objective};
-    let device = Default::default();
-    let (teacher, _) = distillery_ops::loader::load_model::<Cpu>(&args.teacher, &device)?;
-    let student: Llama<Autodiff<Cpu>> = match &args.student {
-        Some(dir) => Llama::load_hf(dir, &device)?.0,
+    let sync = |device: &B::Device| B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"));
+    let teacher = bench_model::<B>(&args.teacher, &device)?;
+    let student: Llama<Autodiff<B>> = match &args.student {
+        Some(path) => bench_model(path, &device)?,
         None => Llama::from_state_dict(teacher.config.clone(), teacher.to_state_dict(), &device)?,
     };
     let vocab = teacher.config.vocab_size;
+    anyhow::ensure!(
+        student.config.vocab_size == vocab,
+        "the student's vocabulary ({}) differs from the teacher's ({vocab})",
+        student.config.vocab_size
+    );
+    let cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<distillery_ops::backend::Cpu>();
     println!(
-        "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; {} threads",
+        "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; {}",
         teacher.config.num_parameters() as f64 / 1e6,
         student.config.num_parameters() as f64 / 1e6,
         args.rows,
         args.seq,
-        rayon::current_num_threads()
+        if cpu {
+            format!("{} threads", rayon::current_num_threads())
+        } else {
+            "GPU".to_string()
+        }
     );
+    let step_flops = (args.rows * args.seq) as f64
+        * (forward_flops_per_token(&teacher.config, args.seq)
+            + 3.0 * forward_flops_per_token(&student.config, args.seq));
     let objective = Distillation {
         teacher,
         spec: KdSpec {
@@ -676,7 +835,7 @@ fn distill(args: DistillArgs) -> anyhow::Result<()> {
         })
         .collect();
     let weight = 1.0 / (args.rows * (args.seq - 1)) as f32;
-    let mut adam = AdamW::<Cpu>::new(AdamWConfig {
+    let mut adam = AdamW::<B>::new(AdamWConfig {
         beta1: 0.9,
         beta2: 0.95,
         eps: 1e-8,
@@ -684,16 +843,19 @@ fn distill(args: DistillArgs) -> anyhow::Result<()> {
         grad_clip: 1.0,
     });
     let mut model = student;
-    let mut grads = GradientSum::<Cpu>::default();
+    let mut grads = GradientSum::<B>::default();
     let step_tokens = (args.rows * args.seq) as f64;
     let mut parts = Vec::new();
     for step in 0..=args.steps {
+        sync(&device)?;
         let t0 = Instant::now();
-        let mb = MicroBatch::<Cpu>::new(&rows, weight, &device);
+        let mb = MicroBatch::<B>::new(&rows, weight, &device);
         // The teacher's share, timed on its own (the objective runs it again).
         let teacher_s = {
             let t = Instant::now();
-            let _ = objective.teacher.forward(mb.inputs.clone()).into_data();
+            let logits = objective.teacher.forward(mb.inputs.clone());
+            sync(&device)?;
+            drop(logits);
             t.elapsed().as_secs_f64()
         };
         let t1 = Instant::now();
@@ -702,10 +864,11 @@ fn distill(args: DistillArgs) -> anyhow::Result<()> {
         let forward_s = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
         let g = loss.backward();
-        grads.add::<Autodiff<Cpu>, _>(&model, &g);
+        grads.add::<Autodiff<B>, _>(&model, &g);
+        sync(&device)?;
         let backward_s = t2.elapsed().as_secs_f64();
         let t3 = Instant::now();
-        let (m, _) = adam.step::<Autodiff<Cpu>, _>(model, &mut grads, 1e-5);
+        let (m, _) = adam.step::<Autodiff<B>, _>(model, &mut grads, 1e-5);
         model = m;
         let _ = model.valid().norm.weight.val().into_data();
         let optim_s = t3.elapsed().as_secs_f64();
@@ -717,7 +880,7 @@ fn distill(args: DistillArgs) -> anyhow::Result<()> {
     let mean = |i: usize| parts.iter().map(|p| p[i]).sum::<f64>() / parts.len() as f64;
     let total = mean(4);
     println!(
-        "step {:.2} s = teacher forward {:.2} s + student forward and KD loss {:.2} s + backward {:.2} s + optimizer {:.2} s",
+        "step {:.3} s = teacher forward {:.3} s + student forward and KD loss {:.3} s + backward {:.3} s + optimizer {:.3} s",
         total,
         mean(0),
         mean(1),
@@ -729,6 +892,19 @@ fn distill(args: DistillArgs) -> anyhow::Result<()> {
         step_tokens / total,
         parts.len()
     );
+    let achieved = step_flops / total;
+    print!(
+        "model FLOPs: {:.2} TFLOP per step (teacher forward + 3 x student forward), {:.2} TFLOP/s achieved",
+        step_flops / 1e12,
+        achieved / 1e12
+    );
+    match args.peak_tflops {
+        Some(peak) => println!(
+            ", MFU {:.2}% of {peak} TFLOP/s",
+            100.0 * achieved / (peak * 1e12)
+        ),
+        None => println!(),
+    }
     Ok(())
 }
 

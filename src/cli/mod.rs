@@ -2,6 +2,7 @@
 //! function from its options to an exit code.
 
 mod bench;
+mod bench_check;
 mod cache;
 mod dag;
 mod export;

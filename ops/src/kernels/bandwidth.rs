@@ -1,9 +1,11 @@
-//! Timings for `distillery bench importance`: the CPU twin of the channel
-//! statistics on a given shape, and the machine's memory bandwidth to compare
-//! it with. Not tests: figures depend on the machine and its load.
+//! Timings for `distillery bench importance` and `bench kd`: the channel
+//! statistics on a given shape (the CPU twin or a device kernel), and the
+//! memory bandwidth to compare them with. Not tests: figures depend on the
+//! machine and its load.
 
-use super::importance::{Aggregation, ChannelStats};
+use super::importance::{Aggregation, ChannelStats, ImportanceOps};
 use burn::backend::Flex;
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 use std::hint::black_box;
@@ -40,10 +42,7 @@ fn fill(buf: &mut [f32], seed: u64) {
 }
 
 /// Times `iters` hook calls of the channel statistics on `Flex` (the CPU
-/// twin, through the same [`ChannelStats::add`] the op uses) on `[b, s, c]`
-/// f32 inputs, cycling through enough distinct inputs to exceed the caches,
-/// and reading the accumulators back once at the end. One untimed warm-up
-/// call first.
+/// twin); see [`bench_channel_stats`].
 pub fn bench_channel_stats_cpu(
     b: usize,
     s: usize,
@@ -51,19 +50,33 @@ pub fn bench_channel_stats_cpu(
     seq_agg: Aggregation,
     iters: usize,
 ) -> Throughput {
+    bench_channel_stats::<Flex>(&Default::default(), [b, s, c], seq_agg, iters)
+}
+
+/// Times `iters` hook calls of the channel statistics on backend `B`
+/// (through the same [`ChannelStats::add`] the op uses) on `[b, s, c]` f32
+/// inputs, cycling through enough distinct inputs to exceed the caches, and
+/// reading the accumulators back once at the end (which waits for the
+/// device). One untimed warm-up call first.
+pub fn bench_channel_stats<B: ImportanceOps>(
+    device: &B::Device,
+    [b, s, c]: [usize; 3],
+    seq_agg: Aggregation,
+    iters: usize,
+) -> Throughput {
     let len = b * s * c;
     let bytes = len * 4;
     let copies = WORKING_SET_BYTES.div_ceil(bytes.max(1)).clamp(1, 64);
-    let device = Default::default();
-    let inputs: Vec<Tensor<Flex, 3>> = (0..copies)
+    let inputs: Vec<Tensor<B, 3>> = (0..copies)
         .map(|i| {
             let mut x = vec![0.0f32; len];
             fill(&mut x, i as u64 + 1);
-            Tensor::from_data(TensorData::new(x, [b, s, c]), &device)
+            Tensor::from_data(TensorData::new(x, [b, s, c]), device)
         })
         .collect();
-    let mut stats = ChannelStats::<Flex>::new(c, seq_agg, &device);
+    let mut stats = ChannelStats::<B>::new(c, seq_agg, device);
     stats.add(inputs[0].clone());
+    black_box(stats.sums());
     let start = Instant::now();
     for i in 0..iters {
         stats.add(inputs[i % copies].clone());
@@ -73,6 +86,25 @@ pub fn bench_channel_stats_cpu(
         seconds: start.elapsed().as_secs_f64(),
         bytes_read: (bytes * iters) as u64,
     }
+}
+
+/// A device's copy bandwidth in bytes/s, counting the bytes read and
+/// written: the best of 5 elementwise passes over a 256 MiB f32 tensor
+/// (after one warm-up), each waited for.
+pub fn measure_device_copy_bandwidth<B: Backend>(device: &B::Device) -> f64 {
+    let x = Tensor::<B, 1>::ones([WORKING_SET_BYTES / 4], device);
+    let mut best = f64::INFINITY;
+    for pass in 0..6 {
+        let _ = B::sync(device);
+        let start = Instant::now();
+        let y = x.clone().mul_scalar(1.0001);
+        let _ = B::sync(device);
+        if pass > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        drop(y);
+    }
+    2.0 * WORKING_SET_BYTES as f64 / best
 }
 
 /// The machine's memory read bandwidth in bytes/s: every thread sums its

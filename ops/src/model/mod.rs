@@ -13,6 +13,7 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod hf;
+pub mod init;
 pub mod layers;
 pub mod llama;
 pub mod mlp;
