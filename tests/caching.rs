@@ -316,3 +316,51 @@ fn dag_prints_text_dot_and_mermaid() {
     let plain = text(&ws.run(&["dag", "recipe.yaml"]).stdout);
     assert!(plain.contains("joined (concat) <- parts: a, b"), "{plain}");
 }
+
+const EVAL_RECIPE: &str = "\
+name: evaluation
+stages:
+  text:
+    op: emit
+    with: { text: some text }
+  data:
+    op: mock_dataset
+    inputs: { source: text }
+  small:
+    op: mock_model
+    with: { hidden: 4 }
+  big:
+    op: mock_model
+    with: { hidden: 8 }
+  compare:
+    op: mock_eval
+    inputs: { models: [small, big], data: data }
+    with: { tasks: [piqa] }
+";
+
+#[test]
+fn run_ends_with_the_evaluation_tables_also_when_cached() {
+    let ws = Workspace::new();
+    ws.write("eval.yaml", EVAL_RECIPE);
+    let first = ws.run(&["run", "eval.yaml"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let stdout = text(&first.stdout);
+    assert!(stdout.contains("compare ("), "{stdout}");
+    assert!(
+        stdout.contains("| | small | big |\n|---|---:|---:|\n| tasks | piqa | piqa |"),
+        "{stdout}"
+    );
+    // A full cache hit prints the same tables, read from the store.
+    let again = ws.run(&["run", "eval.yaml"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        text(&again.stderr).contains("0 ran, 5 cached"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(text(&again.stdout), stdout);
+    // With --json, stdout holds the JSON report alone.
+    let json = ws.run(&["run", "eval.yaml", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["stages"].as_array().unwrap().len(), 5);
+}

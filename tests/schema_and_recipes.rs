@@ -97,3 +97,45 @@ fn schema_is_valid_json_with_one_branch_per_public_op() {
         );
     }
 }
+
+/// The README's main command must work on a fresh clone: the quickstart
+/// reads nothing outside the repository (its teacher comes from a `fetch`
+/// stage) and plans without the network, since a fetch stage's key is its
+/// parameters and its checksum.
+#[test]
+fn quickstart_plans_from_the_repository_alone() {
+    let recipe = repo_root().join("recipes/quickstart.yaml");
+    let source = std::fs::read_to_string(&recipe).unwrap();
+    assert!(
+        !source.contains("shared/assets"),
+        "the quickstart must not read ../shared/assets"
+    );
+    let store = tempfile::tempdir().unwrap();
+    let out = public_distillery()
+        .arg("plan")
+        .arg(&recipe)
+        .arg("--store")
+        .arg(store.path())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops: Vec<&str> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["op"].as_str().unwrap())
+        .collect();
+    for op in [
+        "fetch",
+        "load_model",
+        "dataset",
+        "importance",
+        "prune",
+        "distill",
+        "evaluate",
+    ] {
+        assert!(ops.contains(&op), "no `{op}` stage in {ops:?}");
+    }
+}

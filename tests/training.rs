@@ -500,3 +500,51 @@ stages:
     let scored = s["last_eval"]["tokens"].as_u64().unwrap();
     assert!(scored > 0 && scored < 8 * 63, "{scored} tokens scored");
 }
+
+#[test]
+fn random_init_keeps_the_architecture_and_draws_fresh_weights_from_the_seed() {
+    let ws = setup();
+    let recipe = |seed: u64| {
+        format!(
+            "name: init\nseed: {seed}\ndevice: cpu\nstages:\n  student:\n    op: load_model\n    with: {{ source: hf, path: student }}\n  fresh:\n    op: random_init\n    inputs: {{ model: student }}\n"
+        )
+    };
+    ws.write("a.yaml", &recipe(1));
+    ws.write("b.yaml", &recipe(2));
+    for r in ["a.yaml", "b.yaml"] {
+        let out = ws.run(&["run", r]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let source = weights(&ws.path("student"));
+    let out_a = stage_dir(&ws, "a.yaml", "fresh", "store").join("out");
+    let (a, b) = (
+        weights(&out_a),
+        weights(&stage_dir(&ws, "b.yaml", "fresh", "store").join("out")),
+    );
+    assert_eq!(
+        source.keys().collect::<Vec<_>>(),
+        a.keys().collect::<Vec<_>>()
+    );
+    for (name, t) in &a {
+        assert_eq!(t.shape, source[name].shape, "{name}");
+        if name.ends_with("norm.weight") {
+            assert!(t.data.iter().all(|&v| v == 1.0), "{name}");
+            continue;
+        }
+        assert_ne!(t.data, source[name].data, "{name} kept its weights");
+        assert_ne!(t.data, b[name].data, "{name} does not depend on the seed");
+    }
+    // The largest tensor's spread is the initializer's 0.02.
+    let embed = &a["model.embed_tokens.weight"].data;
+    let n = embed.len() as f64;
+    let std = (embed.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n).sqrt();
+    assert!((std / 0.02 - 1.0).abs() < 0.01, "std {std}");
+    let config = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+    };
+    assert_eq!(
+        config(&out_a)["hidden_size"],
+        config(&ws.path("student"))["hidden_size"]
+    );
+    assert!(out_a.join("tokenizer.json").is_file());
+}

@@ -424,6 +424,17 @@ impl TypedOp for MockEval {
             ctx.output_dir.join("out.txt"),
             format!("{n} models, tasks {:?}", p.tasks),
         )?;
+        // A table like `evaluate`'s, which `distillery run` prints at the end.
+        let names = ctx.input_stages.get("models").cloned().unwrap_or_default();
+        std::fs::write(
+            ctx.output_dir.join("table.md"),
+            format!(
+                "| | {} |\n|---|{}\n| tasks | {} |\n",
+                names.join(" | "),
+                "---:|".repeat(n),
+                vec![p.tasks.join(" "); n].join(" | ")
+            ),
+        )?;
         log(ctx, "finish");
         Ok(())
     }

@@ -33,17 +33,6 @@ fn load(dir: &Path) -> Llama<B> {
     Llama::<B>::load_hf(dir, &device()).expect("folder loads").0
 }
 
-fn tiny_tokenizer() -> tokenizers::Tokenizer {
-    let json = r#"{
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": {"hello": 0, "world": 1, "[UNK]": 2},
-                  "unk_token": "[UNK]"}
-    }"#;
-    json.parse().expect("tokenizer json")
-}
-
 #[test]
 fn f32_round_trip_is_exact() {
     for (i, (name, c)) in all_configs().into_iter().enumerate() {
@@ -223,7 +212,7 @@ fn config_and_assets_round_trip() {
     let mut rng = Rng::new(14);
     let model = build(&c, &random_weights(&c, &mut rng));
     let assets = HfAssets {
-        tokenizer: Some(tiny_tokenizer()),
+        tokenizer: Some(model_support::tiny_tokenizer()),
         tokenizer_config: Some(json!({"model_max_length": 128, "eos_token": "world"})),
         other_json: [(
             "generation_config.json".to_string(),

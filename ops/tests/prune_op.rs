@@ -39,17 +39,6 @@ fn source_config() -> LlamaConfig {
     }))
 }
 
-fn tiny_tokenizer() -> tokenizers::Tokenizer {
-    let json = r#"{
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": {"hello": 0, "world": 1, "[UNK]": 2},
-                  "unk_token": "[UNK]"}
-    }"#;
-    json.parse().expect("tokenizer json")
-}
-
 /// A Model artifact folder, its weights, and a Scores artifact folder.
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -71,7 +60,7 @@ impl Fixture {
         let mut config_json = c.to_json();
         config_json["custom_note"] = json!("kept through pruning");
         let assets = HfAssets {
-            tokenizer: Some(tiny_tokenizer()),
+            tokenizer: Some(model_support::tiny_tokenizer()),
             tokenizer_config: Some(json!({"bos_token": "hello", "eos_token": "world"})),
             other_json: BTreeMap::from([(
                 "generation_config.json".to_string(),

@@ -10,11 +10,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/distill.log") 2>&1
 source scripts/gpu/env.sh
 seconds=${1:-380}
-assets=../shared/assets
-mkdir -p $assets/models $assets/corpus
-cat /tmp/gpu/gguf.part1 .gpu/b/gguf.part2 >$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf
-echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $assets/models/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
-cp .gpu/b/*.zst $assets/corpus/
+source scripts/gpu/assets.sh
 recipe=recipes/smollm2-distill-width-gpu.yaml
 tokens=2097152
 if [ -s /tmp/gpu/tokens_per_s ]; then

@@ -6,7 +6,7 @@ use clap::Args;
 use distillery_engine::files::FileHasher;
 use distillery_engine::plan::{self, Plan, Selection, StageState};
 use distillery_engine::run::{self, RunOptions};
-use distillery_engine::{Pipeline, Store};
+use distillery_engine::{ArtifactKind, Pipeline, Store};
 use std::path::PathBuf;
 
 /// Which stages to act on.
@@ -158,6 +158,9 @@ pub fn run(args: RunArgs) -> u8 {
     if args.json {
         output::print_json(&report);
     } else {
+        if report.succeeded() {
+            print_metrics_tables(&pipeline, &store, &report);
+        }
         let ran = report
             .stages
             .iter()
@@ -181,5 +184,30 @@ pub fn run(args: RunArgs) -> u8 {
         distillery_engine::interrupt::EXIT_INTERRUPTED as u8
     } else {
         EXIT_FAILED
+    }
+}
+
+/// Prints the `table.md` of every Metrics stage (`evaluate`) the run
+/// computed or found stored, so that a run ends with its results, a rerun
+/// that is a cache hit included, instead of only a count of stages. The
+/// tables go to stdout; progress and the summary line go to stderr.
+fn print_metrics_tables(pipeline: &Pipeline, store: &Store, report: &run::RunReport) {
+    for stage in &report.stages {
+        let is_metrics = pipeline
+            .stage_index(&stage.name)
+            .is_some_and(|i| pipeline.stages[i].op.output() == ArtifactKind::Metrics);
+        if !is_metrics || stage.outcome.is_failure() {
+            continue;
+        }
+        let path = store.output_dir(&stage.key).join("table.md");
+        // Metrics ops other than `evaluate` may write no table.
+        if let Ok(table) = std::fs::read_to_string(&path) {
+            println!(
+                "\n{} ({}):\n\n{}",
+                stage.name,
+                path.display(),
+                table.trim_end()
+            );
+        }
     }
 }

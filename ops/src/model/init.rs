@@ -25,21 +25,34 @@ impl<B: Backend> Llama<B> {
         device: &B::Device,
     ) -> Result<Self, ModelError> {
         config.validate()?;
-        let shapes = tensor_shapes(&config);
-        let mut tensors = StateDict::new();
-        for (name, shape) in shapes {
-            let len: usize = shape.iter().product();
-            let data = if name.ends_with("norm.weight") {
-                vec![1.0; len]
-            } else if name.ends_with(".bias") {
-                vec![0.0; len]
-            } else {
-                normal(len, INIT_STD, mix(seed, name_hash(&name)))
-            };
-            tensors.insert(name, HostTensor::new(shape, data));
-        }
+        let tensors = random_state_dict(tensor_shapes(&config), seed, INIT_STD);
         Llama::from_state_dict(config, tensors, device)
     }
+}
+
+/// Random tensors of the given names and shapes, by the rule of
+/// [`Llama::random_init`]: names ending in `norm.weight` are ones, in
+/// `.bias` zeros, the rest normal with standard deviation `std`, each from a
+/// stream seeded by `seed` and its name (so a tensor's values do not depend
+/// on which other tensors are drawn).
+pub fn random_state_dict(
+    shapes: impl IntoIterator<Item = (String, Vec<usize>)>,
+    seed: u64,
+    std: f64,
+) -> StateDict {
+    let mut tensors = StateDict::new();
+    for (name, shape) in shapes {
+        let len: usize = shape.iter().product();
+        let data = if name.ends_with("norm.weight") {
+            vec![1.0; len]
+        } else if name.ends_with(".bias") {
+            vec![0.0; len]
+        } else {
+            normal(len, std, mix(seed, name_hash(&name)))
+        };
+        tensors.insert(name, HostTensor::new(shape, data));
+    }
+    tensors
 }
 
 /// Every tensor of the model under its Hugging Face name, `[out, in]` for

@@ -5,9 +5,11 @@ pub mod dataset;
 pub mod distill;
 pub mod evaluate;
 pub mod export;
+pub mod fetch;
 pub mod importance;
 pub mod load_model;
 pub mod prune;
+pub mod random_init;
 pub mod teacher_correction;
 mod training;
 mod upstream;
@@ -22,8 +24,10 @@ pub fn register(registry: &mut OpRegistry) {
         .register(distill::Distill)
         .register(evaluate::Evaluate)
         .register(export::Export)
+        .register(fetch::Fetch)
         .register(importance::Importance)
         .register(load_model::LoadModel)
         .register(prune::Prune)
+        .register(random_init::RandomInit)
         .register(teacher_correction::TeacherCorrection);
 }

@@ -433,3 +433,15 @@ pub fn reference_forward(c: &LlamaConfig, sd: &StateDict, tokens: &[u32]) -> Ref
 mod assets_support;
 #[allow(unused_imports)]
 pub use assets_support::{Npy, asset, read_npy};
+
+/// A three-word word-level tokenizer, for model folders that need one.
+pub fn tiny_tokenizer() -> tokenizers::Tokenizer {
+    let json = r#"{
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": {"hello": 0, "world": 1, "[UNK]": 2},
+                  "unk_token": "[UNK]"}
+    }"#;
+    json.parse().expect("tokenizer json")
+}
