@@ -4,13 +4,13 @@
 //! an archive extracted and loaded by `load_model`, and the plan-time
 //! errors with their places in the recipe.
 
+mod engine_support;
 mod model_support;
 
-use distillery_engine::files::FileHasher;
-use distillery_engine::plan::{self, Selection};
-use distillery_engine::run::{self, Quiet, RunOptions, RunReport, StageOutcome};
-use distillery_engine::{Device, OpRegistry, Store};
+use distillery_engine::Store;
+use distillery_engine::run::{RunReport, StageOutcome};
 use distillery_ops::io::hf_folder::{HfAssets, HfWriteOptions, read_hf_folder, write_hf_folder};
+use engine_support::registry;
 use model_support::{Rng, config, random_weights};
 use serde_json::json;
 use sha2::Digest as _;
@@ -80,12 +80,6 @@ impl Server {
 
 // ---------------------------------------------------------------- engine
 
-fn registry() -> OpRegistry {
-    let mut r = OpRegistry::new();
-    distillery_ops::register(&mut r);
-    r
-}
-
 struct Workspace {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
@@ -104,18 +98,7 @@ impl Workspace {
 
     /// Validates, plans and runs the recipe as `distillery run` does.
     fn run(&self, recipe: &str) -> RunReport {
-        let path = self.dir.join("recipe.yaml");
-        std::fs::write(&path, recipe).unwrap();
-        let pipeline =
-            distillery_engine::load(&path, &registry()).unwrap_or_else(|e| panic!("{e}: {e:?}"));
-        let store = self.store();
-        let hasher = FileHasher::with_cache(store.stat_cache_path());
-        let plan = plan::plan(&pipeline, &store, &hasher, &Selection::default()).unwrap();
-        let options = RunOptions {
-            jobs: 1,
-            device: Device::Cpu,
-        };
-        run::execute(&pipeline, &plan, &store, &options, &Quiet).unwrap()
+        engine_support::run_recipe(&self.dir, recipe)
     }
 
     fn outcome(report: &RunReport, stage: &str) -> StageOutcome {

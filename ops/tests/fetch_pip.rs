@@ -6,10 +6,11 @@
 //! This file holds one test because it sets environment variables for the
 //! pip child process: no other test thread reads the environment meanwhile.
 
-use distillery_engine::files::FileHasher;
-use distillery_engine::plan::{self, Selection};
-use distillery_engine::run::{self, Quiet, RunOptions, StageOutcome};
-use distillery_engine::{Device, OpRegistry, Store};
+mod engine_support;
+
+use distillery_engine::Store;
+use distillery_engine::run::StageOutcome;
+use engine_support::run_recipe as run;
 use sha2::Digest as _;
 use std::io::Write;
 use std::path::Path;
@@ -52,23 +53,6 @@ fn pip_runs() -> bool {
         .args(["-m", "pip", "--version"])
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-fn run(dir: &Path, recipe: &str) -> run::RunReport {
-    let path = dir.join("recipe.yaml");
-    std::fs::write(&path, recipe).unwrap();
-    let mut registry = OpRegistry::new();
-    distillery_ops::register(&mut registry);
-    let pipeline =
-        distillery_engine::load(&path, &registry).unwrap_or_else(|e| panic!("{e}: {e:?}"));
-    let store = Store::open(&dir.join(".distillery")).unwrap();
-    let hasher = FileHasher::with_cache(store.stat_cache_path());
-    let plan = plan::plan(&pipeline, &store, &hasher, &Selection::default()).unwrap();
-    let options = RunOptions {
-        jobs: 1,
-        device: Device::Cpu,
-    };
-    run::execute(&pipeline, &plan, &store, &options, &Quiet).unwrap()
 }
 
 fn recipe(file: &str, sha256: &str) -> String {
