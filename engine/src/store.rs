@@ -295,8 +295,8 @@ impl Store {
     fn record_path(&self, recipe: &str, stage: &str) -> PathBuf {
         self.root
             .join("stages")
-            .join(sanitize(recipe))
-            .join(format!("{}.json", sanitize(stage)))
+            .join(safe_file_name(recipe))
+            .join(format!("{}.json", safe_file_name(stage)))
     }
 
     /// Remembers the key a stage had in its last run.
@@ -330,7 +330,9 @@ fn lock_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn sanitize(name: &str) -> String {
+/// `name` with every character but ASCII letters, digits, `-`, `_` and `.`
+/// replaced by `_`: a recipe or stage name usable as a file name.
+pub fn safe_file_name(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {

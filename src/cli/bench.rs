@@ -409,7 +409,7 @@ fn importance_on<B: distillery_ops::kernels::importance::ImportanceOps>(
         bench_channel_stats, measure_copy_bandwidth, measure_device_copy_bandwidth,
     };
     use distillery_ops::kernels::importance::Aggregation;
-    let cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<distillery_ops::backend::Cpu>();
+    let cpu = is_cpu::<B>();
     if args.check {
         super::bench_check::importance_against_oracle::<B>(&device)?;
     }
@@ -472,10 +472,26 @@ fn kd(args: KdArgs) -> anyhow::Result<()> {
     on_bench_device!(args.device, kd_on(&args, spec))
 }
 
-/// Median and minimum of `times` (seconds).
-fn median_min(mut times: Vec<f64>) -> (f64, f64) {
+/// Whether the bench runs on the CPU backend (which reports threads and
+/// memory bandwidth rather than a device's copy bandwidth).
+fn is_cpu<B: 'static>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<distillery_ops::backend::Cpu>()
+}
+
+/// Median and minimum seconds of `repeats` (at least one) timed calls of
+/// `step`, after two untimed ones.
+fn time_steps(
+    repeats: usize,
+    mut step: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64)> {
+    for _ in 0..2 {
+        step()?;
+    }
+    let mut times = (0..repeats.max(1))
+        .map(|_| step())
+        .collect::<anyhow::Result<Vec<_>>>()?;
     times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], times[0])
+    Ok((times[times.len() / 2], times[0]))
 }
 
 fn kd_on<B: distillery_ops::kernels::KdOps>(
@@ -487,7 +503,7 @@ fn kd_on<B: distillery_ops::kernels::KdOps>(
     use burn::tensor::{Tensor, TensorData, TensorPrimitive};
     use distillery_ops::kernels::kd_loss;
     let (rows, vocab) = (args.rows, args.vocab);
-    let cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<distillery_ops::backend::Cpu>();
+    let cpu = is_cpu::<B>();
     let sync = |device: &B::Device| B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"));
 
     // Logits uniform in [-4, 4), as scripts/bench_kd_torch.py draws them.
@@ -529,7 +545,7 @@ fn kd_on<B: distillery_ops::kernels::KdOps>(
     let teacher = Tensor::<Autodiff<B>, 2>::from_data(teacher_data.clone(), &device).cast(dtype);
     let weights = Tensor::<Autodiff<B>, 1>::from_data(weights_data.clone(), &device);
     let mut loss_value = 0.0f32;
-    let mut step = || -> anyhow::Result<f64> {
+    let step = || -> anyhow::Result<f64> {
         sync(&device)?;
         let started = Instant::now();
         let loss = kd_loss(student.clone(), teacher.clone(), weights.clone(), spec);
@@ -541,13 +557,7 @@ fn kd_on<B: distillery_ops::kernels::KdOps>(
         loss_value = loss.into_data().convert::<f32>().into_vec::<f32>().unwrap()[0];
         Ok(seconds)
     };
-    for _ in 0..2 {
-        step()?;
-    }
-    let times = (0..args.repeats.max(1))
-        .map(|_| step())
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let (median, min) = median_min(times);
+    let (median, min) = time_steps(args.repeats, step)?;
 
     let bytes = 3.0 * (rows * vocab * args.dtype.bytes()) as f64;
     let threads = if cpu {
@@ -601,13 +611,7 @@ fn kd_on<B: distillery_ops::kernels::KdOps>(
         ));
         Ok(seconds)
     };
-    for _ in 0..2 {
-        owned_step()?;
-    }
-    let times = (0..args.repeats.max(1))
-        .map(|_| owned_step())
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let (owned_median, owned_min) = median_min(times);
+    let (owned_median, owned_min) = time_steps(args.repeats, owned_step)?;
     println!(
         "fused op + backward scaling, logits owned by the op: {:.2} ms median, {:.2} ms min ({:.0}% of the measured bandwidth)",
         owned_median * 1e3,
@@ -747,8 +751,6 @@ fn bench_model<B: burn::tensor::backend::Backend>(
     if path.extension().is_some_and(|e| e == "json") {
         let config = LlamaConfig::from_file(path)?;
         Ok(Llama::random_init(config, 1, device)?)
-    } else if path.is_dir() && path.join("model.safetensors").is_file() {
-        Ok(Llama::load_hf(path, device)?.0)
     } else {
         Ok(distillery_ops::loader::load_model::<B>(path, device)?.0)
     }
@@ -794,7 +796,7 @@ fn distill_on<B: distillery_ops::backend::ComputeBackend>(
         "the student's vocabulary ({}) differs from the teacher's ({vocab})",
         student.config.vocab_size
     );
-    let cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<distillery_ops::backend::Cpu>();
+    let cpu = is_cpu::<B>();
     println!(
         "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; {}",
         teacher.config.num_parameters() as f64 / 1e6,

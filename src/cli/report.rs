@@ -86,10 +86,10 @@ pub fn report(args: ReportArgs) -> u8 {
     let html = report_html::render(&report);
 
     let output = args.output.clone().unwrap_or_else(|| {
-        store
-            .root()
-            .join("reports")
-            .join(format!("{}.html", file_name(&pipeline.recipe.name)))
+        store.root().join("reports").join(format!(
+            "{}.html",
+            distillery_engine::store::safe_file_name(&pipeline.recipe.name)
+        ))
     });
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty())
         && let Err(e) = std::fs::create_dir_all(dir)
@@ -180,18 +180,6 @@ fn latest_change(dir: &Path) -> Option<SystemTime> {
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn file_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Hands the page to `xdg-open` when there is one; a headless machine just

@@ -4,7 +4,6 @@
 //! machine and its load.
 
 use super::importance::{Aggregation, ChannelStats, ImportanceOps};
-use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
@@ -39,18 +38,6 @@ fn fill(buf: &mut [f32], seed: u64) {
         state ^= state << 17;
         *v = (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
     }
-}
-
-/// Times `iters` hook calls of the channel statistics on `Flex` (the CPU
-/// twin); see [`bench_channel_stats`].
-pub fn bench_channel_stats_cpu(
-    b: usize,
-    s: usize,
-    c: usize,
-    seq_agg: Aggregation,
-    iters: usize,
-) -> Throughput {
-    bench_channel_stats::<Flex>(&Default::default(), [b, s, c], seq_agg, iters)
 }
 
 /// Times `iters` hook calls of the channel statistics on backend `B`

@@ -25,7 +25,7 @@ impl<B: Backend> Llama<B> {
         device: &B::Device,
     ) -> Result<Self, ModelError> {
         config.validate()?;
-        let tensors = random_state_dict(tensor_shapes(&config), seed, INIT_STD);
+        let tensors = random_state_dict(config.expected_tensors(), seed, INIT_STD);
         Llama::from_state_dict(config, tensors, device)
     }
 }
@@ -53,44 +53,6 @@ pub fn random_state_dict(
         tensors.insert(name, HostTensor::new(shape, data));
     }
     tensors
-}
-
-/// Every tensor of the model under its Hugging Face name, `[out, in]` for
-/// linear weights.
-fn tensor_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, f, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![c.vocab_size, h],
-    )];
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        let attention = [
-            ("q_proj", q, h),
-            ("k_proj", kv, h),
-            ("v_proj", kv, h),
-            ("o_proj", h, q),
-        ];
-        for (name, rows, cols) in attention {
-            out.push((format!("{p}.self_attn.{name}.weight"), vec![rows, cols]));
-            if c.attention_bias {
-                out.push((format!("{p}.self_attn.{name}.bias"), vec![rows]));
-            }
-        }
-        for (name, rows, cols) in [("gate_proj", f, h), ("up_proj", f, h), ("down_proj", h, f)] {
-            out.push((format!("{p}.mlp.{name}.weight"), vec![rows, cols]));
-            if c.mlp_bias {
-                out.push((format!("{p}.mlp.{name}.bias"), vec![rows]));
-            }
-        }
-    }
-    out.push(("model.norm.weight".to_string(), vec![h]));
-    if !c.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
-    }
-    out
 }
 
 /// FNV-1a of a tensor's name: its stream's share of the seed.

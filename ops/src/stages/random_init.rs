@@ -3,7 +3,8 @@
 //! pruned student's shape, trained on the same tokens without the
 //! teacher's weights).
 
-use crate::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
+use crate::io::hf_folder::{HfWriteOptions, read_assets, read_json, write_hf_folder};
+use crate::model::LlamaConfig;
 use crate::model::init::{INIT_STD, random_state_dict};
 use anyhow::Context;
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
@@ -30,7 +31,7 @@ impl TypedOp for RandomInit {
     type Params = RandomInitParams;
     const NAME: &'static str = "random_init";
     const VERSION: u32 = 1;
-    const DESCRIPTION: &'static str = "A model of its input's architecture (config, tokenizer, tensor names and shapes) with random weights drawn from the recipe's seed.";
+    const DESCRIPTION: &'static str = "A model of its input's architecture (its config and tokenizer, the tensors the config implies) with random weights drawn from the recipe's seed.";
 
     fn slots(&self) -> Vec<Slot> {
         vec![Slot::one("model", ArtifactKind::Model)]
@@ -52,14 +53,14 @@ impl TypedOp for RandomInit {
     }
 
     fn run(&self, p: RandomInitParams, ctx: &RunContext) -> anyhow::Result<()> {
-        let folder =
-            read_hf_folder(ctx.input("model")?).context("cannot read the model artifact")?;
-        let shapes: Vec<(String, Vec<usize>)> = folder
-            .tensors
-            .iter()
-            .map(|(name, t)| (name.clone(), t.shape.clone()))
-            .collect();
-        drop(folder.tensors);
+        // Only the config and the tokenizer files are read: the shapes follow
+        // from the config, and the input's weights are not needed.
+        let source = ctx.input("model")?;
+        let config_json = read_json(&source.join("config.json"))?;
+        let config = LlamaConfig::from_json(&config_json)
+            .context("cannot read the model artifact's config.json")?;
+        let assets = read_assets(source).context("cannot read the model's tokenizer files")?;
+        let shapes = config.expected_tensors();
         let count: usize = shapes
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
@@ -67,9 +68,9 @@ impl TypedOp for RandomInit {
         let tensors = random_state_dict(shapes, ctx.seed, p.std);
         write_hf_folder(
             &ctx.output_dir,
-            &folder.config,
+            &config_json,
             &tensors,
-            &folder.assets,
+            &assets,
             &HfWriteOptions::default(),
         )?;
         ctx.progress.log(&format!(
