@@ -294,6 +294,10 @@ fn cache_gc_keeps_what_the_recipe_uses() {
     assert!(ws.started().is_empty());
     let ls = text(&ws.run(&["cache", "ls"]).stdout);
     assert_eq!(ls.lines().count(), 5, "{ls}");
+    // Aligned columns: with names and ops padded to the longest, every line
+    // has the same width.
+    let widths: Vec<usize> = ls.lines().map(|l| l.chars().count()).collect();
+    assert!(widths.iter().all(|&w| w == widths[0]), "{ls}");
     let all = ws.run(&["cache", "gc", "--older-than", "0d"]);
     assert!(all.status.success());
     assert_eq!(count(), 0);

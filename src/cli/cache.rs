@@ -86,12 +86,22 @@ fn ls(args: LsArgs) -> u8 {
         output::print_json(&entries);
         return EXIT_OK;
     }
-    for m in &entries {
+    let names: Vec<String> = entries
+        .iter()
+        .map(|m| format!("{}/{}", m.recipe, m.stage))
+        .collect();
+    // Columns as wide as their longest entry, so long recipe names stay aligned.
+    let name_width = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let op_width = entries
+        .iter()
+        .map(|m| m.material.op.len())
+        .max()
+        .unwrap_or(0);
+    for (m, name) in entries.iter().zip(&names) {
         let bytes: u64 = m.outputs.values().map(|o| o.size).sum();
         println!(
-            "{}  {:<24} {:<18} {:>10}  {:>8.1}s  {}",
+            "{}  {name:<name_width$}  {:<op_width$}  {:>10}  {:>8.1}s  {}",
             &m.key[..12],
-            format!("{}/{}", m.recipe, m.stage),
             m.material.op,
             super::report_html::format_bytes(bytes),
             m.duration_secs,
