@@ -558,7 +558,12 @@ fn with_stderr(value: f64, stderr: Option<f64>) -> String {
     }
 }
 
-/// The models side by side: one column each, one row per figure.
+/// Most models `table.md` puts side by side as columns; with more, each
+/// model is a row instead, so a many-model comparison stays readable.
+const MAX_MODEL_COLUMNS: usize = 6;
+
+/// The models side by side: one column each, one row per figure (or, past
+/// [`MAX_MODEL_COLUMNS`] models, one row each, one column per figure).
 fn table(results: &[ModelMetrics]) -> String {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut row = |label: String, cell: &dyn Fn(&ModelMetrics) -> Option<String>| {
@@ -614,15 +619,83 @@ fn table(results: &[ModelMetrics]) -> String {
             find(m).map(|(_, bpb)| format!("{bpb:.4}"))
         });
     }
-    let mut out = String::from("| |");
-    for m in results {
-        out.push_str(&format!(" {} |", m.stage));
+    let names: Vec<&str> = results.iter().map(|m| m.stage.as_str()).collect();
+    if results.len() <= MAX_MODEL_COLUMNS {
+        markdown_table("", &names, &rows)
+    } else {
+        let labels: Vec<&str> = rows.iter().map(|(label, _)| label.as_str()).collect();
+        let by_model: Vec<(String, Vec<String>)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let cells = rows.iter().map(|(_, cells)| cells[i].clone()).collect();
+                (name.to_string(), cells)
+            })
+            .collect();
+        markdown_table("model", &labels, &by_model)
+    }
+}
+
+/// A Markdown pipe table: `corner` over the row labels, `columns` as the
+/// header, the cells right-aligned.
+fn markdown_table(corner: &str, columns: &[&str], rows: &[(String, Vec<String>)]) -> String {
+    let mut out = if corner.is_empty() {
+        "| |".to_string()
+    } else {
+        format!("| {corner} |")
+    };
+    for column in columns {
+        out.push_str(&format!(" {column} |"));
     }
     out.push_str("\n|---|");
-    out.push_str(&"---:|".repeat(results.len()));
+    out.push_str(&"---:|".repeat(columns.len()));
     out.push('\n');
     for (label, cells) in rows {
         out.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(i: usize) -> ModelMetrics {
+        ModelMetrics {
+            stage: format!("m{i}"),
+            parameters: 1_000_000 * (i + 1),
+            loss: Some(i as f64 + 0.5),
+            perplexity: Some((i as f64 + 0.5).exp()),
+            tokens: Some(100),
+            tasks: Vec::new(),
+            texts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn few_models_are_columns() {
+        let t = table(&[model(0), model(1)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "| | m0 | m1 |", "{t}");
+        assert_eq!(lines[1], "|---|---:|---:|", "{t}");
+        assert_eq!(lines[2], "| parameters | 1.0M | 2.0M |", "{t}");
+        assert_eq!(lines[3], "| data loss | 0.5000 | 1.5000 |", "{t}");
+        assert_eq!(lines.len(), 5, "{t}");
+    }
+
+    #[test]
+    fn many_models_are_rows() {
+        let models: Vec<ModelMetrics> = (0..=MAX_MODEL_COLUMNS).map(model).collect();
+        let t = table(&models);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0], "| model | parameters | data loss | data perplexity |",
+            "{t}"
+        );
+        assert_eq!(lines[1], "|---|---:|---:|---:|", "{t}");
+        assert_eq!(lines[2], "| m0 | 1.0M | 0.5000 | 1.65 |", "{t}");
+        assert_eq!(lines.len(), 2 + models.len(), "{t}");
+        let last = format!("| m{} | ", MAX_MODEL_COLUMNS);
+        assert!(lines.last().unwrap().starts_with(&last), "{t}");
+    }
 }
