@@ -158,9 +158,14 @@ pub struct ImportancePassArgs {
 
 #[derive(Args)]
 pub struct ImportanceArgs {
-    /// Hook calls timed per shape.
+    /// Hook calls timed for the smallest default shape (fewer for larger
+    /// inputs, in proportion to their size).
     #[arg(long, default_value_t = 40)]
     iters: usize,
+    /// Activation shapes to time, as BATCHxSEQxCHANNELS (repeat the flag for
+    /// several); default: 8x512x1536, 1x4096x4096 and 1x4096x14336.
+    #[arg(long = "shape", value_parser = parse_shape)]
+    shapes: Vec<[usize; 3]>,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
     /// First compare the kernels with the float64 oracle, and fail when
@@ -397,6 +402,28 @@ macro_rules! on_bench_device {
 /// on the chosen device and compares the bytes it reads per second with the
 /// memory bandwidth measured in the same run: a plain read on all threads
 /// on the CPU, an elementwise copy on a GPU.
+/// The activations `bench importance` times by default: a SmolLM2-sized FFN
+/// input for a batch of 8, and Llama-3.1-8B's hidden and FFN widths for one
+/// long sequence.
+const DEFAULT_IMPORTANCE_SHAPES: [[usize; 3]; 3] =
+    [[8, 512, 1536], [1, 4096, 4096], [1, 4096, 14336]];
+
+/// `BATCHxSEQxCHANNELS`, each at least 1.
+fn parse_shape(text: &str) -> Result<[usize; 3], String> {
+    let dims: Vec<usize> = text
+        .split('x')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{text}` is not a shape like 8x512x1536"))?;
+    match dims[..] {
+        [b, s, c] if b > 0 && s > 0 && c > 0 => Ok([b, s, c]),
+        [_, _, _] => Err(format!("`{text}`: every dimension must be at least 1")),
+        _ => Err(format!(
+            "`{text}` is not a shape like 8x512x1536 (batch x sequence x channels)"
+        )),
+    }
+}
+
 fn importance(args: ImportanceArgs) -> anyhow::Result<()> {
     on_bench_device!(args.device, importance_on(&args))
 }
@@ -429,11 +456,14 @@ fn importance_on<B: distillery_ops::kernels::importance::ImportanceOps>(
         );
         bw
     };
-    for (dims, scale) in [
-        ([8, 512, 1536], 1),
-        ([1, 4096, 4096], 2),
-        ([1, 4096, 14336], 7),
-    ] {
+    let shapes = if args.shapes.is_empty() {
+        DEFAULT_IMPORTANCE_SHAPES.to_vec()
+    } else {
+        args.shapes.clone()
+    };
+    let smallest = DEFAULT_IMPORTANCE_SHAPES[0].iter().product::<usize>();
+    for dims in shapes {
+        let scale = dims.iter().product::<usize>().div_ceil(smallest).max(1);
         let iters = (args.iters / scale).max(1);
         for seq_agg in Aggregation::ALL {
             let t = bench_channel_stats::<B>(&device, dims, seq_agg, iters);
@@ -988,4 +1018,21 @@ fn importance_pass(args: ImportancePassArgs) -> anyhow::Result<()> {
         h / p
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_shape;
+
+    #[test]
+    fn shapes_parse_as_batch_x_seq_x_channels() {
+        assert_eq!(parse_shape("8x512x1536"), Ok([8, 512, 1536]));
+        assert_eq!(parse_shape("1x4096x14336"), Ok([1, 4096, 14336]));
+        for bad in ["8x512", "8x512x1536x2", "8x-1x3", "axbxc", ""] {
+            let err = parse_shape(bad).unwrap_err();
+            assert!(err.contains(bad) && err.contains("8x512x1536"), "{err}");
+        }
+        let err = parse_shape("8x0x3").unwrap_err();
+        assert!(err.contains("at least 1"), "{err}");
+    }
 }
