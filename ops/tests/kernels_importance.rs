@@ -28,7 +28,16 @@ impl Rng {
     }
 }
 
-const SHAPES: [[usize; 3]; 4] = [[1, 1, 1], [3, 17, 77], [2, 4096, 96], [5, 33, 576]];
+/// Odd sizes, a long sequence, and rows on both sides of the CPU twin's
+/// row-layout switch (narrow rows read from four quarters of a task, rows of
+/// 16 KiB and more four adjacent ones), with row counts not divisible by 4.
+const SHAPES: [[usize; 3]; 5] = [
+    [1, 1, 1],
+    [3, 17, 77],
+    [2, 4096, 96],
+    [5, 33, 576],
+    [2, 67, 4099],
+];
 
 /// `max_i |got_i - want_i| / max(|want_i|, floor)` where the floor is
 /// `floor_frac` of the largest `|want|` (so exact zeros compare absolutely).

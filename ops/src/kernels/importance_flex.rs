@@ -107,21 +107,62 @@ fn chunk_sums(rows: &[f32], shift: &[f32], agg: Aggregation, p1: &mut [f64], p2:
     }
 }
 
+/// Rows narrower than this are read from four quarters of a task at once
+/// (see [`row_quads`]); wider ones four adjacent rows at a time. Measured
+/// with `bench importance` (docs/BENCHMARKS.md): quarters cut the time of a
+/// [8, 512, 1536] call (6 KiB rows) by 15-36%, were level with adjacent rows
+/// at 16 KiB rows and 1-7% slower at 56 KiB rows.
+const QUARTERS_BELOW_ROW_BYTES: usize = 16 << 10;
+
+/// The rows of `rows` four at a time, and the rows left over (fewer than
+/// four).
+///
+/// Narrow rows come from the four contiguous quarters of `rows`, row `i` of
+/// each, so that every one of the four read streams runs straight through
+/// its quarter and the hardware prefetcher follows it across rows. Four
+/// adjacent rows would make all four streams jump ahead by four rows every
+/// pass, and the prefetcher loses them once per row, which costs much when
+/// a row is short. Wide rows are long streams either way, and adjacent rows
+/// keep the reads in one region of memory.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn row_quads(
+    rows: &[f32],
+    channels: usize,
+) -> (
+    impl Iterator<Item = ((&[f32], &[f32]), (&[f32], &[f32]))>,
+    &[f32],
+) {
+    let quads = rows.len() / channels / 4;
+    // Quad `i`, row `k` is row `i * step + k * stride` of `rows`.
+    let (step, stride) = if channels * 4 < QUARTERS_BELOW_ROW_BYTES {
+        (1, quads)
+    } else {
+        (4, 1)
+    };
+    let row = move |r: usize| &rows[r * channels..(r + 1) * channels];
+    let iter = (0..quads).map(move |i| {
+        let first = i * step;
+        (
+            (row(first), row(first + stride)),
+            (row(first + 2 * stride), row(first + 3 * stride)),
+        )
+    });
+    (iter, &rows[4 * quads * channels..])
+}
+
 /// `acc[c] += sum over rows of f(row[c])`, four rows per pass over `acc`.
 #[inline(always)]
 fn sum_rows(rows: &[f32], acc: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
     let channels = acc.len();
-    let mut quads = rows.chunks_exact(4 * channels);
-    for quad in &mut quads {
-        let (r0, rest) = quad.split_at(channels);
-        let (r1, rest) = rest.split_at(channels);
-        let (r2, r3) = rest.split_at(channels);
+    let (quads, leftover) = row_quads(rows, channels);
+    for ((r0, r1), (r2, r3)) in quads {
         let quad_rows = r0.iter().zip(r1).zip(r2).zip(r3);
         for (a, (((&x0, &x1), &x2), &x3)) in acc.iter_mut().zip(quad_rows) {
             *a += (f(x0 as f64) + f(x1 as f64)) + (f(x2 as f64) + f(x3 as f64));
         }
     }
-    for row in quads.remainder().chunks_exact(channels) {
+    for row in leftover.chunks_exact(channels) {
         for (a, &v) in acc.iter_mut().zip(row) {
             *a += f(v as f64);
         }
@@ -134,11 +175,8 @@ fn sum_rows(rows: &[f32], acc: &mut [f64], f: impl Fn(f64) -> f64 + Copy) {
 fn sum_shifted_rows(rows: &[f32], shift: &[f32], acc1: &mut [f64], acc2: &mut [f64]) {
     let channels = acc1.len();
     let shift: Vec<f64> = shift.iter().map(|&k| k as f64).collect();
-    let mut quads = rows.chunks_exact(4 * channels);
-    for quad in &mut quads {
-        let (r0, rest) = quad.split_at(channels);
-        let (r1, rest) = rest.split_at(channels);
-        let (r2, r3) = rest.split_at(channels);
+    let (quads, leftover) = row_quads(rows, channels);
+    for ((r0, r1), (r2, r3)) in quads {
         let accs = acc1.iter_mut().zip(acc2.iter_mut());
         let columns = r0.iter().zip(r1).zip(r2.iter().zip(r3)).zip(&shift);
         for ((a1, a2), (((&x0, &x1), (&x2, &x3)), &k)) in accs.zip(columns) {
@@ -148,7 +186,7 @@ fn sum_shifted_rows(rows: &[f32], shift: &[f32], acc1: &mut [f64], acc2: &mut [f
             *a2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
         }
     }
-    for row in quads.remainder().chunks_exact(channels) {
+    for row in leftover.chunks_exact(channels) {
         let accs = acc1.iter_mut().zip(acc2.iter_mut());
         for ((a1, a2), (&x, &k)) in accs.zip(row.iter().zip(&shift)) {
             let d = x as f64 - k;
