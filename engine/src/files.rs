@@ -75,10 +75,10 @@ impl FileHasher {
         }
         let absolute = std::path::absolute(path)?;
         let stat = stat_of(&metadata);
-        if let Some(entry) = self.entries.lock().unwrap().get(&absolute) {
-            if (entry.size, entry.mtime_ns, entry.inode) == stat {
-                return Ok(entry.digest.clone());
-            }
+        if let Some(entry) = self.entries.lock().unwrap().get(&absolute)
+            && (entry.size, entry.mtime_ns, entry.inode) == stat
+        {
+            return Ok(entry.digest.clone());
         }
         let digest = hash_file(path)?;
         self.bytes_read

@@ -163,8 +163,7 @@ pub fn plan(
         };
         let key = material.key();
         keys[i] = key.clone();
-        let forced = selected.contains(&i)
-            && (force_all || selection.force.iter().any(|f| *f == stage.name));
+        let forced = selected.contains(&i) && (force_all || selection.force.contains(&stage.name));
         let state = if forced {
             StageState::Run(RunReason::Forced)
         } else if store.contains(&key) {

@@ -25,17 +25,16 @@ pub fn register(registry: &mut OpRegistry) {
 }
 
 fn log(ctx: &RunContext, event: &str) {
-    if let Some(path) = std::env::var_os("DISTILLERY_TEST_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(path) = std::env::var_os("DISTILLERY_TEST_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-        {
-            // One write per line: appends from concurrent stages and
-            // processes then never interleave within a line.
-            let line = format!("{event} {} {}\n", ctx.stage, std::process::id());
-            let _ = f.write_all(line.as_bytes());
-        }
+    {
+        // One write per line: appends from concurrent stages and
+        // processes then never interleave within a line.
+        let line = format!("{event} {} {}\n", ctx.stage, std::process::id());
+        let _ = f.write_all(line.as_bytes());
     }
 }
 

@@ -189,9 +189,10 @@ pub fn validate(
                 };
                 edges.push((j, i));
                 bound.push(j);
-                if let Some(producer) = &ops[j] {
-                    if producer.output() != slot.kind {
-                        diagnostics.push(
+                if let Some(producer) = &ops[j]
+                    && producer.output() != slot.kind
+                {
+                    diagnostics.push(
                             Diagnostic::new(
                                 "recipe::wrong-artifact-kind",
                                 format!(
@@ -207,7 +208,6 @@ pub fn validate(
                             .label(format!("produces a {}", producer.output()))
                             .with_secondary(recipe.stages[j].op_span, format!("`{target}` is a `{}` stage", producer.name())),
                         );
-                    }
                 }
             }
             inputs[i].insert(binding.slot.clone(), bound);

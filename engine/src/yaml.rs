@@ -176,6 +176,9 @@ struct Builder<'s> {
     diagnostics: Vec<Diagnostic>,
 }
 
+// A `Diagnostic` error ends the parse, once per bad recipe: its size does
+// not matter, and boxing it would only add noise.
+#[allow(clippy::result_large_err)]
 impl<'s> Builder<'s> {
     fn new(source: &'s str) -> Self {
         let mut char_to_byte: Vec<usize> = source.char_indices().map(|(b, _)| b).collect();
@@ -398,25 +401,22 @@ impl<'s> Builder<'s> {
                 match pending_key.take() {
                     None => *pending_key = Some(node),
                     Some(key) => {
-                        if let Some(text) = key.key_text() {
-                            if let Some((first, _)) = entries
+                        if let Some(text) = key.key_text()
+                            && let Some((first, _)) = entries
                                 .iter()
                                 .find(|(k, _)| k.key_text().as_deref() == Some(text.as_str()))
-                            {
-                                self.diagnostics.push(
-                                    Diagnostic::new(
-                                        "recipe::duplicate-key",
-                                        format!("duplicate key `{text}`"),
-                                        key.span,
-                                    )
-                                    .label("defined again here")
-                                    .with_secondary(first.span, "first defined here")
-                                    .help(
-                                        "YAML keys must be unique; rename or merge the two entries",
-                                    ),
-                                );
-                                return None;
-                            }
+                        {
+                            self.diagnostics.push(
+                                Diagnostic::new(
+                                    "recipe::duplicate-key",
+                                    format!("duplicate key `{text}`"),
+                                    key.span,
+                                )
+                                .label("defined again here")
+                                .with_secondary(first.span, "first defined here")
+                                .help("YAML keys must be unique; rename or merge the two entries"),
+                            );
+                            return None;
                         }
                         entries.push((key, node));
                     }
@@ -443,10 +443,10 @@ fn resolve_plain(text: &str) -> Value {
     if let Some(i) = parse_int(text) {
         return Value::Int(i);
     }
-    if looks_like_float(text) {
-        if let Ok(f) = text.replace('_', "").parse::<f64>() {
-            return Value::Float(f);
-        }
+    if looks_like_float(text)
+        && let Ok(f) = text.replace('_', "").parse::<f64>()
+    {
+        return Value::Float(f);
     }
     Value::Str(text.to_string())
 }

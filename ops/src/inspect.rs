@@ -144,7 +144,7 @@ fn read_hf(dir: &Path) -> Result<ModelSummary> {
             });
         }
     }
-    tensors.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    tensors.sort_by_key(|a| natural_key(&a.name));
     Ok(ModelSummary {
         format: "hf",
         config,

@@ -82,10 +82,10 @@ impl OnBackend for Task {
             seed: args.seed,
         };
         let mut stop = model.config.eos_ids();
-        if args.chat {
-            if let Some(id) = tokenizer.token_to_id("<|im_end|>") {
-                stop.push(id);
-            }
+        if args.chat
+            && let Some(id) = tokenizer.token_to_id("<|im_end|>")
+        {
+            stop.push(id);
         }
         // Decode everything generated so far and print what is new, so that
         // characters split over several tokens come out whole.
@@ -94,12 +94,13 @@ impl OnBackend for Task {
         let mut stdout = std::io::stdout();
         generate(&model, &ids, &sampling, &stop, |token| {
             generated.push(token);
-            if let Ok(text) = tokenizer.decode(&generated, true) {
-                if text.len() > printed && text.is_char_boundary(printed) {
-                    let _ = write!(stdout, "{}", &text[printed..]);
-                    let _ = stdout.flush();
-                    printed = text.len();
-                }
+            if let Ok(text) = tokenizer.decode(&generated, true)
+                && text.len() > printed
+                && text.is_char_boundary(printed)
+            {
+                let _ = write!(stdout, "{}", &text[printed..]);
+                let _ = stdout.flush();
+                printed = text.len();
             }
         });
         println!();

@@ -1135,9 +1135,9 @@ pub fn render(report: &Report) -> String {
         }
     }
 
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<footer>distillery {} · one self-contained file: no scripts, nothing loaded from the network</footer></main></body></html>\n",
+        "<footer>distillery {} · one self-contained file: no scripts, nothing loaded from the network</footer></main></body></html>",
         escape(env!("CARGO_PKG_VERSION"))
     );
     s

@@ -7,7 +7,7 @@ use distillery_engine::files::FileHasher;
 use distillery_engine::plan::{self, Plan, Selection, StageState};
 use distillery_engine::run::{self, RunOptions};
 use distillery_engine::{ArtifactKind, Pipeline, Store};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which stages to act on.
 #[derive(Args, Clone)]
@@ -69,7 +69,7 @@ pub struct RunArgs {
 
 /// Loads the recipe, opens the store and plans; exit code on failure.
 pub fn prepare(
-    recipe: &PathBuf,
+    recipe: &Path,
     store: &StoreArgs,
     selection: &Selection,
 ) -> Result<(Pipeline, Store, Plan), u8> {

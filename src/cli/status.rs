@@ -48,12 +48,12 @@ pub fn status(args: StatusArgs) -> u8 {
             StageState::Cached => println!("{}: up to date ({})", s.name, &s.key[..12]),
             StageState::Run(reason) => {
                 println!("{}: out of date: {reason}", s.name);
-                if args.why {
-                    if let RunReason::Changed { changes } = reason {
-                        let stage = &pipeline.stages[s.index];
-                        for change in changes {
-                            println!("    {}", describe(change, stage, &pipeline));
-                        }
+                if args.why
+                    && let RunReason::Changed { changes } = reason
+                {
+                    let stage = &pipeline.stages[s.index];
+                    for change in changes {
+                        println!("    {}", describe(change, stage, &pipeline));
                     }
                 }
             }
