@@ -398,10 +398,6 @@ macro_rules! on_bench_device {
     }};
 }
 
-/// Times the channel statistics (the importance op's per-hook reduction)
-/// on the chosen device and compares the bytes it reads per second with the
-/// memory bandwidth measured in the same run: a plain read on all threads
-/// on the CPU, an elementwise copy on a GPU.
 /// The activations `bench importance` times by default: a SmolLM2-sized FFN
 /// input for a batch of 8, and Llama-3.1-8B's hidden and FFN widths for one
 /// long sequence.
@@ -424,6 +420,10 @@ fn parse_shape(text: &str) -> Result<[usize; 3], String> {
     }
 }
 
+/// Times the channel statistics (the importance op's per-hook reduction)
+/// on the chosen device and compares the bytes it reads per second with the
+/// memory bandwidth measured in the same run: a plain read on all threads
+/// on the CPU, an elementwise copy on a GPU.
 fn importance(args: ImportanceArgs) -> anyhow::Result<()> {
     on_bench_device!(args.device, importance_on(&args))
 }

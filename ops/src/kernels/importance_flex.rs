@@ -111,7 +111,8 @@ fn chunk_sums(rows: &[f32], shift: &[f32], agg: Aggregation, p1: &mut [f64], p2:
 /// (see [`row_quads`]); wider ones four adjacent rows at a time. Measured
 /// with `bench importance` (docs/BENCHMARKS.md): quarters cut the time of a
 /// [8, 512, 1536] call (6 KiB rows) by 15-36%, were level with adjacent rows
-/// at 16 KiB rows and 1-7% slower at 56 KiB rows.
+/// at 16 KiB rows (within the noise), and at 56 KiB rows level with the
+/// sequence mean but up to 14% slower with l2 and var.
 const QUARTERS_BELOW_ROW_BYTES: usize = 16 << 10;
 
 /// The rows of `rows` four at a time, and the rows left over (fewer than
