@@ -16,7 +16,7 @@ stages of a recipe that has been run (their folders are found through
     python3 scripts/compare_rankings.py recipes/smollm2-prune-axes.yaml \
         --store /tmp/prune-store [--distillery target/release/distillery]
 
-Needs numpy and safetensors. Exits 1 if a magnitude-pruned stage kept other
+Needs numpy, safetensors and PyYAML. Exits 1 if a magnitude-pruned stage kept other
 units than this script's top ones.
 """
 
@@ -42,7 +42,6 @@ def plan(distillery, recipe, store):
 def recipe_stages(recipe):
     """Stage name -> (op, with, inputs), read with PyYAML (the recipes here
     use no `${vars...}` in the prune stages this script reads)."""
-
     with open(recipe) as f:
         doc = yaml.safe_load(f)
     return {
@@ -166,14 +165,17 @@ def main():
               f"max {max(per_layer):+.3f}, negative in {negative}/{len(per_layer)} layers")
         print("  " + " ".join(f"{r:+.2f}" for r in per_layer))
 
-    for axis, k in (("ffn", 1024), ("hidden", 448)):
-        if axis == "hidden":
-            both = len(top(mag["hidden"], k) & top(imp["hidden"].astype(np.float64), k))
-            print(f"hidden top-{k} overlap: {both}/{k} (chance: {k * k / len(mag['hidden']):.0f})")
-        else:
-            both = [len(top(m, k) & top(s.astype(np.float64), k)) for m, s in zip(mag[axis], imp[axis])]
-            n = len(mag[axis][0])
-            print(f"ffn top-{k} overlap per layer: mean {np.mean(both):.0f}/{k} (chance: {k * k / n:.0f})")
+    # How many units both rankings keep, at the magnitude stages' targets.
+    targets = {axis: p[axis] for _, p, _ in magnitude.values() for axis in ("ffn", "hidden") if axis in p}
+    if "hidden" in targets:
+        k = targets["hidden"]
+        both = len(top(mag["hidden"], k) & top(imp["hidden"].astype(np.float64), k))
+        print(f"hidden top-{k} overlap: {both}/{k} (chance: {k * k / len(mag['hidden']):.0f})")
+    if "ffn" in targets:
+        k = targets["ffn"]
+        both = [len(top(m, k) & top(s.astype(np.float64), k)) for m, s in zip(mag["ffn"], imp["ffn"])]
+        n = len(mag["ffn"][0])
+        print(f"ffn top-{k} overlap per layer: mean {np.mean(both):.0f}/{k} (chance: {k * k / n:.0f})")
     sys.exit(1 if failures else 0)
 
 
