@@ -21,6 +21,11 @@ run distillery bench kd --device cuda --check --repeats 5 --loss jsd --beta 0.1 
 run python3 scripts/bench_kd_torch.py --device cuda --dtype fp32 --repeats 20
 run python3 scripts/bench_kd_torch.py --device cuda --dtype bf16 --repeats 20
 run distillery bench importance --device cuda --check --iters 200
+# One batch of 8 x 512 at widths 96 to 14,336: per-call time against bytes
+# separates a fixed cost per call from the per-byte cost (BENCHMARKS.md,
+# importance reduction on CUDA).
+run distillery bench importance --device cuda --iters 400 --shape 8x512x96 \
+    --shape 8x512x576 --shape 8x512x1536 --shape 8x512x6144 --shape 8x512x14336
 cfg=.gpu/a
 run distillery bench distill $cfg/teacher_config.json --student $cfg/student_config.json \
     --device cuda --rows 32 --seq 512 --steps 4 --peak-tflops 989 | tee /tmp/distill-bench.txt
