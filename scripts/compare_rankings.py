@@ -23,20 +23,13 @@ units than this script's top ones.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import yaml
 from safetensors.numpy import load_file
 
-
-def plan(distillery, recipe, store):
-    out = subprocess.run(
-        [distillery, "plan", recipe, "--store", store, "--json"],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return json.loads(out)["stages"]
+from store_stages import stage_dirs
 
 
 def recipe_stages(recipe):
@@ -130,8 +123,7 @@ def main():
     args = ap.parse_args()
 
     stages = recipe_stages(args.recipe)
-    keys = {s["name"]: s["key"] for s in plan(args.distillery, args.recipe, args.store)}
-    out = lambda name: os.path.join(args.store, "store", keys[name], "out")
+    dirs = stage_dirs(args.distillery, args.recipe, args.store)
 
     prunes = {n: s for n, s in stages.items() if s[0] == "prune"}
     magnitude = {n: s for n, s in prunes.items() if s[1].get("method") == "magnitude"}
@@ -141,13 +133,13 @@ def main():
     teacher = prunes[scored[0]][2]["model"]
     scores_stage = prunes[scored[0]][2]["scores"]
 
-    cfg = json.load(open(os.path.join(out(teacher), "config.json")))
-    mag = magnitude_scores(cfg, load_file(os.path.join(out(teacher), "model.safetensors")))
-    imp = load_file(os.path.join(out(scores_stage), "scores.safetensors"))
+    cfg = json.load(open(os.path.join(dirs[teacher], "config.json")))
+    mag = magnitude_scores(cfg, load_file(os.path.join(dirs[teacher], "model.safetensors")))
+    imp = load_file(os.path.join(dirs[scores_stage], "scores.safetensors"))
 
     failures = 0
     for name, (_, params, _) in sorted(magnitude.items()):
-        checks = check_kept(cfg, mag, params, json.load(open(os.path.join(out(name), "pruning.json")))["kept"])
+        checks = check_kept(cfg, mag, params, json.load(open(os.path.join(dirs[name], "pruning.json")))["kept"])
         bad = [c for c, ok in checks if not ok]
         failures += len(bad)
         print(f"{name}: kept the top units by magnitude in {len(checks) - len(bad)}/{len(checks)} "

@@ -26,7 +26,6 @@ zstandard, PyYAML.
 import argparse
 import json
 import os
-import subprocess
 
 import torch
 import yaml
@@ -34,17 +33,10 @@ import zstandard
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
-def stage_dir(distillery, recipe, store, name):
-    out = subprocess.run(
-        [distillery, "plan", recipe, "--store", store, "--json"],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    key = next(s["key"] for s in json.loads(out)["stages"] if s["name"] == name)
-    return os.path.join(store, "store", key, "out")
+from store_stages import stage_dirs
 
 
-def head_prune_stages(args, heads):
+def head_prune_stages(args, dirs, heads):
     """(stage, per layer the query heads it removed) for every prune stage of
     the recipe with a `heads` target, from its stored `pruning.json`."""
     with open(args.recipe) as f:
@@ -53,8 +45,7 @@ def head_prune_stages(args, heads):
     for name, stage in stages.items():
         if stage["op"] != "prune" or "heads" not in (stage.get("with") or {}):
             continue
-        folder = stage_dir(args.distillery, args.recipe, args.store, name)
-        with open(os.path.join(folder, "pruning.json")) as f:
+        with open(os.path.join(dirs[name], "pruning.json")) as f:
             kept = json.load(f)["kept"]["layers"]
         out.append((name, [sorted(set(range(heads)) - set(layer["heads"])) for layer in kept]))
     return out
@@ -100,9 +91,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    teacher = stage_dir(args.distillery, args.recipe, args.store, "teacher")
-    scores = load_file(os.path.join(
-        stage_dir(args.distillery, args.recipe, args.store, "scores"), "scores.safetensors"))
+    dirs = stage_dirs(args.distillery, args.recipe, args.store)
+    teacher = dirs["teacher"]
+    scores = load_file(os.path.join(dirs["scores"], "scores.safetensors"))
     ours = scores["heads"].double()
     tok = AutoTokenizer.from_pretrained(teacher)
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
@@ -160,7 +151,7 @@ def main():
         print(f"held-out loss with every head: {base:.4f} ({heldout.numel()} tokens)")
         summary("Spearman(importance, loss increase without the head) per layer",
                 [spearman(ours[i], cost[i]) for i in range(ablated)])
-        for name, removed in head_prune_stages(args, heads):
+        for name, removed in head_prune_stages(args, dirs, heads):
             total = sum(float(cost[i, h]) for i, gone in enumerate(removed[:ablated]) for h in gone)
             print(f"{name}: sum of the single-head costs of the heads it removes "
                   f"(layers 0-{ablated - 1}): {total:+.3f}")
