@@ -117,6 +117,17 @@ pub struct UpstreamInfo {
     pub inputs: BTreeMap<String, Vec<UpstreamInfo>>,
 }
 
+impl UpstreamInfo {
+    /// The stage's parameters as op `T` reads them, when the stage runs `T`:
+    /// checks that look upstream read typed fields, never JSON by key.
+    pub fn params_of<T: TypedOp>(&self) -> Option<T::Params> {
+        if self.op != T::NAME {
+            return None;
+        }
+        serde_json::from_value(self.params.clone()).ok()
+    }
+}
+
 /// The context of a plan-time check.
 #[derive(Debug, Clone)]
 pub struct CheckContext<'a> {

@@ -4,6 +4,7 @@
 
 use crate::io::gguf::GgufFile;
 use crate::io::gguf_llama::{hf_tensor_name, llama_config};
+use crate::io::hf_folder::CONFIG_FILE;
 use crate::io::safetensors_io::{INDEX_FILE, SINGLE_FILE, ShardIndex};
 use crate::model::LlamaConfig;
 use anyhow::{Context, Result, bail};
@@ -111,7 +112,7 @@ fn read_gguf(path: &Path) -> Result<ModelSummary> {
 }
 
 fn read_hf(dir: &Path) -> Result<ModelSummary> {
-    let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+    let config = LlamaConfig::from_file(&dir.join(CONFIG_FILE))?;
     let files: Vec<String> = if dir.join(SINGLE_FILE).is_file() {
         vec![SINGLE_FILE.to_string()]
     } else if dir.join(INDEX_FILE).is_file() {

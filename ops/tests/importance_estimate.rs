@@ -5,6 +5,7 @@ mod model_support;
 
 use distillery_engine::progress::NoProgress;
 use distillery_ops::importance::{AggregationPair, ImportanceSpec, estimate};
+use distillery_ops::io::scores::{DepthMetric, ScoreName};
 use distillery_ops::kernels::importance::Aggregation;
 use model_support::*;
 
@@ -86,7 +87,7 @@ fn width_and_depth_scores_match_the_float64_reference() {
             }
         }
         close(
-            &scores.hidden().unwrap().data,
+            &scores.get(ScoreName::Hidden).unwrap().data,
             &hidden,
             &format!("{name} hidden"),
         );
@@ -100,7 +101,11 @@ fn width_and_depth_scores_match_the_float64_reference() {
                 l2_of_means(&acts, seq, f)
             })
             .collect();
-        close(&scores.ffn().unwrap().data, &ffn, &format!("{name} ffn"));
+        close(
+            &scores.get(ScoreName::Ffn).unwrap().data,
+            &ffn,
+            &format!("{name} ffn"),
+        );
 
         let heads: Vec<f64> = (0..layers)
             .flat_map(|l| {
@@ -116,7 +121,7 @@ fn width_and_depth_scores_match_the_float64_reference() {
             })
             .collect();
         close(
-            &scores.heads().unwrap().data,
+            &scores.get(ScoreName::Heads).unwrap().data,
             &heads,
             &format!("{name} heads"),
         );
@@ -137,14 +142,23 @@ fn width_and_depth_scores_match_the_float64_reference() {
         };
         let depth: Vec<f64> = (0..layers).map(|l| distance(l, l)).collect();
         close(
-            &scores.depth("depth.block_importance").unwrap().data,
+            &scores
+                .get(ScoreName::layers(DepthMetric::BlockImportance))
+                .unwrap()
+                .data,
             &depth,
             &format!("{name} depth"),
         );
         if layers >= 2 {
             let blocks: Vec<f64> = (0..=layers - 2).map(|l| distance(l, l + 1)).collect();
             close(
-                &scores.depth("depth.block_importance.size2").unwrap().data,
+                &scores
+                    .get(ScoreName::Depth {
+                        metric: DepthMetric::BlockImportance,
+                        block: 2,
+                    })
+                    .unwrap()
+                    .data,
                 &blocks,
                 &format!("{name} blocks"),
             );

@@ -13,11 +13,12 @@ use distillery_engine::op::UpstreamInfo;
 use distillery_engine::progress::NoProgress;
 use distillery_engine::{CheckContext, Device, OpRegistry, RunContext};
 use distillery_ops::io::hf_folder::{HfAssets, HfWriteOptions, read_hf_folder, write_hf_folder};
-use distillery_ops::io::scores::{Scores, ScoresSummary};
+use distillery_ops::io::scores::{DepthMetric, Scores, ScoresSummary};
 use distillery_ops::io::{HostTensor, StateDict};
+use distillery_ops::kernels::importance::Aggregation;
 use distillery_ops::model::{Llama, LlamaConfig};
-use distillery_ops::prune::{DepthMetric, Rankings, Targets, prune};
-use distillery_ops::stages::prune::{PRUNING_FILE, PruningReport};
+use distillery_ops::prune::report::{PRUNING_FILE, PruningReport};
+use distillery_ops::prune::{Rankings, Targets, prune};
 use model_support::{B, Rng, config, device, model_logits, random_weights};
 use serde_json::{Value, json};
 
@@ -96,8 +97,8 @@ impl Fixture {
                 model_config: c.to_json(),
                 samples: 4,
                 seq_len: 8,
-                batch_aggregation: "l2".into(),
-                sequence_aggregation: "mean".into(),
+                batch_aggregation: Aggregation::L2,
+                sequence_aggregation: Aggregation::Mean,
                 baseline_loss: None,
                 rankings: Default::default(),
             },
@@ -318,7 +319,7 @@ fn op_methods_magnitude_random_and_reverse() {
     let mag_rep = report(&mag).1;
     assert_eq!(
         mag_rep.method,
-        distillery_ops::stages::prune::PruneMethod::Magnitude
+        distillery_ops::prune::report::PruneMethod::Magnitude
     );
     let targets = Targets {
         hidden: Some(12),
@@ -467,7 +468,7 @@ fn plan_time_checks_point_at_the_field() {
     assert_eq!(
         check(
             json!({"layers": 8, "contiguous": true, "depth_metric": "perplexity"}),
-            scores()
+            importance_stage(json!({"depth_metrics": ["perplexity"]}))
         ),
         vec![]
     );

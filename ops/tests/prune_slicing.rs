@@ -6,12 +6,11 @@
 
 mod model_support;
 
-use distillery_ops::io::scores::{Scores, ScoresSummary};
+use distillery_ops::io::scores::{DepthMetric, Scores, ScoresSummary};
 use distillery_ops::io::{HostTensor, StateDict};
+use distillery_ops::kernels::importance::Aggregation;
 use distillery_ops::model::LlamaConfig;
-use distillery_ops::prune::{
-    DepthMetric, DepthRanking, DepthTarget, Keep, Rankings, Targets, apply, prune,
-};
+use distillery_ops::prune::{DepthRanking, DepthTarget, Keep, Rankings, Targets, apply, prune};
 use model_support::{
     Rng, build, cfg_bias_llama3, cfg_gqa, cfg_odd_tied, config, model_logits, random_weights,
 };
@@ -82,8 +81,8 @@ fn scores_with(tensors: Vec<(&str, Vec<usize>, Vec<f32>)>) -> Scores {
             model_config: json!({}),
             samples: 1,
             seq_len: 1,
-            batch_aggregation: "l2".into(),
-            sequence_aggregation: "mean".into(),
+            batch_aggregation: Aggregation::L2,
+            sequence_aggregation: Aggregation::Mean,
             baseline_loss: None,
             rankings: Default::default(),
         },

@@ -199,7 +199,9 @@ fn print_metrics_tables(pipeline: &Pipeline, store: &Store, report: &run::RunRep
         if !is_metrics || stage.outcome.is_failure() {
             continue;
         }
-        let path = store.output_dir(&stage.key).join("table.md");
+        let path = store
+            .output_dir(&stage.key)
+            .join(distillery_ops::eval::TABLE_FILE);
         // Metrics ops other than `evaluate` may write no table.
         if let Ok(table) = std::fs::read_to_string(&path) {
             println!(

@@ -4,6 +4,7 @@
 //! special tokens the tokenizer itself puts in front (a BOS for Llama-style
 //! tokenizers, nothing for GPT-2-style ones) and never any appended.
 
+use crate::io::hf_folder::TOKENIZER_FILE;
 use crate::stages::dataset::DocumentEncoder;
 use anyhow::{Context, Result, anyhow};
 use rayon::prelude::*;
@@ -20,7 +21,7 @@ pub struct EvalTokenizer {
 impl EvalTokenizer {
     /// The `tokenizer.json` of a model folder (a Model artifact).
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
+        let path = dir.join(TOKENIZER_FILE);
         let bytes = std::fs::read(&path).with_context(|| {
             format!("the model {} has no readable tokenizer.json", dir.display())
         })?;

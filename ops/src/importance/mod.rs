@@ -14,7 +14,7 @@
 //! and then over samples (`l2` by default), as the paper and ModelOpt do.
 
 use crate::eval::loss::next_token_nll;
-use crate::io::scores::{Scores, ScoresSummary, ranking};
+use crate::io::scores::{DepthMetric, ScoreName, Scores, ScoresSummary};
 use crate::io::{HostTensor, StateDict};
 use crate::kernels::importance::{Aggregation, BlockDistance, ChannelStats, ImportanceOps};
 use crate::model::{Capture, Llama, tokens_tensor};
@@ -134,8 +134,26 @@ pub fn estimate<B: ImportanceOps>(
         progress.set_position(done as u64);
     }
 
-    let mut tensors = StateDict::new();
-    let mut rankings = serde_json::Map::new();
+    let pair = spec
+        .hidden
+        .or(spec.ffn)
+        .or(spec.heads)
+        .unwrap_or(AggregationPair {
+            batch: Aggregation::L2,
+            sequence: Aggregation::Mean,
+        });
+    let mut scores = Scores {
+        tensors: StateDict::new(),
+        summary: ScoresSummary {
+            model_config: c.to_json(),
+            samples: calibration.len(),
+            seq_len: seq,
+            batch_aggregation: pair.batch,
+            sequence_aggregation: pair.sequence,
+            baseline_loss: None,
+            rankings: serde_json::Map::new(),
+        },
+    };
     if let Some(pair) = spec.hidden {
         let mut hidden = vec![0f32; c.hidden_size];
         for hook in &acc.hidden {
@@ -143,20 +161,15 @@ pub fn estimate<B: ImportanceOps>(
                 *h += s;
             }
         }
-        rankings.insert("hidden".into(), ranking(&hidden).into());
-        tensors.insert(
-            "hidden".into(),
+        scores.insert(
+            ScoreName::Hidden,
             HostTensor::new(vec![c.hidden_size], hidden),
         );
     }
     if let Some(pair) = spec.ffn {
         let rows: Vec<Vec<f32>> = acc.ffn.iter().map(|s| s.scores(pair.batch)).collect();
-        rankings.insert(
-            "ffn".into(),
-            rows.iter().map(|r| ranking(r)).collect::<Vec<_>>().into(),
-        );
-        tensors.insert(
-            "ffn".into(),
+        scores.insert(
+            ScoreName::Ffn,
             HostTensor::new(vec![layers, c.intermediate_size], rows.concat()),
         );
     }
@@ -172,38 +185,34 @@ pub fn estimate<B: ImportanceOps>(
                     .collect()
             })
             .collect();
-        rankings.insert(
-            "heads".into(),
-            rows.iter().map(|r| ranking(r)).collect::<Vec<_>>().into(),
-        );
-        tensors.insert(
-            "heads".into(),
+        scores.insert(
+            ScoreName::Heads,
             HostTensor::new(vec![layers, c.num_attention_heads], rows.concat()),
         );
     }
     if spec.block_importance {
+        let metric = DepthMetric::BlockImportance;
         let per_layer: Vec<f32> = acc.layers.iter().map(|d| d.mean() as f32).collect();
-        rankings.insert("depth.block_importance".into(), ranking(&per_layer).into());
-        tensors.insert(
-            "depth.block_importance".into(),
+        scores.insert(
+            ScoreName::layers(metric),
             HostTensor::new(vec![layers], per_layer),
         );
-        for &n in spec.block_sizes.iter().filter(|&&n| n > 1 && n <= layers) {
-            let scores: Vec<f32> = acc
+        for &block in spec.block_sizes.iter().filter(|&&n| n > 1 && n <= layers) {
+            let per_block: Vec<f32> = acc
                 .blocks
                 .iter()
-                .filter(|b| b.0 == n)
+                .filter(|b| b.0 == block)
                 .map(|b| b.2.mean() as f32)
                 .collect();
-            let name = format!("depth.block_importance.size{n}");
-            rankings.insert(name.clone(), ranking(&scores).into());
-            tensors.insert(name, HostTensor::new(vec![scores.len()], scores));
+            scores.insert(
+                ScoreName::Depth { metric, block },
+                HostTensor::new(vec![per_block.len()], per_block),
+            );
         }
     }
-    let mut baseline_loss = None;
     if spec.perplexity {
         let baseline = next_token_nll(model, heldout, spec.batch).mean();
-        baseline_loss = Some(baseline);
+        scores.summary.baseline_loss = Some(baseline);
         let mut sizes = vec![1];
         sizes.extend(
             spec.block_sizes
@@ -225,33 +234,12 @@ pub fn estimate<B: ImportanceOps>(
                     (loss - baseline) as f32
                 })
                 .collect();
-            let name = if n == 1 {
-                "depth.perplexity".to_string()
-            } else {
-                format!("depth.perplexity.size{n}")
+            let name = ScoreName::Depth {
+                metric: DepthMetric::Perplexity,
+                block: n,
             };
-            rankings.insert(name.clone(), ranking(&deltas).into());
-            tensors.insert(name, HostTensor::new(vec![deltas.len()], deltas));
+            scores.insert(name, HostTensor::new(vec![deltas.len()], deltas));
         }
     }
-    let pair = spec
-        .hidden
-        .or(spec.ffn)
-        .or(spec.heads)
-        .unwrap_or(AggregationPair {
-            batch: Aggregation::L2,
-            sequence: Aggregation::Mean,
-        });
-    Scores {
-        tensors,
-        summary: ScoresSummary {
-            model_config: c.to_json(),
-            samples: calibration.len(),
-            seq_len: seq,
-            batch_aggregation: pair.batch.name().into(),
-            sequence_aggregation: pair.sequence.name().into(),
-            baseline_loss,
-            rankings,
-        },
-    }
+    scores
 }

@@ -49,10 +49,24 @@ pub const DATASET_FORMAT_VERSION: u32 = 2;
 pub const SUPPORTED_FORMAT_VERSIONS: [u32; 2] = [1, 2];
 
 /// One side of the train / held-out split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
+    /// The rows training and importance read.
     Train,
+    /// The documents held out of training, for evaluation.
     Heldout,
 }
 

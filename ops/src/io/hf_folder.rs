@@ -12,6 +12,13 @@ use tokenizers::Tokenizer;
 use super::host_tensor::StateDict;
 use super::safetensors_io::{DiskDtype, read_model_weights, write_model_weights};
 
+/// The model's shape, in transformers' field names.
+pub const CONFIG_FILE: &str = "config.json";
+/// The tokenizer, in the `tokenizers` library's format.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Special tokens and the chat template.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+
 /// Other JSON files carried through unchanged when present.
 pub const OTHER_JSON_FILES: [&str; 2] = ["generation_config.json", "special_tokens_map.json"];
 
@@ -54,7 +61,7 @@ impl Default for HfWriteOptions {
 
 /// Reads `config.json`, the weights and whichever tokenizer and JSON files exist.
 pub fn read_hf_folder(dir: &Path) -> Result<HfFolder> {
-    let config = read_json(&dir.join("config.json"))?;
+    let config = read_json(&dir.join(CONFIG_FILE))?;
     let tensors = read_model_weights(dir)?;
     let assets = read_assets(dir)?;
     Ok(HfFolder {
@@ -66,7 +73,7 @@ pub fn read_hf_folder(dir: &Path) -> Result<HfFolder> {
 
 /// Reads the tokenizer and the other JSON files of a folder, if present.
 pub fn read_assets(dir: &Path) -> Result<HfAssets> {
-    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer_path = dir.join(TOKENIZER_FILE);
     let tokenizer = if tokenizer_path.is_file() {
         Some(
             Tokenizer::from_file(&tokenizer_path)
@@ -75,7 +82,7 @@ pub fn read_assets(dir: &Path) -> Result<HfAssets> {
     } else {
         None
     };
-    let tokenizer_config_path = dir.join("tokenizer_config.json");
+    let tokenizer_config_path = dir.join(TOKENIZER_CONFIG_FILE);
     let tokenizer_config = if tokenizer_config_path.is_file() {
         Some(read_json(&tokenizer_config_path)?)
     } else {
@@ -122,15 +129,15 @@ pub fn write_hf_folder(
         .map(|(name, t)| (name.as_str(), t));
     write_model_weights(dir, weights, options.dtype, options.max_shard_bytes)?;
 
-    write_json(&dir.join("config.json"), &config)?;
+    write_json(&dir.join(CONFIG_FILE), &config)?;
     if let Some(tokenizer) = &assets.tokenizer {
-        let path = dir.join("tokenizer.json");
+        let path = dir.join(TOKENIZER_FILE);
         tokenizer
             .save(&path, false)
             .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
     }
     if let Some(tc) = &assets.tokenizer_config {
-        write_json(&dir.join("tokenizer_config.json"), tc)?;
+        write_json(&dir.join(TOKENIZER_CONFIG_FILE), tc)?;
     }
     for (name, value) in &assets.other_json {
         if name.contains(['/', '\\']) || name.starts_with('.') {

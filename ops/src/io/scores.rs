@@ -18,12 +18,142 @@
 
 use crate::io::safetensors_io::{DiskDtype, read_safetensors, write_safetensors};
 use crate::io::{HostTensor, StateDict};
+use crate::kernels::importance::Aggregation;
 use anyhow::{Context, Result, bail};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 pub const SCORES_FILE: &str = "scores.safetensors";
 pub const SUMMARY_FILE: &str = "summary.json";
+
+/// What an `importance` stage scores, and what a `prune` target needs.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Axis {
+    /// Embedding channels (hidden_size).
+    Hidden,
+    /// MLP neurons (intermediate_size), per layer.
+    Ffn,
+    /// Query heads, per layer.
+    Heads,
+    /// Layers and contiguous blocks of layers.
+    Depth,
+}
+
+impl Axis {
+    /// The name recipes use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Axis::Hidden => "hidden",
+            Axis::Ffn => "ffn",
+            Axis::Heads => "heads",
+            Axis::Depth => "depth",
+        }
+    }
+}
+
+impl fmt::Display for Axis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How depth is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DepthMetric {
+    /// Block importance: 1 - mean cosine similarity of a layer's (block's)
+    /// input and output.
+    #[default]
+    BlockImportance,
+    /// Increase of the held-out loss when the layer (block) is removed; one
+    /// evaluation per layer and block, so it costs far more to compute.
+    Perplexity,
+}
+
+impl DepthMetric {
+    /// The name recipes use.
+    pub fn name(self) -> &'static str {
+        match self {
+            DepthMetric::BlockImportance => "block_importance",
+            DepthMetric::Perplexity => "perplexity",
+        }
+    }
+}
+
+impl fmt::Display for DepthMetric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The name of one tensor in `scores.safetensors`: the importance op writes
+/// it, `prune` reads it, both through this type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreName {
+    /// `hidden` `[hidden_size]`.
+    Hidden,
+    /// `ffn` `[layers, intermediate_size]`.
+    Ffn,
+    /// `heads` `[layers, num_attention_heads]`.
+    Heads,
+    /// `depth.{metric}` `[layers]` for single layers (`block: 1`);
+    /// `depth.{metric}.size{block}` `[layers - block + 1]` for contiguous
+    /// blocks of `block` layers.
+    Depth { metric: DepthMetric, block: usize },
+}
+
+impl ScoreName {
+    /// The per-layer depth scores of `metric`.
+    pub fn layers(metric: DepthMetric) -> Self {
+        ScoreName::Depth { metric, block: 1 }
+    }
+}
+
+impl fmt::Display for ScoreName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScoreName::Hidden => f.write_str("hidden"),
+            ScoreName::Ffn => f.write_str("ffn"),
+            ScoreName::Heads => f.write_str("heads"),
+            ScoreName::Depth { metric, block: 1 } => write!(f, "depth.{metric}"),
+            ScoreName::Depth { metric, block } => write!(f, "depth.{metric}.size{block}"),
+        }
+    }
+}
+
+impl FromStr for ScoreName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let unknown = || format!("`{s}` is not a score tensor name");
+        match s {
+            "hidden" => return Ok(ScoreName::Hidden),
+            "ffn" => return Ok(ScoreName::Ffn),
+            "heads" => return Ok(ScoreName::Heads),
+            _ => {}
+        }
+        let rest = s.strip_prefix("depth.").ok_or_else(unknown)?;
+        // A block of one layer is the per-layer tensor, which has no suffix.
+        let (metric, block) = match rest.split_once(".size") {
+            Some((metric, n)) => match n.parse::<usize>() {
+                Ok(n) if n >= 2 => (metric, n),
+                _ => return Err(unknown()),
+            },
+            None => (rest, 1),
+        };
+        let metric = [DepthMetric::BlockImportance, DepthMetric::Perplexity]
+            .into_iter()
+            .find(|m| m.name() == metric)
+            .ok_or_else(unknown)?;
+        Ok(ScoreName::Depth { metric, block })
+    }
+}
 
 /// What was scored and how; the rankings, for people.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,12 +162,12 @@ pub struct ScoresSummary {
     pub model_config: serde_json::Value,
     pub samples: usize,
     pub seq_len: usize,
-    /// Aggregation over the batch and over the sequence (`l2`, `mean`, `var`).
-    pub batch_aggregation: String,
-    pub sequence_aggregation: String,
+    /// Aggregation over the batch and over the sequence.
+    pub batch_aggregation: Aggregation,
+    pub sequence_aggregation: Aggregation,
     /// Held-out loss of the full model (when depth perplexity was computed).
     pub baseline_loss: Option<f64>,
-    /// Free-form rankings: axis -> indices, most important first.
+    /// Rankings for people: score name -> indices, most important first.
     pub rankings: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -49,21 +179,25 @@ pub struct Scores {
 }
 
 impl Scores {
-    pub fn hidden(&self) -> Option<&HostTensor> {
-        self.tensors.get("hidden")
+    /// A score tensor, when it was computed.
+    pub fn get(&self, name: ScoreName) -> Option<&HostTensor> {
+        self.tensors.get(&name.to_string())
     }
 
-    pub fn ffn(&self) -> Option<&HostTensor> {
-        self.tensors.get("ffn")
-    }
-
-    pub fn heads(&self) -> Option<&HostTensor> {
-        self.tensors.get("heads")
-    }
-
-    /// A depth score vector by name (`depth.block_importance.size4`).
-    pub fn depth(&self, name: &str) -> Option<&HostTensor> {
-        self.tensors.get(name)
+    /// Adds a score tensor and its ranking (for `[n]` tensors; one ranking
+    /// per row for `[rows, n]` tensors).
+    pub fn insert(&mut self, name: ScoreName, tensor: HostTensor) {
+        let ranked: serde_json::Value = match tensor.shape.len() {
+            1 => ranking(&tensor.data).into(),
+            _ => tensor
+                .data
+                .chunks(tensor.shape[1].max(1))
+                .map(ranking)
+                .collect::<Vec<_>>()
+                .into(),
+        };
+        self.summary.rankings.insert(name.to_string(), ranked);
+        self.tensors.insert(name.to_string(), tensor);
     }
 
     /// Row `layer` of a `[layers, n]` score tensor.
@@ -96,6 +230,9 @@ impl Scores {
         .with_context(|| format!("{}/{SUMMARY_FILE} is malformed", dir.display()))?;
         let scores = Self { tensors, summary };
         for (name, t) in &scores.tensors {
+            if let Err(e) = name.parse::<ScoreName>() {
+                bail!("{}/{SCORES_FILE}: {e}", dir.display());
+            }
             if t.data.iter().any(|v| !v.is_finite()) {
                 bail!("score tensor {name} holds non-finite values");
             }
@@ -139,8 +276,8 @@ mod tests {
                 model_config: serde_json::json!({"hidden_size": 3}),
                 samples: 4,
                 seq_len: 8,
-                batch_aggregation: "l2".into(),
-                sequence_aggregation: "mean".into(),
+                batch_aggregation: Aggregation::L2,
+                sequence_aggregation: Aggregation::Mean,
                 baseline_loss: Some(2.5),
                 rankings: Default::default(),
             },
@@ -148,6 +285,49 @@ mod tests {
         scores.save(dir.path()).unwrap();
         let loaded = Scores::load(dir.path()).unwrap();
         assert_eq!(loaded, scores);
-        assert_eq!(Scores::row(loaded.ffn().unwrap(), 1), &[3.0, 4.0]);
+        assert_eq!(
+            Scores::row(loaded.get(ScoreName::Ffn).unwrap(), 1),
+            &[3.0, 4.0]
+        );
+    }
+
+    #[test]
+    fn score_names_round_trip_through_their_text() {
+        use DepthMetric::{BlockImportance, Perplexity};
+        for (name, text) in [
+            (ScoreName::Hidden, "hidden"),
+            (ScoreName::Ffn, "ffn"),
+            (ScoreName::Heads, "heads"),
+            (ScoreName::layers(BlockImportance), "depth.block_importance"),
+            (ScoreName::layers(Perplexity), "depth.perplexity"),
+            (
+                ScoreName::Depth {
+                    metric: BlockImportance,
+                    block: 4,
+                },
+                "depth.block_importance.size4",
+            ),
+            (
+                ScoreName::Depth {
+                    metric: Perplexity,
+                    block: 2,
+                },
+                "depth.perplexity.size2",
+            ),
+        ] {
+            assert_eq!(name.to_string(), text);
+            assert_eq!(text.parse::<ScoreName>(), Ok(name));
+        }
+        for bad in [
+            "",
+            "depth",
+            "depth.cosine",
+            "depth.perplexity.size",
+            "depth.perplexity.size0",
+            "depth.perplexity.size1",
+            "Hidden",
+        ] {
+            assert!(bad.parse::<ScoreName>().is_err(), "{bad} parsed");
+        }
     }
 }

@@ -41,11 +41,27 @@ pub const COSINE_EPS: f64 = 1e-8;
 
 /// How a set of scores is reduced, over the sequence or over the batch
 /// (P1 §2.2): mean of absolute values, L2 norm, or population variance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Recipes and the Scores summary name them `mean`, `l2`, `var`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Aggregation {
+    /// Mean (of absolute values, over the sequence).
     #[default]
     Mean,
+    /// L2 norm.
     L2,
+    /// Population variance.
     Var,
 }
 

@@ -1,5 +1,6 @@
 //! Loading a [`Llama`] from a Hugging Face folder and saving it as one.
 
+use crate::io::hf_folder::CONFIG_FILE;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -13,7 +14,7 @@ use crate::io::safetensors_io::read_model_weights;
 impl<B: Backend> Llama<B> {
     /// Reads `config.json` and the weights of `dir`, and its tokenizer files.
     pub fn load_hf(dir: &Path, device: &B::Device) -> Result<(Self, HfAssets)> {
-        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let config = LlamaConfig::from_file(&dir.join(CONFIG_FILE))?;
         let tensors = read_model_weights(dir)?;
         let model = Self::from_state_dict(config, tensors, device)
             .with_context(|| format!("building the model of {}", dir.display()))?;

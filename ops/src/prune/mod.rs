@@ -11,18 +11,23 @@
 //! axis kept whole under a permuted ranking is an exact re-ordering of the
 //! model (a test checks that the logits do not move).
 //!
+//! What to keep of each axis is a [`Targets`] ([`targets`]).
+//!
 //! ```text
 //! Rankings::from_scores / magnitude / random  ->  Keep::select  ->  apply
 //!        (most important first, per axis)        (kept indices)    (config, tensors)
 //! ```
 
 pub mod rank;
+pub mod report;
 pub mod select;
 pub mod slice;
+pub mod targets;
 
-pub use rank::{DepthMetric, DepthRanking, Rankings};
-pub use select::{DepthTarget, Keep, KeepLayer, TargetProblem, Targets};
+pub use rank::{DepthRanking, Rankings};
+pub use select::{Keep, KeepLayer};
 pub use slice::apply;
+pub use targets::{DepthTarget, TargetProblem, Targets};
 
 use crate::io::StateDict;
 use crate::model::LlamaConfig;

@@ -5,14 +5,12 @@
 //! Only the axes a [`Targets`] asks for are ranked, so a Scores artifact that
 //! lacks an axis the recipe does not prune is fine.
 
-use super::select::{DepthTarget, Targets};
-use crate::io::scores::{Scores, ranking};
+use super::targets::{DepthTarget, Targets};
+use crate::io::scores::{Axis, DepthMetric, ScoreName, Scores, ranking};
 use crate::io::{HostTensor, StateDict};
 use crate::model::LlamaConfig;
 use crate::rng::{SplitMix64, mix};
 use anyhow::{Result, bail, ensure};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 /// Every ranking is a permutation of the axis' indices, most important first.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,35 +37,11 @@ pub enum DepthRanking {
     Blocks { size: usize, starts: Vec<usize> },
 }
 
-/// Which depth score of the Scores artifact ranks the layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DepthMetric {
-    /// Block importance: 1 - cosine similarity of a layer's (block's) input
-    /// and output (`depth.block_importance`).
-    #[default]
-    BlockImportance,
-    /// Increase of the held-out loss when the layer (block) is removed
-    /// (`depth.perplexity`).
-    Perplexity,
-}
-
-impl DepthMetric {
-    /// The per-layer tensor's name in the Scores artifact.
-    pub fn tensor_name(self) -> &'static str {
-        match self {
-            Self::BlockImportance => "depth.block_importance",
-            Self::Perplexity => "depth.perplexity",
-        }
-    }
-}
-
 impl Rankings {
     /// Rankings from importance scores (higher is more important): hidden
     /// channels, neurons and heads by their scores; kv groups by the L2 norm
-    /// of their heads' scores; layers by `depth.<metric>`, contiguous blocks
-    /// of `k` layers by `depth.<metric>.size{k}` (the per-layer tensor when
-    /// `k` is 1 and no `size1` tensor exists).
+    /// of their heads' scores; layers by the per-layer scores of `metric`,
+    /// contiguous blocks of `k` layers by its scores of blocks of `k`.
     pub fn from_scores(
         scores: &Scores,
         config: &LlamaConfig,
@@ -78,20 +52,22 @@ impl Rankings {
         let l = c.num_hidden_layers;
         let mut out = Self::default();
         if targets.hidden.is_some() {
-            let t = score_tensor(scores, "hidden", &[c.hidden_size], &axis_hint("hidden"))?;
+            let t = score_tensor(
+                scores,
+                ScoreName::Hidden,
+                &[c.hidden_size],
+                &axis_hint(Axis::Hidden),
+            )?;
             out.hidden = Some(ranking(&t.data));
         }
         if targets.ffn.is_some() {
-            let t = score_tensor(scores, "ffn", &[l, c.intermediate_size], &axis_hint("ffn"))?;
+            let shape = [l, c.intermediate_size];
+            let t = score_tensor(scores, ScoreName::Ffn, &shape, &axis_hint(Axis::Ffn))?;
             out.ffn = Some(per_row(t, ranking));
         }
         if targets.heads.is_some() || targets.kv_groups.is_some() {
-            let t = score_tensor(
-                scores,
-                "heads",
-                &[l, c.num_attention_heads],
-                &axis_hint("heads"),
-            )?;
+            let shape = [l, c.num_attention_heads];
+            let t = score_tensor(scores, ScoreName::Heads, &shape, &axis_hint(Axis::Heads))?;
             if targets.heads.is_some() {
                 out.heads = Some(per_row(t, ranking));
             }
@@ -103,26 +79,26 @@ impl Rankings {
         match &targets.depth {
             None | Some(DepthTarget::Drop(_)) => {}
             Some(DepthTarget::Layers(_)) => {
-                let hint = metric_hint(metric);
-                let t = score_tensor(scores, metric.tensor_name(), &[l], &hint)?;
+                let name = ScoreName::layers(metric);
+                let t = score_tensor(scores, name, &[l], &metric_hint(metric))?;
                 out.depth = Some(DepthRanking::Layers(ranking(&t.data)));
             }
             Some(DepthTarget::Contiguous(n)) => {
                 let size = l.saturating_sub(*n);
                 if size > 0 {
-                    let name = format!("{}.size{size}", metric.tensor_name());
-                    let t = match scores.depth(&name) {
-                        None if size == 1 => {
-                            score_tensor(scores, metric.tensor_name(), &[l], &metric_hint(metric))?
-                        }
-                        _ => {
-                            let hint = format!(
-                                "{}, with blocks of {size} layers (`block_sizes: [{size}]`)",
-                                metric_hint(metric)
-                            );
-                            score_tensor(scores, &name, &[l - size + 1], &hint)?
-                        }
+                    let name = ScoreName::Depth {
+                        metric,
+                        block: size,
                     };
+                    let hint = if size == 1 {
+                        metric_hint(metric)
+                    } else {
+                        format!(
+                            "{}, with blocks of {size} layers (`block_sizes: [{size}]`)",
+                            metric_hint(metric)
+                        )
+                    };
+                    let t = score_tensor(scores, name, &[l - size + 1], &hint)?;
                     out.depth = Some(DepthRanking::Blocks {
                         size,
                         starts: ranking(&t.data),
@@ -359,11 +335,11 @@ impl Rankings {
 /// importance stage must compute when it is absent.
 fn score_tensor<'a>(
     scores: &'a Scores,
-    name: &str,
+    name: ScoreName,
     shape: &[usize],
     hint: &str,
 ) -> Result<&'a HostTensor> {
-    let Some(t) = scores.tensors.get(name) else {
+    let Some(t) = scores.get(name) else {
         let present: Vec<&str> = scores.tensors.keys().map(String::as_str).collect();
         bail!("the scores have no `{name}` tensor (present: {present:?}); {hint}")
     };
@@ -378,15 +354,11 @@ fn score_tensor<'a>(
 
 /// The hint for a missing depth metric.
 fn metric_hint(metric: DepthMetric) -> String {
-    let name = match metric {
-        DepthMetric::BlockImportance => "block_importance",
-        DepthMetric::Perplexity => "perplexity",
-    };
-    format!("the importance stage must score the `depth` axis with the `{name}` metric")
+    format!("the importance stage must score the `depth` axis with the `{metric}` metric")
 }
 
 /// The hint for a missing axis.
-fn axis_hint(axis: &str) -> String {
+fn axis_hint(axis: Axis) -> String {
     format!("the importance stage must score the `{axis}` axis")
 }
 

@@ -3,6 +3,7 @@
 //! paper found best, with reverse KL, JSD, a temperature and a
 //! cross-entropy term available for ablations.
 
+use crate::io::hf_folder::CONFIG_FILE;
 use anyhow::bail;
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
 use schemars::JsonSchema;
@@ -173,7 +174,7 @@ impl OnBackend for Task<'_, '_> {
         let (p, ctx) = (self.params, self.ctx);
         let data = DatasetArtifact::open(ctx.input("data")?)?;
         let (teacher, _) = Llama::<B>::load_hf(ctx.input("teacher")?, &device)?;
-        let student_config = LlamaConfig::from_file(&ctx.input("student")?.join("config.json"))?;
+        let student_config = LlamaConfig::from_file(&ctx.input("student")?.join(CONFIG_FILE))?;
         let (tv, sv) = (teacher.config.vocab_size, student_config.vocab_size);
         if tv != sv && !p.truncate_vocab {
             bail!(

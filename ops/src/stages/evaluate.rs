@@ -10,6 +10,7 @@ use crate::eval::multiple_choice::{ScoringSetup, TaskRun, run_task};
 use crate::eval::tasks::{TaskItem, TaskKind, load_task_file, task_name, with_shots};
 use crate::eval::text_perplexity::{TextRun, read_text_file, run_text, text_windows};
 use crate::eval::tokenize::EvalTokenizer;
+use crate::eval::{METRICS_FILE, TABLE_FILE};
 use crate::io::dataset::{DatasetArtifact, Split};
 use crate::model::Llama;
 use anyhow::{Context, bail};
@@ -21,20 +22,12 @@ use std::path::{Path, PathBuf};
 
 pub struct Evaluate;
 
-/// Which rows of the dataset to measure on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SplitName {
-    Train,
-    Heldout,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateParams {
     /// The split of the `data` input whose rows are measured.
     #[serde(default = "heldout")]
-    pub split: SplitName,
+    pub split: Split,
     /// The first this many rows of the split (all when it has fewer).
     #[serde(default = "default_rows")]
     pub rows: usize,
@@ -117,8 +110,8 @@ pub struct TextSpec {
     pub windows: Option<usize>,
 }
 
-fn heldout() -> SplitName {
-    SplitName::Heldout
+fn heldout() -> Split {
+    Split::Heldout
 }
 fn default_rows() -> usize {
     32
@@ -354,10 +347,7 @@ impl OnBackend for Job<'_, '_> {
             Some(dir) => Some(DatasetArtifact::open(dir)?),
             None => None,
         };
-        let split = match p.split {
-            SplitName::Train => Split::Train,
-            SplitName::Heldout => Split::Heldout,
-        };
+        let split = p.split;
         let mut summary = serde_json::Map::new();
         let mut rows: Vec<&[u32]> = Vec::new();
         if let Some(data) = &data {
@@ -527,10 +517,10 @@ impl OnBackend for Job<'_, '_> {
         ctx.progress.log(&format!("\n{table}"));
         summary.insert("models".into(), serde_json::to_value(&results)?);
         std::fs::write(
-            ctx.output_dir.join("metrics.json"),
+            ctx.output_dir.join(METRICS_FILE),
             serde_json::to_vec_pretty(&summary)?,
         )?;
-        std::fs::write(ctx.output_dir.join("table.md"), table)?;
+        std::fs::write(ctx.output_dir.join(TABLE_FILE), table)?;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 use crate::backend::{ComputeBackend, OnBackend, on_device};
 use crate::importance::{AggregationPair, ImportanceSpec, estimate};
 use crate::io::dataset::{DatasetArtifact, Split};
+use crate::io::scores::{Axis, DepthMetric};
 use crate::kernels::importance::Aggregation;
 use crate::model::Llama;
 use anyhow::{Context, bail};
@@ -14,81 +15,32 @@ use serde::{Deserialize, Serialize};
 
 pub struct Importance;
 
-/// What to score.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Axis {
-    /// Embedding channels (hidden_size).
-    Hidden,
-    /// MLP neurons (intermediate_size), per layer.
-    Ffn,
-    /// Query heads, per layer.
-    Heads,
-    /// Layers and contiguous blocks of layers.
-    Depth,
-}
-
-/// A reduction over samples or over the sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AggregationName {
-    /// Mean (of absolute values, over the sequence).
-    Mean,
-    /// L2 norm.
-    L2,
-    /// Population variance.
-    Var,
-}
-
-impl From<AggregationName> for Aggregation {
-    fn from(a: AggregationName) -> Self {
-        match a {
-            AggregationName::Mean => Aggregation::Mean,
-            AggregationName::L2 => Aggregation::L2,
-            AggregationName::Var => Aggregation::Var,
-        }
-    }
-}
-
 /// How activations are reduced to one score per channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregationSpec {
     /// Over samples (the paper's best: `l2`).
     #[serde(default = "l2")]
-    pub batch: AggregationName,
+    pub batch: Aggregation,
     /// Over the tokens of a sample (the paper's best: `mean`).
     #[serde(default = "mean")]
-    pub sequence: AggregationName,
+    pub sequence: Aggregation,
 }
 
 impl Default for AggregationSpec {
     fn default() -> Self {
         Self {
-            batch: AggregationName::L2,
-            sequence: AggregationName::Mean,
+            batch: Aggregation::L2,
+            sequence: Aggregation::Mean,
         }
     }
 }
 
-fn l2() -> AggregationName {
-    AggregationName::L2
+fn l2() -> Aggregation {
+    Aggregation::L2
 }
-fn mean() -> AggregationName {
-    AggregationName::Mean
-}
-
-/// How depth is scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DepthMetric {
-    /// 1 - mean cosine similarity of a layer's (block's) input and output.
-    BlockImportance,
-    /// Held-out loss increase when the layer (block) is removed; one
-    /// evaluation per layer and block, so it costs far more.
-    Perplexity,
+fn mean() -> Aggregation {
+    Aggregation::Mean
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -152,8 +104,8 @@ impl ImportanceParams {
                     .copied()
                     .unwrap_or(self.aggregation);
                 AggregationPair {
-                    batch: a.batch.into(),
-                    sequence: a.sequence.into(),
+                    batch: a.batch,
+                    sequence: a.sequence,
                 }
             })
         };

@@ -8,6 +8,7 @@
 //! stage produces), so a recipe can download its teacher and load it.
 
 use crate::io::gguf_llama::load_llama;
+use crate::io::hf_folder::CONFIG_FILE;
 use crate::io::hf_folder::{HfAssets, HfWriteOptions, read_hf_folder, write_hf_folder};
 use crate::io::safetensors_io::DiskDtype;
 use crate::model::LlamaConfig;
@@ -214,13 +215,13 @@ fn gguf_in_files(dir: &Path) -> anyhow::Result<PathBuf> {
 /// has a config.json, or its one subfolder that does (an extracted archive
 /// usually wraps the model in a folder).
 fn hf_folder_in_files(dir: &Path) -> anyhow::Result<PathBuf> {
-    if dir.join("config.json").is_file() {
+    if dir.join(CONFIG_FILE).is_file() {
         return Ok(dir.to_path_buf());
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.json").is_file())
+        .filter(|p| p.join(CONFIG_FILE).is_file())
         .collect();
     candidates.sort();
     match candidates.as_slice() {
@@ -296,7 +297,7 @@ mod tests {
             err.contains("holds 2 model folders (model, other)"),
             "{err}"
         );
-        touch(&dir.path().join("config.json"));
+        touch(&dir.path().join(CONFIG_FILE));
         assert_eq!(hf_folder_in_files(dir.path()).unwrap(), dir.path());
         let empty = tempfile::tempdir().unwrap();
         let err = hf_folder_in_files(empty.path()).unwrap_err().to_string();

@@ -4,58 +4,21 @@
 //! random, or the lowest-ranked as a baseline). Writes a Model artifact and
 //! `pruning.json`, the kept indices of every axis.
 
+use super::importance::{Importance, ImportanceParams};
 use crate::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
 use crate::io::safetensors_io::DiskDtype;
-use crate::io::scores::Scores;
+use crate::io::scores::{Axis, DepthMetric, Scores};
 use crate::model::LlamaConfig;
-use crate::prune::{DepthMetric, DepthTarget, Keep, Rankings, Targets, apply};
+use crate::prune::report::{ModelSizes, PRUNING_FILE, PruneMethod, PruningReport};
+use crate::prune::{DepthTarget, Keep, Rankings, Targets, apply};
 use crate::rng::mix;
 use anyhow::Context;
-use distillery_engine::op::UpstreamInfo;
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The file beside the weights that lists what was kept.
-pub const PRUNING_FILE: &str = "pruning.json";
-
 /// The `prune` op.
 pub struct Prune;
-
-/// How units are ranked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PruneMethod {
-    /// Keep what the `scores` input ranks highest (the Minitron method).
-    #[default]
-    Importance,
-    /// Rank by weight magnitude, without scores: a hidden channel, neuron,
-    /// head or kv group by the L2 norm of all the weights attached to it
-    /// (RMSNorm gains folded into the columns that read them); a layer (or
-    /// contiguous block) by the norm of its projection weights.
-    Magnitude,
-    /// A uniformly random choice, seeded by the recipe's `seed` (mixed with
-    /// `random_seed` when given): a baseline.
-    Random,
-    /// Keep what the `scores` input ranks lowest: a sanity baseline that
-    /// should do worst.
-    Reverse,
-}
-
-impl PruneMethod {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Importance => "importance",
-            Self::Magnitude => "magnitude",
-            Self::Random => "random",
-            Self::Reverse => "reverse",
-        }
-    }
-
-    fn needs_scores(self) -> bool {
-        matches!(self, Self::Importance | Self::Reverse)
-    }
-}
 
 /// Parameters of `prune`. Give at least one target; an axis without a
 /// target is kept whole and in its original order.
@@ -237,25 +200,20 @@ impl PruneParams {
     }
 }
 
-/// The axes an `importance` stage must have scored for these targets.
-fn needed_axes(p: &PruneParams) -> Vec<(&'static str, &'static str)> {
-    let mut axes = Vec::new();
-    if p.hidden.is_some() {
-        axes.push(("hidden", "hidden"));
-    }
-    if p.ffn.is_some() {
-        axes.push(("ffn", "ffn"));
-    }
-    if p.heads.is_some() {
-        axes.push(("heads", "heads"));
-    }
-    if p.kv_groups.is_some() {
-        axes.push(("kv_groups", "heads"));
-    }
-    if p.layers.is_some() {
-        axes.push(("layers", "depth"));
-    }
-    axes
+/// The axes an `importance` stage must have scored for these targets, with
+/// the target field that needs each.
+fn needed_axes(p: &PruneParams) -> Vec<(&'static str, Axis)> {
+    [
+        ("hidden", p.hidden.is_some(), Axis::Hidden),
+        ("ffn", p.ffn.is_some(), Axis::Ffn),
+        ("heads", p.heads.is_some(), Axis::Heads),
+        ("kv_groups", p.kv_groups.is_some(), Axis::Heads),
+        ("layers", p.layers.is_some(), Axis::Depth),
+    ]
+    .into_iter()
+    .filter(|&(_, targeted, _)| targeted)
+    .map(|(field, _, axis)| (field, axis))
+    .collect()
 }
 
 /// The source model's config when its `load_model` stage names a file that
@@ -264,24 +222,16 @@ fn source_config(ctx: &CheckContext) -> Option<LlamaConfig> {
     super::upstream::loaded_config(ctx.inputs.get("model")?.first()?, ctx.recipe_dir)
 }
 
-/// What an `importance` stage's parameters (`axes`, `depth_metrics`, as
-/// normalized) show it will not compute although these targets need it.
-fn upstream_problems(p: &PruneParams, up: &UpstreamInfo) -> Vec<ParamIssue> {
-    let list = |key: &str| {
-        up.params.get(key).and_then(|v| v.as_array()).map(|items| {
-            items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect::<Vec<_>>()
-        })
-    };
-    let stage = &up.stage;
+/// What an `importance` stage's parameters show it will not compute
+/// although these targets need it.
+fn upstream_problems(
+    p: &PruneParams,
+    importance: &ImportanceParams,
+    stage: &str,
+) -> Vec<ParamIssue> {
     let mut issues = Vec::new();
-    let axes = list("axes");
     for (field, axis) in needed_axes(p) {
-        if let Some(axes) = &axes
-            && !axes.iter().any(|a| a == axis)
-        {
+        if !importance.axes.contains(&axis) {
             issues.push(
                 ParamIssue::at(
                     &[field],
@@ -293,70 +243,24 @@ fn upstream_problems(p: &PruneParams, up: &UpstreamInfo) -> Vec<ParamIssue> {
             );
         }
     }
-    let depth_scored = axes.is_none_or(|a| a.iter().any(|x| x == "depth"));
+    let metric = p.depth_metric;
     if p.layers.is_some()
-        && depth_scored
-        && let Some(metrics) = list("depth_metrics")
+        && importance.axes.contains(&Axis::Depth)
+        && !importance.depth_metrics.contains(&metric)
     {
-        let metric = serde_json::to_value(p.depth_metric)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        if !metrics.contains(&metric) {
-            issues.push(
-                ParamIssue::at(
-                    &["depth_metric"],
-                    format!(
-                        "`depth_metric: {metric}` is not among the depth metrics of stage `{stage}` ({})",
-                        metrics.join(", ")
-                    ),
-                )
-                .help(format!("add `{metric}` to the `depth_metrics` of stage `{stage}`")),
-            );
-        }
+        let computed: Vec<&str> = importance.depth_metrics.iter().map(|m| m.name()).collect();
+        issues.push(
+            ParamIssue::at(
+                &["depth_metric"],
+                format!(
+                    "`depth_metric: {metric}` is not among the depth metrics of stage `{stage}` ({})",
+                    computed.join(", ")
+                ),
+            )
+            .help(format!("add `{metric}` to the `depth_metrics` of stage `{stage}`")),
+        );
     }
     issues
-}
-
-/// What `pruning.json` holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PruningReport {
-    pub method: PruneMethod,
-    /// The depth score used, when layers were ranked by scores.
-    pub depth_metric: Option<DepthMetric>,
-    pub source: ModelSizes,
-    pub result: ModelSizes,
-    /// Source indices of the dropped layers.
-    pub dropped_layers: Vec<usize>,
-    /// Kept indices per axis, in source indices; hidden channels, neurons
-    /// and heads most important first.
-    pub kept: Keep,
-}
-
-/// A model's sizes and parameter count.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelSizes {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_key_value_heads: usize,
-    pub head_dim: usize,
-    pub parameters: usize,
-}
-
-impl ModelSizes {
-    pub fn of(c: &LlamaConfig) -> Self {
-        Self {
-            hidden_size: c.hidden_size,
-            intermediate_size: c.intermediate_size,
-            num_hidden_layers: c.num_hidden_layers,
-            num_attention_heads: c.num_attention_heads,
-            num_key_value_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            parameters: c.num_parameters(),
-        }
-    }
 }
 
 impl TypedOp for Prune {
@@ -381,9 +285,9 @@ impl TypedOp for Prune {
         let mut issues = p.problems(scores.is_some());
         if let Some(up) = scores
             && p.method.needs_scores()
-            && up.op == "importance"
+            && let Some(importance) = up.params_of::<Importance>()
         {
-            issues.extend(upstream_problems(p, up));
+            issues.extend(upstream_problems(p, &importance, &up.stage));
         }
         // Targets against the source model's sizes, when its config is cheap
         // to read; a field already flagged is not flagged twice.

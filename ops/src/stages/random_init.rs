@@ -3,6 +3,7 @@
 //! pruned student's shape, trained on the same tokens without the
 //! teacher's weights).
 
+use crate::io::hf_folder::CONFIG_FILE;
 use crate::io::hf_folder::{HfWriteOptions, read_assets, read_json, write_hf_folder};
 use crate::model::LlamaConfig;
 use crate::model::init::{INIT_STD, random_state_dict};
@@ -56,7 +57,7 @@ impl TypedOp for RandomInit {
         // Only the config and the tokenizer files are read: the shapes follow
         // from the config, and the input's weights are not needed.
         let source = ctx.input("model")?;
-        let config_json = read_json(&source.join("config.json"))?;
+        let config_json = read_json(&source.join(CONFIG_FILE))?;
         let config = LlamaConfig::from_json(&config_json)
             .context("cannot read the model artifact's config.json")?;
         let assets = read_assets(source).context("cannot read the model's tokenizer files")?;

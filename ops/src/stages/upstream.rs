@@ -2,34 +2,41 @@
 //! from the recipe alone: configs read from the files a `load_model` stage
 //! names, followed through the ops that keep the vocabulary.
 
+use distillery_engine::TypedOp;
 use distillery_engine::op::UpstreamInfo;
 use std::path::Path;
 
+use super::align::Align;
+use super::distill::Distill;
+use super::load_model::{LoadModel, ModelSource};
+use super::prune::Prune;
+use super::teacher_correction::TeacherCorrection;
 use crate::io::gguf::GgufFile;
 use crate::io::gguf_llama::llama_config;
+use crate::io::hf_folder::CONFIG_FILE;
 use crate::model::LlamaConfig;
 
 /// Ops whose output model has its input model's vocabulary, and the slot
 /// that input arrives on.
 const VOCAB_KEEPING: [(&str, &str); 4] = [
-    ("prune", "model"),
-    ("distill", "student"),
-    ("teacher_correction", "model"),
-    ("align", "model"),
+    (Prune::NAME, "model"),
+    (Distill::NAME, "student"),
+    (TeacherCorrection::NAME, "model"),
+    (Align::NAME, "model"),
 ];
 
 /// The config of the model a `load_model` stage loads, when it is cheap to
 /// read (`source: hf` or `gguf`). `None` otherwise, or when it cannot be
 /// read (the `load_model` stage reports that itself).
 pub fn loaded_config(up: &UpstreamInfo, recipe_dir: &Path) -> Option<LlamaConfig> {
-    if up.op != "load_model" {
-        return None;
-    }
-    let path = recipe_dir.join(up.params.get("path")?.as_str()?);
-    let json = match up.params.get("source")?.as_str()? {
-        "hf" => serde_json::from_slice(&std::fs::read(path.join("config.json")).ok()?).ok()?,
-        "gguf" => llama_config(&GgufFile::open(&path).ok()?).ok()?,
-        _ => return None,
+    let params = up.params_of::<LoadModel>()?;
+    let path = recipe_dir.join(params.path?);
+    let json = match params.source {
+        ModelSource::Hf => {
+            serde_json::from_slice(&std::fs::read(path.join(CONFIG_FILE)).ok()?).ok()?
+        }
+        ModelSource::Gguf => llama_config(&GgufFile::open(&path).ok()?).ok()?,
+        ModelSource::Artifact => return None,
     };
     LlamaConfig::from_json(&json).ok()
 }
@@ -37,7 +44,7 @@ pub fn loaded_config(up: &UpstreamInfo, recipe_dir: &Path) -> Option<LlamaConfig
 /// The vocabulary size of the model `up` produces, followed back through
 /// vocabulary-keeping ops to its `load_model` stage.
 pub fn model_vocab(up: &UpstreamInfo, recipe_dir: &Path) -> Option<usize> {
-    if up.op == "load_model" {
+    if up.op == LoadModel::NAME {
         return loaded_config(up, recipe_dir).map(|c| c.vocab_size);
     }
     let (_, slot) = VOCAB_KEEPING.iter().find(|(op, _)| *op == up.op)?;
