@@ -4,15 +4,16 @@
 
 mod common;
 
-#[allow(dead_code)]
-#[path = "../src/cli/report_html.rs"]
-mod report_html;
-
 use common::{Workspace, text};
-use report_html::{
-    MetricsLine, ModelShape, Report, StageReport, StageStatus, dag_svg, escape, loss_chart,
-    lr_chart, markdown_table, nice_ticks, parse_metrics, perplexity_chart, render,
+use distillery_ops::model::LlamaConfig;
+use distillery_ops::prune::Keep;
+use distillery_ops::prune::report::{ModelSizes, PruneMethod, PruningReport};
+use distillery_ops::report::format::escape;
+use distillery_ops::report::{
+    Report, StageStatus, StageView, dag_svg, loss_chart, lr_chart, markdown_table, nice_ticks,
+    perplexity_chart, render,
 };
+use distillery_ops::train::trainer::{MetricsLine, read_metrics};
 
 const RECIPE: &str = "\
 name: \"demo <b> & co\"
@@ -80,8 +81,12 @@ fn check_balanced(html: &str) -> Result<(), String> {
     }
 }
 
+/// `metrics.jsonl` of a run in progress, its last line half-written.
 fn metrics() -> Vec<MetricsLine> {
-    parse_metrics(
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.jsonl");
+    std::fs::write(
+        &path,
         r#"{"kind":"eval","step":0,"tokens":0,"elapsed_s":3.0,"heldout_loss":6.5,"heldout_ppl":665.1,"heldout_tokens":4080}
 {"kind":"train","step":1,"tokens":2048,"loss":2.94,"lr":0.00006,"grad_norm":12.1,"tokens_per_s":33.5,"elapsed_s":94.2}
 {"kind":"train","step":2,"tokens":4096,"loss":2.51,"lr":0.00012,"grad_norm":9.0,"tokens_per_s":34.0,"elapsed_s":150.0}
@@ -89,16 +94,19 @@ fn metrics() -> Vec<MetricsLine> {
 {"kind":"eval","step":3,"tokens":6144,"elapsed_s":215.0,"heldout_loss":4.1,"heldout_ppl":60.3,"heldout_tokens":4080}
 {"kind":"train","step":4,"tok"#,
     )
+    .unwrap();
+    read_metrics(&path).unwrap()
 }
 
 const TABLE_MD: &str = "| | teacher | pruned |\n|---|---:|---:|\n| parameters | 134.5M | 84.0M |\n| heldout_ppl perplexity (2048 tokens) | 9.876 | 512.3 |\n";
 
-fn pruned_config() -> serde_json::Value {
-    serde_json::json!({
-        "hidden_size": 448, "intermediate_size": 1024, "num_hidden_layers": 30,
+fn smollm2_config(hidden: usize, ffn: usize) -> LlamaConfig {
+    LlamaConfig::from_json(&serde_json::json!({
+        "hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": 30,
         "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
         "vocab_size": 49152, "tie_word_embeddings": true
-    })
+    }))
+    .unwrap()
 }
 
 #[test]
@@ -174,12 +182,32 @@ fn evaluation_tables_become_html_tables() {
 }
 
 #[test]
-fn model_parameters_follow_the_config() {
-    let shape = ModelShape::from_config(&pruned_config()).unwrap();
-    // pruning.json of the width-pruned SmolLM2 says 83,978,944.
-    assert_eq!(shape.parameters(), 83_978_944);
-    assert_eq!((shape.hidden, shape.ffn, shape.layers), (448, 1024, 30));
-    assert!(ModelShape::from_config(&serde_json::json!({"x": 1})).is_none());
+fn the_models_table_counts_parameters_as_the_model_does() {
+    // Biases on the attention projections count: 2 layers of q (8), k (4),
+    // v (4) and o (8) bias entries on top of 1,448 weights.
+    let config = LlamaConfig::from_json(&serde_json::json!({
+        "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
+        "vocab_size": 32, "tie_word_embeddings": true, "attention_bias": true
+    }))
+    .unwrap();
+    let mut stage = StageView::new(
+        "tiny",
+        "load_model",
+        "24cc614654edbbbb",
+        StageStatus::Stored,
+    );
+    stage.model = Some(config);
+    let report = Report {
+        recipe: "r".into(),
+        recipe_path: "r.yaml".into(),
+        store: "/tmp/store".into(),
+        generated: "2026-11-26 20:00 UTC".into(),
+        stages: vec![stage],
+        edges: vec![],
+    };
+    let html = render(&report);
+    assert!(html.contains("<td class=\"num\">1496</td>"), "{html}");
 }
 
 #[test]
@@ -189,13 +217,13 @@ fn text_is_escaped_everywhere_it_goes() {
         "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
     );
     let stages = vec![
-        StageReport::new(
+        StageView::new(
             "<script>x",
             "load_model",
             "abcdef0123456789",
             StageStatus::Stored,
         ),
-        StageReport::new(
+        StageView::new(
             "b",
             "evaluate",
             "0123456789abcdef",
@@ -212,7 +240,7 @@ fn text_is_escaped_everywhere_it_goes() {
 
 #[test]
 fn the_page_shows_graph_models_curves_and_tables() {
-    let mut teacher = StageReport::new(
+    let mut teacher = StageView::new(
         "teacher",
         "load_model",
         "e06eeffe5268aaaa",
@@ -220,23 +248,27 @@ fn the_page_shows_graph_models_curves_and_tables() {
     );
     teacher.duration_secs = Some(1.3);
     teacher.output_bytes = Some(540_000_000);
-    teacher.model = ModelShape::from_config(&serde_json::json!({
-        "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-        "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
-        "vocab_size": 49152, "tie_word_embeddings": true
-    }));
-    let mut pruned = StageReport::new("pruned", "prune", "24cc614654edbbbb", StageStatus::Stored);
-    pruned.model = ModelShape::from_config(&pruned_config());
-    pruned.pruned_from = teacher.model.clone();
-    pruned.pruning_method = Some("importance".into());
-    let mut distilled = StageReport::new(
+    let teacher_config = smollm2_config(576, 1536);
+    teacher.model = Some(teacher_config.clone());
+    let mut pruned = StageView::new("pruned", "prune", "24cc614654edbbbb", StageStatus::Stored);
+    let pruned_config = smollm2_config(448, 1024);
+    pruned.model = Some(pruned_config.clone());
+    pruned.pruning = Some(PruningReport {
+        method: PruneMethod::Importance,
+        depth_metric: None,
+        source: ModelSizes::of(&teacher_config),
+        result: ModelSizes::of(&pruned_config),
+        dropped_layers: vec![],
+        kept: Keep::identity(&pruned_config),
+    });
+    let mut distilled = StageView::new(
         "distilled",
         "distill",
         "24d61771eb27cccc",
         StageStatus::Partial { recent: true },
     );
     distilled.metrics = metrics();
-    let mut compare = StageReport::new(
+    let mut compare = StageView::new(
         "compare",
         "evaluate",
         "9e7010cb1c26dddd",
@@ -354,9 +386,9 @@ fn report_leaves_the_store_as_it_was() {
 
 #[test]
 fn an_edge_that_skips_a_column_runs_in_a_lane_below_the_stages() {
-    let stages: Vec<StageReport> = ["a", "b", "c"]
+    let stages: Vec<StageView> = ["a", "b", "c"]
         .iter()
-        .map(|n| StageReport::new(n, "emit", "0123456789abcdef", StageStatus::Stored))
+        .map(|n| StageView::new(n, "emit", "0123456789abcdef", StageStatus::Stored))
         .collect();
     let svg = dag_svg(&stages, &[(0, 1), (1, 2), (0, 2)]);
     check_balanced(&svg).unwrap();

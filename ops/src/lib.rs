@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod prune;
+pub mod report;
 pub mod rng;
 pub mod stages;
 pub mod train;

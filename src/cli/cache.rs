@@ -5,6 +5,8 @@ use clap::{Args, Subcommand};
 use distillery_engine::Store;
 use distillery_engine::files::FileHasher;
 use distillery_engine::plan::{self, Selection};
+use distillery_ops::report::format;
+use distillery_ops::report::format::format_bytes;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -103,7 +105,7 @@ fn ls(args: LsArgs) -> u8 {
             "{}  {name:<name_width$}  {:<op_width$}  {:>10}  {:>8.1}s  {}",
             &m.key[..12],
             m.material.op,
-            super::report_html::format_bytes(bytes),
+            format_bytes(bytes),
             m.duration_secs,
             format_unix(m.created_unix)
         );
@@ -183,11 +185,7 @@ fn gc(args: GcArgs) -> u8 {
         bytes += m.outputs.values().map(|o| o.size).sum::<u64>();
         println!("{verb} {}  {}/{}", &m.key[..12], m.recipe, m.stage);
     }
-    eprintln!(
-        "{verb} {} entries ({})",
-        removed.len(),
-        super::report_html::format_bytes(bytes)
-    );
+    eprintln!("{verb} {} entries ({})", removed.len(), format_bytes(bytes));
     EXIT_OK
 }
 
@@ -263,7 +261,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 fn format_unix(secs: u64) -> String {
     // The report's calendar conversion, without its time-zone suffix.
-    super::report_html::format_unix(secs)
+    format::format_unix(secs)
         .trim_end_matches(" UTC")
         .to_string()
 }

@@ -12,7 +12,6 @@ mod output;
 mod pipeline;
 mod progress;
 mod report;
-mod report_html;
 mod run;
 mod schema;
 mod status;
