@@ -13,6 +13,7 @@ pub mod model;
 pub mod prune;
 pub mod rng;
 pub mod stages;
+pub mod text;
 pub mod train;
 
 pub use stages::register;

@@ -16,9 +16,8 @@ use distillery_engine::progress::{NoProgress, Progress};
 use distillery_engine::{CheckContext, Device, OpRegistry, RunContext, TypedOp};
 use distillery_ops::io::chat::ChatTemplate;
 use distillery_ops::io::dataset::{DatasetArtifact, DatasetIndex, DocumentRecord, Split, split_of};
-use distillery_ops::stages::dataset::{
-    DataFormat, Dataset, DatasetParams, DocumentEncoder, LossOn,
-};
+use distillery_ops::stages::dataset::Dataset;
+use distillery_ops::text::{DataFormat, DatasetParams, DocumentEncoder, LossOn};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;

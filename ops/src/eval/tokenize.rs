@@ -4,7 +4,7 @@
 //! special tokens the tokenizer itself puts in front (a BOS for Llama-style
 //! tokenizers, nothing for GPT-2-style ones) and never any appended.
 
-use crate::stages::dataset::DocumentEncoder;
+use crate::text::DocumentEncoder;
 use anyhow::{Context, Result, anyhow};
 use rayon::prelude::*;
 use serde_json::Value;
