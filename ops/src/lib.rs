@@ -12,8 +12,10 @@ pub mod loader;
 pub mod model;
 pub mod prune;
 pub mod rng;
-pub mod stages;
+mod stages;
 pub mod text;
 pub mod train;
 
+/// What the `prune` op records in `pruning.json`, for code that reads it.
+pub use stages::prune::{PRUNING_FILE, PruneMethod, PruningReport};
 pub use stages::register;
