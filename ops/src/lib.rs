@@ -13,7 +13,8 @@ pub mod model;
 pub mod prune;
 pub mod report;
 pub mod rng;
-pub mod stages;
+mod stages;
+pub mod text;
 pub mod train;
 
 pub use stages::register;

@@ -13,12 +13,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use distillery_engine::progress::{NoProgress, Progress};
-use distillery_engine::{CheckContext, Device, OpRegistry, RunContext, TypedOp};
+use distillery_engine::{CheckContext, Device, OpRegistry, RunContext};
 use distillery_ops::io::chat::ChatTemplate;
 use distillery_ops::io::dataset::{DatasetArtifact, DatasetIndex, DocumentRecord, Split, split_of};
-use distillery_ops::stages::dataset::{
-    DataFormat, Dataset, DatasetParams, DocumentEncoder, LossOn,
-};
+use distillery_ops::text::{DataFormat, DatasetParams, DocumentEncoder, LossOn};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -89,7 +87,8 @@ impl Workspace {
         PathBuf::from(rel)
     }
 
-    /// Runs the op through `TypedOp::run` into a fresh output folder `name`.
+    /// Runs the op through the registry, as the engine does, into a fresh
+    /// output folder `name`.
     fn run_named(
         &self,
         name: &str,
@@ -113,7 +112,11 @@ impl Workspace {
             device: Device::Cpu,
             progress,
         };
-        Dataset.run(params, &ctx)?;
+        let params = serde_json::to_value(&params)?;
+        registry()
+            .get("dataset")
+            .expect("dataset is registered")
+            .run(&params, &ctx)?;
         Ok(out)
     }
 

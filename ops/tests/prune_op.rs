@@ -17,7 +17,7 @@ use distillery_ops::io::scores::{DepthMetric, Scores, ScoresSummary};
 use distillery_ops::io::{HostTensor, StateDict};
 use distillery_ops::kernels::importance::Aggregation;
 use distillery_ops::model::{Llama, LlamaConfig};
-use distillery_ops::prune::report::{PRUNING_FILE, PruningReport};
+use distillery_ops::prune::report::{PRUNING_FILE, PruneMethod, PruningReport};
 use distillery_ops::prune::{Rankings, Targets, prune};
 use model_support::{B, Rng, config, device, model_logits, random_weights};
 use serde_json::{Value, json};
@@ -317,10 +317,7 @@ fn op_methods_magnitude_random_and_reverse() {
         )
         .unwrap();
     let mag_rep = report(&mag).1;
-    assert_eq!(
-        mag_rep.method,
-        distillery_ops::prune::report::PruneMethod::Magnitude
-    );
+    assert_eq!(mag_rep.method, PruneMethod::Magnitude);
     let targets = Targets {
         hidden: Some(12),
         ffn: Some(20),

@@ -13,11 +13,12 @@
 //! names the file and the line.
 
 use crate::rng::{SplitMix64, mix};
+use crate::text::{json_kind, open_text};
 use anyhow::{Context, Result, bail};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::Path;
 
 /// How a benchmark's items are scored.
@@ -89,22 +90,6 @@ impl TaskItem {
 pub struct TaskFile {
     pub kind: TaskKind,
     pub items: Vec<TaskItem>,
-}
-
-/// Opens a file, through a zstd decoder when its name ends in `.zst`.
-pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let zst = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("zst"));
-    Ok(if zst {
-        let decoder = zstd::Decoder::new(file)
-            .with_context(|| format!("cannot read {} as zstd", path.display()))?;
-        Box::new(BufReader::with_capacity(1 << 20, decoder))
-    } else {
-        Box::new(BufReader::with_capacity(1 << 20, file))
-    })
 }
 
 /// The name a task gets from its file: the file name without `.zst`,
@@ -289,7 +274,7 @@ fn string(value: &Option<Value>, field: &str) -> Result<String, String> {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(format!(
             "`{field}` must be a string, found {}",
-            kind_of(other)
+            json_kind(other)
         )),
         None => Err(format!("no `{field}` field")),
     }
@@ -301,7 +286,7 @@ fn strings(value: &Option<Value>, field: &str) -> Result<Vec<String>, String> {
         Some(other) => {
             return Err(format!(
                 "`{field}` must be a list of strings, found {}",
-                kind_of(other)
+                json_kind(other)
             ));
         }
         None => return Err(format!("no `{field}` field")),
@@ -312,21 +297,10 @@ fn strings(value: &Option<Value>, field: &str) -> Result<Vec<String>, String> {
             Value::String(s) => Ok(s.clone()),
             other => Err(format!(
                 "`{field}[{i}]` must be a string, found {}",
-                kind_of(other)
+                json_kind(other)
             )),
         })
         .collect()
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Items with `shots` solved examples from `dev` before each context, as

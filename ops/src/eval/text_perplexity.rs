@@ -8,9 +8,9 @@
 //! predicted tokens' decoded text.
 
 use super::loss::{NllSum, nll_of_logits};
-use super::tasks::open_text;
 use super::tokenize::EvalTokenizer;
 use crate::model::{Llama, tokens_tensor};
+use crate::text::open_text;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};

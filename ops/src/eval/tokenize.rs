@@ -5,7 +5,7 @@
 //! tokenizers, nothing for GPT-2-style ones) and never any appended.
 
 use crate::io::hf_folder::TOKENIZER_FILE;
-use crate::stages::dataset::DocumentEncoder;
+use crate::text::DocumentEncoder;
 use anyhow::{Context, Result, anyhow};
 use rayon::prelude::*;
 use serde_json::Value;
