@@ -1,6 +1,6 @@
 //! Training: the loop every training op shares (teacher correction,
-//! distillation, alignment), its optimizer, schedule, data order and
-//! checkpoints.
+//! distillation, alignment), its optimizer, schedule, data order, metrics
+//! and checkpoints.
 
 pub mod adamw;
 pub mod params;
@@ -11,6 +11,7 @@ pub use params::TrainParams;
 pub use schedule::Schedule;
 pub mod checkpoint;
 pub mod data;
+pub mod metrics;
 pub mod objective;
 pub mod trainer;
 

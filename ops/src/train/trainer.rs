@@ -1,15 +1,15 @@
 //! The training loop every training op runs: global batches of rows in a
 //! seeded order, gradient accumulation over micro-batches, AdamW with the
-//! warmup-cosine schedule, held-out evaluations, metrics JSONL, progress,
-//! and checkpoints that make an interrupted stage resume where it stopped.
+//! warmup-cosine schedule, held-out evaluations, metrics
+//! ([`super::metrics`]), progress, and checkpoints that make an interrupted
+//! stage resume where it stopped.
 //!
 //! Resuming is exact on the CPU: the checkpoint holds the f32 weights and
 //! moments, and the data order is a function of the seed and the step, so a
 //! resumed run computes the same steps on the same rows as an uninterrupted
 //! one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::{self, OpenOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,11 +19,14 @@ use burn::module::AutodiffModule;
 use burn::tensor::ElementConversion;
 use distillery_engine::RunContext;
 use distillery_engine::interrupt::{self, Interrupted};
-use serde::{Deserialize, Serialize};
 
 use super::adamw::{AdamW, AdamWConfig, GradientSum};
 use super::checkpoint::{self, RunState};
 use super::data::{DataOrder, MicroBatch, TrainRow};
+pub use super::metrics::{
+    EvalPoint, METRICS_FILE, MetricsLine, SUMMARY_FILE, TrainSummary, read_metrics,
+};
+use super::metrics::{read_first_eval, truncate_metrics, write_eval, write_line};
 use super::objective::{Objective, weighted_cross_entropy};
 use super::params::{Resolved, TrainParams};
 use super::schedule::Schedule;
@@ -31,66 +34,9 @@ use crate::backend::ComputeBackend;
 use crate::io::dataset::{DatasetArtifact, Split};
 use crate::model::Llama;
 
-/// The metrics file, in the scratch directory while training and in the
-/// output when done.
-pub const METRICS_FILE: &str = "metrics.jsonl";
-/// The run's summary in the output.
-pub const SUMMARY_FILE: &str = "training.json";
-
 /// Slows every step down by this many milliseconds; lets tests interrupt a
 /// tiny model's run mid-way.
 const TEST_STEP_DELAY_ENV: &str = "DISTILLERY_TEST_STEP_DELAY_MS";
-
-/// One line of `metrics.jsonl`: a training step (`kind: train`) or a
-/// held-out evaluation (`kind: eval`, after `step` steps).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsLine {
-    pub kind: String,
-    pub step: u64,
-    pub tokens: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grad_norm: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_s: Option<f64>,
-    pub elapsed_s: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout_loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout_ppl: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout_tokens: Option<usize>,
-}
-
-/// Held-out cross-entropy at one point of the run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalPoint {
-    pub step: u64,
-    pub loss: f64,
-    pub perplexity: f64,
-    pub tokens: usize,
-}
-
-/// `training.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainSummary {
-    pub objective: String,
-    pub steps: u64,
-    pub tokens: u64,
-    pub seq_len: usize,
-    pub batch_rows: u64,
-    pub micro_batch: usize,
-    pub elapsed_s: f64,
-    pub tokens_per_s: f64,
-    /// The step a checkpoint resumed from, if the run was interrupted.
-    pub resumed_from: Option<u64>,
-    pub first_eval: Option<EvalPoint>,
-    pub last_eval: Option<EvalPoint>,
-    pub final_train_loss: Option<f64>,
-}
 
 /// Everything the loop needs besides the student and the objective.
 pub struct TrainJob<'a, 'c> {
@@ -419,77 +365,4 @@ fn save<B: ComputeBackend>(
         &model.valid().to_state_dict(),
         &adam.to_state_dict(),
     )
-}
-
-fn write_line(file: &mut File, line: &MetricsLine) -> Result<()> {
-    let mut text = serde_json::to_string(line)?;
-    text.push('\n');
-    // One write per line: a kill never leaves half a line behind a whole one.
-    file.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-fn write_eval(file: &mut File, e: &Option<EvalPoint>, tokens: u64, elapsed_s: f64) -> Result<()> {
-    let Some(e) = e else { return Ok(()) };
-    write_line(
-        file,
-        &MetricsLine {
-            kind: "eval".into(),
-            step: e.step,
-            tokens,
-            loss: None,
-            lr: None,
-            grad_norm: None,
-            tokens_per_s: None,
-            elapsed_s,
-            heldout_loss: Some(e.loss),
-            heldout_ppl: Some(e.perplexity),
-            heldout_tokens: Some(e.tokens),
-        },
-    )
-}
-
-/// Reads `metrics.jsonl` (skipping a torn last line).
-pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut out = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line?;
-        if let Ok(m) = serde_json::from_str::<MetricsLine>(&line) {
-            out.push(m);
-        }
-    }
-    Ok(out)
-}
-
-/// Drops the lines after `step` (written after the checkpoint a resumed run
-/// restarts from) and any torn line.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let kept: Vec<MetricsLine> = read_metrics(path)?
-        .into_iter()
-        .filter(|m| m.step <= step)
-        .collect();
-    let mut text = String::new();
-    for m in &kept {
-        text.push_str(&serde_json::to_string(m)?);
-        text.push('\n');
-    }
-    let tmp = path.with_extension("jsonl.tmp");
-    fs::write(&tmp, text)?;
-    fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-fn read_first_eval(path: &Path) -> Result<Option<EvalPoint>> {
-    Ok(read_metrics(path)?.into_iter().find_map(|m| {
-        Some(EvalPoint {
-            step: m.step,
-            loss: m.heldout_loss?,
-            perplexity: m.heldout_ppl?,
-            tokens: m.heldout_tokens?,
-        })
-    }))
 }
