@@ -1,17 +1,17 @@
-//! `bench distill`: distillation optimizer steps timed by phase: teacher
-//! forward, student forward and KD loss, backward, optimizer; tokens/s and
-//! the model FLOPs utilization.
+//! `bench distill`: the distillation stage's optimizer step
+//! ([`TrainStep`], the code the training loop runs) timed by phase:
+//! teacher forward, student forward and KD loss, backward, optimizer;
+//! tokens/s and the model FLOPs utilization.
 
 use super::{DeviceArg, deterministic_tokens, is_cpu, on_bench_device};
 use burn::backend::Autodiff;
-use burn::module::AutodiffModule;
 use clap::Args;
 use distillery_ops::backend::{ComputeBackend, OnBackend};
 use distillery_ops::kernels::kd::{KdLoss, KdSpec};
 use distillery_ops::model::Llama;
 use distillery_ops::model::config::LlamaConfig;
 use distillery_ops::train::data::{MicroBatch, TrainRow};
-use distillery_ops::train::{AdamW, AdamWConfig, Distillation, GradientSum, Objective};
+use distillery_ops::train::{AdamW, AdamWConfig, Distillation, StepTimings, TrainStep};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -39,6 +39,10 @@ pub struct DistillArgs {
     #[arg(long)]
     peak_tflops: Option<f64>,
 }
+
+/// The learning rate of the timed steps (its value does not change their
+/// cost).
+const LEARNING_RATE: f64 = 1e-5;
 
 pub fn distill(args: DistillArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -138,7 +142,11 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
             mask: None,
         })
         .collect();
-    let weight = 1.0 / (args.rows * (args.seq - 1)) as f32;
+    let train_step = TrainStep {
+        objective: &objective,
+        micro_batch: args.rows,
+        device: &device,
+    };
     let mut adam = AdamW::<B>::new(AdamWConfig {
         beta1: 0.9,
         beta2: 0.95,
@@ -146,39 +154,40 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
         weight_decay: 0.1,
         grad_clip: 1.0,
     });
+    // The step's forward phase runs the teacher and the student together;
+    // the teacher's share is timed on its own, on the same inputs.
+    let teacher_inputs = MicroBatch::<B>::new(&rows, 1.0, &device).inputs;
     let mut model = student;
-    let mut grads = GradientSum::<B>::default();
     let step_tokens = (args.rows * args.seq) as f64;
     let mut parts = Vec::new();
     for step in 0..=args.steps {
         sync(&device)?;
-        let t0 = Instant::now();
-        let mb = MicroBatch::<B>::new(&rows, weight, &device);
-        // The teacher's share, timed on its own (the objective runs it again).
-        let teacher_s = {
-            let t = Instant::now();
-            let logits = objective.teacher.forward(mb.inputs.clone());
-            sync(&device)?;
-            drop(logits);
-            t.elapsed().as_secs_f64()
-        };
-        let t1 = Instant::now();
-        let loss = objective.loss(&model, &mb);
-        let _ = loss.clone().into_data();
-        let forward_s = t1.elapsed().as_secs_f64();
-        let t2 = Instant::now();
-        let g = loss.backward();
-        grads.add::<Autodiff<B>, _>(&model, &g);
+        let t = Instant::now();
+        let logits = objective.teacher.forward(teacher_inputs.clone());
         sync(&device)?;
-        let backward_s = t2.elapsed().as_secs_f64();
-        let t3 = Instant::now();
-        let (m, _) = adam.step::<Autodiff<B>, _>(model, &mut grads, 1e-5);
-        model = m;
-        let _ = model.valid().norm.weight.val().into_data();
-        let optim_s = t3.elapsed().as_secs_f64();
-        let total = t0.elapsed().as_secs_f64() - teacher_s;
+        drop(logits);
+        let teacher_s = t.elapsed().as_secs_f64();
+
+        let mut phases = StepTimings::default();
+        let t = Instant::now();
+        let (trained, _) = train_step.run(
+            model,
+            &mut adam,
+            step as u64,
+            &rows,
+            LEARNING_RATE,
+            Some(&mut phases),
+        )?;
+        model = trained;
+        let total = t.elapsed().as_secs_f64();
         if step > 0 {
-            parts.push([teacher_s, forward_s - teacher_s, backward_s, optim_s, total]);
+            parts.push([
+                teacher_s,
+                phases.forward_s - teacher_s,
+                phases.backward_s,
+                phases.optimizer_s,
+                total,
+            ]);
         }
     }
     let mean = |i: usize| parts.iter().map(|p| p[i]).sum::<f64>() / parts.len() as f64;
