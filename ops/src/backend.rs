@@ -1,6 +1,8 @@
 //! The Burn backend a resolved device means: Flex on the CPU, Cuda (feature
 //! `cuda`) on an NVIDIA GPU. Code that runs a model is written once, generic
-//! over the backend, as an [`OnBackend`] task.
+//! over the backend, as an [`OnBackend`] task. Wgpu (feature `wgpu`) is no
+//! recipe's device: benches run tasks on it by name ([`on_wgpu`]), to
+//! exercise the CubeCL kernels where no CUDA device is at hand.
 
 use crate::kernels::importance::ImportanceOps;
 use crate::kernels::kd::KdOps;
@@ -36,4 +38,11 @@ pub fn on_device<T: OnBackend>(device: Device, task: T) -> anyhow::Result<T::Out
         }
         Device::Auto => anyhow::bail!("the device must be resolved before running (`auto` given)"),
     }
+}
+
+/// Runs `task` on Burn's Wgpu backend, default adapter (on a machine
+/// without a GPU, Mesa's software Vulkan).
+#[cfg(feature = "wgpu")]
+pub fn on_wgpu<T: OnBackend>(task: T) -> T::Output {
+    task.run::<burn::backend::Wgpu>(Default::default())
 }

@@ -1,7 +1,9 @@
 //! The training step's numerics against float64 oracles written here: the
 //! masked token-mean cross-entropy, and AdamW (bias correction, decoupled
-//! decay on matrices only, global-norm clipping) over two steps; and the
-//! optimizer state surviving a checkpoint round trip bit for bit.
+//! decay on matrices only, global-norm clipping) over two steps; the
+//! optimizer state surviving a checkpoint round trip bit for bit; and the
+//! step the training loop runs ([`TrainStep`]): micro-batches adding up to
+//! the whole batch, and its phase timer leaving the arithmetic alone.
 
 mod model_support;
 
@@ -11,7 +13,9 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use distillery_ops::model::Llama;
 use distillery_ops::train::data::{MicroBatch, TrainRow};
-use distillery_ops::train::{AdamW, AdamWConfig, CrossEntropy, GradientSum, Objective};
+use distillery_ops::train::{
+    AdamW, AdamWConfig, CrossEntropy, GradientSum, Objective, StepTimings, TrainStep,
+};
 use model_support::{B, Rng, cfg_bias_llama3, device, random_weights, reference_forward};
 
 type A = Autodiff<B>;
@@ -263,4 +267,119 @@ fn optimizer_state_round_trips_bit_for_bit() {
     for ((x, _, _), (y, _, _)) in a.iter().zip(&b) {
         assert!(x == y, "a restored optimizer takes a different step");
     }
+}
+
+/// Four rows of 8 tokens, two of them masked (one with a single target).
+fn step_batch(rng: &mut Rng, vocab: usize) -> Vec<(Vec<u32>, Option<Vec<u8>>)> {
+    rows_of(
+        &(0..4).map(|_| rng.tokens(8, vocab)).collect::<Vec<_>>(),
+        &[
+            None,
+            Some(vec![0, 0, 0, 1, 1, 1, 0, 1]),
+            None,
+            Some(vec![1, 0, 0, 0, 0, 0, 1, 0]),
+        ],
+    )
+}
+
+fn step_config() -> AdamWConfig {
+    AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_clip: 0.5,
+    }
+}
+
+#[test]
+fn a_train_step_over_micro_batches_matches_one_over_the_whole_batch() {
+    let c = cfg_bias_llama3();
+    let mut rng = Rng::new(31);
+    let sd = random_weights(&c, &mut rng);
+    let owned = step_batch(&mut rng, c.vocab_size);
+    let rows = train_rows(&owned);
+    let run = |micro_batch: usize| {
+        let model = Llama::<A>::from_state_dict(c.clone(), sd.clone(), &device()).unwrap();
+        let mut adam = AdamW::<B>::new(step_config());
+        let step = TrainStep {
+            objective: &CrossEntropy,
+            micro_batch,
+            device: &device(),
+        };
+        let (model, outcome) = step.run(model, &mut adam, 0, &rows, 1e-2, None).unwrap();
+        (collect(&model, None), outcome)
+    };
+    let (whole, whole_outcome) = run(4);
+    let (split, split_outcome) = run(1);
+
+    // The loss of the whole batch in one forward, as the oracle test above
+    // checks it: the mean over the batch's target tokens.
+    let count: usize = rows.iter().map(|r| r.targets()).sum();
+    let model = Llama::<A>::from_state_dict(c.clone(), sd, &device()).unwrap();
+    let mb = MicroBatch::<B>::new(&rows, 1.0 / count as f32, &device());
+    let loss = CrossEntropy.loss(&model, &mb).into_scalar() as f64;
+    for outcome in [whole_outcome, split_outcome] {
+        assert!(
+            (outcome.loss - loss).abs() <= 1e-5 * loss,
+            "{} vs {loss}",
+            outcome.loss
+        );
+    }
+    assert!(
+        (split_outcome.grad_norm - whole_outcome.grad_norm).abs() <= 1e-5 * whole_outcome.grad_norm,
+        "{split_outcome:?} vs {whole_outcome:?}"
+    );
+    assert!(
+        whole_outcome.grad_norm > 0.5,
+        "the test must exercise clipping"
+    );
+    for ((a, _, _), (b, _, _)) in whole.iter().zip(&split) {
+        for (&x, &y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn timing_a_train_step_leaves_its_arithmetic_unchanged() {
+    let c = cfg_bias_llama3();
+    let mut rng = Rng::new(32);
+    let sd = random_weights(&c, &mut rng);
+    let batches = [
+        step_batch(&mut rng, c.vocab_size),
+        step_batch(&mut rng, c.vocab_size),
+    ];
+    let run = |timed: bool| {
+        let mut model = Llama::<A>::from_state_dict(c.clone(), sd.clone(), &device()).unwrap();
+        let mut adam = AdamW::<B>::new(step_config());
+        let step = TrainStep {
+            objective: &CrossEntropy,
+            micro_batch: 2,
+            device: &device(),
+        };
+        let mut timings = StepTimings::default();
+        let mut outcomes = Vec::new();
+        for (i, owned) in batches.iter().enumerate() {
+            let rows = train_rows(owned);
+            let timer = timed.then_some(&mut timings);
+            let (next, outcome) = step
+                .run(model, &mut adam, i as u64, &rows, 1e-2, timer)
+                .unwrap();
+            model = next;
+            outcomes.push(outcome);
+        }
+        (collect(&model, None), outcomes, timings)
+    };
+    let (plain, plain_outcomes, untouched) = run(false);
+    let (timed, timed_outcomes, timings) = run(true);
+    assert_eq!(plain_outcomes, timed_outcomes);
+    for ((a, _, _), (b, _, _)) in plain.iter().zip(&timed) {
+        assert!(a == b, "a timed step computes different weights");
+    }
+    assert_eq!(untouched, StepTimings::default());
+    assert!(
+        timings.forward_s > 0.0 && timings.backward_s > 0.0 && timings.optimizer_s > 0.0,
+        "{timings:?}"
+    );
 }

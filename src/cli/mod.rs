@@ -2,7 +2,6 @@
 //! function from its options to an exit code.
 
 mod bench;
-mod bench_check;
 mod cache;
 mod dag;
 mod export;

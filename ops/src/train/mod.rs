@@ -1,6 +1,6 @@
 //! Training: the loop every training op shares (teacher correction,
-//! distillation, alignment), its optimizer, schedule, data order and
-//! checkpoints.
+//! distillation, alignment), the optimizer step it repeats, its optimizer,
+//! schedule, data order, metrics and checkpoints.
 
 pub mod adamw;
 pub mod params;
@@ -11,8 +11,11 @@ pub use params::TrainParams;
 pub use schedule::Schedule;
 pub mod checkpoint;
 pub mod data;
+pub mod metrics;
 pub mod objective;
+pub mod step;
 pub mod trainer;
 
 pub use objective::{CrossEntropy, Distillation, Objective};
+pub use step::{StepOutcome, StepTimings, TrainStep};
 pub use trainer::{TrainJob, TrainSummary, train};

@@ -1,15 +1,15 @@
 //! The training loop every training op runs: global batches of rows in a
-//! seeded order, gradient accumulation over micro-batches, AdamW with the
-//! warmup-cosine schedule, held-out evaluations, metrics JSONL, progress,
-//! and checkpoints that make an interrupted stage resume where it stopped.
+//! seeded order, one optimizer step ([`super::step`]) on each at the
+//! warmup-cosine schedule's learning rate, held-out evaluations, metrics
+//! ([`super::metrics`]), progress, and checkpoints that make an interrupted
+//! stage resume where it stopped.
 //!
 //! Resuming is exact on the CPU: the checkpoint holds the f32 weights and
 //! moments, and the data order is a function of the seed and the step, so a
 //! resumed run computes the same steps on the same rows as an uninterrupted
 //! one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::{self, OpenOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,78 +19,25 @@ use burn::module::AutodiffModule;
 use burn::tensor::ElementConversion;
 use distillery_engine::RunContext;
 use distillery_engine::interrupt::{self, Interrupted};
-use serde::{Deserialize, Serialize};
 
-use super::adamw::{AdamW, AdamWConfig, GradientSum};
+use super::adamw::{AdamW, AdamWConfig};
 use super::checkpoint::{self, RunState};
 use super::data::{DataOrder, MicroBatch, TrainRow};
+pub use super::metrics::{
+    EvalPoint, METRICS_FILE, MetricsLine, SUMMARY_FILE, TrainSummary, read_metrics,
+};
+use super::metrics::{read_first_eval, truncate_metrics, write_eval, write_line};
 use super::objective::{Objective, weighted_cross_entropy};
 use super::params::{Resolved, TrainParams};
 use super::schedule::Schedule;
+use super::step::TrainStep;
 use crate::backend::ComputeBackend;
 use crate::io::dataset::{DatasetArtifact, Split};
 use crate::model::Llama;
 
-/// The metrics file, in the scratch directory while training and in the
-/// output when done.
-pub const METRICS_FILE: &str = "metrics.jsonl";
-/// The run's summary in the output.
-pub const SUMMARY_FILE: &str = "training.json";
-
 /// Slows every step down by this many milliseconds; lets tests interrupt a
 /// tiny model's run mid-way.
 const TEST_STEP_DELAY_ENV: &str = "DISTILLERY_TEST_STEP_DELAY_MS";
-
-/// One line of `metrics.jsonl`: a training step (`kind: train`) or a
-/// held-out evaluation (`kind: eval`, after `step` steps).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsLine {
-    pub kind: String,
-    pub step: u64,
-    pub tokens: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grad_norm: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_s: Option<f64>,
-    pub elapsed_s: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout_loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout_ppl: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout_tokens: Option<usize>,
-}
-
-/// Held-out cross-entropy at one point of the run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalPoint {
-    pub step: u64,
-    pub loss: f64,
-    pub perplexity: f64,
-    pub tokens: usize,
-}
-
-/// `training.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainSummary {
-    pub objective: String,
-    pub steps: u64,
-    pub tokens: u64,
-    pub seq_len: usize,
-    pub batch_rows: u64,
-    pub micro_batch: usize,
-    pub elapsed_s: f64,
-    pub tokens_per_s: f64,
-    /// The step a checkpoint resumed from, if the run was interrupted.
-    pub resumed_from: Option<u64>,
-    pub first_eval: Option<EvalPoint>,
-    pub last_eval: Option<EvalPoint>,
-    pub final_train_loss: Option<f64>,
-}
 
 /// Everything the loop needs besides the student and the objective.
 pub struct TrainJob<'a, 'c> {
@@ -151,13 +98,6 @@ pub fn train<B: ComputeBackend>(
     let eval_rows: Vec<TrainRow> = (0..p.eval_rows.min(data.rows(Split::Heldout)))
         .map(|i| rows.get(Split::Heldout, i))
         .collect();
-    let adam_config = AdamWConfig {
-        beta1: p.betas[0],
-        beta2: p.betas[1],
-        eps: p.eps,
-        weight_decay: p.weight_decay,
-        grad_clip: p.grad_clip,
-    };
     let schedule = Schedule {
         peak: p.lr,
         min: p.min_lr,
@@ -167,46 +107,21 @@ pub fn train<B: ComputeBackend>(
     let step_tokens = batch_rows * seq_len as u64;
     let scratch = &ctx.scratch_dir;
     let metrics_path = scratch.join(METRICS_FILE);
-
-    // Resume, or start fresh.
-    let (mut model, mut adam, start, prior_elapsed, resumed_from) = match checkpoint::load(scratch)?
-    {
-        Some(ck) => {
-            if ck.state.seed != ctx.seed || ck.state.total_steps != steps {
-                bail!(
-                    "the checkpoint in {} is of another run (seed {}, {} steps; this run: \
-                         seed {}, {steps} steps); remove it to start over",
-                    scratch.display(),
-                    ck.state.seed,
-                    ck.state.total_steps,
-                    ctx.seed
-                );
-            }
-            let config = student.config.clone();
-            drop(student);
-            let model = Llama::<Autodiff<B>>::from_state_dict(config, ck.model, device)
-                .context("restoring the student from its checkpoint")?;
-            let adam = AdamW::load_state_dict(adam_config, ck.state.step, ck.optimizer, device)?;
-            truncate_metrics(&metrics_path, ck.state.step)?;
-            ctx.progress.log(&format!(
-                "resuming from the checkpoint at step {} of {steps}",
-                ck.state.step
-            ));
-            (
-                model,
-                adam,
-                ck.state.step,
-                ck.state.elapsed_s,
-                Some(ck.state.step),
-            )
-        }
-        None => {
-            if metrics_path.exists() {
-                fs::remove_file(&metrics_path)?;
-            }
-            (student, AdamW::new(adam_config), 0, 0.0, None)
-        }
+    let run_state = |step: u64, elapsed_s: f64| RunState {
+        step,
+        tokens: step * step_tokens,
+        elapsed_s,
+        seed: ctx.seed,
+        total_steps: steps,
     };
+
+    let Start {
+        mut model,
+        mut adam,
+        step: start,
+        elapsed_s: prior_elapsed,
+        resumed_from,
+    } = resume_or_start(student, adam_config(p), steps, &metrics_path, ctx, device)?;
     let mut metrics = OpenOptions::new()
         .create(true)
         .append(true)
@@ -237,23 +152,18 @@ pub fn train<B: ComputeBackend>(
     }
 
     let mut order = DataOrder::new(train_rows, ctx.seed);
-    let mut grads = GradientSum::<B>::default();
+    let train_step = TrainStep {
+        objective,
+        micro_batch,
+        device,
+    };
     let mut final_train_loss = None;
     let mut last_saved = start;
-    let mut window = (Instant::now(), 0u64);
+    let mut throughput = Throughput::new();
     for step in start..steps {
         if interrupt::requested() {
             if step > last_saved {
-                save(
-                    scratch,
-                    &model,
-                    &adam,
-                    step,
-                    step_tokens,
-                    elapsed(),
-                    ctx.seed,
-                    steps,
-                )?;
+                save(scratch, &model, &adam, run_state(step, elapsed()))?;
             }
             return Err(Interrupted(Some(format!(
                 "after step {step} of {steps} (checkpoint saved)"
@@ -263,46 +173,27 @@ pub fn train<B: ComputeBackend>(
         if let Some(d) = step_delay {
             std::thread::sleep(d);
         }
+
         let batch: Vec<TrainRow> = (0..batch_rows)
             .map(|k| rows.get(Split::Train, order.row(step * batch_rows + k)))
             .collect();
-        let targets: usize = batch.iter().map(TrainRow::targets).sum();
-        let weight = 1.0 / targets.max(1) as f32;
-        let mut loss_sum = 0.0f64;
-        for chunk in batch.chunks(micro_batch) {
-            let mb = MicroBatch::<B>::new(chunk, weight, device);
-            let loss = objective.loss(&model, &mb);
-            let value: f64 = loss.clone().into_scalar().elem();
-            if !value.is_finite() {
-                bail!(
-                    "the loss is {value} at step {}: training diverged",
-                    step + 1
-                );
-            }
-            loss_sum += value;
-            let g = loss.backward();
-            grads.add::<Autodiff<B>, _>(&model, &g);
-        }
         let lr = schedule.lr(step);
-        let (updated, report) = adam.step::<Autodiff<B>, _>(model, &mut grads, lr);
+        let (updated, outcome) = train_step.run(model, &mut adam, step, &batch, lr, None)?;
         model = updated;
         let done = step + 1;
-        window.1 += step_tokens;
-        let window_s = window.0.elapsed().as_secs_f64();
-        let tokens_per_s = window.1 as f64 / window_s.max(1e-9);
-        if window_s > 10.0 {
-            window = (Instant::now(), 0);
-        }
-        final_train_loss = Some(loss_sum);
+
+        let tokens_per_s = throughput.add(step_tokens);
+        let loss = outcome.loss;
+        final_train_loss = Some(loss);
         write_line(
             &mut metrics,
             &MetricsLine {
                 kind: "train".into(),
                 step: done,
                 tokens: done * step_tokens,
-                loss: Some(loss_sum),
+                loss: Some(loss),
                 lr: Some(lr),
-                grad_norm: Some(report.grad_norm),
+                grad_norm: Some(outcome.grad_norm),
                 tokens_per_s: Some(tokens_per_s),
                 elapsed_s: elapsed(),
                 heldout_loss: None,
@@ -312,35 +203,28 @@ pub fn train<B: ComputeBackend>(
         )?;
         ctx.progress.set_position(done);
         ctx.progress.set_message(&format!(
-            "loss {loss_sum:.4} · lr {lr:.2e} · {tokens_per_s:.0} tok/s"
+            "loss {loss:.4} · lr {lr:.2e} · {tokens_per_s:.0} tok/s"
         ));
-        let eval_now = done == steps || (p.eval_every > 0 && done % p.eval_every == 0);
-        if eval_now {
+
+        if done == steps || (p.eval_every > 0 && done % p.eval_every == 0) {
             let e = evaluate(&model.valid(), &eval_rows, micro_batch, done, device);
             write_eval(&mut metrics, &e, done * step_tokens, elapsed())?;
             if let Some(e) = e {
                 ctx.progress.log(&format!(
-                    "step {done}/{steps}: train loss {loss_sum:.4}, held-out loss {:.4} (perplexity {:.2})",
+                    "step {done}/{steps}: train loss {loss:.4}, held-out loss {:.4} (perplexity {:.2})",
                     e.loss, e.perplexity
                 ));
             }
             first_eval = first_eval.or(e);
             last_eval = e.or(last_eval);
         }
+
         if p.checkpoint_every > 0 && done % p.checkpoint_every == 0 && done < steps {
-            save(
-                scratch,
-                &model,
-                &adam,
-                done,
-                step_tokens,
-                elapsed(),
-                ctx.seed,
-                steps,
-            )?;
+            save(scratch, &model, &adam, run_state(done, elapsed()))?;
             last_saved = done;
         }
     }
+
     if first_eval.is_none() {
         first_eval = read_first_eval(&metrics_path)?;
     }
@@ -360,6 +244,108 @@ pub fn train<B: ComputeBackend>(
         final_train_loss,
     };
     Ok((model.valid(), summary))
+}
+
+fn adam_config(p: &TrainParams) -> AdamWConfig {
+    AdamWConfig {
+        beta1: p.betas[0],
+        beta2: p.betas[1],
+        eps: p.eps,
+        weight_decay: p.weight_decay,
+        grad_clip: p.grad_clip,
+    }
+}
+
+/// Where a run starts: from its checkpoint, or from the beginning.
+struct Start<B: ComputeBackend> {
+    model: Llama<Autodiff<B>>,
+    adam: AdamW<B>,
+    /// Steps already taken.
+    step: u64,
+    /// Training time already spent, over all earlier attempts.
+    elapsed_s: f64,
+    /// The step of the checkpoint resumed from.
+    resumed_from: Option<u64>,
+}
+
+/// Resumes from the checkpoint in the scratch directory (which must be of
+/// this run: same seed, same number of steps), cutting the metrics back to
+/// its step; without one, starts fresh with `student` and no metrics.
+fn resume_or_start<B: ComputeBackend>(
+    student: Llama<Autodiff<B>>,
+    adam_config: AdamWConfig,
+    steps: u64,
+    metrics_path: &Path,
+    ctx: &RunContext,
+    device: &B::Device,
+) -> Result<Start<B>> {
+    let scratch = &ctx.scratch_dir;
+    let Some(ck) = checkpoint::load(scratch)? else {
+        if metrics_path.exists() {
+            fs::remove_file(metrics_path)?;
+        }
+        return Ok(Start {
+            model: student,
+            adam: AdamW::new(adam_config),
+            step: 0,
+            elapsed_s: 0.0,
+            resumed_from: None,
+        });
+    };
+    if ck.state.seed != ctx.seed || ck.state.total_steps != steps {
+        bail!(
+            "the checkpoint in {} is of another run (seed {}, {} steps; this run: \
+                 seed {}, {steps} steps); remove it to start over",
+            scratch.display(),
+            ck.state.seed,
+            ck.state.total_steps,
+            ctx.seed
+        );
+    }
+    let config = student.config.clone();
+    drop(student);
+    let model = Llama::<Autodiff<B>>::from_state_dict(config, ck.model, device)
+        .context("restoring the student from its checkpoint")?;
+    let adam = AdamW::load_state_dict(adam_config, ck.state.step, ck.optimizer, device)?;
+    truncate_metrics(metrics_path, ck.state.step)?;
+    ctx.progress.log(&format!(
+        "resuming from the checkpoint at step {} of {steps}",
+        ck.state.step
+    ));
+    Ok(Start {
+        model,
+        adam,
+        step: ck.state.step,
+        elapsed_s: ck.state.elapsed_s,
+        resumed_from: Some(ck.state.step),
+    })
+}
+
+/// Training tokens per second over a window of recent steps, restarted
+/// every 10 s or so, for the metrics and the progress line.
+struct Throughput {
+    since: Instant,
+    tokens: u64,
+}
+
+impl Throughput {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            tokens: 0,
+        }
+    }
+
+    /// Counts a step of `tokens` and returns the window's rate.
+    fn add(&mut self, tokens: u64) -> f64 {
+        self.tokens += tokens;
+        let seconds = self.since.elapsed().as_secs_f64();
+        let rate = self.tokens as f64 / seconds.max(1e-9);
+        if seconds > 10.0 {
+            *self = Self::new();
+        }
+        rate
+    }
 }
 
 /// Mean cross-entropy of `model` over the target tokens of `rows`.
@@ -395,101 +381,18 @@ pub fn evaluate<B: ComputeBackend>(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Writes the run's checkpoint: the student, the optimizer's moments, and
+/// where the run stands.
 fn save<B: ComputeBackend>(
     scratch: &Path,
     model: &Llama<Autodiff<B>>,
     adam: &AdamW<B>,
-    step: u64,
-    step_tokens: u64,
-    elapsed_s: f64,
-    seed: u64,
-    total_steps: u64,
+    state: RunState,
 ) -> Result<()> {
-    let state = RunState {
-        step,
-        tokens: step * step_tokens,
-        elapsed_s,
-        seed,
-        total_steps,
-    };
     checkpoint::save(
         scratch,
         &state,
         &model.valid().to_state_dict(),
         &adam.to_state_dict(),
     )
-}
-
-fn write_line(file: &mut File, line: &MetricsLine) -> Result<()> {
-    let mut text = serde_json::to_string(line)?;
-    text.push('\n');
-    // One write per line: a kill never leaves half a line behind a whole one.
-    file.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-fn write_eval(file: &mut File, e: &Option<EvalPoint>, tokens: u64, elapsed_s: f64) -> Result<()> {
-    let Some(e) = e else { return Ok(()) };
-    write_line(
-        file,
-        &MetricsLine {
-            kind: "eval".into(),
-            step: e.step,
-            tokens,
-            loss: None,
-            lr: None,
-            grad_norm: None,
-            tokens_per_s: None,
-            elapsed_s,
-            heldout_loss: Some(e.loss),
-            heldout_ppl: Some(e.perplexity),
-            heldout_tokens: Some(e.tokens),
-        },
-    )
-}
-
-/// Reads `metrics.jsonl` (skipping a torn last line).
-pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut out = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line?;
-        if let Ok(m) = serde_json::from_str::<MetricsLine>(&line) {
-            out.push(m);
-        }
-    }
-    Ok(out)
-}
-
-/// Drops the lines after `step` (written after the checkpoint a resumed run
-/// restarts from) and any torn line.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let kept: Vec<MetricsLine> = read_metrics(path)?
-        .into_iter()
-        .filter(|m| m.step <= step)
-        .collect();
-    let mut text = String::new();
-    for m in &kept {
-        text.push_str(&serde_json::to_string(m)?);
-        text.push('\n');
-    }
-    let tmp = path.with_extension("jsonl.tmp");
-    fs::write(&tmp, text)?;
-    fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-fn read_first_eval(path: &Path) -> Result<Option<EvalPoint>> {
-    Ok(read_metrics(path)?.into_iter().find_map(|m| {
-        Some(EvalPoint {
-            step: m.step,
-            loss: m.heldout_loss?,
-            perplexity: m.heldout_ppl?,
-            tokens: m.heldout_tokens?,
-        })
-    }))
 }

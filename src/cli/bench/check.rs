@@ -1,7 +1,8 @@
-//! `bench --check`: the kernels on the bench's device compared with the
-//! float64 oracles (`kernels::reference`) before they are timed, so figures
-//! from a GPU machine (where the test binaries do not run) come with the
-//! evidence that the kernel they time computes the right thing.
+//! `bench kd --check` and `bench importance --check`: the kernels on the
+//! bench's device compared with the float64 oracles (`kernels::reference`)
+//! before they are timed, so figures from a GPU machine (where the test
+//! binaries do not run) come with the evidence that the kernel they time
+//! computes the right thing.
 
 use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
 use distillery_ops::kernels::importance::{Aggregation, ChannelStats, ImportanceOps};

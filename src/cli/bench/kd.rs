@@ -1,0 +1,258 @@
+//! `bench kd`: the fused KD loss, forward and backward, as a training step
+//! runs it, against the memory bandwidth measured in the same run.
+
+use super::{DeviceArg, is_cpu, on_bench_device, time_steps};
+use clap::Args;
+use distillery_ops::backend::{ComputeBackend, OnBackend};
+use distillery_ops::kernels::KdSpec;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct KdArgs {
+    /// Token positions (rows of logits).
+    #[arg(long, default_value_t = 1024)]
+    rows: usize,
+    #[arg(long, default_value_t = 49_152)]
+    vocab: usize,
+    #[arg(long, value_enum, default_value = "forward_kl")]
+    loss: KdLossArg,
+    /// JSD's mixture weight of the teacher.
+    #[arg(long, default_value_t = 0.5)]
+    beta: f32,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Multiply the loss by the temperature squared.
+    #[arg(long)]
+    tau_squared: bool,
+    /// Timed forward+backward steps (after two untimed ones).
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// The logits' dtype (the kernel accumulates in f32 whatever it is).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Also compare the op's loss and gradient on 64 rows with the float64
+    /// oracle, and fail when they are off.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DtypeArg {
+    fn float(self) -> burn::tensor::FloatDType {
+        use burn::tensor::FloatDType;
+        match self {
+            DtypeArg::F32 => FloatDType::F32,
+            DtypeArg::Bf16 => FloatDType::BF16,
+            DtypeArg::F16 => FloatDType::F16,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            DtypeArg::F32 => 4,
+            DtypeArg::Bf16 | DtypeArg::F16 => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DtypeArg::F32 => "f32",
+            DtypeArg::Bf16 => "bf16",
+            DtypeArg::F16 => "f16",
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KdLossArg {
+    #[value(name = "forward_kl")]
+    ForwardKl,
+    #[value(name = "reverse_kl")]
+    ReverseKl,
+    Jsd,
+}
+
+/// Times the fused KD loss as a training step runs it: `kd_loss` on
+/// `Autodiff<B>` with the student's logits tracked, then `backward()` and the
+/// student's gradient, synchronized with the device. The figure to compare
+/// with PyTorch's `kl_div(log_softmax(s), log_softmax(t))` forward and
+/// backward (scripts/bench_kd_torch.py).
+pub fn kd(args: KdArgs) -> anyhow::Result<()> {
+    use distillery_ops::kernels::KdLoss;
+    let spec = KdSpec {
+        loss: match args.loss {
+            KdLossArg::ForwardKl => KdLoss::ForwardKl,
+            KdLossArg::ReverseKl => KdLoss::ReverseKl,
+            KdLossArg::Jsd => KdLoss::Jsd { beta: args.beta },
+        },
+        temperature: args.temperature,
+        tau_squared: args.tau_squared,
+    };
+    spec.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        args.rows > 0 && args.vocab > 0,
+        "--rows and --vocab must be positive"
+    );
+    on_bench_device(args.device, KdBench { args: &args, spec })
+}
+
+struct KdBench<'a> {
+    args: &'a KdArgs,
+    spec: KdSpec,
+}
+
+impl OnBackend for KdBench<'_> {
+    type Output = anyhow::Result<()>;
+    fn run<B: ComputeBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        kd_on::<B>(device, self.args, self.spec)
+    }
+}
+
+fn kd_on<B: ComputeBackend>(device: B::Device, args: &KdArgs, spec: KdSpec) -> anyhow::Result<()> {
+    use burn::backend::Autodiff;
+    use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+    use distillery_ops::kernels::kd_loss;
+    let (rows, vocab) = (args.rows, args.vocab);
+    let cpu = is_cpu::<B>();
+    let sync = |device: &B::Device| B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"));
+
+    // Logits uniform in [-4, 4), as scripts/bench_kd_torch.py draws them.
+    let mut rng = distillery_ops::rng::SplitMix64::new(1);
+    let mut draw = || -> TensorData {
+        let values: Vec<f32> = (0..rows * vocab)
+            .map(|_| (8.0 * rng.next_f64() - 4.0) as f32)
+            .collect();
+        TensorData::new(values, [rows, vocab])
+    };
+    let (student_data, teacher_data) = (draw(), draw());
+    let weights_data = TensorData::new(vec![1.0f32 / rows as f32; rows], [rows]);
+
+    // The machine's bandwidth, measured in the same run.
+    let (bandwidth, bandwidth_what) = if cpu {
+        let bw = distillery_ops::kernels::bandwidth::measure_copy_bandwidth();
+        (bw, "memory read bandwidth, all threads".to_string())
+    } else {
+        (
+            distillery_ops::kernels::bandwidth::measure_device_copy_bandwidth::<B>(&device),
+            "device copy bandwidth (read + write)".to_string(),
+        )
+    };
+    if args.check {
+        super::check::kd_against_oracle::<B>(
+            &device,
+            &student_data,
+            &teacher_data,
+            vocab,
+            spec,
+            args.dtype.float(),
+        )?;
+    }
+
+    let dtype = args.dtype.float();
+    let student = Tensor::<Autodiff<B>, 2>::from_data(student_data.clone(), &device)
+        .cast(dtype)
+        .require_grad();
+    let teacher = Tensor::<Autodiff<B>, 2>::from_data(teacher_data.clone(), &device).cast(dtype);
+    let weights = Tensor::<Autodiff<B>, 1>::from_data(weights_data.clone(), &device);
+    let mut loss_value = 0.0f32;
+    let step = || -> anyhow::Result<f64> {
+        sync(&device)?;
+        let started = Instant::now();
+        let loss = kd_loss(student.clone(), teacher.clone(), weights.clone(), spec);
+        let grads = loss.clone().backward();
+        let grad = student.grad(&grads).expect("a gradient for the student");
+        sync(&device)?;
+        let seconds = started.elapsed().as_secs_f64();
+        drop(grad);
+        loss_value = loss.into_data().convert::<f32>().into_vec::<f32>().unwrap()[0];
+        Ok(seconds)
+    };
+    let (median, min) = time_steps(args.repeats, step)?;
+
+    let bytes = 3.0 * (rows * vocab * args.dtype.bytes()) as f64;
+    let threads = if cpu {
+        format!("{} threads", rayon::current_num_threads())
+    } else {
+        "GPU".to_string()
+    };
+    println!(
+        "KD {:?}, {rows} x {vocab} {} logits, tau {}{}, {threads}: loss {loss_value:.6}",
+        spec.loss,
+        args.dtype.name(),
+        spec.temperature,
+        if spec.tau_squared { " (x tau^2)" } else { "" }
+    );
+    println!("{bandwidth_what}: {:.1} GB/s", bandwidth / 1e9);
+    println!(
+        "forward + backward (Autodiff, student kept by the caller): {:.2} ms median, {:.2} ms min of {} (after 2 untimed)",
+        median * 1e3,
+        min * 1e3,
+        args.repeats.max(1)
+    );
+    println!(
+        "  effective {:.1} GB/s (3 x N x V x {} bytes: read s, read t, write the gradient) = {:.0}% of the measured bandwidth",
+        bytes / median / 1e9,
+        args.dtype.bytes(),
+        100.0 * bytes / median / bandwidth
+    );
+
+    // The op and the backward's scaling on the inner backend, the logits
+    // handed over as a fresh tensor as a model's forward produces them (on
+    // the CPU the gradient then overwrites them: no N x V allocation).
+    let teacher = Tensor::<B, 2>::from_data(teacher_data, &device).cast(dtype);
+    let weights = Tensor::<B, 1>::from_data(weights_data, &device);
+    let upstream = Tensor::<B, 1>::ones([1], &device);
+    let owned_step = || -> anyhow::Result<f64> {
+        let s = Tensor::<B, 2>::from_data(student_data.clone(), &device).cast(dtype);
+        sync(&device)?;
+        let started = Instant::now();
+        let (loss, grad) = B::kd_loss_fused(
+            s.into_primitive().tensor(),
+            teacher.clone().into_primitive().tensor(),
+            weights.clone().into_primitive().tensor(),
+            spec,
+        );
+        let grad = B::kd_scale_grad(grad, upstream.clone().into_primitive().tensor());
+        sync(&device)?;
+        let seconds = started.elapsed().as_secs_f64();
+        drop((
+            Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(loss)),
+            grad,
+        ));
+        Ok(seconds)
+    };
+    let (owned_median, owned_min) = time_steps(args.repeats, owned_step)?;
+    println!(
+        "fused op + backward scaling, logits owned by the op: {:.2} ms median, {:.2} ms min ({:.0}% of the measured bandwidth)",
+        owned_median * 1e3,
+        owned_min * 1e3,
+        100.0 * bytes / owned_median / bandwidth
+    );
+    if cpu {
+        let per_task = distillery_ops::kernels::kd_cpu_scratch_rows(
+            burn::tensor::DType::F32,
+            burn::tensor::DType::F32,
+            false,
+        );
+        let in_place = distillery_ops::kernels::kd_cpu_scratch_rows(
+            burn::tensor::DType::F32,
+            burn::tensor::DType::F32,
+            true,
+        );
+        println!(
+            "extra memory (from the kernel's code, not measured): {per_task} row(s) of V f32 per rayon task \
+             ({in_place} when the gradient overwrites the logits), at most one task per thread: \
+             {:.0} KiB here; no N x V buffer besides the gradient",
+            (in_place * vocab * 4 * rayon::current_num_threads()) as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
