@@ -13,7 +13,7 @@ use distillery_ops::report::{
     Report, StageStatus, StageView, dag_svg, loss_chart, lr_chart, markdown_table, nice_ticks,
     perplexity_chart, render,
 };
-use distillery_ops::train::trainer::{MetricsLine, read_metrics};
+use distillery_ops::train::metrics::{MetricsKind, MetricsLine, read_metrics};
 
 const RECIPE: &str = "\
 name: \"demo <b> & co\"
@@ -113,7 +113,7 @@ fn smollm2_config(hidden: usize, ffn: usize) -> LlamaConfig {
 fn metrics_lines_parse_and_a_half_written_line_is_skipped() {
     let lines = metrics();
     assert_eq!(lines.len(), 5);
-    assert_eq!(lines[0].kind, "eval");
+    assert_eq!(lines[0].kind, MetricsKind::Eval);
     assert_eq!(lines[0].heldout_ppl, Some(665.1));
     assert_eq!(lines[1].loss, Some(2.94));
     assert_eq!(lines[3].tokens, 6144);

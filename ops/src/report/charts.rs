@@ -3,7 +3,7 @@
 //! axes with round ticks, one polyline per series, a legend.
 
 use super::format::{escape, num};
-use crate::train::trainer::MetricsLine;
+use crate::train::metrics::{MetricsKind, MetricsLine};
 use std::fmt::Write;
 
 /// One line of a chart.
@@ -230,7 +230,7 @@ fn train_points(
 ) -> Vec<(f64, f64)> {
     lines
         .iter()
-        .filter(|l| l.kind == "train")
+        .filter(|l| l.kind == MetricsKind::Train)
         .filter_map(|l| value(l).map(|v| (l.tokens as f64, v)))
         .collect()
 }
@@ -241,7 +241,7 @@ fn eval_points(
 ) -> Vec<(f64, f64)> {
     lines
         .iter()
-        .filter(|l| l.kind == "eval")
+        .filter(|l| l.kind == MetricsKind::Eval)
         .filter_map(|l| value(l).map(|v| (l.tokens as f64, v)))
         .collect()
 }

@@ -8,7 +8,7 @@ use crate::eval::TABLE_FILE;
 use crate::io::hf_folder::CONFIG_FILE;
 use crate::model::LlamaConfig;
 use crate::prune::report::{PRUNING_FILE, PruningReport};
-use crate::train::trainer::{METRICS_FILE, SUMMARY_FILE, TrainSummary, read_metrics};
+use crate::train::metrics::{METRICS_FILE, SUMMARY_FILE, TrainSummary, read_metrics};
 use distillery_engine::plan::{Plan, StageState};
 use distillery_engine::{Pipeline, Store};
 use std::path::Path;

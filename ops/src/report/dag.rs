@@ -4,6 +4,7 @@
 
 use super::format::{escape, format_duration, num};
 use super::{StageStatus, StageView};
+use crate::train::metrics::MetricsKind;
 use std::fmt::Write;
 
 const NODE_W: f64 = 156.0;
@@ -33,7 +34,12 @@ fn status_text(stage: &StageView) -> String {
         },
         StageStatus::Partial { recent } => {
             let word = if *recent { "running" } else { "interrupted" };
-            match stage.metrics.iter().rev().find(|l| l.kind == "train") {
+            match stage
+                .metrics
+                .iter()
+                .rev()
+                .find(|l| l.kind == MetricsKind::Train)
+            {
                 Some(l) => format!("{word} · step {}", l.step),
                 None => word.into(),
             }

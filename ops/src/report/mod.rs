@@ -26,7 +26,7 @@ pub use tables::markdown_table;
 
 use crate::model::LlamaConfig;
 use crate::prune::report::PruningReport;
-use crate::train::trainer::{MetricsLine, TrainSummary};
+use crate::train::metrics::{MetricsLine, TrainSummary};
 
 /// Where a stage stands in the store.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,7 @@ use super::StageView;
 use super::format::{escape, format_bytes, format_count, format_duration};
 use crate::model::LlamaConfig;
 use crate::prune::report::ModelSizes;
-use crate::train::trainer::{MetricsLine, TrainSummary};
+use crate::train::metrics::{MetricsKind, MetricsLine, TrainSummary};
 use std::fmt::Write;
 
 /// A Markdown pipe table (as `evaluate` writes `table.md`) as an HTML table;
@@ -161,8 +161,8 @@ pub(super) fn training_summary(s: &mut String, t: &TrainSummary) {
 
 /// Figures from the last lines of a run in progress.
 pub(super) fn progress_summary(s: &mut String, lines: &[MetricsLine]) {
-    let last_train = lines.iter().rev().find(|l| l.kind == "train");
-    let last_eval = lines.iter().rev().find(|l| l.kind == "eval");
+    let last_train = lines.iter().rev().find(|l| l.kind == MetricsKind::Train);
+    let last_eval = lines.iter().rev().find(|l| l.kind == MetricsKind::Eval);
     s.push_str("<table class=\"data\"><tbody>");
     if let Some(l) = last_train {
         let _ = write!(

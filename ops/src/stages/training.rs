@@ -12,7 +12,7 @@ use crate::io::dataset::DatasetArtifact;
 use crate::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
 use crate::io::safetensors_io::DiskDtype;
 use crate::model::{Llama, LlamaConfig};
-use crate::train::trainer::{METRICS_FILE, SUMMARY_FILE};
+use crate::train::metrics::{METRICS_FILE, SUMMARY_FILE};
 use crate::train::{CrossEntropy, Objective, TrainJob, TrainParams, TrainSummary, train};
 
 /// Trains the model in `model_dir` under `objective` and writes the result

@@ -16,11 +16,21 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The run's summary in the output.
 pub const SUMMARY_FILE: &str = "training.json";
 
+/// What a line of `metrics.jsonl` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsKind {
+    /// A training step: its loss, learning rate, gradient norm, speed.
+    Train,
+    /// A held-out evaluation after `step` steps.
+    Eval,
+}
+
 /// One line of `metrics.jsonl`: a training step (`kind: train`) or a
 /// held-out evaluation (`kind: eval`, after `step` steps).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsLine {
-    pub kind: String,
+    pub kind: MetricsKind,
     pub step: u64,
     pub tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,7 +98,7 @@ pub fn write_eval(
     write_line(
         file,
         &MetricsLine {
-            kind: "eval".into(),
+            kind: MetricsKind::Eval,
             step: e.step,
             tokens,
             loss: None,

@@ -16,6 +16,7 @@ pub mod objective;
 pub mod step;
 pub mod trainer;
 
+pub use metrics::TrainSummary;
 pub use objective::{CrossEntropy, Distillation, Objective};
 pub use step::{StepOutcome, StepTimings, TrainStep};
-pub use trainer::{TrainJob, TrainSummary, train};
+pub use trainer::{TrainJob, train};

@@ -23,10 +23,10 @@ use distillery_engine::interrupt::{self, Interrupted};
 use super::adamw::{AdamW, AdamWConfig};
 use super::checkpoint::{self, RunState};
 use super::data::{DataOrder, MicroBatch, TrainRow};
-pub use super::metrics::{
-    EvalPoint, METRICS_FILE, MetricsLine, SUMMARY_FILE, TrainSummary, read_metrics,
+use super::metrics::{
+    EvalPoint, METRICS_FILE, MetricsKind, MetricsLine, TrainSummary, read_first_eval,
+    truncate_metrics, write_eval, write_line,
 };
-use super::metrics::{read_first_eval, truncate_metrics, write_eval, write_line};
 use super::objective::{Objective, weighted_cross_entropy};
 use super::params::{Resolved, TrainParams};
 use super::schedule::Schedule;
@@ -188,7 +188,7 @@ pub fn train<B: ComputeBackend>(
         write_line(
             &mut metrics,
             &MetricsLine {
-                kind: "train".into(),
+                kind: MetricsKind::Train,
                 step: done,
                 tokens: done * step_tokens,
                 loss: Some(loss),
