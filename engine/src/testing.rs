@@ -215,7 +215,7 @@ impl TypedOp for Count {
                 .to_hex()
                 .to_string();
             step += 1;
-            crate::store::write_atomically(
+            crate::fsutil::write_atomically(
                 &checkpoint_path,
                 &serde_json::to_vec(&CountCheckpoint {
                     step,
