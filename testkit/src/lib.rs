@@ -15,7 +15,7 @@
 //! ```
 
 use std::fmt::Display;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Whether the tests run under CI (`CI=true`), where nothing may skip.
@@ -24,8 +24,8 @@ pub fn under_ci() -> bool {
 }
 
 /// Skips the test (`None`, and a note on stderr), or fails it under
-/// `CI=true`. `what` names the missing thing so that the note says how to
-/// get it.
+/// `CI=true`. `what` names the missing thing, precisely enough that a
+/// reader knows what to install or fetch.
 pub fn missing<T>(what: impl Display) -> Option<T> {
     if under_ci() {
         panic!("{what} is missing, and under CI=true a test must not skip");
@@ -37,7 +37,9 @@ pub fn missing<T>(what: impl Display) -> Option<T> {
 /// The shared assets folder, `../shared/assets` relative to the repository
 /// root. Use [`require_asset`] first: this only builds the path.
 pub fn assets_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/assets"))
+    // This crate is the folder `testkit/` of the repository.
+    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    repo_root.parent().unwrap().join("shared/assets")
 }
 
 /// `../shared/assets/<rel>` (a file or a folder) when it exists.
@@ -93,6 +95,22 @@ mod tests {
             );
         } else {
             assert_eq!(result.unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn a_missing_asset_is_named_by_its_path() {
+        let result = std::panic::catch_unwind(|| require_asset("no/such/asset"));
+        match result {
+            Ok(found) => assert!(!under_ci() && found.is_none()),
+            Err(panic) => {
+                let message = panic.downcast_ref::<String>().unwrap();
+                assert!(under_ci(), "{message}");
+                assert!(
+                    message.contains("shared/assets/no/such/asset is missing"),
+                    "{message}"
+                );
+            }
         }
     }
 
