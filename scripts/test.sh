@@ -10,9 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Vulkan loader and at least one driver (an ICD manifest).
 vulkan_driver() {
-    ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' &&
-        ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1
+    ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null || return 1
+    compgen -G '/usr/share/vulkan/icd.d/*.json' >/dev/null || compgen -G '/etc/vulkan/icd.d/*.json' >/dev/null
 }
 install="apt-get install -y mesa-vulkan-drivers libvulkan1"
 
