@@ -4,32 +4,20 @@
 
 mod common;
 
-use common::{Workspace, distillery, repo_root, text};
+use common::{Workspace, distillery, text};
 use std::path::PathBuf;
 
-fn assets() -> Option<PathBuf> {
-    let dir = repo_root().join("../shared/assets");
-    if dir.join("models/SmolLM2-135M-Instruct.Q4_1.gguf").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but ../shared/assets is missing"
-    );
-    eprintln!("skipped: ../shared/assets is missing");
-    None
-}
-
-fn gguf(assets: &std::path::Path) -> PathBuf {
-    assets.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+/// The teacher GGUF (SmolLM2-135M-Instruct) from the shared assets.
+fn teacher_gguf() -> Option<PathBuf> {
+    testkit::require_asset("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 #[test]
 fn inspect_reports_the_architecture_and_parameter_count() {
-    let Some(assets) = assets() else { return };
+    let Some(gguf) = teacher_gguf() else { return };
     let out = distillery()
         .arg("inspect")
-        .arg(gguf(&assets))
+        .arg(&gguf)
         .arg("--json")
         .output()
         .unwrap();
@@ -42,7 +30,7 @@ fn inspect_reports_the_architecture_and_parameter_count() {
     let human = text(
         &distillery()
             .arg("inspect")
-            .arg(gguf(&assets))
+            .arg(&gguf)
             .output()
             .unwrap()
             .stdout,
@@ -53,14 +41,16 @@ fn inspect_reports_the_architecture_and_parameter_count() {
 
 #[test]
 fn greedy_generation_matches_the_reference_continuations() {
-    let Some(assets) = assets() else { return };
+    let Some(gguf) = teacher_gguf() else { return };
+    let Some(reference) = testkit::require_asset("reference/reference.json") else {
+        return;
+    };
     let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(assets.join("reference/reference.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(reference).unwrap()).unwrap();
     for case in reference["generations"].as_array().unwrap().iter().take(3) {
         let chat = case["mode"] == "chat";
         let mut cmd = distillery();
-        cmd.arg("generate").arg(gguf(&assets)).args([
+        cmd.arg("generate").arg(&gguf).args([
             "--prompt",
             case["prompt"].as_str().unwrap(),
             "--max-tokens",
@@ -87,11 +77,11 @@ fn greedy_generation_matches_the_reference_continuations() {
 
 #[test]
 fn sampling_is_reproducible_by_seed() {
-    let Some(assets) = assets() else { return };
+    let Some(gguf) = teacher_gguf() else { return };
     let sample = |seed: &str| {
         let out = distillery()
             .arg("generate")
-            .arg(gguf(&assets))
+            .arg(&gguf)
             .args([
                 "--prompt",
                 "The weather today",
@@ -112,7 +102,7 @@ fn sampling_is_reproducible_by_seed() {
     assert_eq!(sample("3"), sample("3"));
     let bad = distillery()
         .arg("generate")
-        .arg(gguf(&assets))
+        .arg(&gguf)
         .args(["--prompt", "x", "--top-p", "1.5"])
         .output()
         .unwrap();
@@ -121,13 +111,13 @@ fn sampling_is_reproducible_by_seed() {
 
 #[test]
 fn asking_for_cuda_without_it_is_a_clear_error() {
-    let Some(assets) = assets() else { return };
+    let Some(gguf) = teacher_gguf() else { return };
     if cfg!(feature = "cuda") {
         return;
     }
     let out = distillery()
         .arg("generate")
-        .arg(gguf(&assets))
+        .arg(&gguf)
         .args(["--prompt", "x", "--device", "cuda"])
         .output()
         .unwrap();
@@ -141,14 +131,14 @@ fn asking_for_cuda_without_it_is_a_clear_error() {
 
 #[test]
 fn a_recipe_loads_stores_and_exports_the_teacher() {
-    let Some(assets) = assets() else { return };
+    let Some(gguf) = teacher_gguf() else { return };
     let ws = Workspace::new();
     let recipe = format!(
         "# yaml-language-server: $schema=../schemas/recipe.schema.json\n\
          stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n  \
          copy:\n    op: load_model\n    inputs: {{ model: teacher }}\n    with: {{ source: artifact, dtype: bf16 }}\n  \
          out:\n    op: export\n    inputs: {{ model: teacher }}\n    with: {{ path: exported, dtype: f16, max_shard_mb: 100 }}\n",
-        gguf(&assets).display()
+        gguf.display()
     );
     ws.write("r.yaml", &recipe);
     let out = ws.run(&["run", "r.yaml"]);
@@ -256,7 +246,10 @@ fn load_model_checks_its_source_at_plan_time() {
 
 #[test]
 fn importance_prune_and_evaluate_chain_on_the_teacher() {
-    let Some(assets) = assets() else { return };
+    let Some(gguf) = teacher_gguf() else { return };
+    let Some(corpus) = testkit::require_asset("corpus/heldout_ppl.jsonl.zst") else {
+        return;
+    };
     let ws = Workspace::new();
     let recipe = format!(
         "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {gguf} }}\n  \
@@ -264,8 +257,8 @@ fn importance_prune_and_evaluate_chain_on_the_teacher() {
          scores:\n    op: importance\n    inputs: {{ model: teacher, data: text }}\n    with: {{ samples: 4, batch: 2, block_sizes: [2] }}\n  \
          student:\n    op: prune\n    inputs: {{ model: teacher, scores: scores }}\n    with: {{ hidden: 448, ffn: 1024, layers: 28, contiguous: true }}\n  \
          report:\n    op: evaluate\n    inputs: {{ models: [teacher, student], data: text }}\n    with: {{ split: train, rows: 2 }}\n",
-        gguf = gguf(&assets).display(),
-        corpus = assets.join("corpus/heldout_ppl.jsonl.zst").display(),
+        gguf = gguf.display(),
+        corpus = corpus.display(),
     );
     ws.write("r.yaml", &recipe);
     let out = ws.run(&["run", "r.yaml"]);

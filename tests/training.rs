@@ -13,20 +13,19 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// The teacher's tokenizer, so that tiny models read real text.
-fn tokenizer_dir() -> PathBuf {
-    let dir = common::repo_root().join("../shared/assets/reference");
-    assert!(
-        dir.join("tokenizer.json").is_file() || std::env::var("CI").as_deref() != Ok("true"),
-        "the shared assets are missing"
-    );
-    dir
+/// The teacher's tokenizer folder from the shared assets, so that tiny
+/// models read real text.
+fn tokenizer_dir() -> Option<PathBuf> {
+    testkit::require_asset("reference/tokenizer.json")?;
+    testkit::require_asset("reference/tokenizer_config.json")?;
+    testkit::require_asset("reference")
 }
 
 const VOCAB: usize = 49_152;
 
-/// A tiny tied Llama with random weights and the real tokenizer.
-fn tiny_model(dir: &Path, hidden: usize, layers: usize, vocab: usize, seed: u64) {
+/// A tiny tied Llama with random weights and the tokenizer of `tokenizer`
+/// (a folder).
+fn tiny_model(dir: &Path, tokenizer: &Path, hidden: usize, layers: usize, vocab: usize, seed: u64) {
     std::fs::create_dir_all(dir).unwrap();
     let (heads, kv, ffn) = (4, 2, hidden * 2);
     let head_dim = hidden / heads;
@@ -86,7 +85,7 @@ fn tiny_model(dir: &Path, hidden: usize, layers: usize, vocab: usize, seed: u64)
     )
     .unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(tokenizer_dir().join(f), dir.join(f)).unwrap();
+        std::fs::copy(tokenizer.join(f), dir.join(f)).unwrap();
     }
 }
 
@@ -111,12 +110,15 @@ fn corpus(ws: &Workspace) {
     ws.write("corpus.txt", &text);
 }
 
-fn setup() -> Workspace {
+/// A teacher, a student and a corpus; `None` (the test skips) without the
+/// shared tokenizer.
+fn setup() -> Option<Workspace> {
+    let tokenizer = tokenizer_dir()?;
     let ws = Workspace::new();
-    tiny_model(&ws.path("teacher"), 32, 2, VOCAB, 11);
-    tiny_model(&ws.path("student"), 16, 1, VOCAB, 12);
+    tiny_model(&ws.path("teacher"), &tokenizer, 32, 2, VOCAB, 11);
+    tiny_model(&ws.path("student"), &tokenizer, 16, 1, VOCAB, 12);
     corpus(&ws);
-    ws
+    Some(ws)
 }
 
 fn distill_recipe(steps: u64, checkpoint_every: u64, extra: &str) -> String {
@@ -209,7 +211,7 @@ fn eval_losses(s: &serde_json::Value) -> (f64, f64) {
 
 #[test]
 fn teacher_correction_then_distillation_lower_heldout_loss() {
-    let ws = setup();
+    let Some(ws) = setup() else { return };
     ws.write("r.yaml", &correct_then_distill_recipe());
     let out = ws.run(&["run", "r.yaml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -301,18 +303,22 @@ fn run_until_checkpoint(ws: &Workspace, recipe: &str, min_step: u64, signal: &st
         .unwrap_or_else(|| 128 + out.status.signal().unwrap())
 }
 
-fn uninterrupted_weights(steps: u64) -> StateDict {
-    let ws = setup();
+fn uninterrupted_weights(steps: u64) -> Option<StateDict> {
+    let ws = setup()?;
     ws.write("r.yaml", &distill_recipe(steps, 2, ""));
     let out = ws.run(&["run", "r.yaml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    weights(&stage_dir(&ws, "r.yaml", "student", "store").join("out"))
+    Some(weights(
+        &stage_dir(&ws, "r.yaml", "student", "store").join("out"),
+    ))
 }
 
 #[test]
 fn a_killed_stage_resumes_to_the_uninterrupted_weights() {
-    let reference = uninterrupted_weights(10);
-    let ws = setup();
+    let Some(reference) = uninterrupted_weights(10) else {
+        return;
+    };
+    let Some(ws) = setup() else { return };
     ws.write("r.yaml", &distill_recipe(10, 2, ""));
     let code = run_until_checkpoint(&ws, "r.yaml", 4, "-KILL");
     assert_eq!(code, 128 + 9);
@@ -346,7 +352,7 @@ fn a_killed_stage_resumes_to_the_uninterrupted_weights() {
 
 #[test]
 fn an_interrupt_checkpoints_and_exits_130_then_resumes() {
-    let ws = setup();
+    let Some(ws) = setup() else { return };
     ws.write("r.yaml", &distill_recipe(10, 0, ""));
     // No periodic checkpoints: the interrupt itself must write one. The
     // helper waits for a checkpoint, so trigger it by step count instead.
@@ -394,7 +400,7 @@ fn an_interrupt_checkpoints_and_exits_130_then_resumes() {
 
 #[test]
 fn align_refuses_a_dataset_without_a_loss_mask() {
-    let ws = setup();
+    let Some(ws) = setup() else { return };
     ws.write(
         "r.yaml",
         r#"
@@ -422,8 +428,11 @@ stages:
 
 #[test]
 fn distill_checks_vocabularies_and_budgets_at_plan_time() {
-    let ws = setup();
-    tiny_model(&ws.path("padded"), 16, 1, VOCAB + 64, 13);
+    let Some(ws) = setup() else { return };
+    let Some(tokenizer) = tokenizer_dir() else {
+        return;
+    };
+    tiny_model(&ws.path("padded"), &tokenizer, 16, 1, VOCAB + 64, 13);
     let recipe = distill_recipe(4, 0, "").replace("path: student }", "path: padded }");
     ws.write("r.yaml", &recipe);
     let out = ws.run(&["validate", "r.yaml"]);
@@ -459,9 +468,10 @@ fn distill_checks_vocabularies_and_budgets_at_plan_time() {
 
 #[test]
 fn align_lowers_the_heldout_loss_on_assistant_tokens() {
-    let ws = setup();
-    let instruct =
-        common::repo_root().join("../shared/assets/instruct/sharegpt_en_train.jsonl.zst");
+    let Some(ws) = setup() else { return };
+    let Some(instruct) = testkit::require_asset("instruct/sharegpt_en_train.jsonl.zst") else {
+        return;
+    };
     ws.write(
         "r.yaml",
         &format!(
@@ -503,7 +513,7 @@ stages:
 
 #[test]
 fn random_init_keeps_the_architecture_and_draws_fresh_weights_from_the_seed() {
-    let ws = setup();
+    let Some(ws) = setup() else { return };
     let recipe = |seed: u64| {
         format!(
             "name: init\nseed: {seed}\ndevice: cpu\nstages:\n  student:\n    op: load_model\n    with: {{ source: hf, path: student }}\n  fresh:\n    op: random_init\n    inputs: {{ model: student }}\n"

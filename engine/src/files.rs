@@ -2,6 +2,7 @@
 //! blake3, and remembered in a stat cache (path, size, mtime, inode ->
 //! digest) so that a second plan over unchanged multi-GB inputs reads nothing.
 
+use crate::fsutil;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -80,7 +81,7 @@ impl FileHasher {
         {
             return Ok(entry.digest.clone());
         }
-        let digest = hash_file(path)?;
+        let digest = fsutil::hash_file(path)?;
         self.bytes_read
             .fetch_add(metadata.len(), std::sync::atomic::Ordering::Relaxed);
         let modified = metadata.modified().unwrap_or(UNIX_EPOCH);
@@ -103,8 +104,9 @@ impl FileHasher {
     }
 
     fn digest_dir(&self, dir: &Path) -> io::Result<String> {
-        let mut files = Vec::new();
-        collect_files(dir, dir, &mut files)?;
+        let mut files = fsutil::files_under(dir)?;
+        // Sorted as paths (component by component), which the digests of
+        // stored stages depend on.
         files.sort();
         let full: Vec<PathBuf> = files.iter().map(|rel| dir.join(rel)).collect();
         let digests = self.digest_all(&full)?;
@@ -132,7 +134,7 @@ impl FileHasher {
             std::fs::create_dir_all(parent)?;
         }
         let bytes = serde_json::to_vec(&*self.entries.lock().unwrap())?;
-        crate::store::write_atomically(path, &bytes)
+        fsutil::write_atomically(path, &bytes)
     }
 }
 
@@ -147,32 +149,6 @@ fn stat_of(metadata: &std::fs::Metadata) -> (u64, i128, u64) {
     #[cfg(not(unix))]
     let inode = 0;
     (metadata.len(), mtime_ns, inode)
-}
-
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            collect_files(root, &path, out)?;
-        } else {
-            out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
-        }
-    }
-    Ok(())
-}
-
-/// blake3 of a file's bytes. Large files are memory-mapped and hashed on
-/// all cores; small ones are read directly.
-pub fn hash_file(path: &Path) -> io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    let len = std::fs::metadata(path)?.len();
-    if len >= 1 << 20 {
-        hasher.update_mmap_rayon(path)?;
-    } else {
-        hasher.update(&std::fs::read(path)?);
-    }
-    Ok(hasher.finalize().to_hex().to_string())
 }
 
 #[cfg(test)]

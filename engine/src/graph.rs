@@ -25,12 +25,8 @@ impl StageGraph {
         Self { graph }
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.graph.node_count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Every cycle's stages in loop order (`[a, b, c]` for a -> b -> c -> a),
@@ -149,17 +145,6 @@ impl StageGraph {
             .iter(&self.graph)
             .map(NodeIndex::index)
             .collect()
-    }
-
-    pub fn edges(&self) -> Vec<(usize, usize)> {
-        let mut v: Vec<(usize, usize)> = self
-            .graph
-            .edge_indices()
-            .filter_map(|e| self.graph.edge_endpoints(e))
-            .map(|(a, b)| (a.index(), b.index()))
-            .collect();
-        v.sort();
-        v
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod diagnostic;
 pub mod files;
+pub mod fsutil;
 pub mod graph;
 pub mod interrupt;
 pub mod key;

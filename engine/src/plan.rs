@@ -79,11 +79,16 @@ pub struct Plan {
     pub recipe: String,
     /// In topological order.
     pub stages: Vec<PlannedStage>,
+    /// Where each pipeline stage is in `stages`:
+    /// `stages[position[i]].index == i`.
+    #[serde(skip)]
+    position: Vec<usize>,
 }
 
 impl Plan {
-    pub fn stage(&self, name: &str) -> Option<&PlannedStage> {
-        self.stages.iter().find(|s| s.name == name)
+    /// The plan of the pipeline's stage `index` (`Pipeline::stages[index]`).
+    pub fn stage(&self, index: usize) -> &PlannedStage {
+        &self.stages[self.position[index]]
     }
 
     pub fn to_run(&self) -> impl Iterator<Item = &PlannedStage> {
@@ -182,14 +187,19 @@ pub fn plan(
             uses_accelerator: stage.uses_accelerator,
         });
     }
+    let mut position = vec![usize::MAX; pipeline.stages.len()];
+    for (at, s) in stages.iter().enumerate() {
+        position[s.index] = at;
+    }
     let plan = Plan {
         recipe: pipeline.recipe.name.clone(),
         stages,
+        position,
     };
     if !selection.only.is_empty() {
         for s in plan.stages.iter().filter(|s| s.selected) {
             for &j in &pipeline.graph.producers(s.index) {
-                let producer = plan.stages.iter().find(|p| p.index == j).unwrap();
+                let producer = plan.stage(j);
                 if !producer.selected && !store.contains(&producer.key) {
                     return Err(PlanError::InputNotStored {
                         stage: s.name.clone(),

@@ -91,8 +91,6 @@ pub fn execute(
     observer: &dyn RunObserver,
 ) -> std::io::Result<RunReport> {
     let _store_lock = store.lock_shared()?;
-    let by_index: BTreeMap<usize, &crate::plan::PlannedStage> =
-        plan.stages.iter().map(|s| (s.index, s)).collect();
     let selected: Vec<usize> = plan
         .stages
         .iter()
@@ -103,7 +101,7 @@ pub fn execute(
     let mut outcomes: BTreeMap<usize, StageOutcome> = BTreeMap::new();
     let mut pending: BTreeSet<usize> = BTreeSet::new();
     for &i in &selected {
-        let planned = by_index[&i];
+        let planned = plan.stage(i);
         // An entry removed since planning (`cache gc`) is computed again.
         let still_cached = planned.state == StageState::Cached && store.contains(&planned.key);
         match planned.state {
@@ -149,8 +147,8 @@ pub fn execute(
                         };
                         let outcome = StageOutcome::Skipped { failed_upstream };
                         observer.finished(&StageReport {
-                            name: by_index[&i].name.clone(),
-                            key: by_index[&i].key.clone(),
+                            name: plan.stage(i).name.clone(),
+                            key: plan.stage(i).key.clone(),
                             outcome: outcome.clone(),
                         });
                         outcomes.insert(i, outcome);
@@ -165,7 +163,7 @@ pub fn execute(
                 .filter(|&i| {
                     pipeline.graph.producers(i).iter().all(|p| {
                         outcomes.contains_key(p)
-                            || !by_index[p].selected && store.contains(&by_index[p].key)
+                            || !plan.stage(*p).selected && store.contains(&plan.stage(*p).key)
                     })
                 })
                 .collect();
@@ -176,8 +174,8 @@ pub fn execute(
                         error: "not started: the run was interrupted".into(),
                     };
                     observer.finished(&StageReport {
-                        name: by_index[&i].name.clone(),
-                        key: by_index[&i].key.clone(),
+                        name: plan.stage(i).name.clone(),
+                        key: plan.stage(i).key.clone(),
                         outcome: outcome.clone(),
                     });
                     outcomes.insert(i, outcome);
@@ -189,7 +187,7 @@ pub fn execute(
                 if running.len() >= jobs {
                     break;
                 }
-                let planned = by_index[&i];
+                let planned = plan.stage(i);
                 let needs_device = accelerator && planned.uses_accelerator;
                 if needs_device && accelerator_busy {
                     continue;
@@ -211,8 +209,8 @@ pub fn execute(
                         error: "an input stage is neither selected nor in the store".into(),
                     };
                     observer.finished(&StageReport {
-                        name: by_index[&i].name.clone(),
-                        key: by_index[&i].key.clone(),
+                        name: plan.stage(i).name.clone(),
+                        key: plan.stage(i).key.clone(),
                         outcome: outcome.clone(),
                     });
                     outcomes.insert(i, outcome);
@@ -221,12 +219,12 @@ pub fn execute(
             }
             let (i, outcome) = receiver.recv().expect("a stage thread reports");
             running.remove(&i);
-            if accelerator && by_index[&i].uses_accelerator {
+            if accelerator && plan.stage(i).uses_accelerator {
                 accelerator_busy = false;
             }
             observer.finished(&StageReport {
-                name: by_index[&i].name.clone(),
-                key: by_index[&i].key.clone(),
+                name: plan.stage(i).name.clone(),
+                key: plan.stage(i).key.clone(),
                 outcome: outcome.clone(),
             });
             outcomes.insert(i, outcome);
@@ -259,7 +257,7 @@ fn compute(
     device: Device,
     observer: &dyn RunObserver,
 ) -> StageOutcome {
-    let planned = plan.stages.iter().find(|s| s.index == index).unwrap();
+    let planned = plan.stage(index);
     let stage = &pipeline.stages[index];
     let forced = planned.state == StageState::Run(crate::plan::RunReason::Forced);
     let result = (|| -> anyhow::Result<StageOutcome> {
@@ -275,10 +273,7 @@ fn compute(
             .map(|(slot, producers)| {
                 let dirs = producers
                     .iter()
-                    .map(|&j| {
-                        let key = &plan.stages.iter().find(|s| s.index == j).unwrap().key;
-                        store.output_dir(key)
-                    })
+                    .map(|&j| store.output_dir(&plan.stage(j).key))
                     .collect();
                 (slot.clone(), dirs)
             })

@@ -13,11 +13,12 @@
 //! A crash at any point leaves either no entry or a complete one: the
 //! manifest is written inside the staging folder before the rename.
 
+use crate::fsutil::{self, write_atomically};
 use crate::key::KeyMaterial;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -352,56 +353,21 @@ fn now_unix() -> u64 {
 
 /// Digests of every file under `dir`, by relative path with `/` separators.
 pub fn hash_tree(dir: &Path) -> io::Result<BTreeMap<String, OutputFile>> {
-    let mut files = Vec::new();
-    walk(dir, dir, &mut files)?;
     use rayon::prelude::*;
-    files
+    fsutil::files_under(dir)?
         .par_iter()
-        .map(|(rel, path)| {
-            let size = fs::metadata(path)?.len();
-            let blake3 = crate::files::hash_file(path)?;
-            Ok((rel.clone(), OutputFile { size, blake3 }))
-        })
-        .collect()
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> io::Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            walk(root, &path, out)?;
-        } else {
-            let rel = path.strip_prefix(root).unwrap_or(&path);
+        .map(|rel| {
+            let path = dir.join(rel);
+            let size = fs::metadata(&path)?.len();
+            let blake3 = fsutil::hash_file(&path)?;
             let rel = rel
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
-            out.push((rel, path));
-        }
-    }
-    Ok(())
-}
-
-/// Writes a file so that readers see either the old or the new content.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.{:?}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)
+            Ok((rel, OutputFile { size, blake3 }))
+        })
+        .collect()
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -1,6 +1,7 @@
 //! Small ops that exercise the engine without models: text in, text out,
-//! slow checkpointed counting, kinds for every artifact. The command line
-//! registers them only when `DISTILLERY_TEST_OPS=1`, for the engine's tests.
+//! slow checkpointed counting, kinds for every artifact. The engine's tests
+//! register them directly; the command line offers them only in builds for
+//! the workspace's tests (see [`IN_TEST_BUILD`]).
 //!
 //! When `DISTILLERY_TEST_LOG` names a file, each op appends a line per start
 //! and finish to it, so a test can see what actually ran.
@@ -10,6 +11,16 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::PathBuf;
+
+/// Whether this build may offer the test ops on the command line: true only
+/// with the feature `test-ops`, which the root package's dev-dependency on
+/// this crate turns on. Cargo builds the `distillery` binary for
+/// `cargo test` with the features of the dev-dependencies and for
+/// `cargo build --release` without them, so the tests in tests/ run the
+/// binary with these ops and the shipped binary has none, whatever its
+/// environment. (A feature of the root package itself could not be turned
+/// on by `cargo test` alone: a package cannot dev-depend on itself.)
+pub const IN_TEST_BUILD: bool = cfg!(feature = "test-ops");
 
 /// Registers every test op.
 pub fn register(registry: &mut OpRegistry) {
@@ -204,7 +215,7 @@ impl TypedOp for Count {
                 .to_hex()
                 .to_string();
             step += 1;
-            crate::store::write_atomically(
+            crate::fsutil::write_atomically(
                 &checkpoint_path,
                 &serde_json::to_vec(&CountCheckpoint {
                     step,

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use testkit::require_asset;
 
 use distillery_engine::progress::{NoProgress, Progress};
 use distillery_engine::{CheckContext, Device, OpRegistry, RunContext};
@@ -25,13 +26,14 @@ use tokenizers::Tokenizer;
 
 /// The reference tokenizer folder (SmolLM2-135M-Instruct's tokenizer files).
 fn tokenizer_dir() -> Option<PathBuf> {
-    asset("reference/tokenizer.json")?;
-    asset("reference/tokenizer_config.json")?;
-    asset("reference")
+    require_asset("reference/tokenizer.json")?;
+    require_asset("reference/tokenizer_config.json")?;
+    require_asset("reference")
 }
 
+/// The reference tokenizer; [`tokenizer_dir`] checks that it is there.
 fn tokenizer() -> Tokenizer {
-    Tokenizer::from_file(PathBuf::from(ASSETS).join("reference/tokenizer.json")).unwrap()
+    Tokenizer::from_file(testkit::assets_dir().join("reference/tokenizer.json")).unwrap()
 }
 
 fn encode(tok: &Tokenizer, text: &str) -> Vec<u32> {
@@ -407,10 +409,9 @@ fn chat_conversations_are_rendered_with_the_chat_template() {
 
 #[test]
 fn chat_template_matches_the_transformers_reference() {
-    let Some(config) = asset("reference/tokenizer_config.json") else {
-        return;
-    };
-    let Some(reference) = asset("reference/reference.json") else {
+    let Some(tdir) = tokenizer_dir() else { return };
+    let config = tdir.join("tokenizer_config.json");
+    let Some(reference) = require_asset("reference/reference.json") else {
         return;
     };
     let config: Value = serde_json::from_slice(&std::fs::read(config).unwrap()).unwrap();
@@ -1006,7 +1007,7 @@ const TRICKY: [&str; 24] = [
 
 fn reference_tokenizer_json() -> Value {
     serde_json::from_slice(
-        &std::fs::read(PathBuf::from(ASSETS).join("reference/tokenizer.json")).unwrap(),
+        &std::fs::read(testkit::assets_dir().join("reference/tokenizer.json")).unwrap(),
     )
     .unwrap()
 }
@@ -1060,7 +1061,7 @@ fn fast_path_gives_the_tokenizers_ids_on_real_text() {
         return;
     };
     let config: Value = serde_json::from_slice(
-        &std::fs::read(PathBuf::from(ASSETS).join("reference/tokenizer_config.json")).unwrap(),
+        &std::fs::read(testkit::assets_dir().join("reference/tokenizer_config.json")).unwrap(),
     )
     .unwrap();
     let template = ChatTemplate::from_tokenizer_config(&config)
@@ -1187,7 +1188,7 @@ fn the_op_falls_back_to_encode_for_other_tokenizers() {
 #[test]
 fn whole_distillation_corpus() {
     let Some(tdir) = tokenizer_dir() else { return };
-    let Some(corpus) = asset("corpus/distill_train.jsonl.zst") else {
+    let Some(corpus) = require_asset("corpus/distill_train.jsonl.zst") else {
         return;
     };
     let ws = Workspace::new();
@@ -1304,7 +1305,7 @@ fn whole_distillation_corpus() {
 fn gguf_tokenizer_dir(ws: &Workspace) -> Option<PathBuf> {
     use distillery_ops::io::gguf::GgufFile;
     use distillery_ops::io::gguf_tokenizer::{tokenizer_config, tokenizer_from_gguf};
-    let gguf = asset("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    let gguf = require_asset("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
     let g = GgufFile::open(&gguf).unwrap();
     let dir = ws.dir.path().join("teacher-tokenizer");
     std::fs::create_dir_all(&dir).unwrap();
@@ -1389,7 +1390,7 @@ fn loss_mask_marks_exactly_the_assistant_replies_of_sharegpt() {
     let Some(tdir) = gguf_tokenizer_dir(&ws) else {
         return;
     };
-    let Some(chats) = asset("instruct/sharegpt_en_heldout.jsonl.zst") else {
+    let Some(chats) = require_asset("instruct/sharegpt_en_heldout.jsonl.zst") else {
         return;
     };
     let tok = Tokenizer::from_file(tdir.join("tokenizer.json")).unwrap();

@@ -15,13 +15,14 @@ use distillery_ops::model::LlamaConfig;
 use model_support::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use testkit::require_asset;
 use tokenizers::Tokenizer;
 
 // ---------------------------------------------------------------------------
 // Loading.
 
 fn benchmark_files() -> Option<Vec<PathBuf>> {
-    let dir = asset("benchmarks")?;
+    let dir = require_asset("benchmarks")?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -605,13 +606,13 @@ fn full_reference_run() -> bool {
 
 #[test]
 fn the_teacher_reproduces_the_reference_figures() {
-    let Some(gguf) = asset("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+    let Some(gguf) = require_asset("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let Some(scores) = asset("reference/teacher_eval_first100.json") else {
+    let Some(scores) = require_asset("reference/teacher_eval_first100.json") else {
         return;
     };
-    let Some(ppl_ref) = asset("reference/teacher_perplexity.json") else {
+    let Some(ppl_ref) = require_asset("reference/teacher_perplexity.json") else {
         return;
     };
     let scores: serde_json::Value =
@@ -647,7 +648,7 @@ fn the_teacher_reproduces_the_reference_figures() {
     };
     let mut failures = Vec::new();
     for task in tasks {
-        let Some(path) = asset(&format!("benchmarks/{task}.jsonl.zst")) else {
+        let Some(path) = require_asset(&format!("benchmarks/{task}.jsonl.zst")) else {
             return;
         };
         let file = load_task_file(&path, task, None).unwrap();
@@ -687,7 +688,7 @@ fn the_teacher_reproduces_the_reference_figures() {
         vec!["heldout_ppl.txt"]
     };
     for name in texts {
-        let Some(path) = asset(&format!("corpus/{name}.zst")) else {
+        let Some(path) = require_asset(&format!("corpus/{name}.zst")) else {
             return;
         };
         let want = &ppl_ref["files"][name];
@@ -958,7 +959,7 @@ fn every_benchmark_file_scores_with_the_teacher() {
     let Some(files) = benchmark_files() else {
         return;
     };
-    let Some(gguf) = asset("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+    let Some(gguf) = require_asset("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
     let (model, assets) = distillery_ops::loader::load_model::<B>(&gguf, &device()).unwrap();

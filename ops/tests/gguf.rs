@@ -6,6 +6,7 @@ mod assets_support;
 use assets_support::*;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
+use testkit::require_asset;
 
 use distillery_ops::io::gguf::{
     GgmlType, GgufArray, GgufError, GgufFile, GgufValue, dequantize_blocks,
@@ -21,14 +22,14 @@ use serde_json::{Value, json};
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn read_json(rel: &str) -> Option<Value> {
-    let p = asset(rel)?;
+    let p = require_asset(rel)?;
     Some(serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
 }
 
 /// The real model, loaded once for all tests of this file.
 fn real_model() -> Option<&'static GgufLlama> {
     static MODEL_ONCE: OnceLock<GgufLlama> = OnceLock::new();
-    let path = asset(MODEL)?;
+    let path = require_asset(MODEL)?;
     Some(MODEL_ONCE.get_or_init(|| {
         let t = std::time::Instant::now();
         let m = load_llama(&path).expect("real GGUF loads");
@@ -375,7 +376,9 @@ fn s(x: &str) -> GgufValue {
 
 #[test]
 fn real_gguf_directory_and_metadata() {
-    let Some(path) = asset(MODEL) else { return };
+    let Some(path) = require_asset(MODEL) else {
+        return;
+    };
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.version, 3);
     assert_eq!(g.alignment, 32);
@@ -495,7 +498,10 @@ fn unpermute_by_formula<T: Copy + Default>(
 #[test]
 fn real_gguf_q_k_are_unpermuted() {
     let Some(m) = real_model() else { return };
-    let g = GgufFile::open(&asset(MODEL).unwrap()).unwrap();
+    let Some(path) = require_asset(MODEL) else {
+        return;
+    };
+    let g = GgufFile::open(&path).unwrap();
     for layer in [0, 17, 29] {
         for (gname, hname, heads, rows) in
             [("attn_q", "q_proj", 9, 576), ("attn_k", "k_proj", 3, 192)]
@@ -1100,7 +1106,9 @@ fn le(parts: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn real_header_truncated_anywhere_is_an_error() {
-    let Some(path) = asset(MODEL) else { return };
+    let Some(path) = require_asset(MODEL) else {
+        return;
+    };
     let bytes = std::fs::read(path).unwrap();
     let header_end = GgufFile::from_bytes(bytes[..].to_vec())
         .unwrap()

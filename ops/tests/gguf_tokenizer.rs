@@ -5,6 +5,7 @@
 mod assets_support;
 use assets_support::*;
 use std::sync::OnceLock;
+use testkit::require_asset;
 
 use distillery_ops::io::gguf::GgufFile;
 use distillery_ops::io::gguf_tokenizer::{
@@ -21,8 +22,8 @@ const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// (tokenizer from the GGUF, reference tokenizer.json), built once.
 fn tokenizers_pair() -> Option<&'static (Tokenizer, Tokenizer)> {
     static PAIR: OnceLock<(Tokenizer, Tokenizer)> = OnceLock::new();
-    let gguf = asset(MODEL)?;
-    let reference = asset("reference/tokenizer.json")?;
+    let gguf = require_asset(MODEL)?;
+    let reference = require_asset("reference/tokenizer.json")?;
     Some(PAIR.get_or_init(|| {
         let g = GgufFile::open(&gguf).unwrap();
         let ours = tokenizer_from_gguf(&g).unwrap();
@@ -31,13 +32,13 @@ fn tokenizers_pair() -> Option<&'static (Tokenizer, Tokenizer)> {
 }
 
 fn reference_json() -> Option<Value> {
-    let p = asset("reference/reference.json")?;
+    let p = require_asset("reference/reference.json")?;
     Some(serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
 }
 
 /// A 1-D little-endian int64 .npy array.
 fn read_npy_i64(rel: &str) -> Option<Vec<i64>> {
-    let npy = read_npy(&asset(rel)?);
+    let npy = read_npy(&require_asset(rel)?);
     assert_eq!(npy.shape.len(), 1, "{rel}: not 1-D");
     Some(npy.i64s)
 }
@@ -53,7 +54,7 @@ fn structure_matches_reference_tokenizer_json() {
     let Some((ours, _)) = tokenizers_pair() else {
         return;
     };
-    let Some(path) = asset("reference/tokenizer.json") else {
+    let Some(path) = require_asset("reference/tokenizer.json") else {
         return;
     };
     let reference: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
@@ -79,8 +80,10 @@ fn structure_matches_reference_tokenizer_json() {
 
 #[test]
 fn tokenizer_config_matches_reference() {
-    let Some(path) = asset(MODEL) else { return };
-    let Some(tc) = asset("reference/tokenizer_config.json") else {
+    let Some(path) = require_asset(MODEL) else {
+        return;
+    };
+    let Some(tc) = require_asset("reference/tokenizer_config.json") else {
         return;
     };
     let reference: Value = serde_json::from_slice(&std::fs::read(tc).unwrap()).unwrap();
@@ -196,7 +199,9 @@ fn special_tokens_encode_to_their_ids() {
 
 #[test]
 fn unknown_pre_tokenizer_in_the_real_file_is_an_error() {
-    let Some(path) = asset(MODEL) else { return };
+    let Some(path) = require_asset(MODEL) else {
+        return;
+    };
     let mut bytes = std::fs::read(path).unwrap();
     // Same-length replacement keeps every offset valid.
     let key = b"tokenizer.ggml.pre";

@@ -25,13 +25,24 @@ type Cube = burn::backend::Cuda;
 #[cfg(not(feature = "cuda"))]
 type Cube = burn::backend::Wgpu;
 
-/// In a cuda build these tests are the GPU check: a missing device fails
-/// them rather than passing them vacuously.
+/// Whether the backend's device is there; each test starts by asking. In a
+/// cuda build these tests are the GPU check: without a CUDA device they
+/// skip, and fail under `CI=true` (as scripts/gpu/bench.sh runs them)
+/// rather than pass vacuously.
+#[cfg(feature = "cuda")]
+fn device_present() -> bool {
+    let found = distillery_ops::device::resolve(distillery_engine::Device::Cuda);
+    testkit::require_device("a CUDA device", found).is_some()
+}
+/// Wgpu needs a Vulkan driver, which the test command (scripts/test.sh)
+/// checks for before it runs these tests.
+#[cfg(not(feature = "cuda"))]
+fn device_present() -> bool {
+    true
+}
+
 #[cfg(feature = "cuda")]
 fn device() -> burn::backend::cuda::CudaDevice {
-    if let Err(why) = distillery_ops::device::resolve(distillery_engine::Device::Cuda) {
-        panic!("the cuda build's KD tests need a CUDA device: {why}");
-    }
     burn::backend::cuda::CudaDevice::new(0)
 }
 #[cfg(not(feature = "cuda"))]
@@ -188,21 +199,33 @@ fn sweep(loss: KdLoss, seed: u64) {
 
 #[test]
 fn forward_kl_matches_the_oracle() {
+    if !device_present() {
+        return;
+    }
     sweep(KdLoss::ForwardKl, 1);
 }
 
 #[test]
 fn reverse_kl_matches_the_oracle() {
+    if !device_present() {
+        return;
+    }
     sweep(KdLoss::ReverseKl, 2);
 }
 
 #[test]
 fn symmetric_jsd_matches_the_oracle() {
+    if !device_present() {
+        return;
+    }
     sweep(KdLoss::Jsd { beta: 0.5 }, 3);
 }
 
 #[test]
 fn skewed_jsd_matches_the_oracle() {
+    if !device_present() {
+        return;
+    }
     sweep(KdLoss::Jsd { beta: 0.1 }, 4);
 }
 
@@ -212,6 +235,9 @@ fn skewed_jsd_matches_the_oracle() {
 /// weight and scale.
 #[test]
 fn close_distributions_match_the_oracle() {
+    if !device_present() {
+        return;
+    }
     let mut rng = SplitMix64::new(5);
     let (vocab, rows) = (50_257, 2);
     let student = logits(&mut rng, rows * vocab, 10.0);
@@ -243,6 +269,9 @@ fn close_distributions_match_the_oracle() {
 
 #[test]
 fn a_fully_masked_batch_gives_zeros() {
+    if !device_present() {
+        return;
+    }
     let mut rng = SplitMix64::new(6);
     for (vocab, rows) in [(7, 5), (1000, 3)] {
         let student = logits(&mut rng, rows * vocab, 1e4);
@@ -273,6 +302,9 @@ fn a_fully_masked_batch_gives_zeros() {
 /// Identical logits: zero loss and gradient up to rounding, for every loss.
 #[test]
 fn identical_distributions_give_zero() {
+    if !device_present() {
+        return;
+    }
     let mut rng = SplitMix64::new(7);
     let (vocab, rows) = (1000, 4);
     let x = logits(&mut rng, rows * vocab, 30.0);
@@ -303,6 +335,9 @@ fn identical_distributions_give_zero() {
 /// read as their contiguous f32 equivalents.
 #[test]
 fn non_contiguous_and_mixed_dtype_inputs() {
+    if !device_present() {
+        return;
+    }
     let mut rng = SplitMix64::new(8);
     let (vocab, rows) = (1000, 5);
     let student = logits(&mut rng, rows * vocab, 30.0);
@@ -382,6 +417,9 @@ fn non_contiguous_and_mixed_dtype_inputs() {
 
 #[test]
 fn an_empty_batch_gives_zero() {
+    if !device_present() {
+        return;
+    }
     let spec = KdSpec {
         loss: KdLoss::ForwardKl,
         temperature: 1.0,

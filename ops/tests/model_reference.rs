@@ -12,6 +12,7 @@ use distillery_ops::io::hf_folder::{HfAssets, HfWriteOptions};
 use distillery_ops::model::{Llama, LlamaConfig, tokens_tensor};
 use model_support::*;
 use serde_json::Value;
+use testkit::require_asset;
 
 const GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const MAX_ABS: f32 = 1e-3;
@@ -68,7 +69,7 @@ fn check_reference_logits(model: &Llama<B>, dir: &Path, label: &str) -> f64 {
 
 #[test]
 fn gguf_model_reproduces_reference_logits_directly_and_after_export() {
-    let (Some(gguf), Some(refdir)) = (asset(GGUF), asset("reference")) else {
+    let (Some(gguf), Some(refdir)) = (require_asset(GGUF), require_asset("reference")) else {
         return;
     };
     let start = Instant::now();
@@ -129,7 +130,7 @@ fn gguf_model_reproduces_reference_logits_directly_and_after_export() {
 
 #[test]
 fn greedy_generation_reproduces_reference_continuations() {
-    let (Some(gguf), Some(refdir)) = (asset(GGUF), asset("reference")) else {
+    let (Some(gguf), Some(refdir)) = (require_asset(GGUF), require_asset("reference")) else {
         return;
     };
     let loaded = load_llama(&gguf).expect("GGUF loads");

@@ -682,9 +682,7 @@ fn plan_time_checks_read_the_source_models_sizes() {
     );
 
     // GGUF metadata (SmolLM2-135M: 9 heads in 3 kv groups, 30 layers).
-    let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/assets/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if gguf.is_file() {
+    if let Some(gguf) = testkit::require_asset("models/SmolLM2-135M-Instruct.Q4_1.gguf") {
         let issues = check_with(
             json!({"heads": 4, "layers": 31}),
             load("gguf", &gguf),
@@ -702,8 +700,6 @@ fn plan_time_checks_read_the_source_models_sizes() {
             issues[1].1.contains("not a multiple of the 3 kv groups"),
             "{issues:?}"
         );
-    } else {
-        eprintln!("skipping the GGUF part: {} is missing", gguf.display());
     }
 }
 

@@ -5,28 +5,12 @@
 
 mod model_support;
 
-use std::path::PathBuf;
-
 use distillery_ops::io::gguf_llama::load_llama;
 use distillery_ops::model::LlamaConfig;
 use distillery_ops::prune::{DepthTarget, Rankings, Targets, prune};
 use model_support::{Rng, build, model_logits};
 
 const GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn model_path() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/assets")
-        .join(GGUF);
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("asset {} is missing (CI=true)", p.display());
-    }
-    eprintln!("skipping: asset {} is missing", p.display());
-    None
-}
 
 /// A random permutation of `0..n` (Fisher-Yates on the test RNG).
 fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
@@ -39,7 +23,9 @@ fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
 
 #[test]
 fn smollm2_permuted_and_pruned() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = testkit::require_asset(GGUF) else {
+        return;
+    };
     let gguf = load_llama(&path).unwrap();
     let c = LlamaConfig::from_json(&gguf.config).unwrap();
     assert_eq!((c.num_attention_heads, c.num_key_value_heads), (9, 3));

@@ -45,7 +45,8 @@ pub fn export(args: ExportArgs) -> u8 {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let stage = &pipeline.stages[pipeline.stage_index(&args.stage).expect("selected")];
+    let index = pipeline.stage_index(&args.stage).expect("selected");
+    let stage = &pipeline.stages[index];
     if stage.op.output() != ArtifactKind::Model {
         eprintln!(
             "error: stage `{}` produces a {}, not a Model",
@@ -54,7 +55,7 @@ pub fn export(args: ExportArgs) -> u8 {
         );
         return EXIT_INVALID;
     }
-    let planned = plan.stage(&args.stage).expect("planned");
+    let planned = plan.stage(index);
     if planned.state != StageState::Cached {
         eprintln!(
             "error: stage `{}` is not in the store; run it first (`distillery run {} --until {}`)",

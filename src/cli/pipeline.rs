@@ -2,17 +2,20 @@
 //! diagnostics on stderr, and the store it uses.
 
 use super::output;
+use distillery_engine::testing;
 use distillery_engine::validate::LoadError;
 use distillery_engine::{OpRegistry, Pipeline, Store};
 use std::path::{Path, PathBuf};
 
-/// Every op a recipe may use. The engine's test ops join when
-/// `DISTILLERY_TEST_OPS=1` (the engine's own tests use them).
+/// Every op a recipe may use. The engine's test ops join only in builds for
+/// the tests (`testing::IN_TEST_BUILD`: never in a release binary), and there
+/// only with `DISTILLERY_TEST_OPS=1`, so that a test can also run the binary
+/// as users get it.
 pub fn registry() -> OpRegistry {
     let mut registry = OpRegistry::new();
     distillery_ops::register(&mut registry);
-    if std::env::var("DISTILLERY_TEST_OPS").is_ok_and(|v| v == "1") {
-        distillery_engine::testing::register(&mut registry);
+    if testing::IN_TEST_BUILD && std::env::var("DISTILLERY_TEST_OPS").is_ok_and(|v| v == "1") {
+        testing::register(&mut registry);
     }
     registry
 }

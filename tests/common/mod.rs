@@ -1,5 +1,7 @@
 //! Helpers shared by the command-line tests: the binary with the engine's
-//! test ops enabled, temporary recipe folders, and the op log.
+//! test ops enabled (a test build has them: see
+//! `distillery_engine::testing::IN_TEST_BUILD`), temporary recipe folders,
+//! and the op log.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

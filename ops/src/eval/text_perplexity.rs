@@ -27,13 +27,6 @@ pub struct TextWindows {
     pub bytes: usize,
 }
 
-impl TextWindows {
-    /// Tokens predicted: `seq_len - 1` per window.
-    pub fn predicted(&self) -> usize {
-        self.windows.iter().map(|w| w.len() - 1).sum()
-    }
-}
-
 /// Reads a text file, zstd-compressed when its name ends in `.zst`.
 pub fn read_text_file(path: &Path, label: &str) -> Result<String> {
     let mut text = String::new();

@@ -234,13 +234,6 @@ impl DatasetIndex {
         }
     }
 
-    pub fn split_mut(&mut self, split: Split) -> &mut SplitStats {
-        match split {
-            Split::Train => &mut self.train,
-            Split::Heldout => &mut self.heldout,
-        }
-    }
-
     /// Tokens of the documents' text over both splits, separators excluded.
     pub fn text_tokens(&self) -> u64 {
         self.train.text_tokens + self.heldout.text_tokens
@@ -726,11 +719,6 @@ impl SplitWriter {
             }
         }
         Ok(())
-    }
-
-    /// Counts so far (the partial row not yet counted as dropped).
-    pub fn stats(&self) -> &SplitStats {
-        &self.stats
     }
 
     /// Drops the partial row, flushes, and returns the counts.

@@ -230,19 +230,6 @@ impl GgmlType {
     pub fn block_bytes(self) -> usize {
         self.entry().4 as usize
     }
-
-    /// Whether [`dequantize_blocks`] handles this type.
-    pub fn is_supported(self) -> bool {
-        matches!(
-            self,
-            GgmlType::F32
-                | GgmlType::F16
-                | GgmlType::BF16
-                | GgmlType::Q8_0
-                | GgmlType::Q4_0
-                | GgmlType::Q4_1
-        )
-    }
 }
 
 impl fmt::Display for GgmlType {
@@ -507,10 +494,6 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn n_elements(&self) -> u64 {
-        self.ne.iter().product()
-    }
-
     /// Row-major (Hugging Face) shape: `ne` reversed.
     pub fn shape(&self) -> Vec<usize> {
         self.ne.iter().rev().map(|&d| d as usize).collect()
@@ -647,10 +630,6 @@ impl GgufFile {
         self.typed(key, "a string", GgufValue::as_str)
     }
 
-    pub fn get_array(&self, key: &str) -> Result<Option<&GgufArray>> {
-        self.typed(key, "an array", GgufValue::as_array)
-    }
-
     pub fn get_str_array(&self, key: &str) -> Result<Option<&[String]>> {
         self.typed(key, "an array of strings", |v| match v {
             GgufValue::Array(GgufArray::String(s)) => Some(s.as_slice()),
@@ -668,10 +647,6 @@ impl GgufFile {
     /// Like [`Self::get_u64`] but a missing key is an error.
     pub fn require_u64(&self, key: &str) -> Result<u64> {
         self.get_u64(key)?.ok_or_else(|| missing(key))
-    }
-
-    pub fn require_f64(&self, key: &str) -> Result<f64> {
-        self.get_f64(key)?.ok_or_else(|| missing(key))
     }
 
     pub fn require_str(&self, key: &str) -> Result<&str> {

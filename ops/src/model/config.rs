@@ -279,11 +279,6 @@ impl LlamaConfig {
         value
     }
 
-    /// Query heads that share one key/value head.
-    pub fn n_rep(&self) -> usize {
-        self.num_attention_heads / self.num_key_value_heads
-    }
-
     /// Width of the concatenated query heads (`o_proj` input).
     pub fn q_dim(&self) -> usize {
         self.num_attention_heads * self.head_dim

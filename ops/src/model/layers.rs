@@ -28,10 +28,6 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    pub fn in_features(&self) -> usize {
-        self.weight.dims()[0]
-    }
-
     pub fn out_features(&self) -> usize {
         self.weight.dims()[1]
     }

@@ -61,10 +61,6 @@ impl Rope {
         Self { inv_freq }
     }
 
-    pub fn inv_freq(&self) -> &[f64] {
-        &self.inv_freq
-    }
-
     /// cos/sin for positions `start .. start + seq`, computed in f64 and
     /// rounded once to f32.
     pub fn tables<B: Backend>(

@@ -6,7 +6,7 @@
 //! kill at any moment leaves one whole checkpoint to resume from.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -96,11 +96,6 @@ pub fn load(scratch: &Path) -> Result<Option<Checkpoint>> {
         }));
     }
     Ok(None)
-}
-
-/// The folder of the current checkpoint (for tests and messages).
-pub fn current_dir(scratch: &Path) -> PathBuf {
-    scratch.join(CURRENT)
 }
 
 fn sync_dir(dir: &Path) {

@@ -35,9 +35,20 @@ use crate::backend::ComputeBackend;
 use crate::io::dataset::{DatasetArtifact, Split};
 use crate::model::Llama;
 
-/// Slows every step down by this many milliseconds; lets tests interrupt a
-/// tiny model's run mid-way.
-const TEST_STEP_DELAY_ENV: &str = "DISTILLERY_TEST_STEP_DELAY_MS";
+/// A pause before every step, `DISTILLERY_TEST_STEP_DELAY_MS` long, so that
+/// tests can interrupt a tiny model's run mid-way. Only in builds with the
+/// feature `test-step-delay` (the root package's tests); none otherwise.
+#[cfg(feature = "test-step-delay")]
+fn test_step_delay() -> Option<Duration> {
+    std::env::var("DISTILLERY_TEST_STEP_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+#[cfg(not(feature = "test-step-delay"))]
+fn test_step_delay() -> Option<Duration> {
+    None
+}
 
 /// Everything the loop needs besides the student and the objective.
 pub struct TrainJob<'a, 'c> {
@@ -137,10 +148,7 @@ pub fn train<B: ComputeBackend>(
     ));
     let started = Instant::now();
     let elapsed = || prior_elapsed + started.elapsed().as_secs_f64();
-    let step_delay = std::env::var(TEST_STEP_DELAY_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_millis);
+    let step_delay = test_step_delay();
 
     let mut first_eval = None;
     let mut last_eval = None;

@@ -1,29 +1,15 @@
-//! What several test files share: the development assets under
-//! `../shared/assets` (a missing asset skips the test, or fails it when
-//! `CI=true`), `.npy` arrays, and GPT-2's byte-level character table.
+//! What several test files share about the development assets under
+//! `../shared/assets`: zstd-compressed texts, the held-out documents,
+//! `.npy` arrays, and GPT-2's byte-level character table. Whether a test
+//! skips or fails when an asset is missing is `testkit`'s policy.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-
-pub const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/assets");
-
-/// `../shared/assets/<rel>`, or `None` (with a message) when it is absent;
-/// under `CI=true` a missing asset fails the test instead.
-pub fn asset(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(ASSETS).join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("asset {} is missing (required when CI=true)", p.display());
-    }
-    eprintln!("skipping: asset {} is missing", p.display());
-    None
-}
+use std::path::Path;
+use testkit::require_asset;
 
 /// A zstd-compressed asset as text.
 pub fn read_zst(rel: &str) -> Option<String> {
-    let path = asset(rel)?;
+    let path = require_asset(rel)?;
     let bytes = zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap();
     Some(String::from_utf8(bytes).unwrap())
 }

@@ -432,7 +432,7 @@ pub fn reference_forward(c: &LlamaConfig, sd: &StateDict, tokens: &[u32]) -> Ref
 #[path = "../assets_support/mod.rs"]
 mod assets_support;
 #[allow(unused_imports)]
-pub use assets_support::{Npy, asset, byte_level_chars, read_npy};
+pub use assets_support::{Npy, byte_level_chars, read_npy};
 
 /// A three-word word-level tokenizer, for model folders that need one.
 pub fn tiny_tokenizer() -> tokenizers::Tokenizer {
