@@ -58,7 +58,9 @@ def resolve(path, here, modules, is_dir_module):
     if segs[0] == "crate":
         base, segs = (), segs[1:]
     elif segs[0] in ("super", "self"):
-        base = here if is_dir_module else here[:-1]
+        # `self` is the module the file defines, whether it is `x.rs` or
+        # `x/mod.rs`; each `super` goes one module up.
+        base = here
         while segs and segs[0] in ("super", "self"):
             if segs[0] == "super":
                 base = base[:-1]

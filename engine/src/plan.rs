@@ -91,6 +91,11 @@ impl Plan {
         &self.stages[self.position[index]]
     }
 
+    /// Where the pipeline's stage `index` is in [`Plan::stages`].
+    pub fn position(&self, index: usize) -> usize {
+        self.position[index]
+    }
+
     pub fn to_run(&self) -> impl Iterator<Item = &PlannedStage> {
         self.stages
             .iter()

@@ -1,5 +1,7 @@
 //! Distillery's stage operations and what they need: the Llama model on Burn,
-//! model and data I/O, and the kernels.
+//! model and data I/O, the text pipeline, importance, pruning, training,
+//! evaluation, the kernels, and the HTML report. docs/ARCHITECTURE.md maps
+//! the modules.
 pub mod backend;
 pub mod device;
 pub mod eval;

@@ -69,9 +69,9 @@ struct Pin {
 /// Training takes Adam's `eps` far above its default of 1e-8: with a tiny
 /// `eps` every weight moves by about `lr` in the direction of its
 /// gradient's sign, and a weight whose gradient is within rounding of zero
-/// moves one way on one machine and the other way on another (seen on an
-/// earlier form of this recipe with one-ulp nudged weights: 6e-5 relative
-/// on one tensor's sums with the default `eps`, 1e-7 with `eps: 1e-3`).
+/// moves one way on one machine and the other way on another (measured
+/// with one-ulp nudged weights, `DISTILLERY_PINS_NUDGE=1`: 6e-5 relative on
+/// one tensor's sums with the default `eps`, 1e-7 with `eps: 1e-3`).
 fn recipe(url: &str, sha256: &str) -> String {
     let train = "{ steps: 2, batch_rows: 4, micro_batch: 2, lr: 1e-2, eps: 1e-3, warmup_steps: 1, \
                  eval_every: 2, eval_rows: 4 }";

@@ -5,8 +5,7 @@ use clap::{Args, Subcommand};
 use distillery_engine::Store;
 use distillery_engine::files::FileHasher;
 use distillery_engine::plan::{self, Selection};
-use distillery_ops::report::format;
-use distillery_ops::report::format::format_bytes;
+use distillery_ops::report::format::{self, format_bytes};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

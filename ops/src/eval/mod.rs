@@ -8,4 +8,4 @@ pub mod tasks;
 pub mod text_perplexity;
 pub mod tokenize;
 
-pub use results::{METRICS_FILE, TABLE_FILE};
+pub use results::{RESULTS_FILE, TABLE_FILE};

@@ -6,7 +6,7 @@ use super::text_perplexity::TextRun;
 use serde::Serialize;
 
 /// Every figure, per model, as JSON.
-pub const METRICS_FILE: &str = "metrics.json";
+pub const RESULTS_FILE: &str = "metrics.json";
 /// The same figures as a Markdown table, one column (or row) per model, for
 /// people: `run` prints it and the report shows it.
 pub const TABLE_FILE: &str = "table.md";
@@ -125,7 +125,7 @@ pub fn table(results: &[ModelMetrics]) -> String {
     }
     let names: Vec<&str> = results.iter().map(|m| m.stage.as_str()).collect();
     if results.len() <= MAX_MODEL_COLUMNS {
-        markdown_table("", &names, &rows)
+        pipe_table("", &names, &rows)
     } else {
         let labels: Vec<&str> = rows.iter().map(|(label, _)| label.as_str()).collect();
         let by_model: Vec<(String, Vec<String>)> = names
@@ -136,13 +136,13 @@ pub fn table(results: &[ModelMetrics]) -> String {
                 (name.to_string(), cells)
             })
             .collect();
-        markdown_table("model", &labels, &by_model)
+        pipe_table("model", &labels, &by_model)
     }
 }
 
 /// A Markdown pipe table: `corner` over the row labels, `columns` as the
 /// header, the cells right-aligned.
-fn markdown_table(corner: &str, columns: &[&str], rows: &[(String, Vec<String>)]) -> String {
+fn pipe_table(corner: &str, columns: &[&str], rows: &[(String, Vec<String>)]) -> String {
     let mut out = if corner.is_empty() {
         "| |".to_string()
     } else {

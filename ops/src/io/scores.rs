@@ -27,7 +27,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 pub const SCORES_FILE: &str = "scores.safetensors";
-pub const SUMMARY_FILE: &str = "summary.json";
+pub const SCORES_SUMMARY_FILE: &str = "summary.json";
 
 /// What an `importance` stage scores, and what a `prune` target needs.
 #[derive(
@@ -214,7 +214,7 @@ impl Scores {
             DiskDtype::F32,
         )?;
         std::fs::write(
-            dir.join(SUMMARY_FILE),
+            dir.join(SCORES_SUMMARY_FILE),
             serde_json::to_vec_pretty(&self.summary)?,
         )?;
         Ok(())
@@ -224,10 +224,10 @@ impl Scores {
         let tensors = read_safetensors(&dir.join(SCORES_FILE))
             .with_context(|| format!("{} is not a Scores artifact", dir.display()))?;
         let summary: ScoresSummary = serde_json::from_slice(
-            &std::fs::read(dir.join(SUMMARY_FILE))
-                .with_context(|| format!("cannot read {}/{SUMMARY_FILE}", dir.display()))?,
+            &std::fs::read(dir.join(SCORES_SUMMARY_FILE))
+                .with_context(|| format!("cannot read {}/{SCORES_SUMMARY_FILE}", dir.display()))?,
         )
-        .with_context(|| format!("{}/{SUMMARY_FILE} is malformed", dir.display()))?;
+        .with_context(|| format!("{}/{SCORES_SUMMARY_FILE} is malformed", dir.display()))?;
         let scores = Self { tensors, summary };
         for (name, t) in &scores.tensors {
             if let Err(e) = name.parse::<ScoreName>() {

@@ -40,8 +40,9 @@ use std::str::FromStr;
 pub const COSINE_EPS: f64 = 1e-8;
 
 /// How a set of scores is reduced, over the sequence or over the batch
-/// (P1 §2.2): mean of absolute values, L2 norm, or population variance.
-/// Recipes and the Scores summary name them `mean`, `l2`, `var`.
+/// (Minitron, arXiv 2407.14679, section 2.2): mean of absolute values, L2 norm, or
+/// population variance. Recipes and the Scores summary name them `mean`,
+/// `l2`, `var`.
 #[derive(
     Debug,
     Clone,

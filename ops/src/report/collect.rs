@@ -8,7 +8,7 @@ use crate::eval::TABLE_FILE;
 use crate::io::hf_folder::CONFIG_FILE;
 use crate::model::LlamaConfig;
 use crate::prune::report::{PRUNING_FILE, PruningReport};
-use crate::train::metrics::{METRICS_FILE, SUMMARY_FILE, TrainSummary, read_metrics};
+use crate::train::metrics::{METRICS_FILE, TRAINING_FILE, TrainSummary, read_metrics};
 use distillery_engine::plan::{Plan, StageState};
 use distillery_engine::{Pipeline, Store};
 use std::path::Path;
@@ -20,16 +20,16 @@ const RECENT: Duration = Duration::from_secs(15 * 60);
 
 /// The report of `plan` (a plan of `pipeline` against `store`), stages in
 /// the plan's topological order. Reads the store, never writes it.
+///
+/// Files are read through the types their ops write; one that is missing
+/// or does not parse as that type (a config that is not a Llama config, a
+/// metrics line of an unknown kind) is left out of the page.
 pub fn collect(pipeline: &Pipeline, plan: &Plan, store: &Store, recipe_path: &str) -> Report {
-    let mut position = vec![0; pipeline.stages.len()];
-    for (p, s) in plan.stages.iter().enumerate() {
-        position[s.index] = p;
-    }
     let mut edges = Vec::new();
     for s in &plan.stages {
         for producers in pipeline.stages[s.index].inputs.values() {
             for &j in producers {
-                let edge = (position[j], position[s.index]);
+                let edge = (plan.position(j), plan.position(s.index));
                 if !edges.contains(&edge) {
                     edges.push(edge);
                 }
@@ -87,7 +87,7 @@ fn stage_report(store: &Store, name: &str, op: &str, key: &str, state: &StageSta
         read(PRUNING_FILE).and_then(|bytes| serde_json::from_slice::<PruningReport>(&bytes).ok());
     r.metrics = read_metrics(&dir.join(METRICS_FILE)).unwrap_or_default();
     r.training =
-        read(SUMMARY_FILE).and_then(|bytes| serde_json::from_slice::<TrainSummary>(&bytes).ok());
+        read(TRAINING_FILE).and_then(|bytes| serde_json::from_slice::<TrainSummary>(&bytes).ok());
     r.eval_table = std::fs::read_to_string(dir.join(TABLE_FILE)).ok();
     r
 }

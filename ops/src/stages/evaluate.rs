@@ -7,7 +7,7 @@
 use crate::backend::{ComputeBackend, OnBackend, on_device};
 use crate::eval::loss::next_token_nll;
 use crate::eval::multiple_choice::{ScoringSetup, run_task};
-use crate::eval::results::{METRICS_FILE, ModelMetrics, TABLE_FILE, describe_task, table};
+use crate::eval::results::{ModelMetrics, RESULTS_FILE, TABLE_FILE, describe_task, table};
 use crate::eval::tasks::{TaskItem, TaskKind, load_task_file, task_name, with_shots};
 use crate::eval::text_perplexity::{read_text_file, run_text, text_windows};
 use crate::eval::tokenize::EvalTokenizer;
@@ -407,7 +407,7 @@ impl OnBackend for Job<'_, '_> {
         ctx.progress.log(&format!("\n{table}"));
         summary.insert("models".into(), serde_json::to_value(&results)?);
         std::fs::write(
-            ctx.output_dir.join(METRICS_FILE),
+            ctx.output_dir.join(RESULTS_FILE),
             serde_json::to_vec_pretty(&summary)?,
         )?;
         std::fs::write(ctx.output_dir.join(TABLE_FILE), table)?;

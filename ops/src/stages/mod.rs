@@ -14,7 +14,17 @@ pub mod teacher_correction;
 mod training;
 mod upstream;
 
-use distillery_engine::OpRegistry;
+use distillery_engine::{OpRegistry, TypedOp};
+
+/// Ops whose output model has its input model's vocabulary, and the slot
+/// that input arrives on (plan-time checks follow a model back through
+/// them to the stage that loaded it).
+const VOCAB_KEEPING: [(&str, &str); 4] = [
+    (prune::Prune::NAME, "model"),
+    (distill::Distill::NAME, "student"),
+    (teacher_correction::TeacherCorrection::NAME, "model"),
+    (align::Align::NAME, "model"),
+];
 
 /// Registers every op of this crate.
 pub fn register(registry: &mut OpRegistry) {

@@ -12,7 +12,7 @@ use crate::io::dataset::DatasetArtifact;
 use crate::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
 use crate::io::safetensors_io::DiskDtype;
 use crate::model::{Llama, LlamaConfig};
-use crate::train::metrics::{METRICS_FILE, SUMMARY_FILE};
+use crate::train::metrics::{METRICS_FILE, TRAINING_FILE};
 use crate::train::{CrossEntropy, Objective, TrainJob, TrainParams, TrainSummary, train};
 
 /// Trains the model in `model_dir` under `objective` and writes the result
@@ -72,7 +72,7 @@ pub fn train_and_publish<B: ComputeBackend>(
         obj.extend(extra);
     }
     std::fs::write(
-        ctx.output_dir.join(SUMMARY_FILE),
+        ctx.output_dir.join(TRAINING_FILE),
         serde_json::to_string_pretty(&record)? + "\n",
     )?;
     if let (Some(a), Some(b)) = (summary.first_eval, summary.last_eval) {

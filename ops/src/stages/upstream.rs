@@ -6,24 +6,12 @@ use distillery_engine::TypedOp;
 use distillery_engine::op::UpstreamInfo;
 use std::path::Path;
 
-use super::align::Align;
-use super::distill::Distill;
+use super::VOCAB_KEEPING;
 use super::load_model::{LoadModel, ModelSource};
-use super::prune::Prune;
-use super::teacher_correction::TeacherCorrection;
 use crate::io::gguf::GgufFile;
 use crate::io::gguf_llama::llama_config;
 use crate::io::hf_folder::CONFIG_FILE;
 use crate::model::LlamaConfig;
-
-/// Ops whose output model has its input model's vocabulary, and the slot
-/// that input arrives on.
-const VOCAB_KEEPING: [(&str, &str); 4] = [
-    (Prune::NAME, "model"),
-    (Distill::NAME, "student"),
-    (TeacherCorrection::NAME, "model"),
-    (Align::NAME, "model"),
-];
 
 /// The config of the model a `load_model` stage loads, when it is cheap to
 /// read (`source: hf` or `gguf`). `None` otherwise, or when it cannot be

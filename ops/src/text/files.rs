@@ -9,9 +9,24 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::params::DataFormat;
+/// How to read an input file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// From the extension (after `.zst`): `.jsonl` / `.ndjson` are JSONL,
+    /// `.txt` / `.text` / `.md` are plain text.
+    #[default]
+    Auto,
+    /// One JSON object per line: a `text` field, or a chat conversation in
+    /// `messages: [{role, content}]`.
+    Jsonl,
+    /// Plain text; documents are separated by a blank line.
+    Text,
+}
 
 /// The format a file is read in, once `auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,7 +41,9 @@ mod tokenizer;
 mod writer;
 
 pub use builder::build_dataset;
-pub use encoder::{DocumentEncoder, EXACT_ENV};
+pub use encoder::DocumentEncoder;
+pub use files::DataFormat;
+pub(crate) use files::file_format;
 pub(crate) use files::json_kind;
-pub use files::{FileFormat, file_format, open_text};
-pub use params::{DataFormat, DatasetParams, LossOn};
+pub use files::open_text;
+pub use params::{DatasetParams, LossOn};

@@ -6,22 +6,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::files::{FileFormat, file_format};
-
-/// How to read an input file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DataFormat {
-    /// From the extension (after `.zst`): `.jsonl` / `.ndjson` are JSONL,
-    /// `.txt` / `.text` / `.md` are plain text.
-    #[default]
-    Auto,
-    /// One JSON object per line: a `text` field, or a chat conversation in
-    /// `messages: [{role, content}]`.
-    Jsonl,
-    /// Plain text; documents are separated by a blank line.
-    Text,
-}
+use super::files::{DataFormat, FileFormat, file_format};
 
 /// Which tokens of a chat conversation are training targets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

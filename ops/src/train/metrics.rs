@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// output when done.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The run's summary in the output.
-pub const SUMMARY_FILE: &str = "training.json";
+pub const TRAINING_FILE: &str = "training.json";
 
 /// What a line of `metrics.jsonl` records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
