@@ -20,16 +20,16 @@
 
 mod engine_support;
 mod fingerprint_support;
+mod http_support;
 mod model_support;
 
 use distillery_engine::Store;
 use fingerprint_support::{FLOAT_TOLERANCE, compare, fingerprint_dir};
+use http_support::{Server, sha256};
 use model_support::{Rng, config, random_weights};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 
 const PINS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/op_pins.json");
@@ -336,38 +336,6 @@ fn write_inputs(dir: &Path) {
     std::fs::write(dir.join("story.txt"), sentences(&mut rng, 12)).unwrap();
 }
 
-/// Serves `body` to every GET on 127.0.0.1, for `fetch`; returns the URL.
-fn serve(body: Vec<u8>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/teacher.tar", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            // The request line and headers, up to the blank line.
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&body);
-        }
-    });
-    url
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 // ---------------------------------------------------------------- fingerprints
 
 /// What the recipe gave: each op's pin as it would be recorded now, and
@@ -384,8 +352,9 @@ fn run_recipe() -> RecipeRun {
     write_inputs(dir);
     write_student(dir);
     let archive = teacher_archive(dir);
-    let url = serve(archive.clone());
-    let report = engine_support::run_recipe(dir, &recipe(&url, &sha256_hex(&archive)));
+    let server = Server::start(vec![("/teacher.tar", archive.clone())]);
+    let report =
+        engine_support::run_recipe(dir, &recipe(&server.url("/teacher.tar"), &sha256(&archive)));
     assert!(report.succeeded(), "the pin recipe failed: {report:#?}");
 
     let store = Store::open(&dir.join(".distillery")).unwrap();
