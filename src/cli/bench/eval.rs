@@ -1,9 +1,9 @@
 //! `bench eval`: evaluation throughput as the `evaluate` stage scores, on
 //! the CPU: benchmark items/s and perplexity tokens/s.
 
+use super::load_cpu_model;
 use clap::Args;
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -35,25 +35,16 @@ pub struct EvalArgs {
 /// Evaluation throughput as the `evaluate` stage scores: benchmark items
 /// (every choice a sequence) and perplexity windows.
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    use distillery_ops::backend::Cpu;
     use distillery_ops::eval::multiple_choice::{ScoringSetup, run_task};
     use distillery_ops::eval::tasks::load_task_file;
     use distillery_ops::eval::text_perplexity::{read_text_file, run_text, text_windows};
     use distillery_ops::eval::tokenize::EvalTokenizer;
     let device = Default::default();
-    let started = Instant::now();
-    let (model, assets) = distillery_ops::loader::load_model::<Cpu>(&args.model, &device)?;
+    let (model, assets) = load_cpu_model(&args.model, &device)?;
     let tokenizer = assets
         .tokenizer
         .ok_or_else(|| anyhow::anyhow!("{} has no tokenizer", args.model.display()))?;
     let tok = EvalTokenizer::new(tokenizer)?;
-    println!(
-        "load {}: {:.2} s ({:.1}M parameters), {} threads",
-        args.model.display(),
-        started.elapsed().as_secs_f64(),
-        model.config.num_parameters() as f64 / 1e6,
-        rayon::current_num_threads()
-    );
 
     let label = args.hellaswag.display().to_string();
     let mut file = load_task_file(&args.hellaswag, &label, None)?;

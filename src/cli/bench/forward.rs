@@ -1,10 +1,9 @@
 //! `bench forward`: the model's forward pass in tokens/s at a few sequence
 //! lengths, and greedy decoding in ms per new token, on the CPU.
 
-use super::{deterministic_tokens, median_secs};
+use super::{deterministic_tokens, load_cpu_model, median_secs};
 use clap::Args;
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(Args)]
 pub struct ForwardArgs {
@@ -22,18 +21,9 @@ pub struct ForwardArgs {
 }
 
 pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
-    use distillery_ops::backend::Cpu;
     use distillery_ops::model::tokens_tensor;
     let device = Default::default();
-    let started = Instant::now();
-    let (model, _) = distillery_ops::loader::load_model::<Cpu>(&args.model, &device)?;
-    println!(
-        "load {}: {:.2} s ({:.1}M parameters), {} threads",
-        args.model.display(),
-        started.elapsed().as_secs_f64(),
-        model.config.num_parameters() as f64 / 1e6,
-        rayon::current_num_threads()
-    );
+    let (model, _) = load_cpu_model(&args.model, &device)?;
     let longest = args.seq.iter().copied().max().unwrap_or(1);
     let tokens = deterministic_tokens(1, longest, model.config.vocab_size).remove(0);
     for &seq in &args.seq {

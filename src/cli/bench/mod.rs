@@ -90,6 +90,28 @@ fn on_bench_device<T: OnBackend<Output = anyhow::Result<()>>>(
     backend::on_device(resolved, bench)?
 }
 
+/// The model at `path` (a GGUF file or a model folder) on the CPU, with its
+/// tokenizer files; prints how long loading took and the thread count, the
+/// first line of the CPU benches' output.
+fn load_cpu_model(
+    path: &std::path::Path,
+    device: &burn::tensor::Device<backend::Cpu>,
+) -> anyhow::Result<(
+    distillery_ops::model::Llama<backend::Cpu>,
+    distillery_ops::io::hf_folder::HfAssets,
+)> {
+    let started = Instant::now();
+    let (model, assets) = distillery_ops::loader::load_model::<backend::Cpu>(path, device)?;
+    println!(
+        "load {}: {:.2} s ({:.1}M parameters), {} threads",
+        path.display(),
+        started.elapsed().as_secs_f64(),
+        model.config.num_parameters() as f64 / 1e6,
+        rayon::current_num_threads()
+    );
+    Ok((model, assets))
+}
+
 /// Whether the bench runs on the CPU backend (which reports threads and
 /// memory bandwidth rather than a device's copy bandwidth).
 fn is_cpu<B: 'static>() -> bool {
