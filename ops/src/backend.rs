@@ -6,17 +6,18 @@
 
 use crate::kernels::importance::ImportanceOps;
 use crate::kernels::kd::KdOps;
-use burn::tensor::backend::Backend;
+use crate::model::ModelBackend;
 use distillery_engine::Device;
 
 /// The CPU backend (pure Rust, gemm kernels).
 pub type Cpu = burn::backend::Flex;
 
 /// What a backend must offer for every stage: Burn's tensor ops plus our
-/// kernels (the importance reductions and the fused KD loss).
-pub trait ComputeBackend: Backend + ImportanceOps + KdOps {}
+/// kernels (the model's fused ops, the importance reductions and the fused
+/// KD loss).
+pub trait ComputeBackend: ModelBackend + ImportanceOps + KdOps {}
 
-impl<B: Backend + ImportanceOps + KdOps> ComputeBackend for B {}
+impl<B: ModelBackend + ImportanceOps + KdOps> ComputeBackend for B {}
 
 /// A computation generic over the backend.
 pub trait OnBackend {

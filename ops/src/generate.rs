@@ -2,9 +2,8 @@
 //! nucleus (top-p) filtering from a seeded generator, so a seed reproduces
 //! the same text.
 
-use crate::model::{Llama, tokens_tensor};
+use crate::model::{Llama, ModelBackend, tokens_tensor};
 use crate::rng::SplitMix64;
-use burn::tensor::backend::Backend;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Sampling {
@@ -18,7 +17,7 @@ pub struct Sampling {
 
 /// Generates after `prompt` until `max_new_tokens` or a token of `stop`
 /// (included). Calls `on_token` for each new token as it comes.
-pub fn generate<B: Backend>(
+pub fn generate<B: ModelBackend>(
     model: &Llama<B>,
     prompt: &[u32],
     sampling: &Sampling,

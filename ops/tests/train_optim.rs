@@ -318,7 +318,10 @@ fn a_train_step_over_micro_batches_matches_one_over_the_whole_batch() {
     let count: usize = rows.iter().map(|r| r.targets()).sum();
     let model = Llama::<A>::from_state_dict(c.clone(), sd, &device()).unwrap();
     let mb = MicroBatch::<B>::new(&rows, 1.0 / count as f32, &device());
-    let loss = CrossEntropy.loss(&model, &mb).into_scalar() as f64;
+    let loss_tensor = CrossEntropy.loss(&model, &mb);
+    let loss = loss_tensor.clone().into_scalar() as f64;
+    let grads = loss_tensor.backward();
+    let gradients = collect(&model, Some(&grads));
     for outcome in [whole_outcome, split_outcome] {
         assert!(
             (outcome.loss - loss).abs() <= 1e-5 * loss,
@@ -334,11 +337,33 @@ fn a_train_step_over_micro_batches_matches_one_over_the_whole_batch() {
         whole_outcome.grad_norm > 0.5,
         "the test must exercise clipping"
     );
-    for ((a, _, _), (b, _, _)) in whole.iter().zip(&split) {
-        for (&x, &y) in a.iter().zip(b) {
+    // Adam's first step moves each entry by `g / (|g| + eps)`: an entry
+    // whose gradient is at the level of f32 rounding of the step's gradients
+    // (below 1e-6 of the largest) moves by the sign and size of that
+    // rounding, which differs with the order of the sums. Such entries (a
+    // few key-bias components in the slowest RoPE pairs, which the softmax
+    // nearly ignores) are left out, and must stay rare. (Exact zeros, as
+    // for the embeddings of tokens absent from the batch, stay put in both.)
+    let overall = gradients
+        .iter()
+        .flat_map(|(_, g, _)| g.as_deref().unwrap())
+        .fold(0.0f32, |m, x| m.max(x.abs()));
+    let (mut compared, mut rounding) = (0, 0);
+    for (((a, _, _), (b, _, _)), (_, grad, _)) in whole.iter().zip(&split).zip(&gradients) {
+        for ((&x, &y), &g) in a.iter().zip(b).zip(grad.as_deref().unwrap()) {
+            if g != 0.0 && g.abs() < 1e-6 * overall {
+                rounding += 1;
+                continue;
+            }
+            compared += 1;
             assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
         }
     }
+    assert!(
+        rounding * 1000 < compared,
+        "{rounding} of {} gradient entries are rounding errors",
+        compared + rounding
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Next-token cross-entropy of a model over token rows: the held-out loss
 //! that perplexity, depth importance and training evaluations are made of.
 
-use crate::model::{Llama, tokens_tensor};
+use crate::model::{Llama, ModelBackend, tokens_tensor};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
@@ -31,7 +31,7 @@ impl NllSum {
 
 /// Loss of predicting `row[t + 1]` from `row[..=t]`, for every row; rows are
 /// processed `batch` at a time and must share one length.
-pub fn next_token_nll<B: Backend>(model: &Llama<B>, rows: &[&[u32]], batch: usize) -> NllSum {
+pub fn next_token_nll<B: ModelBackend>(model: &Llama<B>, rows: &[&[u32]], batch: usize) -> NllSum {
     let device = model.device();
     let mut total = NllSum::default();
     for chunk in rows.chunks(batch.max(1)) {

@@ -15,10 +15,9 @@
 
 use super::tasks::{TaskItem, TaskKind};
 use super::tokenize::EvalTokenizer;
-use crate::model::{Llama, tokens_tensor};
+use crate::model::{Llama, ModelBackend, tokens_tensor};
 use anyhow::{Result, bail};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Serialize;
 use std::time::Instant;
@@ -107,7 +106,7 @@ pub fn encode_requests(
 
 /// Scores every request, `batch` sequences per forward pass; `done` hears
 /// how many requests each pass finished.
-pub fn score_requests<B: Backend>(
+pub fn score_requests<B: ModelBackend>(
     model: &Llama<B>,
     requests: &[Request],
     batch: usize,
@@ -276,7 +275,7 @@ pub struct ScoringSetup<'a> {
 
 /// Encodes and scores every candidate of `items`; `done` hears how many
 /// sequences each forward pass finished.
-pub fn run_task<B: Backend>(
+pub fn run_task<B: ModelBackend>(
     model: &Llama<B>,
     kind: TaskKind,
     items: &[TaskItem],

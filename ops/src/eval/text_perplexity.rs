@@ -9,10 +9,9 @@
 
 use super::loss::{NllSum, nll_of_logits};
 use super::tokenize::EvalTokenizer;
-use crate::model::{Llama, tokens_tensor};
+use crate::model::{Llama, ModelBackend, tokens_tensor};
 use crate::text::open_text;
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Serialize;
 use std::io::Read;
@@ -92,7 +91,7 @@ pub fn text_windows(
 const HEAD_ROWS: usize = 128;
 
 /// Summed NLL of `rows[t + 1]` given `rows[..=t]`, rows of one length.
-fn windows_nll<B: Backend>(model: &Llama<B>, rows: &[&[u32]]) -> NllSum {
+fn windows_nll<B: ModelBackend>(model: &Llama<B>, rows: &[&[u32]]) -> NllSum {
     let device = model.device();
     let seq = rows[0].len();
     let inputs: Vec<&[u32]> = rows.iter().map(|r| &r[..seq - 1]).collect();
@@ -135,7 +134,7 @@ pub struct TextRun {
 
 /// Scores the windows, `batch` per forward pass; `done` hears how many
 /// windows each pass finished.
-pub fn run_text<B: Backend>(
+pub fn run_text<B: ModelBackend>(
     model: &Llama<B>,
     text: &TextWindows,
     batch: usize,

@@ -17,7 +17,7 @@ use crate::eval::loss::next_token_nll;
 use crate::io::scores::{DepthMetric, ScoreName, Scores, ScoresSummary};
 use crate::io::{HostTensor, StateDict};
 use crate::kernels::importance::{Aggregation, BlockDistance, ChannelStats, ImportanceOps};
-use crate::model::{Capture, Llama, tokens_tensor};
+use crate::model::{Capture, Llama, ModelBackend, tokens_tensor};
 use distillery_engine::Progress;
 use std::collections::BTreeSet;
 
@@ -56,7 +56,7 @@ struct Accumulators<B: ImportanceOps> {
 
 /// Scores `model` on `calibration` rows (all of one length), and, for the
 /// perplexity metric, on `heldout` rows.
-pub fn estimate<B: ImportanceOps>(
+pub fn estimate<B: ImportanceOps + ModelBackend>(
     model: &Llama<B>,
     calibration: &[&[u32]],
     heldout: &[&[u32]],

@@ -1,16 +1,24 @@
 //! Custom kernels. Each is a backend extension with a CubeCL kernel for the
 //! CubeCL backends (features `wgpu`, `cuda`) and a rayon twin for the CPU
-//! backend, both checked against the float64 oracles in [`reference`].
+//! backend, both checked against the float64 oracles in [`reference`];
+//! attention has only the CPU kernel (the CubeCL backends run its composite
+//! of Burn's tensor ops).
 //!
+//! - [`attention`]: causal grouped-query attention, forward and backward.
+//! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
+//!   backward (a CPU kernel each; the CubeCL backends run the compositions).
 //! - [`importance`]: the width statistics and block importance reductions.
 //! - [`kd`]: the fused knowledge-distillation loss and its gradient.
 //! - [`bandwidth`]: timings of the CPU twin against the machine's memory
 //!   bandwidth, for `distillery bench importance`.
 
+pub mod attention;
+mod attention_flex;
 pub mod bandwidth;
 mod cpu_dispatch;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube_common;
+mod fast_math;
 pub mod importance;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod importance_cube;
@@ -20,7 +28,10 @@ pub mod kd;
 mod kd_cube;
 mod kd_flex;
 pub mod reference;
+pub mod rows;
+mod rows_flex;
 
+pub use attention::{AttentionOps, causal_attention};
 pub use importance::{
     Aggregation, BlockDistance, ChannelStats, ImportanceOps, batch_aggregate,
     channel_stats_accumulate, cosine_distance_accumulate,
@@ -28,3 +39,4 @@ pub use importance::{
 pub use importance_flex::{channel_sums_host, cosine_distance_sum_host};
 pub use kd::{KdLoss, KdOps, KdSpec, kd_loss};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
+pub use rows::{RowOps, rms_norm, rope, swiglu};

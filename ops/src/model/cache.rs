@@ -5,20 +5,20 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 /// The cached keys and values of one layer, after RoPE:
-/// both `[batch, kv_heads, past, head_dim]`.
+/// both `[batch, past, kv_heads, head_dim]`.
 #[derive(Debug, Clone)]
 pub struct LayerKv<B: Backend> {
     kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
 }
 
 impl<B: Backend> LayerKv<B> {
-    /// Appends `k, v: [batch, kv_heads, new, head_dim]` and returns the keys
+    /// Appends `k, v: [batch, new, kv_heads, head_dim]` and returns the keys
     /// and values of every position so far. (Each append copies the cache
     /// once; for the short generations of evaluation that costs less than
     /// the weights read per token.)
     pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let (k, v) = match self.kv.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1)),
             None => (k, v),
         };
         self.kv = Some((k.clone(), v.clone()));

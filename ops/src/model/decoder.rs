@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+use super::ModelBackend;
 use super::attention::Attention;
 use super::cache::LayerKv;
 use super::capture::{Capture, LayerActivations, keep};
@@ -19,7 +20,7 @@ pub struct DecoderLayer<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: ModelBackend> DecoderLayer<B> {
     /// `x: [batch, seq, hidden]` -> `[batch, seq, hidden]`, recording in
     /// `acts` what `capture` asks for.
     pub fn forward(

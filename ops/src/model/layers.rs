@@ -4,6 +4,9 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+use super::ModelBackend;
+use crate::kernels::rms_norm;
+
 /// `y = x W + b` with `W: [in, out]`.
 ///
 /// Burn's layout, the transpose of Hugging Face's `[out, in]`: the gemm
@@ -61,10 +64,11 @@ impl<B: Backend> RmsNorm<B> {
             eps,
         }
     }
+}
 
+impl<B: ModelBackend> RmsNorm<B> {
     /// `x: [batch, seq, hidden]` -> `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let inv_rms = (x.clone().square().mean_dim(2) + self.eps).sqrt().recip();
-        x * inv_rms * self.weight.val().unsqueeze::<3>()
+        rms_norm(x, self.weight.val(), self.eps as f32)
     }
 }

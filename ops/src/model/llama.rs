@@ -6,6 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::ModelBackend;
 use super::cache::KvCache;
 use super::capture::{Capture, ForwardOutput, LayerActivations, keep};
 use super::config::LlamaConfig;
@@ -28,7 +29,7 @@ pub struct Llama<B: Backend> {
     pub config: LlamaConfig,
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: ModelBackend> Llama<B> {
     /// Logits for every position: `tokens: [batch, seq]` -> `[batch, seq, vocab]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         self.forward_with(tokens, &Capture::NONE).logits

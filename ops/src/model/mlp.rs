@@ -2,10 +2,11 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 
+use super::ModelBackend;
 use super::layers::Linear;
+use crate::kernels::swiglu;
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -17,10 +18,10 @@ pub struct Mlp<B: Backend> {
     pub down_proj: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: ModelBackend> Mlp<B> {
     /// The `down_proj` input: `x: [batch, seq, hidden]` -> `[batch, seq, intermediate]`.
     pub fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x)
+        swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x))
     }
 
     /// `down_proj`: `[batch, seq, intermediate]` -> `[batch, seq, hidden]`.

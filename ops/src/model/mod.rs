@@ -6,6 +6,9 @@
 //! (activations a forward can hand back) and [`cache`] (keys and values for
 //! generation); then [`weights`] and [`hf`] (building it from, and exporting
 //! it to, Hugging Face tensors and folders).
+//!
+//! Attention, RMSNorm, RoPE and SwiGLU run as the fused ops of
+//! [`crate::kernels`], so running the model asks for [`ModelBackend`].
 pub mod attention;
 pub mod cache;
 pub mod capture;
@@ -27,3 +30,12 @@ pub use capture::{Capture, ForwardOutput, LayerActivations};
 pub use config::{LlamaConfig, RopeScaling, TokenIds};
 pub use error::ModelError;
 pub use llama::{Llama, tokens_tensor};
+
+use crate::kernels::{AttentionOps, RowOps};
+use burn::tensor::backend::Backend;
+
+/// What running the model asks of a backend: Burn's tensor ops plus the
+/// fused attention and row kernels.
+pub trait ModelBackend: Backend + AttentionOps + RowOps {}
+
+impl<B: Backend + AttentionOps + RowOps> ModelBackend for B {}

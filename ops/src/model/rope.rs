@@ -6,7 +6,9 @@ use std::f64::consts::PI;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use super::ModelBackend;
 use super::config::LlamaConfig;
+use crate::kernels::rope;
 
 /// The per-pair inverse frequencies of one head (`head_dim / 2` of them).
 ///
@@ -18,12 +20,9 @@ pub struct Rope {
     inv_freq: Vec<f64>,
 }
 
-/// cos and sin for a run of positions, both `[1, seq * head_dim]`: one
-/// row shared by every `(batch, head)` row of a `[batch * heads, seq *
-/// head_dim]` view, the broadcast that Flex runs as a vectorized in-place
-/// loop (broadcasting `[1, seq, 1, d]` over `[batch, seq, heads, d]` takes
-/// its scalar strided path, several times slower). `sin` carries the sign of
-/// rotate-half: `-sin` on the first half of each position.
+/// cos and sin for a run of positions, both `[seq, head_dim]`; `sin`
+/// carries the sign of rotate-half: `-sin` on the first half of each
+/// position.
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
     pub cos: Tensor<B, 2>,
@@ -82,8 +81,8 @@ impl Rope {
             sin.extend(angles.map(|a| a.sin() as f32));
         }
         RopeTables {
-            cos: Tensor::from_data(TensorData::new(cos, [1, seq * dim]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [1, seq * dim]), device),
+            cos: Tensor::from_data(TensorData::new(cos, [seq, dim]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [seq, dim]), device),
         }
     }
 }
@@ -106,21 +105,11 @@ fn llama3_scale(inv_freq: f64, factor: f64, low: f64, high: f64, old_ctx: f64) -
     }
 }
 
-impl<B: Backend> RopeTables<B> {
-    /// Rotates `x: [batch, seq, heads, head_dim]` and returns it in the
-    /// attention layout `[batch, heads, seq, head_dim]`:
-    /// `x * cos + rotate_half(x) * sin`, where `rotate_half(x) = [-x2, x1]`;
-    /// the minus sign lives in `sin`, so only the halves are swapped here.
+impl<B: ModelBackend> RopeTables<B> {
+    /// Rotates `x: [batch, seq, heads, head_dim]` in place of its layout:
+    /// `x * cos + rotate_half(x) * sin`, where `rotate_half(x) = [-x2, x1]`
+    /// (the minus sign lives in `sin`).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, seq, heads, dim] = x.dims();
-        let half = dim / 2;
-        // The one copy: into the attention layout, which it needs anyway.
-        let rows = x.swap_dims(1, 2).reshape([batch * heads, seq * dim]);
-        let per_position = rows.clone().reshape([batch * heads * seq, dim]);
-        let x1 = per_position.clone().narrow(1, 0, half);
-        let x2 = per_position.narrow(1, half, half);
-        let swapped = Tensor::cat(vec![x2, x1], 1).reshape([batch * heads, seq * dim]);
-        // `rows` is unique again here, so both products run in place.
-        (rows * self.cos.clone() + swapped * self.sin.clone()).reshape([batch, heads, seq, dim])
+        rope(x, self.cos.clone(), self.sin.clone())
     }
 }

@@ -1,0 +1,320 @@
+//! Causal grouped-query attention as a backend extension ([`AttentionOps`]),
+//! forward and backward, in the layout the projections produce.
+//!
+//! `q: [batch, seq, heads, d]`, `k, v: [batch, keys, kv_heads, d]` with
+//! `keys >= seq` (the last `seq` keys are the queries' own positions, the
+//! first `keys - seq` a cache of earlier ones) and `heads` a multiple of
+//! `kv_heads`: query head `h` reads key/value head `h / (heads / kv_heads)`.
+//! Query `i` attends to keys `0 ..= keys - seq + i`, with scores
+//! `scale * q . k` and softmax weights; the output is `[batch, seq, heads,
+//! d]`, which `o_proj` reads as `[batch, seq, heads * d]` without a copy.
+//!
+//! The forward also returns, when asked, each query's log-sum-exp of its
+//! scaled scores, `[batch, seq, heads]` f32: with it the backward recomputes
+//! the softmax weights block by block instead of keeping them.
+//!
+//! Backends without a kernel of their own run the default methods: the
+//! textbook computation with tensor ops (keys and values repeated per query
+//! head, a `[batch, heads, seq, keys]` score tensor). The CPU backend runs
+//! `attention_flex`, which repeats nothing and materializes no score matrix
+//! beyond one block of queries.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
+use burn::tensor::{Bool, FloatDType, Tensor, TensorData, TensorPrimitive};
+
+/// The two halves of the op: the forward, and the gradients of its inputs.
+pub trait AttentionOps: Backend {
+    /// The output `[batch, seq, heads, d]` and, when `with_lse`, the
+    /// log-sum-exp of each query's scores `[batch, seq, heads]` f32.
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+        with_lse: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (out, lse) =
+            composite::forward::<Self>(tensor(q), tensor(k), tensor(v), scale, with_lse);
+        (float(out), lse.map(float))
+    }
+
+    /// `(dq, dk, dv)` given the forward's inputs, output, log-sum-exp and
+    /// the gradient of the output.
+    fn causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = out; // the composite gets the row sums from the weights instead
+        let (dq, dk, dv) = composite::backward::<Self>(
+            tensor(q),
+            tensor(k),
+            tensor(v),
+            tensor(lse),
+            tensor(grad_out),
+            scale,
+        );
+        (float(dq), float(dk), float(dv))
+    }
+}
+
+/// Causal grouped-query attention (see the module docs for shapes), the
+/// usual `1 / sqrt(d)` scale. Under `Autodiff` the gradient flows to `q`,
+/// `k` and `v` through [`AttentionOps::causal_attention_backward`].
+///
+/// Panics when the shapes disagree.
+pub fn causal_attention<B: AttentionOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [batch, seq, heads, d] = q.dims();
+    let [kb, keys, kv_heads, kd] = k.dims();
+    assert_eq!(
+        v.dims(),
+        k.dims(),
+        "attention: values {:?} and keys {:?} differ in shape",
+        v.dims(),
+        k.dims()
+    );
+    assert!(
+        kb == batch && kd == d,
+        "attention: keys {:?} do not fit queries {:?}",
+        k.dims(),
+        q.dims()
+    );
+    assert!(
+        keys >= seq,
+        "attention: {keys} keys for {seq} queries (every query needs its own key)"
+    );
+    assert!(
+        kv_heads > 0 && heads % kv_heads == 0,
+        "attention: {heads} query heads cannot share {kv_heads} key/value heads evenly"
+    );
+    let scale = 1.0 / (d as f32).sqrt();
+    let (out, _) = B::causal_attention(
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+        scale,
+        false,
+    );
+    tensor(out)
+}
+
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The textbook computation, with Burn's tensor ops: the default for
+/// backends without a kernel, and the tests' oracle for the kernels.
+pub mod composite {
+    use super::*;
+
+    /// `[batch, kv_heads, keys, d]` -> `[batch, heads, keys, d]`: each
+    /// key/value head repeated for the query heads it serves.
+    fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+        if n_rep == 1 {
+            return x;
+        }
+        let [batch, kv, keys, d] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([batch, kv, n_rep, keys, d])
+            .reshape([batch, kv * n_rep, keys, d])
+    }
+
+    /// True where query `i` may not see key `j` (`j > keys - seq + i`):
+    /// `[1, 1, seq, keys]`.
+    fn future<B: Backend>(seq: usize, keys: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+        let past = keys - seq;
+        let mask: Vec<bool> = (0..seq)
+            .flat_map(|i| (0..keys).map(move |j| j > past + i))
+            .collect();
+        Tensor::from_data(TensorData::new(mask, [1, 1, seq, keys]), device)
+    }
+
+    /// Queries, keys and values in the `[batch, heads, positions, d]`
+    /// layout, keys and values repeated per query head.
+    #[allow(clippy::type_complexity)]
+    fn per_head<B: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let n_rep = q.dims()[2] / k.dims()[2];
+        (
+            q.swap_dims(1, 2),
+            repeat_kv(k.swap_dims(1, 2), n_rep),
+            repeat_kv(v.swap_dims(1, 2), n_rep),
+        )
+    }
+
+    /// Masked, scaled scores `[batch, heads, seq, keys]` (minus infinity
+    /// where masked).
+    fn scores<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, scale: f32) -> Tensor<B, 4> {
+        let [_, _, seq, _] = q.dims();
+        let keys = k.dims()[2];
+        let s = q.clone().matmul(k.clone().swap_dims(2, 3)) * scale;
+        s.mask_fill(future::<B>(seq, keys, &q.device()), f32::NEG_INFINITY)
+    }
+
+    /// See [`AttentionOps::causal_attention`].
+    pub fn forward<B: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        scale: f32,
+        with_lse: bool,
+    ) -> (Tensor<B, 4>, Option<Tensor<B, 3>>) {
+        let (q, k, v) = per_head(q, k, v);
+        if !with_lse {
+            let options = AttentionModuleOptions {
+                scale: Some(scale as f64),
+                softcap: None,
+                is_causal: true, // aligned to the bottom right, as here
+            };
+            let out = attention(q, k, v, None, None, options);
+            return (out.swap_dims(1, 2), None);
+        }
+        let s = scores(&q, &k, scale).cast(FloatDType::F32);
+        let max = s.clone().max_dim(3);
+        let sum = (s.clone() - max.clone()).exp().sum_dim(3);
+        let lse = max + sum.log(); // [batch, heads, seq, 1]
+        let p = (s - lse.clone()).exp().cast(v.dtype());
+        let out = p.matmul(v).swap_dims(1, 2);
+        let lse = lse.squeeze_dim::<3>(3).swap_dims(1, 2);
+        (out, Some(lse))
+    }
+
+    /// See [`AttentionOps::causal_attention_backward`].
+    pub fn backward<B: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        lse: Tensor<B, 3>,
+        grad_out: Tensor<B, 4>,
+        scale: f32,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [batch, keys, kv_heads, d] = k.dims();
+        let n_rep = q.dims()[2] / kv_heads;
+        let (q, k, v) = per_head(q, k, v);
+        let dout = grad_out.swap_dims(1, 2);
+        let lse = lse.swap_dims(1, 2).unsqueeze_dim::<4>(3);
+        let p = (scores(&q, &k, scale).cast(FloatDType::F32) - lse).exp();
+        let dv = p.clone().swap_dims(2, 3).matmul(dout.clone());
+        let dp = dout.matmul(v.swap_dims(2, 3));
+        let row = (dp.clone() * p.clone()).sum_dim(3);
+        let ds = p * (dp - row) * scale;
+        let dq = ds.clone().matmul(k).swap_dims(1, 2);
+        let dk = ds.swap_dims(2, 3).matmul(q);
+        // Each key/value head's gradient sums over the query heads it served.
+        let fold = |x: Tensor<B, 4>| {
+            x.reshape([batch, kv_heads, n_rep, keys, d])
+                .sum_dim(2)
+                .reshape([batch, kv_heads, keys, d])
+                .swap_dims(1, 2)
+        };
+        (dq, fold(dk), fold(dv))
+    }
+}
+
+/// The CubeCL backends run the composite.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl<R, F, I, BT> AttentionOps for burn_cubecl::CubeBackend<R, F, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+}
+
+/// Under autodiff the op runs on the inner backend with its log-sum-exp;
+/// the backward gets the inputs, the output and the log-sum-exp as state.
+mod on_autodiff {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::tensor::backend::AutodiffBackend;
+
+    #[derive(Debug)]
+    struct AttentionBackward {
+        scale: f32,
+    }
+
+    /// What the backward needs: `q`, `k`, `v`, the output, the log-sum-exp.
+    type Saved<B> = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+
+    impl<B: AttentionOps> Backward<B, 3> for AttentionBackward {
+        type State = Saved<B>;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 3>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [node_q, node_k, node_v] = ops.parents;
+            let grad_out = grads.consume::<B>(&ops.node);
+            let (q, k, v, out, lse) = ops.state;
+            let (dq, dk, dv) =
+                B::causal_attention_backward(q, k, v, out, lse, grad_out, self.scale);
+            for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+                if let Some(node) = node {
+                    grads.register::<B>(node.id, grad);
+                }
+            }
+        }
+    }
+
+    impl<B: AttentionOps, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
+        fn causal_attention(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            scale: f32,
+            with_lse: bool,
+        ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+            let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
+            let prep = AttentionBackward { scale }
+                .prepare::<C>(nodes)
+                .compute_bound()
+                .stateful();
+            match prep {
+                OpsKind::Tracked(prep) => {
+                    let (q, k, v) = (q.primitive, k.primitive, v.primitive);
+                    let (out, lse) =
+                        B::causal_attention(q.clone(), k.clone(), v.clone(), scale, true);
+                    let lse = lse.expect("the log-sum-exp was asked for");
+                    let kept_lse = with_lse.then(|| Self::from_inner(lse.clone()));
+                    let state = (q, k, v, out.clone(), lse);
+                    (prep.finish(state, out), kept_lse)
+                }
+                OpsKind::UnTracked(prep) => {
+                    let (out, lse) =
+                        B::causal_attention(q.primitive, k.primitive, v.primitive, scale, with_lse);
+                    (prep.finish(out), lse.map(Self::from_inner))
+                }
+            }
+        }
+    }
+}

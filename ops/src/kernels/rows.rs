@@ -1,0 +1,327 @@
+//! The decoder's per-row elementwise steps as one op each ([`RowOps`]),
+//! forward and backward: RMSNorm, rotary embedding and SwiGLU's gate.
+//!
+//! Composed of tensor ops, each is several passes over memory and, under
+//! autodiff, several saved intermediates; fused, it is one pass that keeps
+//! only its inputs for the backward. The default methods are those
+//! compositions (the CubeCL backends run them, and the tests compare the
+//! CPU kernels of `rows_flex` against them).
+//!
+//! - `rms_norm(x, w) = x / sqrt(mean(x^2) + eps) * w` over the last axis,
+//!   statistics in f32 (transformers' LlamaRMSNorm).
+//! - `rope(x, cos, sin)`: `x: [batch, seq, heads, d]`, `cos, sin: [seq, d]`,
+//!   `x * cos + swap_halves(x) * sin` per head, where `swap_halves([a, b]) =
+//!   [b, a]` and `sin` carries rotate-half's sign (negative on the first
+//!   half). A rotation, so its backward is itself with `-sin`.
+//! - `swiglu(gate, up) = silu(gate) * up`.
+
+use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
+
+pub trait RowOps: Backend {
+    /// `x: [rows, hidden]`, `weight: [hidden]`.
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        float(composite::rms_norm::<Self, 2>(
+            tensor(x),
+            tensor(weight),
+            eps,
+        ))
+    }
+
+    /// `(dx, dweight)` from `x`, `weight` and the output's gradient.
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dw) =
+            composite::rms_norm_backward::<Self>(tensor(x), tensor(weight), tensor(grad), eps);
+        (float(dx), float(dw))
+    }
+
+    /// `x: [batch, seq, heads, d]`, `cos`, `sin`: `[seq, d]`.
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        float(composite::rope::<Self>(tensor(x), tensor(cos), tensor(sin)))
+    }
+
+    /// `silu(gate) * up`, both `[batch, seq, width]`.
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        float(silu(tensor::<Self, 3>(gate)) * tensor::<Self, 3>(up))
+    }
+
+    /// `(dgate, dup)` from the inputs and the output's gradient.
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dg, du) = composite::swiglu_backward::<Self>(tensor(gate), tensor(up), tensor(grad));
+        (float(dg), float(du))
+    }
+}
+
+/// RMSNorm of `x: [..., hidden]` (any rank) by `weight: [hidden]`.
+pub fn rms_norm<B: RowOps, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f32,
+) -> Tensor<B, D> {
+    let hidden = x.dims()[D - 1];
+    assert_eq!(
+        weight.dims(),
+        [hidden],
+        "RMSNorm: {:?} weights for rows of {hidden}",
+        weight.dims()
+    );
+    let dims = x.dims();
+    let rows = x.reshape([dims[..D - 1].iter().product::<usize>(), hidden]);
+    let y: Tensor<B, 2> = tensor(B::rms_norm(float(rows), float(weight), eps));
+    y.reshape(dims)
+}
+
+/// Rotary embedding of `x: [batch, seq, heads, d]` with tables `cos`, `sin`
+/// `[seq, d]` (see the module docs).
+pub fn rope<B: RowOps>(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 4> {
+    let [_, seq, _, d] = x.dims();
+    assert!(
+        cos.dims() == [seq, d] && sin.dims() == [seq, d],
+        "rope: tables {:?} and {:?} for {:?} (expected [{seq}, {d}])",
+        cos.dims(),
+        sin.dims(),
+        x.dims()
+    );
+    assert!(d % 2 == 0, "rope: head dimension {d} is odd");
+    tensor(B::rope(float(x), float(cos), float(sin)))
+}
+
+/// `silu(gate) * up` of two tensors of one shape.
+pub fn swiglu<B: RowOps>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    assert_eq!(
+        gate.dims(),
+        up.dims(),
+        "SwiGLU: gate {:?} and up {:?} differ in shape",
+        gate.dims(),
+        up.dims()
+    );
+    tensor(B::swiglu(float(gate), float(up)))
+}
+
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The compositions of Burn's tensor ops: the default for backends without
+/// kernels, and the tests' oracle for the kernels.
+pub mod composite {
+    use super::*;
+
+    /// `1 / sqrt(mean(x^2) + eps)` per row, f32: `[..., 1]`.
+    fn inv_rms<B: Backend, const D: usize>(x: &Tensor<B, D>, eps: f32) -> Tensor<B, D> {
+        let x = x.clone().cast(FloatDType::F32);
+        (x.square().mean_dim(D - 1) + eps).sqrt().recip()
+    }
+
+    pub fn rms_norm<B: Backend, const D: usize>(
+        x: Tensor<B, D>,
+        weight: Tensor<B, 1>,
+        eps: f32,
+    ) -> Tensor<B, D> {
+        let r = inv_rms(&x, eps);
+        x * r * weight.unsqueeze::<D>()
+    }
+
+    /// `x, grad: [rows, hidden]`.
+    pub fn rms_norm_backward<B: Backend>(
+        x: Tensor<B, 2>,
+        weight: Tensor<B, 1>,
+        grad: Tensor<B, 2>,
+        eps: f32,
+    ) -> (Tensor<B, 2>, Tensor<B, 1>) {
+        let hidden = x.dims()[1];
+        let r = inv_rms(&x, eps);
+        let dw = (grad.clone() * x.clone() * r.clone())
+            .sum_dim(0)
+            .squeeze_dim::<1>(0);
+        let gw = grad * weight.unsqueeze::<2>();
+        // d/dx of x r: r gw - x r^3 / n * sum(x gw).
+        let dot = (x.clone() * gw.clone()).sum_dim(1);
+        let dx = gw * r.clone() - x * (r.powi_scalar(3) * dot / hidden as f32);
+        (dx, dw)
+    }
+
+    pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 4> {
+        let [_, seq, _, d] = x.dims();
+        let half = d / 2;
+        let swapped = Tensor::cat(
+            vec![
+                x.clone().narrow(3, half, half),
+                x.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
+        let table = |t: Tensor<B, 2>| t.reshape([1, seq, 1, d]);
+        x * table(cos) + swapped * table(sin)
+    }
+
+    pub fn swiglu_backward<B: Backend>(
+        gate: Tensor<B, 3>,
+        up: Tensor<B, 3>,
+        grad: Tensor<B, 3>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let sig = sigmoid(gate.clone());
+        let silu = gate.clone() * sig.clone();
+        // silu'(g) = sig (1 + g (1 - sig))
+        let dsilu = sig.clone() * (gate * (sig.neg() + 1.0) + 1.0);
+        (grad.clone() * up * dsilu, grad * silu)
+    }
+}
+
+/// Under autodiff each op runs on the inner backend and keeps its inputs
+/// (and nothing else) for the backward.
+mod on_autodiff {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+    use burn::tensor::backend::AutodiffBackend;
+
+    #[derive(Debug)]
+    struct RmsNormBackward {
+        eps: f32,
+    }
+
+    impl<B: RowOps> Backward<B, 2> for RmsNormBackward {
+        type State = (FloatTensor<B>, FloatTensor<B>);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node_x, node_w] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x, w) = ops.state;
+            let (dx, dw) = B::rms_norm_backward(x, w, grad, self.eps);
+            if let Some(node) = node_x {
+                grads.register::<B>(node.id, dx);
+            }
+            if let Some(node) = node_w {
+                grads.register::<B>(node.id, dw);
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct RopeBackward;
+
+    impl<B: RowOps> Backward<B, 1> for RopeBackward {
+        /// `cos` and `-sin`: the inverse rotation.
+        type State = (FloatTensor<B>, FloatTensor<B>);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (cos, neg_sin) = ops.state;
+            unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                B::rope(grad, cos, neg_sin)
+            });
+        }
+    }
+
+    #[derive(Debug)]
+    struct SwigluBackward;
+
+    impl<B: RowOps> Backward<B, 2> for SwigluBackward {
+        type State = (FloatTensor<B>, FloatTensor<B>);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node_gate, node_up] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (gate, up) = ops.state;
+            let (dg, du) = B::swiglu_backward(gate, up, grad);
+            if let Some(node) = node_gate {
+                grads.register::<B>(node.id, dg);
+            }
+            if let Some(node) = node_up {
+                grads.register::<B>(node.id, du);
+            }
+        }
+    }
+
+    impl<B: RowOps, C: CheckpointStrategy> RowOps for Autodiff<B, C> {
+        fn rms_norm(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            eps: f32,
+        ) -> FloatTensor<Self> {
+            let nodes = [x.node.clone(), weight.node.clone()];
+            let prep = RmsNormBackward { eps }
+                .prepare::<C>(nodes)
+                .compute_bound()
+                .stateful();
+            match prep {
+                OpsKind::Tracked(prep) => {
+                    let (x, w) = (x.primitive, weight.primitive);
+                    let y = B::rms_norm(x.clone(), w.clone(), eps);
+                    prep.finish((x, w), y)
+                }
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(B::rms_norm(x.primitive, weight.primitive, eps))
+                }
+            }
+        }
+
+        fn rope(
+            x: FloatTensor<Self>,
+            cos: FloatTensor<Self>,
+            sin: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            let (cos, sin) = (Self::inner(cos), Self::inner(sin));
+            match RopeBackward
+                .prepare::<C>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let y = B::rope(x.primitive, cos.clone(), sin.clone());
+                    prep.finish((cos, B::float_neg(sin)), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::rope(x.primitive, cos, sin)),
+            }
+        }
+
+        fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+            let nodes = [gate.node.clone(), up.node.clone()];
+            match SwigluBackward
+                .prepare::<C>(nodes)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (g, u) = (gate.primitive, up.primitive);
+                    let y = B::swiglu(g.clone(), u.clone());
+                    prep.finish((g, u), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::swiglu(gate.primitive, up.primitive)),
+            }
+        }
+    }
+}
+
+/// The CubeCL backends run the compositions.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl<R, F, I, BT> RowOps for burn_cubecl::CubeBackend<R, F, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+}

@@ -1,0 +1,541 @@
+//! The model's fused ops (causal grouped-query attention, RMSNorm, RoPE,
+//! SwiGLU) against float64 oracles written here, on random inputs: the CPU
+//! kernels called through `Autodiff<Flex>` (forward, and the backward of
+//! `sum(y * G)` for a random `G`), and the tensor-op compositions the
+//! CubeCL backends run. The oracles' own gradients are checked by central
+//! finite differences first.
+//!
+//! Tolerances: outputs and gradients within 2e-5 of the largest oracle
+//! entry of their tensor (f32 arithmetic over sums of up to a few hundred
+//! terms of magnitude ~1).
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Tensor, TensorData};
+use distillery_ops::kernels::attention::composite as attention_composite;
+use distillery_ops::kernels::rows::composite as rows_composite;
+use distillery_ops::kernels::{causal_attention, rms_norm, rope, swiglu};
+use distillery_ops::rng::SplitMix64;
+
+type Ad = Autodiff<Flex>;
+
+const TOL: f64 = 2e-5;
+
+fn random(rng: &mut SplitMix64, n: usize, scale: f64) -> Vec<f64> {
+    (0..n)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
+    values: &[f64],
+    dims: [usize; D],
+) -> Tensor<B, D> {
+    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(v, dims), &Default::default())
+}
+
+fn read<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Fails unless `got` is within `TOL` of `want`'s largest magnitude.
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let unit = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
+    let (i, err) = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .enumerate()
+        .fold(
+            (0, 0.0),
+            |best, (i, e)| if e > best.1 { (i, e) } else { best },
+        );
+    assert!(
+        err <= TOL * unit,
+        "{what}: entry {i} is {} against {} (error {err:.3e}, {:.3e} of the largest entry {unit:.3e})",
+        got[i],
+        want[i],
+        err / unit
+    );
+}
+
+/// Central finite differences of `f` at a few coordinates of `x` against
+/// the analytic gradient `grad`.
+fn check_by_differences(what: &str, x: &[f64], grad: &[f64], f: impl Fn(&[f64]) -> f64) {
+    let h = 1e-6;
+    let mut x = x.to_vec();
+    for i in (0..x.len()).step_by(x.len().div_ceil(23)) {
+        let keep = x[i];
+        x[i] = keep + h;
+        let up = f(&x);
+        x[i] = keep - h;
+        let down = f(&x);
+        x[i] = keep;
+        let numeric = (up - down) / (2.0 * h);
+        assert!(
+            (numeric - grad[i]).abs() <= 1e-6 * (1.0 + numeric.abs()),
+            "{what}: oracle gradient {i} is {} but finite differences give {numeric}",
+            grad[i]
+        );
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+// ---------------------------------------------------------------- attention
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    batch: usize,
+    seq: usize,
+    past: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+}
+
+impl Shape {
+    fn keys(&self) -> usize {
+        self.past + self.seq
+    }
+    fn q_len(&self) -> usize {
+        self.batch * self.seq * self.heads * self.d
+    }
+    fn kv_len(&self) -> usize {
+        self.batch * self.keys() * self.kv_heads * self.d
+    }
+    fn q_at(&self, b: usize, i: usize, h: usize) -> usize {
+        ((b * self.seq + i) * self.heads + h) * self.d
+    }
+    fn kv_at(&self, b: usize, j: usize, h: usize) -> usize {
+        let g = h / (self.heads / self.kv_heads);
+        ((b * self.keys() + j) * self.kv_heads + g) * self.d
+    }
+}
+
+/// Float64 attention: the output `[batch, seq, heads, d]`.
+fn attention_oracle(s: Shape, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
+    let scale = 1.0 / (s.d as f64).sqrt();
+    let mut out = vec![0.0; s.q_len()];
+    for b in 0..s.batch {
+        for h in 0..s.heads {
+            for i in 0..s.seq {
+                let qa = s.q_at(b, i, h);
+                let seen = s.past + i + 1;
+                let scores: Vec<f64> = (0..seen)
+                    .map(|j| scale * dot(&q[qa..qa + s.d], &k[s.kv_at(b, j, h)..][..s.d]))
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = w.iter().sum();
+                for (j, wj) in w.iter().enumerate() {
+                    let va = s.kv_at(b, j, h);
+                    for c in 0..s.d {
+                        out[qa + c] += wj / sum * v[va + c];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Float64 gradients of `sum(out * g)` with respect to q, k and v.
+fn attention_oracle_grads(s: Shape, q: &[f64], k: &[f64], v: &[f64], g: &[f64]) -> [Vec<f64>; 3] {
+    let scale = 1.0 / (s.d as f64).sqrt();
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    for b in 0..s.batch {
+        for h in 0..s.heads {
+            for i in 0..s.seq {
+                let qa = s.q_at(b, i, h);
+                let seen = s.past + i + 1;
+                let scores: Vec<f64> = (0..seen)
+                    .map(|j| scale * dot(&q[qa..qa + s.d], &k[s.kv_at(b, j, h)..][..s.d]))
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|x| x / sum).collect();
+                let gi = &g[qa..qa + s.d];
+                // dL/dp_j = g . v_j; softmax backward.
+                let dp: Vec<f64> = (0..seen)
+                    .map(|j| dot(gi, &v[s.kv_at(b, j, h)..][..s.d]))
+                    .collect();
+                let mean = dot(&p, &dp);
+                for j in 0..seen {
+                    let ka = s.kv_at(b, j, h);
+                    let ds = p[j] * (dp[j] - mean) * scale;
+                    for c in 0..s.d {
+                        dv[ka + c] += p[j] * gi[c];
+                        dq[qa + c] += ds * k[ka + c];
+                        dk[ka + c] += ds * q[qa + c];
+                    }
+                }
+            }
+        }
+    }
+    [dq, dk, dv]
+}
+
+fn attention_inputs(s: Shape, seed: u64) -> [Vec<f64>; 4] {
+    let mut rng = SplitMix64::new(seed);
+    // Scale 1.5: scores of a few units, softmaxes neither flat nor one-hot.
+    [
+        random(&mut rng, s.q_len(), 1.5),
+        random(&mut rng, s.kv_len(), 1.5),
+        random(&mut rng, s.kv_len(), 1.0),
+        random(&mut rng, s.q_len(), 1.0),
+    ]
+}
+
+const ATTENTION_SHAPES: [Shape; 5] = [
+    Shape {
+        batch: 2,
+        seq: 5,
+        past: 0,
+        heads: 6,
+        kv_heads: 2,
+        d: 8,
+    },
+    Shape {
+        batch: 1,
+        seq: 70,
+        past: 0,
+        heads: 3,
+        kv_heads: 1,
+        d: 16,
+    },
+    Shape {
+        batch: 2,
+        seq: 130,
+        past: 0,
+        heads: 4,
+        kv_heads: 4,
+        d: 64,
+    },
+    Shape {
+        batch: 2,
+        seq: 3,
+        past: 9,
+        heads: 6,
+        kv_heads: 3,
+        d: 8,
+    },
+    Shape {
+        batch: 1,
+        seq: 1,
+        past: 40,
+        heads: 9,
+        kv_heads: 3,
+        d: 64,
+    },
+];
+
+#[test]
+fn attention_oracle_gradients_match_finite_differences() {
+    let s = Shape {
+        batch: 1,
+        seq: 4,
+        past: 2,
+        heads: 4,
+        kv_heads: 2,
+        d: 3,
+    };
+    let [q, k, v, g] = attention_inputs(s, 7);
+    let [dq, dk, dv] = attention_oracle_grads(s, &q, &k, &v, &g);
+    check_by_differences("dq", &q, &dq, |x| dot(&attention_oracle(s, x, &k, &v), &g));
+    check_by_differences("dk", &k, &dk, |x| dot(&attention_oracle(s, &q, x, &v), &g));
+    check_by_differences("dv", &v, &dv, |x| dot(&attention_oracle(s, &q, &k, x), &g));
+}
+
+#[test]
+fn cpu_attention_matches_oracle_forward_and_backward() {
+    for (n, s) in ATTENTION_SHAPES.into_iter().enumerate() {
+        let [q, k, v, g] = attention_inputs(s, 100 + n as u64);
+        let want = attention_oracle(s, &q, &k, &v);
+        let [dq, dk, dv] = attention_oracle_grads(s, &q, &k, &v, &g);
+        let qt = tensor::<Ad, 4>(&q, [s.batch, s.seq, s.heads, s.d]).require_grad();
+        let kt = tensor::<Ad, 4>(&k, [s.batch, s.keys(), s.kv_heads, s.d]).require_grad();
+        let vt = tensor::<Ad, 4>(&v, [s.batch, s.keys(), s.kv_heads, s.d]).require_grad();
+        let out = causal_attention(qt.clone(), kt.clone(), vt.clone());
+        assert_close(&format!("{s:?} output"), &read(out.clone().inner()), &want);
+        let loss = (out * tensor::<Ad, 4>(&g, [s.batch, s.seq, s.heads, s.d])).sum();
+        let grads = loss.backward();
+        for (name, t, want) in [("dq", qt, dq), ("dk", kt, dk), ("dv", vt, dv)] {
+            let got = read(t.grad(&grads).expect("a gradient"));
+            assert_close(&format!("{s:?} {name}"), &got, &want);
+        }
+    }
+}
+
+#[test]
+fn inference_attention_matches_oracle() {
+    // Without autodiff the kernel skips the log-sum-exp.
+    let s = ATTENTION_SHAPES[2];
+    let [q, k, v, _] = attention_inputs(s, 5);
+    let out = causal_attention(
+        tensor::<Flex, 4>(&q, [s.batch, s.seq, s.heads, s.d]),
+        tensor::<Flex, 4>(&k, [s.batch, s.keys(), s.kv_heads, s.d]),
+        tensor::<Flex, 4>(&v, [s.batch, s.keys(), s.kv_heads, s.d]),
+    );
+    assert_close(
+        "inference output",
+        &read(out),
+        &attention_oracle(s, &q, &k, &v),
+    );
+}
+
+#[test]
+fn attention_composite_matches_oracle() {
+    for (n, s) in ATTENTION_SHAPES.into_iter().enumerate() {
+        let [q, k, v, g] = attention_inputs(s, 200 + n as u64);
+        let scale = 1.0 / (s.d as f32).sqrt();
+        let q4 = || tensor::<Flex, 4>(&q, [s.batch, s.seq, s.heads, s.d]);
+        let k4 = || tensor::<Flex, 4>(&k, [s.batch, s.keys(), s.kv_heads, s.d]);
+        let v4 = || tensor::<Flex, 4>(&v, [s.batch, s.keys(), s.kv_heads, s.d]);
+        let want = attention_oracle(s, &q, &k, &v);
+        let (plain, _) = attention_composite::forward(q4(), k4(), v4(), scale, false);
+        assert_close(&format!("{s:?} composite output"), &read(plain), &want);
+        let (out, lse) = attention_composite::forward(q4(), k4(), v4(), scale, true);
+        assert_close(
+            &format!("{s:?} composite output with lse"),
+            &read(out),
+            &want,
+        );
+        let g4 = tensor::<Flex, 4>(&g, [s.batch, s.seq, s.heads, s.d]);
+        let (dq, dk, dv) = attention_composite::backward(q4(), k4(), v4(), lse.unwrap(), g4, scale);
+        let want = attention_oracle_grads(s, &q, &k, &v, &g);
+        for ((name, got), want) in [("dq", dq), ("dk", dk), ("dv", dv)].into_iter().zip(want) {
+            assert_close(&format!("{s:?} composite {name}"), &read(got), &want);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- row ops
+
+fn rms_oracle(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    let n = w.len();
+    x.chunks(n)
+        .flat_map(|row| {
+            let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / n as f64 + eps).sqrt();
+            row.iter().zip(w).map(move |(v, w)| v * r * w)
+        })
+        .collect()
+}
+
+/// Gradients of `sum(rms(x, w) * g)`: `(dx, dw)`.
+fn rms_oracle_grads(x: &[f64], w: &[f64], g: &[f64], eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let n = w.len();
+    let (mut dx, mut dw) = (Vec::with_capacity(x.len()), vec![0.0; n]);
+    for (row, gr) in x.chunks(n).zip(g.chunks(n)) {
+        let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / n as f64 + eps).sqrt();
+        let s: f64 = (0..n).map(|c| row[c] * w[c] * gr[c]).sum();
+        for c in 0..n {
+            dx.push(r * w[c] * gr[c] - row[c] * r.powi(3) / n as f64 * s);
+            dw[c] += gr[c] * row[c] * r;
+        }
+    }
+    (dx, dw)
+}
+
+/// cos and sin tables `[seq, d]` as the model builds them (sin negative on
+/// the first half).
+fn rope_tables(seq: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
+    let half = d / 2;
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for pos in 0..seq {
+        let angle = |i: usize| pos as f64 / 10_000f64.powf((2 * (i % half)) as f64 / d as f64);
+        cos.extend((0..d).map(|i| angle(i).cos()));
+        sin.extend((0..d).map(|i| {
+            if i < half {
+                -angle(i).sin()
+            } else {
+                angle(i).sin()
+            }
+        }));
+    }
+    (cos, sin)
+}
+
+/// Rotate-half RoPE on `[batch, seq, heads, d]`.
+fn rope_oracle(x: &[f64], [seq, heads, d]: [usize; 3], cos: &[f64], sin: &[f64]) -> Vec<f64> {
+    let half = d / 2;
+    let mut y = vec![0.0; x.len()];
+    for (n, head) in x.chunks(d).enumerate() {
+        let pos = (n / heads) % seq;
+        for c in 0..d {
+            let partner = if c < half { c + half } else { c - half };
+            y[n * d + c] = head[c] * cos[pos * d + c] + head[partner] * sin[pos * d + c];
+        }
+    }
+    y
+}
+
+fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Gradients of `sum(silu(gate) * up * g)`: `(dgate, dup)`.
+fn swiglu_oracle_grads(gate: &[f64], up: &[f64], g: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let dsilu = |x: f64| {
+        let s = 1.0 / (1.0 + (-x).exp());
+        s * (1.0 + x * (1.0 - s))
+    };
+    let dgate = (0..gate.len())
+        .map(|i| g[i] * up[i] * dsilu(gate[i]))
+        .collect();
+    let dup = (0..gate.len()).map(|i| g[i] * silu(gate[i])).collect();
+    (dgate, dup)
+}
+
+#[test]
+fn row_oracle_gradients_match_finite_differences() {
+    let mut rng = SplitMix64::new(3);
+    let (rows, n, eps) = (3, 8, 1e-5);
+    let x = random(&mut rng, rows * n, 2.0);
+    let w = random(&mut rng, n, 1.0);
+    let g = random(&mut rng, rows * n, 1.0);
+    let (dx, dw) = rms_oracle_grads(&x, &w, &g, eps);
+    check_by_differences("rms dx", &x, &dx, |x| dot(&rms_oracle(x, &w, eps), &g));
+    check_by_differences("rms dw", &w, &dw, |w| dot(&rms_oracle(&x, w, eps), &g));
+
+    let dims = [5, 2, 8];
+    let (cos, sin) = rope_tables(5, 8);
+    let neg_sin: Vec<f64> = sin.iter().map(|v| -v).collect();
+    let x = random(&mut rng, 2 * 5 * 2 * 8, 1.0);
+    let g = random(&mut rng, x.len(), 1.0);
+    let dx = rope_oracle(&g, dims, &cos, &neg_sin);
+    check_by_differences("rope dx", &x, &dx, |x| {
+        dot(&rope_oracle(x, dims, &cos, &sin), &g)
+    });
+
+    let gate = random(&mut rng, 40, 4.0);
+    let up = random(&mut rng, 40, 1.0);
+    let g = random(&mut rng, 40, 1.0);
+    let (dgate, dup) = swiglu_oracle_grads(&gate, &up, &g);
+    let value =
+        |gate: &[f64], up: &[f64]| (0..40).map(|i| silu(gate[i]) * up[i] * g[i]).sum::<f64>();
+    check_by_differences("swiglu dgate", &gate, &dgate, |x| value(x, &up));
+    check_by_differences("swiglu dup", &up, &dup, |x| value(&gate, x));
+}
+
+#[test]
+fn rms_norm_matches_oracle_forward_and_backward() {
+    // 37 rows: not a multiple of the kernel's rows per task.
+    for (rows, hidden) in [(37, 96), (2, 576), (70, 5)] {
+        let eps = 1e-5;
+        let mut rng = SplitMix64::new(11 + hidden as u64);
+        let x = random(&mut rng, rows * hidden, 2.0);
+        let w = random(&mut rng, hidden, 1.0);
+        let g = random(&mut rng, rows * hidden, 1.0);
+        let want = rms_oracle(&x, &w, eps);
+        let (want_dx, want_dw) = rms_oracle_grads(&x, &w, &g, eps);
+
+        let xt = tensor::<Ad, 3>(&x, [1, rows, hidden]).require_grad();
+        let wt = tensor::<Ad, 1>(&w, [hidden]).require_grad();
+        let y = rms_norm(xt.clone(), wt.clone(), eps as f32);
+        assert_close("rms_norm output", &read(y.clone().inner()), &want);
+        let grads = (y * tensor::<Ad, 3>(&g, [1, rows, hidden]))
+            .sum()
+            .backward();
+        assert_close("rms_norm dx", &read(xt.grad(&grads).unwrap()), &want_dx);
+        assert_close("rms_norm dw", &read(wt.grad(&grads).unwrap()), &want_dw);
+
+        // Inference: the kernel overwrites its (uniquely held) input.
+        let y = rms_norm(
+            tensor::<Flex, 2>(&x, [rows, hidden]),
+            tensor::<Flex, 1>(&w, [hidden]),
+            eps as f32,
+        );
+        assert_close("rms_norm in place", &read(y), &want);
+
+        let x2 = || tensor::<Flex, 2>(&x, [rows, hidden]);
+        let w1 = || tensor::<Flex, 1>(&w, [hidden]);
+        assert_close(
+            "rms_norm composite",
+            &read(rows_composite::rms_norm(x2(), w1(), eps as f32)),
+            &want,
+        );
+        let (dx, dw) = rows_composite::rms_norm_backward(
+            x2(),
+            w1(),
+            tensor::<Flex, 2>(&g, [rows, hidden]),
+            eps as f32,
+        );
+        assert_close("rms_norm composite dx", &read(dx), &want_dx);
+        assert_close("rms_norm composite dw", &read(dw), &want_dw);
+    }
+}
+
+#[test]
+fn rope_matches_oracle_forward_and_backward() {
+    let (batch, seq, heads, d) = (2, 37, 3, 64);
+    let dims = [batch, seq, heads, d];
+    let (cos, sin) = rope_tables(seq, d);
+    let neg_sin: Vec<f64> = sin.iter().map(|v| -v).collect();
+    let mut rng = SplitMix64::new(21);
+    let x = random(&mut rng, batch * seq * heads * d, 1.0);
+    let g = random(&mut rng, x.len(), 1.0);
+    let want = rope_oracle(&x, [seq, heads, d], &cos, &sin);
+    let want_dx = rope_oracle(&g, [seq, heads, d], &cos, &neg_sin);
+
+    let table = |t: &[f64]| tensor::<Ad, 2>(t, [seq, d]);
+    let xt = tensor::<Ad, 4>(&x, dims).require_grad();
+    let y = rope(xt.clone(), table(&cos), table(&sin));
+    assert_close("rope output", &read(y.clone().inner()), &want);
+    let grads = (y * tensor::<Ad, 4>(&g, dims)).sum().backward();
+    assert_close("rope dx", &read(xt.grad(&grads).unwrap()), &want_dx);
+
+    let y = rope(
+        tensor::<Flex, 4>(&x, dims),
+        tensor::<Flex, 2>(&cos, [seq, d]),
+        tensor::<Flex, 2>(&sin, [seq, d]),
+    );
+    assert_close("rope in place", &read(y), &want);
+    let y = rows_composite::rope(
+        tensor::<Flex, 4>(&x, dims),
+        tensor::<Flex, 2>(&cos, [seq, d]),
+        tensor::<Flex, 2>(&sin, [seq, d]),
+    );
+    assert_close("rope composite", &read(y), &want);
+}
+
+#[test]
+fn swiglu_matches_oracle_forward_and_backward() {
+    let dims = [2, 19, 101];
+    let n = dims.iter().product();
+    let mut rng = SplitMix64::new(31);
+    // Gates up to +-30: the sigmoid saturates on both sides without overflow.
+    let gate = random(&mut rng, n, 30.0);
+    let up = random(&mut rng, n, 1.0);
+    let g = random(&mut rng, n, 1.0);
+    let want: Vec<f64> = (0..n).map(|i| silu(gate[i]) * up[i]).collect();
+    let (want_dgate, want_dup) = swiglu_oracle_grads(&gate, &up, &g);
+
+    let gt = tensor::<Ad, 3>(&gate, dims).require_grad();
+    let ut = tensor::<Ad, 3>(&up, dims).require_grad();
+    let y = swiglu(gt.clone(), ut.clone());
+    assert_close("swiglu output", &read(y.clone().inner()), &want);
+    let grads = (y * tensor::<Ad, 3>(&g, dims)).sum().backward();
+    assert_close("swiglu dgate", &read(gt.grad(&grads).unwrap()), &want_dgate);
+    assert_close("swiglu dup", &read(ut.grad(&grads).unwrap()), &want_dup);
+
+    let y = swiglu(tensor::<Flex, 3>(&gate, dims), tensor::<Flex, 3>(&up, dims));
+    assert_close("swiglu in place", &read(y), &want);
+    let (dg, du) = rows_composite::swiglu_backward(
+        tensor::<Flex, 3>(&gate, dims),
+        tensor::<Flex, 3>(&up, dims),
+        tensor::<Flex, 3>(&g, dims),
+    );
+    assert_close("swiglu composite dgate", &read(dg), &want_dgate);
+    assert_close("swiglu composite dup", &read(du), &want_dup);
+}
