@@ -1,7 +1,7 @@
 """PyTorch baseline for `distillery bench forward`: transformers' Llama
 forward (logits for every position, no gradient) on the CPU, in tokens/s,
-for batches of `rows x seq` tokens, in fp32 and bf16. Same token ids as the
-Rust bench (row 0 of `deterministic_tokens`).
+for batches of `rows x seq` tokens, in fp32 and bf16. Token ids follow the
+Rust bench's formula (speed does not depend on them).
 
     python3 scripts/bench_forward_torch.py MODEL --shapes 1x512,4x256 --runs 5 --dtype fp32,bf16
 
