@@ -163,3 +163,61 @@ fn greedy_generation_reproduces_reference_continuations() {
         );
     }
 }
+
+/// The bf16 products (AMX tiles, where the CPU has them; f32 elsewhere)
+/// against the f32 model on the reference prompts: every logit within 1e-2
+/// of the largest logit's magnitude, and the same greedy choice at every
+/// position where f32's best logit leads the runner-up by more than that.
+#[test]
+fn bf16_products_stay_within_bf16_tolerance_of_f32() {
+    use distillery_ops::kernels::Precision;
+    let (Some(gguf), Some(refdir)) = (require_asset(GGUF), require_asset("reference")) else {
+        return;
+    };
+    let loaded = load_llama(&gguf).expect("GGUF loads");
+    let config = LlamaConfig::from_json(&loaded.config).unwrap();
+    let f32_model = Llama::<B>::from_state_dict(config, loaded.tensors, &device()).unwrap();
+    let bf16_model = f32_model.clone().with_precision(Precision::Bf16);
+    eprintln!(
+        "bf16 products run in {:?} on this CPU",
+        Precision::Bf16.on_cpu()
+    );
+    for name in ["plain", "chat"] {
+        let ids = read_npy(&refdir.join(format!("{name}_input_ids.npy")));
+        let ids: Vec<u32> = ids.i64s.iter().map(|&v| v as u32).collect();
+        let vocab = f32_model.config.vocab_size;
+        let exact = to_vec(f32_model.forward(tokens_tensor(&[&ids], &device())));
+        let rounded = to_vec(bf16_model.forward(tokens_tensor(&[&ids], &device())));
+        let scale = exact.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let worst = exact
+            .iter()
+            .zip(&rounded)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!(
+            "{name}: max |bf16 - f32| = {worst} ({:.2e} of the largest logit {scale})",
+            worst / scale
+        );
+        let norm =
+            |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let l2 = norm(&mut exact.iter().zip(&rounded).map(|(a, b)| a - b))
+            / norm(&mut exact.iter().copied());
+        eprintln!("{name}: ||bf16 - f32|| / ||f32|| = {l2:.2e}");
+        assert!(
+            worst <= 1e-2 * scale,
+            "{name}: bf16 logits differ by {worst} (largest logit {scale})"
+        );
+        for p in 0..ids.len() {
+            let row = p * vocab..(p + 1) * vocab;
+            let mut best = top10(&exact[row.clone()]);
+            best.truncate(2);
+            let margin = exact[p * vocab + best[0]] - exact[p * vocab + best[1]];
+            if margin > 1e-2 * scale {
+                assert_eq!(
+                    top10(&rounded[row])[0],
+                    best[0],
+                    "{name}: greedy choice differs at {p}"
+                );
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! of Burn's tensor ops).
 //!
 //! - [`attention`]: causal grouped-query attention, forward and backward.
+//! - [`matmul`]: the model's matrix products in f32, or in bf16 on AMX tiles.
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
 //!   backward (a CPU kernel each; the CubeCL backends run the compositions).
 //! - [`importance`]: the width statistics and block importance reductions.
@@ -12,6 +13,8 @@
 //! - [`bandwidth`]: timings of the CPU twin against the machine's memory
 //!   bandwidth, for `distillery bench importance`.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod attention;
 mod attention_flex;
 pub mod bandwidth;
@@ -27,6 +30,7 @@ pub mod kd;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod kd_cube;
 mod kd_flex;
+pub mod matmul;
 pub mod reference;
 pub mod rows;
 mod rows_flex;
@@ -39,4 +43,5 @@ pub use importance::{
 pub use importance_flex::{channel_sums_host, cosine_distance_sum_host};
 pub use kd::{KdLoss, KdOps, KdSpec, kd_loss};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
+pub use matmul::{MatmulOps, Precision, WeightLayout, linear_matmul};
 pub use rows::{RowOps, rms_norm, rope, swiglu};

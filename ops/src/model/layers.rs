@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::ModelBackend;
-use crate::kernels::rms_norm;
+use crate::kernels::{Precision, WeightLayout, linear_matmul, rms_norm};
 
 /// `y = x W + b` with `W: [in, out]`.
 ///
@@ -20,6 +20,9 @@ pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     /// `[out_features]`
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// The arithmetic of the product (f32 unless a caller asks for bf16
+    /// where the hardware has it, see [`Precision`]).
+    pub precision: Precision,
 }
 
 impl<B: Backend> Linear<B> {
@@ -28,18 +31,22 @@ impl<B: Backend> Linear<B> {
         Self {
             weight: Param::from_tensor(weight),
             bias: bias.map(Param::from_tensor),
+            precision: Precision::F32,
         }
     }
 
     pub fn out_features(&self) -> usize {
         self.weight.dims()[1]
     }
+}
 
+impl<B: ModelBackend> Linear<B> {
     /// `x: [batch, seq, in]` -> `[batch, seq, out]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, d_in] = x.dims();
         // One [batch*seq, in] x [in, out] gemm rather than `batch` small ones.
-        let y = x.reshape([batch * seq, d_in]).matmul(self.weight.val());
+        let x = x.reshape([batch * seq, d_in]);
+        let y = linear_matmul(x, self.weight.val(), WeightLayout::InOut, self.precision);
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze_dim::<2>(0),
             None => y,

@@ -13,6 +13,7 @@ use super::config::LlamaConfig;
 use super::decoder::DecoderLayer;
 use super::layers::RmsNorm;
 use super::rope::Rope;
+use crate::kernels::{Precision, WeightLayout, linear_matmul};
 
 /// `LlamaForCausalLM`. Build it with [`Llama::from_state_dict`] or
 /// [`Llama::load_hf`]; a change of shape (pruning) goes through the state
@@ -27,6 +28,9 @@ pub struct Llama<B: Backend> {
     pub lm_head: Option<Param<Tensor<B, 2>>>,
     pub rope: Rope,
     pub config: LlamaConfig,
+    /// The arithmetic of the head's product; [`Llama::with_precision`]
+    /// sets it and every layer's.
+    pub precision: Precision,
 }
 
 impl<B: ModelBackend> Llama<B> {
@@ -79,10 +83,30 @@ impl<B: ModelBackend> Llama<B> {
         let [batch, seq, d] = hidden.dims();
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).val();
         let vocab = head.dims()[0];
-        hidden
-            .reshape([batch * seq, d])
-            .matmul(head.transpose())
-            .reshape([batch, seq, vocab])
+        let rows = hidden.reshape([batch * seq, d]);
+        linear_matmul(rows, head, WeightLayout::OutIn, self.precision).reshape([batch, seq, vocab])
+    }
+
+    /// The model with every matrix product in `precision` (inference; the
+    /// products of a training step stay f32 whatever it says).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        for layer in &mut self.layers {
+            let attn = &mut layer.self_attn;
+            let mlp = &mut layer.mlp;
+            for linear in [
+                &mut attn.q_proj,
+                &mut attn.k_proj,
+                &mut attn.v_proj,
+                &mut attn.o_proj,
+                &mut mlp.gate_proj,
+                &mut mlp.up_proj,
+                &mut mlp.down_proj,
+            ] {
+                linear.precision = precision;
+            }
+        }
+        self
     }
 
     /// The one forward path. Returns the final-norm hidden states and the

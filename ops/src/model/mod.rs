@@ -31,11 +31,11 @@ pub use config::{LlamaConfig, RopeScaling, TokenIds};
 pub use error::ModelError;
 pub use llama::{Llama, tokens_tensor};
 
-use crate::kernels::{AttentionOps, RowOps};
+use crate::kernels::{AttentionOps, MatmulOps, RowOps};
 use burn::tensor::backend::Backend;
 
 /// What running the model asks of a backend: Burn's tensor ops plus the
-/// fused attention and row kernels.
-pub trait ModelBackend: Backend + AttentionOps + RowOps {}
+/// fused attention and row kernels and the matrix products' precision.
+pub trait ModelBackend: Backend + AttentionOps + MatmulOps + RowOps {}
 
-impl<B: Backend + AttentionOps + RowOps> ModelBackend for B {}
+impl<B: Backend + AttentionOps + MatmulOps + RowOps> ModelBackend for B {}

@@ -25,6 +25,7 @@ impl<B: Backend> Llama<B> {
             lm_head: self.lm_head.clone(),
             rope: self.rope.clone(),
             config,
+            precision: self.precision,
         }
     }
 }

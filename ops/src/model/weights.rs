@@ -15,6 +15,7 @@ use super::llama::Llama;
 use super::mlp::Mlp;
 use super::rope::Rope;
 use crate::io::{HostTensor, StateDict};
+use crate::kernels::Precision;
 
 /// Takes tensors out of a state dict by name, checking shapes.
 struct Taker<'a, B: Backend> {
@@ -167,6 +168,7 @@ impl<B: Backend> Llama<B> {
             lm_head,
             rope: Rope::new(&config),
             config,
+            precision: Precision::F32,
         })
     }
 

@@ -9,6 +9,10 @@ use std::path::PathBuf;
 pub struct EvalArgs {
     /// A GGUF file or a Hugging Face model folder.
     model: PathBuf,
+    /// The matrix products' arithmetic: f32, or bf16 operands with f32
+    /// accumulation (on CPUs with AMX; f32 elsewhere).
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    precision: distillery_ops::kernels::Precision,
     /// The multiple-choice benchmark timed in items/s.
     #[arg(
         long,
@@ -40,7 +44,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     use distillery_ops::eval::text_perplexity::{read_text_file, run_text, text_windows};
     use distillery_ops::eval::tokenize::EvalTokenizer;
     let device = Default::default();
-    let (model, assets) = load_cpu_model(&args.model, &device)?;
+    let (model, assets) = load_cpu_model(&args.model, &device, args.precision)?;
     let tokenizer = assets
         .tokenizer
         .ok_or_else(|| anyhow::anyhow!("{} has no tokenizer", args.model.display()))?;

@@ -9,6 +9,10 @@ use std::path::PathBuf;
 pub struct ForwardArgs {
     /// A GGUF file or a Hugging Face model folder.
     model: PathBuf,
+    /// The matrix products' arithmetic: f32, or bf16 operands with f32
+    /// accumulation (on CPUs with AMX; f32 elsewhere).
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    precision: distillery_ops::kernels::Precision,
     /// Sequence lengths to time.
     #[arg(long, value_delimiter = ',', default_value = "36,512")]
     seq: Vec<usize>,
@@ -27,7 +31,7 @@ pub struct ForwardArgs {
 pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     use distillery_ops::model::tokens_tensor;
     let device = Default::default();
-    let (model, _) = load_cpu_model(&args.model, &device)?;
+    let (model, _) = load_cpu_model(&args.model, &device, args.precision)?;
     let longest = args.seq.iter().copied().max().unwrap_or(1);
     let most = args.rows.iter().copied().max().unwrap_or(1);
     let tokens = deterministic_tokens(most, longest, model.config.vocab_size);

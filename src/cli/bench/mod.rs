@@ -16,6 +16,7 @@ use super::{EXIT_FAILED, EXIT_OK};
 use clap::Subcommand;
 use distillery_engine::Device;
 use distillery_ops::backend::{self, OnBackend};
+use distillery_ops::kernels::Precision;
 use std::time::Instant;
 
 #[derive(Subcommand)]
@@ -96,20 +97,34 @@ fn on_bench_device<T: OnBackend<Output = anyhow::Result<()>>>(
 fn load_cpu_model(
     path: &std::path::Path,
     device: &burn::tensor::Device<backend::Cpu>,
+    precision: Precision,
 ) -> anyhow::Result<(
     distillery_ops::model::Llama<backend::Cpu>,
     distillery_ops::io::hf_folder::HfAssets,
 )> {
     let started = Instant::now();
     let (model, assets) = distillery_ops::loader::load_model::<backend::Cpu>(path, device)?;
+    let model = model.with_precision(precision);
     println!(
-        "load {}: {:.2} s ({:.1}M parameters), {} threads",
+        "load {}: {:.2} s ({:.1}M parameters), {} threads, matrix products in {}",
         path.display(),
         started.elapsed().as_secs_f64(),
         model.config.num_parameters() as f64 / 1e6,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        match precision.on_cpu() {
+            Precision::F32 if precision == Precision::Bf16 =>
+                "f32 (this CPU has no bf16 fast path)",
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16 (AMX tiles, f32 accumulation)",
+        }
     );
     Ok((model, assets))
+}
+
+/// `--precision`: `f32` or `bf16`.
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("unknown precision {s:?} (expected f32 or bf16)"))
 }
 
 /// Whether the bench runs on the CPU backend (which reports threads and
