@@ -549,6 +549,46 @@ fn batched_scoring_equals_one_sequence_at_a_time() {
 }
 
 #[test]
+fn candidates_sharing_a_context_score_as_alone() {
+    // Items of 1 to 4 candidates after a shared context of 16 to 28 tokens:
+    // those of 3 and 4 short candidates share it through the cache (and a
+    // group is cut into batches), the others are batched; every score
+    // against the oracle.
+    let c = cfg_gqa();
+    let mut rng = Rng::new(12);
+    let sd = random_weights(&c, &mut rng);
+    let model = build(&c, &sd);
+    let mut requests = Vec::new();
+    for item in 0..5 {
+        let context = rng.tokens(16 + (item * 7) % 13, c.vocab_size);
+        for cand in 0..1 + item % 4 {
+            let continuation = 1 + (item + cand) % 4;
+            let mut tokens = context.clone();
+            tokens.extend(rng.tokens(continuation, c.vocab_size));
+            requests.push(Request {
+                tokens,
+                continuation,
+            });
+        }
+    }
+    for batch in [1, 2, 4] {
+        let mut done = 0;
+        let scored = score_requests(&model, &requests, batch, &mut |k| done += k);
+        assert_eq!(done, requests.len());
+        for (a, r) in scored.iter().zip(&requests) {
+            let per = oracle(&c, &sd, &r.tokens);
+            let tail = &per[per.len() - r.continuation..];
+            let want: f64 = tail.iter().map(|p| p.0).sum();
+            assert!(
+                (a.logprob - want).abs() < 1e-4 * want.abs().max(1.0),
+                "batch {batch}: {a:?} vs {want}"
+            );
+            assert_eq!(a.greedy, tail.iter().all(|p| p.1));
+        }
+    }
+}
+
+#[test]
 fn text_perplexity_and_bits_per_byte_equal_a_float64_oracle() {
     let c = cfg_gqa();
     let mut rng = Rng::new(8);

@@ -24,6 +24,16 @@ impl<B: Backend> LayerKv<B> {
         self.kv = Some((k.clone(), v.clone()));
         (k, v)
     }
+
+    /// This layer's cache of batch 1 repeated for `rows` sequences.
+    fn repeated(&self, rows: usize) -> Self {
+        Self {
+            kv: self.kv.as_ref().map(|(k, v)| {
+                assert_eq!(k.dims()[0], 1, "only a cache of one sequence is repeated");
+                (k.clone().repeat_dim(0, rows), v.clone().repeat_dim(0, rows))
+            }),
+        }
+    }
 }
 
 /// The cache of a whole model. Positions are shared by the batch: every
@@ -49,5 +59,15 @@ impl<B: Backend> KvCache<B> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// A cache of one sequence repeated for `rows` sequences that continue
+    /// it differently (a shared prompt, then one continuation per row).
+    /// Panics if this cache holds more than one sequence.
+    pub fn repeated(&self, rows: usize) -> Self {
+        Self {
+            layers: self.layers.iter().map(|l| l.repeated(rows)).collect(),
+            len: self.len,
+        }
     }
 }

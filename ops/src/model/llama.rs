@@ -61,6 +61,16 @@ impl<B: ModelBackend> Llama<B> {
         self.logits(hidden)
     }
 
+    /// Final-norm hidden states of new tokens attending to (and extending)
+    /// `cache`: [`Llama::forward_cached`] without the `lm_head`.
+    pub fn hidden_states_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        self.run(tokens, Some(cache), &Capture::NONE).0
+    }
+
     /// The activations `capture` names and the final-norm hidden states,
     /// without the `lm_head` (scoring needs no logits, and the head is a
     /// large share of the forward's work).
