@@ -5,23 +5,23 @@
 //! bf16 tiles is one `tdpbf16ps`, which sums its 32 products per output in
 //! f32.
 //!
-//! `B` is rounded to bf16 (nearest even). `A` is split in two bf16 parts,
-//! `A = hi + lo` with `hi` its rounding and `lo` what that left out, and
-//! both are multiplied by `B`: the activations keep about 16 bits of
-//! mantissa for twice the tile work. Rounding both operands once measured
-//! 1.3e-2 of the largest logit on SmolLM2-135M (over the 1e-2 tolerance);
-//! with the split, 0.8e-2 (`model_reference`'s bf16 test).
+//! `B` is rounded to bf16 (nearest even). `A` is carried as two bf16 parts
+//! `A = hi + lo` (`hi` its rounding, `lo` what that left out), both
+//! multiplied by `B`: about 16 bits of mantissa for the activations, for
+//! twice the tile products (the `B` tiles are loaded once for both parts).
+//! On SmolLM2-135M, rounding the activations once moved the logits by
+//! 1.3e-2 of the largest (over the 1e-2 tolerance), and carrying only the
+//! inputs of some products wide (`down_proj`; `down_proj` and `o_proj`)
+//! 1.0e-2 and 1.4e-2; with every product's wide, 0.8e-2.
 //!
-//! Packing: `A` row-major as `[hi | lo]` rows of `2 k_pad` (`k` padded to a
-//! multiple of 32, `m` to a multiple of 32, zeros); `B` in panels of 16
-//! columns, each the rows-of-pairs layout `tdpbf16ps` reads (row `r` holds
-//! `B[2r, j]`, `B[2r + 1, j]` for the panel's 16 `j`), zeros past `k` and
-//! `n`, stored twice over (the rows that meet `hi`, then those that meet
-//! `lo`).
+//! Packing: `A` row-major as `[hi | lo]` rows of `2 k_pad` (`k` padded to
+//! a multiple of 32, `m` to a multiple of 32, zeros); `B` in panels of 16 columns, each the rows-of-pairs layout
+//! `tdpbf16ps` reads (row `r` holds `B[2r, j]`, `B[2r + 1, j]` for the
+//! panel's 16 `j`), zeros past `k` and `n`.
 //!
 //! Work: rayon tasks over blocks of 32 columns; in each, every block of 32
 //! rows keeps its four 16 x 16 accumulator tiles in `tmm0-3` while the
-//! reduction walks `2 k_pad` 32 at a time (`tmm4-5` rows of `A`, `tmm6-7`
+//! reduction walks `k_pad` 32 at a time (`tmm4-5` rows of `A`, `tmm6-7`
 //! panels of `B`). Tiles that lie wholly inside `C` are stored to it
 //! directly, edge tiles through a scratch tile.
 //!
@@ -87,14 +87,14 @@ fn request_tile_permission() -> bool {
     false
 }
 
-/// f32 to bf16, rounding to nearest even (NaN stays NaN).
+/// f32 to bf16, rounding to nearest even (NaN stays NaN); branch-free, so
+/// that the packing loops vectorize.
 #[inline(always)]
 fn bf16(x: f32) -> u16 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((bits >> 16) | 0x40) as u16;
+    if x.is_nan() { quiet_nan } else { rounded }
 }
 
 /// The tile configuration: palette 1, tiles 0-7 all 16 rows of 64 bytes.
@@ -115,8 +115,8 @@ const CONFIG: TileConfig = TileConfig {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
-/// `A` packed: `[m_pad, 2 k_pad]` bf16, row-major: each row's values
-/// rounded to bf16, then what that rounding left out, also in bf16.
+/// `A` packed: `[m_pad, 2 k_pad]` bf16, rows of the values rounded to
+/// bf16 followed by what the rounding left out (also in bf16).
 fn pack_a(a: MatRef, m: usize, k: usize, m_pad: usize, k_pad: usize) -> Vec<u16> {
     let mut packed = vec![0u16; m_pad * 2 * k_pad];
     packed
@@ -125,14 +125,42 @@ fn pack_a(a: MatRef, m: usize, k: usize, m_pad: usize, k_pad: usize) -> Vec<u16>
         .enumerate()
         .for_each(|(i, row)| {
             let (hi, lo) = row.split_at_mut(k_pad);
-            for j in 0..k {
-                let x = a.at(i, j);
-                let h = bf16(x);
-                hi[j] = h;
-                lo[j] = bf16(x - f32::from_bits((h as u32) << 16));
+            if a.col == 1 {
+                simd::split_row(&a.data[i * a.row..][..k], &mut hi[..k], &mut lo[..k]);
+            } else {
+                for j in 0..k {
+                    let x = a.at(i, j);
+                    hi[j] = bf16(x);
+                    lo[j] = bf16(x - widen(hi[j]));
+                }
             }
         });
     packed
+}
+
+/// bf16 to f32 (exact).
+#[inline(always)]
+fn widen(x: u16) -> f32 {
+    f32::from_bits((x as u32) << 16)
+}
+
+/// `hi[j] = bf16(src[j])`, `lo[j] = bf16(src[j] - hi[j])`.
+#[inline(always)]
+fn split_row(src: &[f32], hi: &mut [u16], lo: &mut [u16]) {
+    for ((h, l), &x) in hi.iter_mut().zip(lo.iter_mut()).zip(src) {
+        *h = bf16(x);
+        *l = bf16(x - widen(*h));
+    }
+}
+
+/// The packing loops compiled for the CPU's vector tier.
+mod simd {
+    use crate::kernels::cpu_dispatch::dispatch;
+
+    dispatch! {
+        /// [`super::split_row`].
+        fn split_row(src: &[f32], hi: &mut [u16], lo: &mut [u16]) -> () = super::split_row;
+    }
 }
 
 /// `B` packed in panels of 16 columns, each `[k_pad / 2, 16, 2]` bf16.
@@ -161,8 +189,7 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-/// `B` packed once (twice over, see the module docs) for any number of
-/// products: the weights.
+/// `B` packed once for any number of products: the weights.
 pub struct PackedB {
     data: Vec<u16>,
     k: usize,
@@ -172,15 +199,13 @@ pub struct PackedB {
 impl PackedB {
     /// Packs `b: [k, n]`.
     pub fn new(b: MatRef, k: usize, n: usize) -> Self {
-        let k_pad = k.next_multiple_of(K_STEP);
-        let once = pack_b(b, k, n, k_pad, n.next_multiple_of(BLOCK));
-        // Each panel twice over: the rows that meet A's high and low parts.
-        let panel = k_pad * TILE;
-        let mut data = Vec::with_capacity(2 * once.len());
-        for p in once.chunks(panel) {
-            data.extend_from_slice(p);
-            data.extend_from_slice(p);
-        }
+        let data = pack_b(
+            b,
+            k,
+            n,
+            k.next_multiple_of(K_STEP),
+            n.next_multiple_of(BLOCK),
+        );
         Self { data, k, n }
     }
 
@@ -224,7 +249,7 @@ pub fn gemm_bf16_packed(m: usize, a: MatRef, b: &PackedB, c: &mut [f32]) {
         // SAFETY: AMX is available (asserted above); every tile load reads
         // inside the packed buffers, and `store_tile` writes only elements
         // of `c` in this task's columns.
-        unsafe { column_block(&a, &b.data, 2 * k_pad, m_pad, cb, out.0, m, n) };
+        unsafe { column_block(&a, &b.data, k_pad, m_pad, cb, out.0, m, n) };
     });
 }
 
@@ -243,7 +268,8 @@ unsafe fn column_block(
     m: usize,
     n: usize,
 ) {
-    let a_stride = k_pad * 2; // bytes per packed row of A
+    let a_width = 2 * k_pad; // bf16 per packed row of A: [hi | lo]
+    let a_stride = a_width * 2; // bytes
     let panel = k_pad * TILE; // bf16 per panel of B
     let b0 = b[2 * cb * panel..].as_ptr();
     let b1 = b[(2 * cb + 1) * panel..].as_ptr();
@@ -258,8 +284,8 @@ unsafe fn column_block(
                 "tilezero tmm3",
                 options(nostack, nomem)
             );
-            let a0 = a[rb * BLOCK * k_pad..].as_ptr();
-            let a1 = a[(rb * BLOCK + TILE) * k_pad..].as_ptr();
+            let a0 = a[rb * BLOCK * a_width..].as_ptr();
+            let a1 = a[(rb * BLOCK + TILE) * a_width..].as_ptr();
             for kk in (0..k_pad).step_by(K_STEP) {
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa}*1]",
@@ -276,6 +302,19 @@ unsafe fn column_block(
                     b1 = in(reg) b1.add(kk * TILE),
                     sa = in(reg) a_stride,
                     sb = in(reg) 2 * TILE * 2,
+                    options(nostack, readonly),
+                );
+                // The low parts against the same B tiles, still loaded.
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.add(k_pad + kk),
+                    a1 = in(reg) a1.add(k_pad + kk),
+                    sa = in(reg) a_stride,
                     options(nostack, readonly),
                 );
             }
