@@ -30,6 +30,12 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// For `skip_serializing_if`: stage keys of recipes that leave the
+    /// precision at its default stay what they were before it existed.
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
     /// The arithmetic a product asked for in `self` actually runs in on
     /// this machine's CPU.
     pub fn on_cpu(self) -> Precision {

@@ -16,6 +16,7 @@ use crate::model::Llama;
 use anyhow::{Context, bail};
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
 use schemars::JsonSchema;
+use crate::kernels::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,13 @@ pub struct EvaluateParams {
     /// and cut into non-overlapping windows of `seq_len` tokens (512).
     #[serde(default)]
     pub texts: Vec<TextSpec>,
+    /// The models' matrix products: `f32`, or `bf16` (bf16 operands with
+    /// f32 sums, the activations carried as two bf16 parts) on CPUs with
+    /// AMX, about 2 to 3 times as fast there, and f32 elsewhere. bf16
+    /// moves logits by up to about 1e-2 of the largest, which can flip a
+    /// benchmark item whose choices score within that of each other.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 /// A benchmark file and how to score it.
@@ -316,6 +324,7 @@ impl OnBackend for Job<'_, '_> {
                 .cloned()
                 .unwrap_or_else(|| format!("model {i}"));
             let (model, _) = Llama::<B>::load_hf(dir, &device)?;
+            let model = model.with_precision(p.precision);
             let mut m = ModelMetrics {
                 stage: stage.clone(),
                 parameters: model.config.num_parameters(),
