@@ -189,6 +189,14 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper
+    /// and not the bare pointer).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `B` packed once for any number of products: the weights.
 pub struct PackedB {
     data: Vec<u16>,
@@ -245,11 +253,10 @@ pub fn gemm_bf16_packed(m: usize, a: MatRef, b: &PackedB, c: &mut [f32]) {
     let a = pack_a(a, m, k, m_pad, k_pad);
     let out = Shared(c.as_mut_ptr());
     (0..n_pad / BLOCK).into_par_iter().for_each(|cb| {
-        let out = out;
         // SAFETY: AMX is available (asserted above); every tile load reads
         // inside the packed buffers, and `store_tile` writes only elements
         // of `c` in this task's columns.
-        unsafe { column_block(&a, &b.data, k_pad, m_pad, cb, out.0, m, n) };
+        unsafe { column_block(&a, &b.data, k_pad, m_pad, cb, out.get(), m, n) };
     });
 }
 

@@ -12,11 +12,11 @@ use crate::eval::tasks::{TaskItem, TaskKind, load_task_file, task_name, with_sho
 use crate::eval::text_perplexity::{read_text_file, run_text, text_windows};
 use crate::eval::tokenize::EvalTokenizer;
 use crate::io::dataset::{DatasetArtifact, Split};
+use crate::kernels::Precision;
 use crate::model::Llama;
 use anyhow::{Context, bail};
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
 use schemars::JsonSchema;
-use crate::kernels::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
