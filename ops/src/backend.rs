@@ -4,6 +4,7 @@
 //! recipe's device: benches run tasks on it by name ([`on_wgpu`]), to
 //! exercise the CubeCL kernels where no CUDA device is at hand.
 
+use crate::kernels::adamw::AdamWOps;
 use crate::kernels::importance::ImportanceOps;
 use crate::kernels::kd::KdOps;
 use crate::model::ModelBackend;
@@ -13,11 +14,11 @@ use distillery_engine::Device;
 pub type Cpu = burn::backend::Flex;
 
 /// What a backend must offer for every stage: Burn's tensor ops plus our
-/// kernels (the model's fused ops, the importance reductions and the fused
-/// KD loss).
-pub trait ComputeBackend: ModelBackend + ImportanceOps + KdOps {}
+/// kernels (the model's fused ops, the importance reductions, the fused KD
+/// loss and the AdamW update).
+pub trait ComputeBackend: ModelBackend + ImportanceOps + KdOps + AdamWOps {}
 
-impl<B: ModelBackend + ImportanceOps + KdOps> ComputeBackend for B {}
+impl<B: ModelBackend + ImportanceOps + KdOps + AdamWOps> ComputeBackend for B {}
 
 /// A computation generic over the backend.
 pub trait OnBackend {

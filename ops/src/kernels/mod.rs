@@ -4,6 +4,7 @@
 //! attention has only the CPU kernel (the CubeCL backends run its composite
 //! of Burn's tensor ops).
 //!
+//! - [`adamw`]: one AdamW update of a parameter in one pass.
 //! - [`attention`]: causal grouped-query attention, forward and backward.
 //! - [`matmul`]: the model's matrix products in f32, or in bf16 on AMX tiles.
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
@@ -13,6 +14,7 @@
 //! - [`bandwidth`]: timings of the CPU twin against the machine's memory
 //!   bandwidth, for `distillery bench importance`.
 
+pub mod adamw;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod attention;
@@ -35,6 +37,7 @@ pub mod reference;
 pub mod rows;
 mod rows_flex;
 
+pub use adamw::{AdamWOps, AdamWStep};
 pub use attention::{AttentionOps, causal_attention};
 pub use importance::{
     Aggregation, BlockDistance, ChannelStats, ImportanceOps, batch_aggregate,

@@ -15,6 +15,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
 use crate::io::{HostTensor, StateDict};
+use crate::kernels::{AdamWOps, AdamWStep};
 
 /// The hyper-parameters that do not change during a run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -149,7 +150,10 @@ struct Update<'a, B: Backend> {
     path: PathStack,
 }
 
-impl<A: AutodiffBackend> ModuleMapper<A> for Update<'_, A::InnerBackend> {
+impl<A: AutodiffBackend> ModuleMapper<A> for Update<'_, A::InnerBackend>
+where
+    A::InnerBackend: AdamWOps,
+{
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.enter(name);
     }
@@ -166,33 +170,20 @@ impl<A: AutodiffBackend> ModuleMapper<A> for Update<'_, A::InnerBackend> {
             return Param::from_mapped_value(id, value, mapper);
         };
         let c = self.adam.config;
-        let t = self.adam.steps as i32;
-        let mut g = tensor::<A::InnerBackend, D>(grad);
-        if self.scale != 1.0 {
-            g = g.mul_scalar(self.scale);
-        }
-        let (m, v) = match self.adam.moments.remove(&path) {
-            Some(s) => (tensor::<_, D>(s.m), tensor::<_, D>(s.v)),
-            None => (g.zeros_like(), g.zeros_like()),
+        let step = AdamWStep {
+            lr: self.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            // Matrices decay; norms and biases (vectors) do not.
+            decay: if D >= 2 { c.weight_decay } else { 0.0 },
+            t: self.adam.steps as i32,
+            grad_scale: self.scale,
         };
-        let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
-        let v = v.mul_scalar(c.beta2) + g.square().mul_scalar(1.0 - c.beta2);
-        let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(t));
-        let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(t));
-        let step = m_hat / v_hat.sqrt().add_scalar(c.eps);
-        let mut p = value.inner();
-        // Matrices decay; norms and biases (vectors) do not.
-        if D >= 2 && c.weight_decay > 0.0 {
-            p = p.mul_scalar(1.0 - self.lr * c.weight_decay);
-        }
-        let p = p - step.mul_scalar(self.lr);
-        self.adam.moments.insert(
-            path,
-            Moments {
-                m: float(m),
-                v: float(v),
-            },
-        );
+        let moments = self.adam.moments.remove(&path).map(|s| (s.m, s.v));
+        let (p, m, v) = A::InnerBackend::adamw_update(float(value.inner()), grad, moments, step);
+        self.adam.moments.insert(path, Moments { m, v });
+        let p = tensor::<A::InnerBackend, D>(p);
         Param::from_mapped_value(id, Tensor::from_inner(p).require_grad(), mapper)
     }
 }
@@ -210,6 +201,7 @@ impl<B: Backend> AdamW<B> {
     /// at learning rate `lr`, clipping their global norm first.
     pub fn step<A, M>(&mut self, module: M, grads: &mut GradientSum<B>, lr: f64) -> (M, StepReport)
     where
+        B: AdamWOps,
         A: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<A>,
     {
