@@ -254,7 +254,7 @@ pub fn gemm_bf16_packed(m: usize, a: MatRef, b: &PackedB, c: &mut [f32]) {
     let out = Shared(c.as_mut_ptr());
     (0..n_pad / BLOCK).into_par_iter().for_each(|cb| {
         // SAFETY: AMX is available (asserted above); every tile load reads
-        // inside the packed buffers, and `store_tile` writes only elements
+        // inside the packed buffers, and the tile stores write only elements
         // of `c` in this task's columns.
         unsafe { column_block(&a, &b.data, k_pad, m_pad, cb, out.get(), m, n) };
     });
