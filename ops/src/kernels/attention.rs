@@ -19,10 +19,11 @@
 //! `attention_flex`, which repeats nothing and materializes no score matrix
 //! beyond one block of queries.
 
+use super::{float, tensor};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
-use burn::tensor::{Bool, FloatDType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Bool, FloatDType, Tensor, TensorData};
 
 /// The two halves of the op: the forward, and the gradients of its inputs.
 pub trait AttentionOps: Backend {
@@ -106,14 +107,6 @@ pub fn causal_attention<B: AttentionOps>(
         false,
     );
     tensor(out)
-}
-
-fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
-
-fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// The textbook computation, with Burn's tensor ops: the default for

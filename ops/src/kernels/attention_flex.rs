@@ -21,7 +21,7 @@
 
 use super::attention::AttentionOps;
 use super::fast_math::{exp2_nonpos, fmadd, ln_pos};
-use super::importance_flex::host_f32;
+use super::importance_flex::{f32_slice as slice, host_f32};
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::ops::FloatTensorOps;
@@ -464,10 +464,6 @@ fn backward_host(dims: Dims, x: &Saved, scale: f32) -> (Vec<f32>, Vec<f32>, Vec<
             }
         });
     (dq, dk, dv)
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 data")
 }
 
 /// `data` of `shape` as a tensor of `dtype` (cast from f32 when it is not).

@@ -29,9 +29,10 @@
 //! has no impl here: code naming them stops compiling rather than silently
 //! falling back.
 
+use super::{float, tensor};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Tensor};
 use std::fmt;
 use std::str::FromStr;
 
@@ -125,14 +126,6 @@ pub trait ImportanceOps: Backend {
     ) -> FloatTensor<Self> {
         generic::cosine_distance_accumulate::<Self>(h_in, h_out, acc)
     }
-}
-
-fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
-
-fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// One hook call of the channel statistics: see [`ImportanceOps`].

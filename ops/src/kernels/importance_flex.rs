@@ -298,6 +298,11 @@ pub(super) fn host_f32(t: FlexTensor) -> FlexTensor {
     contiguous
 }
 
+/// A contiguous f32 tensor's elements (see [`host_f32`]).
+pub(super) fn f32_slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 data")
+}
+
 /// `acc[i] += add[i]` on an f32 accumulator, in place when it is not shared.
 fn add_into(acc: FlexTensor, add: &[f64]) -> FlexTensor {
     let mut acc = host_f32(acc);

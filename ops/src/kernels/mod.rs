@@ -48,3 +48,17 @@ pub use kd::{KdLoss, KdOps, KdSpec, kd_loss};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
 pub use matmul::{MatmulOps, Precision, WeightLayout, linear_matmul};
 pub use rows::{RowOps, rms_norm, rope, swiglu};
+
+/// A tensor's primitive, for a backend op's arguments.
+fn float<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> burn::tensor::ops::FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+/// A backend op's result as a tensor of rank `D`.
+fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::ops::FloatTensor<B>,
+) -> burn::tensor::Tensor<B, D> {
+    burn::tensor::Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t))
+}

@@ -15,10 +15,11 @@
 //!   half). A rotation, so its backward is itself with `-sin`.
 //! - `swiglu(gate, up) = silu(gate) * up`.
 
+use super::{float, tensor};
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
+use burn::tensor::{FloatDType, Tensor};
 
 pub trait RowOps: Backend {
     /// `x: [rows, hidden]`, `weight: [hidden]`.
@@ -111,14 +112,6 @@ pub fn swiglu<B: RowOps>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
         up.dims()
     );
     tensor(B::swiglu(float(gate), float(up)))
-}
-
-fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
-
-fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// The compositions of Burn's tensor ops: the default for backends without

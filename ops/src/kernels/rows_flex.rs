@@ -9,7 +9,7 @@
 //! depend on the thread count or on scheduling.
 
 use super::fast_math::{exp2_nonpos, fmadd};
-use super::importance_flex::host_f32;
+use super::importance_flex::{f32_slice as slice, host_f32};
 use super::rows::RowOps;
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -19,10 +19,6 @@ use rayon::prelude::*;
 
 /// Rows per rayon task (and per block of RMSNorm's weight-gradient sums).
 const ROWS_PER_TASK: usize = 16;
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 data")
-}
 
 /// `x` as contiguous f32, owned by the caller to overwrite when nobody else
 /// holds it; `None` when a new buffer is needed.
