@@ -313,3 +313,207 @@ fn importance_prune_and_evaluate_chain_on_the_teacher() {
     }
     assert!(models[0]["loss"].as_f64() < models[1]["loss"].as_f64());
 }
+
+/// Max |a - b| of two `.npy` float32 files of the same shape.
+fn npy_max_diff(a: &std::path::Path, b: &std::path::Path) -> f32 {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(a.len(), b.len(), "same shape");
+    let header = |x: &[u8]| 10 + u16::from_le_bytes([x[8], x[9]]) as usize;
+    let floats = |x: &[u8]| -> Vec<f32> {
+        x[header(x)..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    floats(&a)
+        .iter()
+        .zip(floats(&b))
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+#[test]
+fn a_pruned_student_goes_out_as_mistral_and_gguf_and_comes_back_the_same() {
+    let Some(gguf) = teacher_gguf() else { return };
+    let ws = Workspace::new();
+    // Hidden 448 over 9 heads: a shape transformers' LlamaConfig refuses.
+    ws.write(
+        "r.yaml",
+        &format!(
+            "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n  \
+             pruned:\n    op: prune\n    inputs: {{ model: teacher }}\n    \
+             with: {{ hidden: 448, ffn: 1024, method: magnitude }}\n  \
+             hf:\n    op: export\n    inputs: {{ model: pruned }}\n    with: {{ path: out/hf, dtype: f32 }}\n  \
+             q8:\n    op: export\n    inputs: {{ model: pruned }}\n    \
+             with: {{ path: out/pruned.q8_0.gguf, format: gguf, dtype: q8_0 }}\n",
+            gguf.display()
+        ),
+    );
+    // Said before anything runs, and again when the student is pruned.
+    let validated = ws.run(&["validate", "r.yaml", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&validated.stdout).unwrap();
+    let note = report[0]["notes"]["pruned"][0].as_str().unwrap();
+    assert!(
+        note.contains("MistralForCausalLM") && note.contains("(448)"),
+        "{note}"
+    );
+    assert!(report[0]["notes"].get("hf").is_none());
+    let out = ws.run(&["run", "r.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stderr);
+    assert!(log.contains("as MistralForCausalLM, since"), "{log}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.path("out/hf/config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["MistralForCausalLM"])
+    );
+    assert_eq!(config["model_type"], "mistral");
+    assert!(config["sliding_window"].is_null());
+    assert_eq!(config["head_dim"], 64);
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            ws.store()
+                .join("store")
+                .join(ws.key_of("r.yaml", "hf"))
+                .join("out/export.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["architecture"], "MistralForCausalLM");
+
+    // The command infers GGUF from the extension; inspect reads the file.
+    let cli = ws.run(&[
+        "export",
+        "r.yaml",
+        "pruned",
+        "pruned.gguf",
+        "--dtype",
+        "f32",
+    ]);
+    assert!(cli.status.success(), "{}", text(&cli.stderr));
+    let inspect = |path: &str| -> serde_json::Value {
+        let out = distillery()
+            .arg("inspect")
+            .arg(ws.path(path))
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let stored = ws
+        .store()
+        .join("store")
+        .join(ws.key_of("r.yaml", "pruned"))
+        .join("out");
+    let (file, folder) = (inspect("pruned.gguf"), inspect(stored.to_str().unwrap()));
+    assert_eq!(file["format"], "gguf");
+    assert_eq!(file["parameters"], folder["parameters"]);
+    assert_eq!(file["transformers_class"], "MistralForCausalLM");
+    let q8 = inspect("out/pruned.q8_0.gguf");
+    assert_eq!(
+        q8["dtypes"]["Q8_0"],
+        7 * 30 + 1,
+        "every matrix, the tied embedding too"
+    );
+
+    // Loaded back through load_model, the f32 GGUF is the same model.
+    ws.write(
+        "back.yaml",
+        "stages:\n  back:\n    op: load_model\n    with: { source: gguf, path: pruned.gguf }\n",
+    );
+    let out = ws.run(&["run", "back.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let back = ws
+        .store()
+        .join("store")
+        .join(ws.key_of("back.yaml", "back"))
+        .join("out");
+    let logits = |model: &std::path::Path, file: &str| {
+        let out = distillery()
+            .arg("generate")
+            .arg(model)
+            .args([
+                "--prompt",
+                "The capital of France is",
+                "--max-tokens",
+                "0",
+                "--logits",
+            ])
+            .arg(ws.path(file))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        ws.path(file)
+    };
+    let a = logits(&stored, "stored.npy");
+    let b = logits(&back, "back.npy");
+    let c = logits(&ws.path("pruned.gguf"), "file.npy");
+    assert_eq!(npy_max_diff(&a, &b), 0.0, "load_model of our GGUF");
+    assert_eq!(npy_max_diff(&a, &c), 0.0, "generate on our GGUF");
+    assert_eq!(
+        npy_max_diff(&a, &logits(&ws.path("out/hf"), "hf.npy")),
+        0.0,
+        "the Mistral folder"
+    );
+}
+
+#[test]
+fn export_options_that_cannot_apply_are_refused_with_the_reason() {
+    let Some(gguf) = teacher_gguf() else { return };
+    let ws = Workspace::new();
+    let teacher = format!(
+        "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n",
+        gguf.display()
+    );
+    ws.write("r.yaml", &teacher);
+    ws.write(
+        "bad.yaml",
+        &format!(
+            "{teacher}  bad:\n    op: export\n    inputs: {{ model: teacher }}\n    \
+             with: {{ path: x, dtype: q8_0 }}\n"
+        ),
+    );
+    let out = ws.run(&["validate", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr) + &text(&out.stdout);
+    assert!(err.contains("q8_0 is a GGUF type"), "{err}");
+    let cases: [(&[&str], &str); 3] = [
+        (&["--dtype", "q4_0"], "q4_0 is a GGUF type"),
+        (
+            &["--format", "gguf", "--architecture", "llama"],
+            "--architecture",
+        ),
+        (
+            &["--format", "gguf", "--max-shard-mb", "5"],
+            "--max-shard-mb",
+        ),
+    ];
+    for (flags, message) in cases {
+        let mut args = vec!["export", "r.yaml", "teacher", "dest"];
+        args.extend_from_slice(flags);
+        let out = ws.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        assert!(
+            text(&out.stderr).contains(message),
+            "{flags:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // The teacher (576 = 9 x 64) exports as Llama; forcing Mistral works too.
+    let out = ws.run(&["run", "r.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let llama = ws.run(&["export", "r.yaml", "teacher", "llama"]);
+    assert!(text(&llama.stderr).contains("transformers class: LlamaForCausalLM"));
+    let mistral = ws.run(&[
+        "export",
+        "r.yaml",
+        "teacher",
+        "mistral",
+        "--architecture",
+        "mistral",
+    ]);
+    assert!(mistral.status.success(), "{}", text(&mistral.stderr));
+    assert!(text(&mistral.stderr).contains("MistralForCausalLM"));
+}

@@ -187,6 +187,12 @@ pub trait TypedOp: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Facts worth knowing before the stage runs that are not problems
+    /// (`validate` and `plan` print them under the stage).
+    fn notes(&self, _params: &Self::Params, _ctx: &CheckContext) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Files outside the store that the result depends on, relative to the
     /// recipe's folder; they are hashed by content into the stage key.
     fn external_files(&self, _params: &Self::Params) -> Vec<PathBuf> {
@@ -221,6 +227,7 @@ pub trait Op: Send + Sync {
     /// Deserializes `with` and returns it normalized: defaults filled in.
     fn normalize(&self, with: serde_json::Value) -> Result<serde_json::Value, ParamError>;
     fn check(&self, params: &serde_json::Value, ctx: &CheckContext) -> Vec<ParamIssue>;
+    fn notes(&self, params: &serde_json::Value, ctx: &CheckContext) -> Vec<String>;
     fn external_files(&self, params: &serde_json::Value) -> Vec<PathBuf>;
     fn uses_accelerator(&self, params: &serde_json::Value) -> bool;
     fn run(&self, params: &serde_json::Value, ctx: &RunContext) -> anyhow::Result<()>;
@@ -288,6 +295,11 @@ impl<T: TypedOp> Op for Typed<T> {
                 help: None,
             }],
         }
+    }
+    fn notes(&self, params: &serde_json::Value, ctx: &CheckContext) -> Vec<String> {
+        Self::params(params)
+            .map(|p| self.0.notes(&p, ctx))
+            .unwrap_or_default()
     }
     fn external_files(&self, params: &serde_json::Value) -> Vec<PathBuf> {
         Self::params(params)

@@ -38,6 +38,8 @@ pub struct Stage {
     /// External files as written in the recipe (relative to its folder).
     pub external_files: Vec<PathBuf>,
     pub uses_accelerator: bool,
+    /// The op's plan-time notes (see [`crate::TypedOp::notes`]).
+    pub notes: Vec<String>,
 }
 
 /// Reads and validates a recipe file.
@@ -338,6 +340,7 @@ pub fn validate(
             name: spec.name.clone(),
             op: op.clone(),
             uses_accelerator: op.uses_accelerator(&params[i]),
+            notes: op.notes(&params[i], &ctx),
             params: params[i].clone(),
             inputs: inputs[i].clone(),
             external_files,

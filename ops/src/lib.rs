@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod device;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod importance;
 pub mod inspect;

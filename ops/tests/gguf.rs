@@ -12,7 +12,8 @@ use distillery_ops::io::gguf::{
     GgmlType, GgufArray, GgufError, GgufFile, GgufValue, dequantize_blocks,
 };
 use distillery_ops::io::gguf_llama::{
-    GgufLlama, hf_tensor_name, llama3_from_factors, load_llama, load_llama_from, unpermute_qk,
+    GgufLlama, hf_tensor_name, llama3_from_factors, load_llama, load_llama_from, permute_qk,
+    unpermute_qk,
 };
 use distillery_ops::io::{HostTensor, StateDict};
 use serde_json::{Value, json};
@@ -562,7 +563,10 @@ fn unpermute_matches_index_formula_and_inverts_llama_cpp() {
         )
         .unwrap();
         assert_eq!(round.data, w, "unpermute(permute(w)) == w");
+        let ours = permute_qk(&t, n_head).unwrap();
+        assert_eq!(ours.data, permute_like_llama_cpp(&w, rows, cols, n_head));
     }
+    assert!(permute_qk(&HostTensor::new(vec![6, 1], vec![0.0; 6]), 4).is_err());
     assert!(unpermute_qk(&HostTensor::new(vec![6, 1], vec![0.0; 6]), 4).is_err());
     assert!(unpermute_qk(&HostTensor::new(vec![6], vec![0.0; 6]), 1).is_err());
 }

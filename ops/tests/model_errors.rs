@@ -119,7 +119,16 @@ fn bad_configs_are_explained() {
         (json!({"vocab_size": 0}), "vocab_size must be positive"),
         (json!({"hidden_act": "gelu"}), "hidden_act \"gelu\""),
         (json!({"rms_norm_eps": -1.0}), "rms_norm_eps"),
-        (json!({"model_type": "mistral"}), "model_type \"mistral\""),
+        (json!({"model_type": "qwen2"}), "model_type \"qwen2\""),
+        // Mistral's default window (4096) is shorter than this context.
+        (
+            json!({"model_type": "mistral", "max_position_embeddings": 8192}),
+            "sliding_window 4096 is shorter than max_position_embeddings 8192",
+        ),
+        (
+            json!({"model_type": "mistral", "sliding_window": 512, "max_position_embeddings": 2048}),
+            "sliding_window 512",
+        ),
         (
             json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
             "\"yarn\" is not supported",
@@ -140,6 +149,14 @@ fn bad_configs_are_explained() {
             err.to_string().contains(message),
             "expected {message:?} in {err}"
         );
+    }
+    // Mistral without a window (what `export` writes for shapes Llama's
+    // config refuses) is the same computation.
+    for window in [json!(null), json!(2048)] {
+        let mut v = base.clone();
+        v["model_type"] = json!("mistral");
+        v["sliding_window"] = window;
+        LlamaConfig::from_json(&v).expect("mistral without an effective window");
     }
     // Missing required key.
     let mut v = base.clone();
@@ -181,5 +198,38 @@ fn folder_errors_name_the_file() {
     assert!(
         format!("{err:#}").contains("gate_proj.weight has shape [48, 32], expected [64, 32]"),
         "{err:#}"
+    );
+}
+
+#[test]
+fn transformers_5_rope_parameters_are_read_as_theta_and_scaling() {
+    let base = json!({
+        "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "vocab_size": 50,
+        // Older keys lose to the newer form, as in transformers 5.
+        "rope_theta": 1.0,
+    });
+    let mut v = base.clone();
+    v["rope_parameters"] = json!({"rope_theta": 500000.0, "rope_type": "default"});
+    let c = LlamaConfig::from_json(&v).unwrap();
+    assert_eq!(c.rope_theta, 500000.0);
+    assert!(c.rope_scaling.is_none());
+    v["rope_parameters"] = json!({
+        "rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192
+    });
+    let c = LlamaConfig::from_json(&v).unwrap();
+    let scaling = c.rope_scaling.as_ref().unwrap();
+    assert_eq!((scaling.kind(), scaling.factor), ("llama3", Some(8.0)));
+    // Written back in the keys every transformers version reads.
+    let out = c.to_json();
+    assert_eq!(out["rope_theta"], 500000.0);
+    assert_eq!(out["rope_scaling"]["rope_type"], "llama3");
+    assert!(out.get("rope_parameters").is_none());
+    v["rope_parameters"] = json!({"rope_theta": "fast"});
+    let err = LlamaConfig::from_json(&v).unwrap_err();
+    assert!(
+        err.to_string().contains("rope_parameters.rope_theta"),
+        "{err}"
     );
 }

@@ -44,6 +44,7 @@ const NUDGE_ENV: &str = "DISTILLERY_PINS_NUDGE";
 /// Where the `export` stage writes, relative to the recipe: its model
 /// folder is the op's result as much as the record in the store.
 const EXPORT_PATH: &str = "exported";
+const EXPORT_GGUF_DIR: &str = "exported-gguf";
 /// The student's folder, which `load_model` reads from the recipe's folder.
 const STUDENT_PATH: &str = "student";
 
@@ -137,6 +138,10 @@ stages:
     op: export
     inputs: {{ model: scratch }}
     with: {{ path: {EXPORT_PATH}, dtype: bf16 }}
+  exported_gguf:
+    op: export
+    inputs: {{ model: scratch }}
+    with: {{ path: {EXPORT_GGUF_DIR}/student.gguf, format: gguf, dtype: f16 }}
 "#
     )
 }
@@ -376,10 +381,16 @@ fn run_recipe() -> RecipeRun {
         let material = &manifests[stage.key.as_str()].material;
         let op = &material.op;
         let mut print = fingerprint_dir(&store.output_dir(&stage.key), dir);
-        if op == "export" {
+        if stage.name == "exported" {
             let exported = fingerprint_dir(&dir.join(EXPORT_PATH), dir);
             for (file, file_print) in exported.as_object().unwrap() {
                 print[format!("{EXPORT_PATH}/{file}")] = file_print.clone();
+            }
+        }
+        if stage.name == "exported_gguf" {
+            let exported = fingerprint_dir(&dir.join(EXPORT_GGUF_DIR), dir);
+            for (file, file_print) in exported.as_object().unwrap() {
+                print[format!("{EXPORT_GGUF_DIR}/{file}")] = file_print.clone();
             }
         }
         let pin = run.pins.entry(op.clone()).or_insert_with(|| Pin {

@@ -1,13 +1,15 @@
-//! `distillery export RECIPE STAGE DIR`: write a stored Model artifact to a
-//! folder, as a Hugging Face folder in the dtype asked for.
+//! `distillery export RECIPE STAGE DEST`: write a stored Model artifact
+//! outside the store, as a Hugging Face folder (for transformers) or a GGUF
+//! file (for llama.cpp), in the dtype asked for.
 
 use super::run::prepare;
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, StoreArgs};
 use clap::Args;
 use distillery_engine::ArtifactKind;
 use distillery_engine::plan::{Selection, StageState};
-use distillery_ops::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
-use distillery_ops::io::safetensors_io::DiskDtype;
+use distillery_ops::export::{ExportDtype, ExportFormat, ExportOptions, export_model};
+use distillery_ops::io::hf_architecture::ArchitectureChoice;
+use distillery_ops::io::hf_folder::read_hf_folder;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -15,11 +17,23 @@ pub struct ExportArgs {
     recipe: PathBuf,
     /// A stage that produces a Model.
     stage: String,
-    /// Destination folder (must not exist unless --overwrite).
-    dir: PathBuf,
-    #[arg(long, value_enum, default_value = "bf16")]
-    dtype: DtypeArg,
-    /// Split the weights into shards of at most this many MB.
+    /// Destination: a folder for `--format hf`, a file for `--format gguf`
+    /// (must not exist unless --overwrite).
+    dest: PathBuf,
+    /// `hf`: a Hugging Face folder (transformers, vLLM); `gguf`: one file
+    /// for llama.cpp, Ollama, LM Studio. Default: gguf when DEST ends in
+    /// `.gguf`, hf otherwise.
+    #[arg(long, value_parser = ["hf", "gguf"])]
+    format: Option<String>,
+    /// Weight type: f32, f16, bf16, and for GGUF also q8_0 and q4_0.
+    #[arg(long, default_value = "bf16", value_parser = ExportDtype::ALL.map(ExportDtype::name))]
+    dtype: String,
+    /// `hf` only: the transformers class config.json declares. `auto`:
+    /// Llama where transformers accepts the shape, otherwise Mistral
+    /// without a sliding window (the same computation).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "llama", "mistral"])]
+    architecture: String,
+    /// `hf` only: split the weights into shards of at most this many MB.
     #[arg(long)]
     max_shard_mb: Option<u64>,
     /// Replace the destination if it exists.
@@ -29,14 +43,35 @@ pub struct ExportArgs {
     store: StoreArgs,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum DtypeArg {
-    F32,
-    F16,
-    Bf16,
+/// A value clap already checked against the serde names.
+fn parsed<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .expect("clap restricts the value to the serde names")
 }
 
 pub fn export(args: ExportArgs) -> u8 {
+    let format = match &args.format {
+        Some(f) => parsed::<ExportFormat>(f),
+        None if args
+            .dest
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf")) =>
+        {
+            ExportFormat::Gguf
+        }
+        None => ExportFormat::Hf,
+    };
+    let options = ExportOptions {
+        format,
+        dtype: parsed(&args.dtype),
+        architecture: parsed::<ArchitectureChoice>(&args.architecture),
+        max_shard_bytes: args.max_shard_mb.map(|mb| mb * 1_000_000),
+        name: args.stage.clone(),
+    };
+    if let Some((option, message)) = options.problems().into_iter().next() {
+        eprintln!("error: --{}: {message}", option.replace('_', "-"));
+        return EXIT_INVALID;
+    }
     let selection = Selection {
         until: vec![args.stage.clone()],
         ..Selection::default()
@@ -65,36 +100,25 @@ pub fn export(args: ExportArgs) -> u8 {
         );
         return EXIT_FAILED;
     }
-    if args.dir.exists() && !args.overwrite {
+    if args.dest.exists() && !args.overwrite {
         eprintln!(
             "error: {} exists; pass --overwrite to replace it",
-            args.dir.display()
+            args.dest.display()
         );
         return EXIT_INVALID;
     }
-    let options = HfWriteOptions {
-        dtype: match args.dtype {
-            DtypeArg::F32 => DiskDtype::F32,
-            DtypeArg::F16 => DiskDtype::F16,
-            DtypeArg::Bf16 => DiskDtype::BF16,
-        },
-        max_shard_bytes: args.max_shard_mb.map(|mb| mb * 1_000_000),
-    };
-    let result = read_hf_folder(&store.output_dir(&planned.key)).and_then(|folder| {
-        if args.dir.exists() {
-            std::fs::remove_dir_all(&args.dir)?;
-        }
-        write_hf_folder(
-            &args.dir,
-            &folder.config,
-            &folder.tensors,
-            &folder.assets,
-            &options,
-        )
-    });
+    let result = read_hf_folder(&store.output_dir(&planned.key))
+        .and_then(|folder| export_model(&folder, &args.dest, &options));
     match result {
-        Ok(()) => {
-            eprintln!("wrote {}", args.dir.display());
+        Ok(report) => {
+            for note in &report.notes {
+                eprintln!("{note}");
+            }
+            eprintln!(
+                "wrote {} ({format}, {})",
+                args.dest.display(),
+                options.dtype
+            );
             EXIT_OK
         }
         Err(e) => {

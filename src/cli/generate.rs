@@ -32,6 +32,11 @@ pub struct GenerateArgs {
     seed: u64,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Also write the logits of every prompt position to this file, as a
+    /// NumPy `.npy` of float32 `[prompt tokens, vocab]` (to compare with
+    /// other tools; `--max-tokens 0` writes only these).
+    #[arg(long, value_name = "FILE")]
+    logits: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -75,6 +80,15 @@ impl OnBackend for Task {
             .get_ids()
             .to_vec();
         anyhow::ensure!(!ids.is_empty(), "the prompt is empty");
+        if let Some(path) = &args.logits {
+            let logits = model.forward(distillery_ops::model::tokens_tensor(&[&ids], &device));
+            let [_, seq, vocab] = logits.dims();
+            let values = logits
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("logits are not f32: {e:?}"))?;
+            super::npy::write_f32(path, &[seq, vocab], &values)?;
+        }
         let sampling = Sampling {
             max_new_tokens: args.max_tokens,
             temperature: args.temperature,

@@ -4,6 +4,7 @@
 use super::{EXIT_FAILED, EXIT_OK, output};
 use clap::Args;
 use distillery_ops::inspect::ModelSummary;
+use distillery_ops::io::hf_architecture::{ArchitectureChoice, resolve};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -36,6 +37,9 @@ pub fn inspect(args: InspectArgs) -> u8 {
         output::print_json(&serde_json::json!({
             "format": summary.format,
             "config": summary.config.to_json(),
+            "transformers_class": resolve(&summary.config, ArchitectureChoice::Auto)
+                .ok()
+                .map(|r| r.architecture.class()),
             "parameters": counts,
             "dtypes": summary.dtypes(),
             "tensors": summary.tensors,
@@ -73,6 +77,10 @@ pub fn inspect(args: InspectArgs) -> u8 {
         },
         if c.mlp_bias { ", mlp bias" } else { "" },
     );
+    match resolve(c, ArchitectureChoice::Auto) {
+        Ok(resolved) => println!("transformers: exports as {resolved}"),
+        Err(why) => println!("transformers: no export class ({why})"),
+    }
     let dtypes: Vec<String> = summary
         .dtypes()
         .iter()

@@ -7,6 +7,7 @@ mod dag;
 mod export;
 mod generate;
 mod inspect;
+mod npy;
 mod output;
 mod pipeline;
 mod progress;
@@ -57,7 +58,7 @@ enum Command {
     Cache(cache::CacheCommand),
     /// Print the recipe JSON Schema (for editors and CI).
     Schema(schema::SchemaArgs),
-    /// Write a stored model to a folder (Hugging Face layout, dtype of your choice).
+    /// Write a stored model for other tools: a Hugging Face folder (transformers) or a GGUF file (llama.cpp).
     Export(export::ExportArgs),
     /// Describe a model: architecture, parameter counts, storage, per-layer shapes.
     Inspect(inspect::InspectArgs),

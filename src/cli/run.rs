@@ -90,7 +90,9 @@ pub fn prepare(
     Ok((pipeline, store, plan))
 }
 
-pub fn print_plan(plan: &Plan) {
+/// Each selected stage's key and state, with the op's plan-time notes
+/// under it.
+pub fn print_plan(plan: &Plan, pipeline: &Pipeline) {
     let width = plan.stages.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for s in plan.stages.iter().filter(|s| s.selected) {
         let state = match &s.state {
@@ -98,6 +100,9 @@ pub fn print_plan(plan: &Plan) {
             StageState::Run(reason) => format!("run    ({reason})"),
         };
         println!("{:width$}  {:<18}  {}  {state}", s.name, s.op, &s.key[..12]);
+        for note in &pipeline.stages[s.index].notes {
+            println!("{:width$}  note: {note}", "");
+        }
     }
     let runs = plan.to_run().count();
     println!(
@@ -107,14 +112,15 @@ pub fn print_plan(plan: &Plan) {
 }
 
 pub fn plan(args: PlanArgs) -> u8 {
-    let (_, _, plan) = match prepare(&args.recipe, &args.store, &args.selection.selection()) {
+    let (pipeline, _, plan) = match prepare(&args.recipe, &args.store, &args.selection.selection())
+    {
         Ok(x) => x,
         Err(code) => return code,
     };
     if args.json {
         output::print_json(&plan);
     } else {
-        print_plan(&plan);
+        print_plan(&plan, &pipeline);
     }
     EXIT_OK
 }
@@ -129,7 +135,7 @@ pub fn run(args: RunArgs) -> u8 {
         if args.json {
             output::print_json(&plan);
         } else {
-            print_plan(&plan);
+            print_plan(&plan, &pipeline);
         }
         return EXIT_OK;
     }

@@ -32,10 +32,23 @@ pub fn validate(args: ValidateArgs) -> u8 {
         };
         match distillery_engine::validate(path, &source, &registry) {
             Ok(p) => {
+                let notes: serde_json::Map<String, serde_json::Value> = p
+                    .stages
+                    .iter()
+                    .filter(|s| !s.notes.is_empty())
+                    .map(|s| (s.name.clone(), serde_json::json!(s.notes)))
+                    .collect();
                 if !args.json {
                     eprintln!("{}: ok ({} stages)", path.display(), p.stages.len());
+                    for stage in &p.stages {
+                        for note in &stage.notes {
+                            eprintln!("  note: stage `{}`: {note}", stage.name);
+                        }
+                    }
                 }
-                reports.push(serde_json::json!({"recipe": path, "valid": true, "problems": []}));
+                reports.push(serde_json::json!({
+                    "recipe": path, "valid": true, "problems": [], "notes": notes,
+                }));
             }
             Err(diagnostics) => {
                 invalid += 1;

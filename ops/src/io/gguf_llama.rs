@@ -356,6 +356,36 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
+/// The llama.cpp name of a Hugging Face tensor (the inverse of
+/// [`hf_tensor_name`]).
+pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
+    let fixed = match hf_name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(n) = fixed {
+        return Some(n.to_string());
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let gguf = match part {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}"))
+}
+
 /// The Hugging Face shape every tensor of the model must have.
 fn expected_shapes(d: &Dims, tied: bool) -> Vec<(String, Vec<usize>)> {
     let (h, q, kv) = (d.hidden, d.q_rows, d.kv_rows);
@@ -421,11 +451,31 @@ fn load_tensors(gguf: &GgufFile, d: &Dims) -> Result<StateDict> {
     Ok(out)
 }
 
+/// llama.cpp's q/k row permutation for its interleaved RoPE, applied to a
+/// Hugging Face (rotate-half) weight as its conversion script does:
+/// `W.reshape(n_head, 2, head_dim/2, in).swapaxes(1, 2).reshape(out, in)`.
+/// [`unpermute_qk`] is its inverse.
+pub fn permute_qk(w: &HostTensor, n_head: usize) -> Result<HostTensor> {
+    // Row 2i + j of a head comes from row j * half + i.
+    reorder_qk_rows(w, n_head, |half, p| (p % 2) * half + p / 2)
+}
+
 /// Undoes llama.cpp's q/k row permutation for interleaved RoPE, giving
 /// Hugging Face's rotate-half layout: rows of each head go from
 /// (pair, 2) order to (2, pair) order, i.e.
 /// `W.reshape(n_head, head_dim/2, 2, in).swapaxes(1, 2).reshape(out, in)`.
 pub fn unpermute_qk(w: &HostTensor, n_head: usize) -> Result<HostTensor> {
+    // Row j * half + i of a head comes from row 2i + j.
+    reorder_qk_rows(w, n_head, |half, p| 2 * (p % half) + p / half)
+}
+
+/// Reorders the rows within each head: row `p` of a head comes from row
+/// `source(head_dim / 2, p)` of the same head.
+fn reorder_qk_rows(
+    w: &HostTensor,
+    n_head: usize,
+    source: impl Fn(usize, usize) -> usize,
+) -> Result<HostTensor> {
     let [rows, cols] = w.shape[..] else {
         return Err(meta(format!(
             "q/k weight of shape {:?} is not a matrix",
@@ -441,11 +491,9 @@ pub fn unpermute_qk(w: &HostTensor, n_head: usize) -> Result<HostTensor> {
     let half = head_dim / 2;
     let mut data = Vec::with_capacity(w.data.len());
     for h in 0..n_head {
-        for j in 0..2 {
-            for i in 0..half {
-                let src = h * head_dim + 2 * i + j;
-                data.extend_from_slice(&w.data[src * cols..(src + 1) * cols]);
-            }
+        for p in 0..head_dim {
+            let src = h * head_dim + source(half, p);
+            data.extend_from_slice(&w.data[src * cols..(src + 1) * cols]);
         }
     }
     Ok(HostTensor::new(w.shape.clone(), data))

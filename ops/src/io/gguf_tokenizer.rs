@@ -43,7 +43,7 @@ const GPT2: &[&str] = &["default", "gpt2", "gpt-2"];
 const LLAMA3: &[&str] = &["llama-bpe", "llama3", "llama-v3"];
 
 /// The Llama-3 pre-tokenizer regex, as in Meta's tokenizer.json.
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 #[derive(Debug, Error)]
 pub enum GgufTokenizerError {

@@ -19,6 +19,9 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Special tokens and the chat template.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
+/// The chat template as transformers 5 saves it, beside tokenizer_config.json.
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
 /// Other JSON files carried through unchanged when present.
 pub const OTHER_JSON_FILES: [&str; 2] = ["generation_config.json", "special_tokens_map.json"];
 
@@ -82,12 +85,7 @@ pub fn read_assets(dir: &Path) -> Result<HfAssets> {
     } else {
         None
     };
-    let tokenizer_config_path = dir.join(TOKENIZER_CONFIG_FILE);
-    let tokenizer_config = if tokenizer_config_path.is_file() {
-        Some(read_json(&tokenizer_config_path)?)
-    } else {
-        None
-    };
+    let tokenizer_config = read_tokenizer_config(dir)?;
     let mut other_json = BTreeMap::new();
     for name in OTHER_JSON_FILES {
         let path = dir.join(name);
@@ -102,8 +100,33 @@ pub fn read_assets(dir: &Path) -> Result<HfAssets> {
     })
 }
 
+/// `tokenizer_config.json`, with the chat template of `chat_template.jinja`
+/// (where transformers 5 saves it) when the JSON has none.
+pub fn read_tokenizer_config(dir: &Path) -> Result<Option<Value>> {
+    let path = dir.join(TOKENIZER_CONFIG_FILE);
+    let mut config = if path.is_file() {
+        Some(read_json(&path)?)
+    } else {
+        None
+    };
+    let template_path = dir.join(CHAT_TEMPLATE_FILE);
+    let has_template = config
+        .as_ref()
+        .is_some_and(|c| c.get("chat_template").is_some_and(|t| !t.is_null()));
+    if !has_template && template_path.is_file() {
+        let template = std::fs::read_to_string(&template_path)
+            .with_context(|| format!("cannot read {}", template_path.display()))?;
+        let config = config.get_or_insert_with(|| Value::Object(Default::default()));
+        config
+            .as_object_mut()
+            .ok_or_else(|| anyhow!("{} must be a JSON object", path.display()))?
+            .insert("chat_template".into(), Value::String(template));
+    }
+    Ok(config)
+}
+
 /// Writes a folder transformers can load. `config` is written with its
-/// `torch_dtype` set to the dtype on disk; when it says
+/// `torch_dtype` (and `dtype`, if present) set to the dtype on disk; when it says
 /// `tie_word_embeddings`, `lm_head.weight` is left out even if present.
 pub fn write_hf_folder(
     dir: &Path,
@@ -118,6 +141,10 @@ pub fn write_hf_folder(
         .as_object_mut()
         .ok_or_else(|| anyhow!("config.json must be a JSON object"))?;
     obj.insert("torch_dtype".into(), options.dtype.torch_name().into());
+    // transformers 5 names it `dtype`; a stale one would override the above.
+    if obj.contains_key("dtype") {
+        obj.insert("dtype".into(), options.dtype.torch_name().into());
+    }
     let tied = obj
         .get("tie_word_embeddings")
         .and_then(Value::as_bool)

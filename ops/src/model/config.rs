@@ -125,10 +125,13 @@ struct RawLlamaConfig {
     hidden_act: String,
     #[serde(default = "default_rms_norm_eps")]
     rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    rope_theta: f64,
+    #[serde(default)]
+    rope_theta: Option<f64>,
     #[serde(default)]
     rope_scaling: Option<RopeScaling>,
+    /// transformers 5's form of both: `{rope_theta, rope_type, factor, ...}`.
+    #[serde(default)]
+    rope_parameters: Option<Map<String, Value>>,
     #[serde(default = "default_max_position_embeddings")]
     max_position_embeddings: usize,
     vocab_size: usize,
@@ -181,6 +184,10 @@ impl TryFrom<RawLlamaConfig> for LlamaConfig {
                 ));
             }
         };
+        let (rope_theta, rope_scaling) = match raw.rope_parameters {
+            Some(parameters) => rope_from_parameters(parameters)?,
+            None => (raw.rope_theta, raw.rope_scaling),
+        };
         let config = LlamaConfig {
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -191,8 +198,8 @@ impl TryFrom<RawLlamaConfig> for LlamaConfig {
             head_dim,
             hidden_act: raw.hidden_act,
             rms_norm_eps: raw.rms_norm_eps,
-            rope_theta: raw.rope_theta,
-            rope_scaling: raw.rope_scaling,
+            rope_theta: rope_theta.unwrap_or_else(default_rope_theta),
+            rope_scaling,
             max_position_embeddings: raw.max_position_embeddings,
             vocab_size: raw.vocab_size,
             tie_word_embeddings: raw.tie_word_embeddings,
@@ -211,6 +218,24 @@ impl TryFrom<RawLlamaConfig> for LlamaConfig {
             Err(problems.join("; "))
         }
     }
+}
+
+/// `rope_theta` and `rope_scaling` from transformers 5's `rope_parameters`
+/// (which replaces both in the configs it writes); a `default` rope type is
+/// no scaling.
+fn rope_from_parameters(
+    mut parameters: Map<String, Value>,
+) -> Result<(Option<f64>, Option<RopeScaling>), String> {
+    let theta = match parameters.remove("rope_theta") {
+        None => None,
+        Some(v) => Some(
+            v.as_f64()
+                .ok_or_else(|| format!("rope_parameters.rope_theta {v} is not a number"))?,
+        ),
+    };
+    let scaling: RopeScaling = serde_json::from_value(Value::Object(parameters))
+        .map_err(|e| format!("rope_parameters: {e}"))?;
+    Ok((theta, (scaling.kind() != "default").then_some(scaling)))
 }
 
 impl LlamaConfig {
@@ -375,17 +400,42 @@ impl LlamaConfig {
                 self.hidden_act
             ));
         }
-        if let Some(kind) = self.extra.get("model_type").and_then(Value::as_str)
-            && kind != "llama"
-        {
-            problems.push(format!(
-                "model_type {kind:?} is not supported (expected \"llama\")"
-            ));
+        match self.extra.get("model_type").and_then(Value::as_str) {
+            None | Some("llama") => {}
+            // What `export` writes for shapes transformers' Llama refuses.
+            Some("mistral") => problems.extend(self.sliding_window_problem()),
+            Some(kind) => problems.push(format!(
+                "model_type {kind:?} is not supported (expected \"llama\", or \"mistral\" \
+                 without a sliding window)"
+            )),
         }
         if let Some(scaling) = &self.rope_scaling {
             problems.extend(scaling.problems());
         }
         problems
+    }
+}
+
+impl LlamaConfig {
+    /// A Mistral config is the Llama computation only while its sliding
+    /// window covers the whole context (`null`, or at least
+    /// `max_position_embeddings`); transformers' default is 4096 tokens.
+    fn sliding_window_problem(&self) -> Option<String> {
+        const MISTRAL_DEFAULT_WINDOW: u64 = 4096;
+        let window = match self.extra.get("sliding_window") {
+            Some(Value::Null) => return None,
+            Some(v) => v.as_u64(),
+            None => Some(MISTRAL_DEFAULT_WINDOW),
+        };
+        match window {
+            Some(w) if w >= self.max_position_embeddings as u64 => None,
+            Some(w) => Some(format!(
+                "sliding_window {w} is shorter than max_position_embeddings {}; \
+                 sliding-window attention is not supported",
+                self.max_position_embeddings
+            )),
+            None => Some("sliding_window must be null or a token count".into()),
+        }
     }
 }
 

@@ -1,13 +1,15 @@
-//! `export`: writes a Model artifact to a folder the user names, as a
-//! Hugging Face folder in the dtype asked for, ready for transformers.
+//! `export`: writes a Model artifact outside the store for other tools: a
+//! Hugging Face folder for transformers (declared as Llama, or as Mistral
+//! where transformers' Llama refuses the shape) or a GGUF file for
+//! llama.cpp, in the dtype asked for.
 //!
-//! The folder is written beside its destination and renamed into place, so
-//! a failed export never leaves half a model there. The stage's own artifact
-//! records what was written (paths and digests); rerun with `--force STAGE`
-//! to write the folder again after deleting it.
+//! The stage's own artifact records what was written (paths and digests);
+//! rerun with `--force STAGE` to write the destination again after deleting
+//! it.
 
-use crate::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
-use crate::io::safetensors_io::DiskDtype;
+use crate::export::{ExportDtype, ExportFormat, ExportOptions, export_model};
+use crate::io::hf_architecture::ArchitectureChoice;
+use crate::io::hf_folder::read_hf_folder;
 use anyhow::{Context, bail};
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
 use schemars::JsonSchema;
@@ -19,13 +21,25 @@ pub struct Export;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportParams {
-    /// Destination folder, relative to the recipe's folder.
+    /// Destination, relative to the recipe's folder: a folder for `hf`, a
+    /// file (conventionally `*.gguf`) for `gguf`.
     pub path: PathBuf,
-    /// Element type of the written weights.
+    /// `hf` (a Hugging Face folder) or `gguf` (one llama.cpp file).
+    #[serde(default)]
+    pub format: ExportFormat,
+    /// Element type of the written weights: f32, f16, bf16, or for GGUF
+    /// also q8_0 and q4_0 (norms stay f32, q4_0 keeps the embedding and
+    /// output matrices at q8_0, and rows that do not split into blocks of
+    /// 32 stay f16).
     #[serde(default = "default_dtype")]
-    pub dtype: DiskDtype,
-    /// Split the weights into shards of at most this many MB (transformers'
-    /// `max_shard_size`); one file when absent.
+    pub dtype: ExportDtype,
+    /// `hf` only: the transformers class config.json declares. `auto` is
+    /// Llama where transformers accepts the shape, otherwise Mistral
+    /// without a sliding window (the same computation).
+    #[serde(default)]
+    pub architecture: ArchitectureChoice,
+    /// `hf` only: split the weights into shards of at most this many MB
+    /// (transformers' `max_shard_size`); one file when absent.
     #[serde(default)]
     pub max_shard_mb: Option<u64>,
     /// Replace the destination when it exists (otherwise that is an error).
@@ -33,15 +47,28 @@ pub struct ExportParams {
     pub overwrite: bool,
 }
 
-fn default_dtype() -> DiskDtype {
-    DiskDtype::BF16
+fn default_dtype() -> ExportDtype {
+    ExportDtype::BF16
+}
+
+impl ExportParams {
+    fn options(&self, name: &str) -> ExportOptions {
+        ExportOptions {
+            format: self.format,
+            dtype: self.dtype,
+            architecture: self.architecture,
+            max_shard_bytes: self.max_shard_mb.map(|mb| mb * 1_000_000),
+            name: name.to_string(),
+        }
+    }
 }
 
 impl TypedOp for Export {
     type Params = ExportParams;
     const NAME: &'static str = "export";
-    const VERSION: u32 = 1;
-    const DESCRIPTION: &'static str = "Writes a model to a folder outside the store, as a Hugging Face folder in the dtype asked for.";
+    // 2: Hugging Face folders declare Mistral for shapes Llama refuses; GGUF.
+    const VERSION: u32 = 2;
+    const DESCRIPTION: &'static str = "Writes a model outside the store: a Hugging Face folder (Llama, or Mistral for shapes transformers' Llama refuses) or a llama.cpp GGUF file, in the dtype asked for.";
 
     fn slots(&self) -> Vec<Slot> {
         vec![Slot::one("model", ArtifactKind::Model)]
@@ -54,13 +81,13 @@ impl TypedOp for Export {
     fn check(&self, p: &ExportParams, _: &CheckContext) -> Vec<ParamIssue> {
         let mut issues = Vec::new();
         if p.path.as_os_str().is_empty() {
-            issues.push(ParamIssue::at(&["path"], "`path` must name a folder"));
-        }
-        if p.max_shard_mb == Some(0) {
             issues.push(ParamIssue::at(
-                &["max_shard_mb"],
-                "`max_shard_mb` must be at least 1",
+                &["path"],
+                "`path` must name a folder or file",
             ));
+        }
+        for (option, message) in p.options("").problems() {
+            issues.push(ParamIssue::at(&[option], message));
         }
         issues
     }
@@ -75,38 +102,16 @@ impl TypedOp for Export {
         }
         let source = ctx.input("model")?;
         let folder = read_hf_folder(source).context("cannot read the model artifact")?;
-        let parent = destination
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-        let staging = tempfile::Builder::new()
-            .prefix(".distillery-export-")
-            .tempdir_in(parent)
-            .with_context(|| format!("cannot write in {}", parent.display()))?;
-        let options = HfWriteOptions {
-            dtype: p.dtype,
-            max_shard_bytes: p.max_shard_mb.map(|mb| mb * 1_000_000),
-        };
-        write_hf_folder(
-            staging.path(),
-            &folder.config,
-            &folder.tensors,
-            &folder.assets,
-            &options,
-        )?;
-        let written = distillery_engine::store::hash_tree(staging.path())?;
-        if destination.exists() {
-            std::fs::remove_dir_all(&destination)
-                .with_context(|| format!("cannot replace {}", destination.display()))?;
+        let report = export_model(&folder, &destination, &p.options(ctx.stage))?;
+        for note in &report.notes {
+            ctx.progress.log(note);
         }
-        std::fs::rename(staging.keep(), &destination)
-            .with_context(|| format!("cannot move the export to {}", destination.display()))?;
         let record = serde_json::json!({
             "path": destination,
+            "format": p.format,
             "dtype": p.dtype,
-            "files": written,
+            "architecture": report.architecture.map(|a| a.class()),
+            "files": report.files,
         });
         std::fs::write(
             ctx.output_dir.join("export.json"),

@@ -165,6 +165,9 @@ impl TypedOp for LoadModel {
         if let (Some(obj), serde_json::Value::Object(normal)) =
             (config_json.as_object_mut(), llama.to_json())
         {
+            // transformers 5's `rope_parameters` is now in rope_theta and
+            // rope_scaling; one source of truth.
+            obj.remove("rope_parameters");
             obj.extend(normal);
         }
         let options = HfWriteOptions {

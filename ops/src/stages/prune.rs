@@ -5,6 +5,7 @@
 //! `pruning.json`, the kept indices of every axis.
 
 use super::importance::{Importance, ImportanceParams};
+use crate::io::hf_architecture::{ArchitectureChoice, HfArchitecture, Resolved, resolve};
 use crate::io::hf_folder::{HfWriteOptions, read_hf_folder, write_hf_folder};
 use crate::io::safetensors_io::DiskDtype;
 use crate::io::scores::{Axis, DepthMetric, Scores};
@@ -222,6 +223,42 @@ fn source_config(ctx: &CheckContext) -> Option<LlamaConfig> {
     super::upstream::loaded_config(ctx.inputs.get("model")?.first()?, ctx.recipe_dir)
 }
 
+/// The pruned width (hidden size and query heads, with the source's bias
+/// terms), where the recipe alone tells it: from the source's config when
+/// it is cheap to read, or from `hidden` and `heads` when both are given.
+fn planned_width(p: &PruneParams, source: Option<&LlamaConfig>) -> Option<LlamaConfig> {
+    let mut c = match source {
+        Some(source) => source.clone(),
+        None => {
+            let (hidden, heads) = (p.hidden?, p.heads?);
+            LlamaConfig::new(hidden, 1, 1, heads, heads, 1)
+        }
+    };
+    let per_group = c.num_attention_heads / c.num_key_value_heads.max(1);
+    c.hidden_size = p.hidden.unwrap_or(c.hidden_size);
+    c.num_attention_heads = p
+        .heads
+        .or(p.kv_groups.map(|groups| groups * per_group))
+        .unwrap_or(c.num_attention_heads);
+    Some(c)
+}
+
+/// How transformers will load the pruned shape, said when it is pruned
+/// rather than discovered at export.
+fn export_note(pruned: &LlamaConfig) -> String {
+    match resolve(pruned, ArchitectureChoice::Auto) {
+        Ok(Resolved {
+            reason: None,
+            architecture,
+        }) => format!("`export` writes it for transformers as {architecture}"),
+        Ok(Resolved {
+            reason: Some(why),
+            architecture,
+        }) => format!("`export` writes it for transformers as {architecture}, since {why}"),
+        Err(why) => format!("no Hugging Face export can load this shape: {why}"),
+    }
+}
+
 /// What an `importance` stage's parameters show it will not compute
 /// although these targets need it.
 fn upstream_problems(
@@ -278,6 +315,24 @@ impl TypedOp for Prune {
 
     fn output(&self) -> ArtifactKind {
         ArtifactKind::Model
+    }
+
+    fn notes(&self, p: &PruneParams, ctx: &CheckContext) -> Vec<String> {
+        let source = source_config(ctx);
+        let fits = source
+            .as_ref()
+            .is_none_or(|s| p.targets().problems(s).is_empty());
+        // Only a shape transformers' Llama refuses is worth a note.
+        match planned_width(p, source.as_ref()) {
+            Some(pruned)
+                if fits
+                    && pruned.num_attention_heads > 0
+                    && HfArchitecture::Llama.refusal(&pruned).is_some() =>
+            {
+                vec![export_note(&pruned)]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn check(&self, p: &PruneParams, ctx: &CheckContext) -> Vec<ParamIssue> {
@@ -396,6 +451,7 @@ impl TypedOp for Prune {
             s.parameters as f64 / 1e6,
             r.parameters as f64 / 1e6,
         ));
+        ctx.progress.log(&export_note(&pruned));
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use tokenizers::Tokenizer;
 
 use crate::io::chat::{ChatTemplate, special_token};
 use crate::io::dataset::{SeparatorInfo, TokenizerInfo};
-use crate::io::hf_folder::{CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
+use crate::io::hf_folder::{CONFIG_FILE, TOKENIZER_FILE, read_tokenizer_config};
 
 /// The tokenizer folder's pieces a dataset build needs.
 pub(super) struct TokenizerAssets {
@@ -44,17 +44,7 @@ impl TokenizerAssets {
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         tokenizer.with_padding(None);
 
-        let config_path = dir.join(TOKENIZER_CONFIG_FILE);
-        let config: Option<Value> = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path)
-                .with_context(|| format!("cannot read {}", config_path.display()))?;
-            Some(
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not valid JSON", config_path.display()))?,
-            )
-        } else {
-            None
-        };
+        let config = read_tokenizer_config(dir)?;
         let model_config: Option<Value> = std::fs::read_to_string(dir.join(CONFIG_FILE))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());

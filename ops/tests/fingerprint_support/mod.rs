@@ -88,6 +88,8 @@ fn fingerprint_file(path: &Path, root: &Path) -> Value {
     let roots = root_spellings(root);
     if name.ends_with(".safetensors") {
         safetensors_print(&bytes)
+    } else if name.ends_with(".gguf") {
+        gguf_print(bytes, &roots)
     } else if name.ends_with(".json") {
         let value: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
@@ -231,6 +233,41 @@ fn safetensors_print(bytes: &[u8]) -> Value {
     }
     let metadata: Option<std::collections::BTreeMap<_, _>> =
         header.metadata().as_ref().map(|m| m.iter().collect());
+    json!({"metadata": metadata, "tensors": tensors})
+}
+
+/// A GGUF file: its metadata (arrays by length and digest, floats as
+/// floats) and each tensor's type and shape with the sums of its
+/// dequantized elements.
+fn gguf_print(bytes: Vec<u8>, roots: &[String]) -> Value {
+    use distillery_ops::io::gguf::{GgufFile, GgufValue};
+    let file = GgufFile::from_bytes(bytes).expect("a GGUF file");
+    let mut metadata = Map::new();
+    for entry in file.metadata() {
+        let print = match &entry.value {
+            GgufValue::F32(x) => json!(*x as f64),
+            GgufValue::F64(x) => json!(x),
+            GgufValue::String(s) => json!(without_root(s, roots)),
+            GgufValue::Array(a) => {
+                json!({"len": a.len(), "blake3": blake3::hash(format!("{a:?}").as_bytes()).to_hex().to_string()})
+            }
+            other => json!(format!("{other:?}")),
+        };
+        metadata.insert(entry.key.clone(), print);
+    }
+    let mut tensors = Map::new();
+    for info in file.tensors() {
+        let values: Vec<f64> = file
+            .dequantize_info(info)
+            .expect("a readable tensor")
+            .data
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let mut print = json!({"type": info.ggml_type.name(), "shape": info.shape()});
+        print.as_object_mut().unwrap().extend(tensor_sums(&values));
+        tensors.insert(info.name.clone(), print);
+    }
     json!({"metadata": metadata, "tensors": tensors})
 }
 
