@@ -10,6 +10,7 @@ mod gguf;
 mod gguf_vocab;
 
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -147,7 +148,10 @@ impl ExportOptions {
             }
         }
         if self.max_shard_bytes == Some(0) {
-            problems.push(("max_shard_mb", "must be at least 1".to_string()));
+            problems.push((
+                "max_shard_mb",
+                "`max_shard_mb` must be at least 1".to_string(),
+            ));
         }
         problems
     }
@@ -216,7 +220,6 @@ pub fn export_model(
                 .with_context(|| format!("cannot create {}", staged.display()))?;
             let mut out = std::io::BufWriter::new(file);
             writer.write(&mut out)?;
-            use std::io::Write;
             out.flush()
                 .with_context(|| format!("cannot write {}", staged.display()))?;
             report.notes.extend(notes);

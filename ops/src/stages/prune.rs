@@ -455,3 +455,52 @@ impl TypedOp for Prune {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: serde_json::Value) -> PruneParams {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn smollm2() -> LlamaConfig {
+        let mut c = LlamaConfig::new(576, 1536, 30, 9, 3, 49152);
+        c.head_dim = 64;
+        c
+    }
+
+    #[test]
+    fn the_planned_width_follows_hidden_heads_and_kv_groups() {
+        let source = smollm2();
+        let w = planned_width(&params(serde_json::json!({"hidden": 448})), Some(&source)).unwrap();
+        assert_eq!((w.hidden_size, w.num_attention_heads), (448, 9));
+        // Two of three groups keep their three heads each.
+        let w = planned_width(&params(serde_json::json!({"kv_groups": 2})), Some(&source)).unwrap();
+        assert_eq!((w.hidden_size, w.num_attention_heads), (576, 6));
+        let w = planned_width(&params(serde_json::json!({"heads": 6})), Some(&source)).unwrap();
+        assert_eq!(w.num_attention_heads, 6);
+        // Without the source, only a recipe giving both sizes is known.
+        assert!(planned_width(&params(serde_json::json!({"hidden": 448})), None).is_none());
+        let w = planned_width(
+            &params(serde_json::json!({"hidden": 448, "heads": 6})),
+            None,
+        )
+        .unwrap();
+        assert_eq!((w.hidden_size, w.num_attention_heads), (448, 6));
+    }
+
+    #[test]
+    fn the_export_note_names_the_class_and_why() {
+        let mut pruned = smollm2();
+        pruned.hidden_size = 448;
+        let note = export_note(&pruned);
+        assert!(
+            note.contains("MistralForCausalLM") && note.contains("(448)"),
+            "{note}"
+        );
+        pruned.attention_bias = true;
+        assert!(export_note(&pruned).contains("no Hugging Face export"));
+        assert!(export_note(&smollm2()).contains("LlamaForCausalLM"));
+    }
+}
