@@ -173,7 +173,15 @@ pub fn plan(
         };
         let key = material.key();
         keys[i] = key.clone();
-        let forced = selected.contains(&i) && (force_all || selection.force.contains(&stage.name));
+        let forced = selected.contains(&i)
+            && (force_all
+                || selection.force.iter().any(|f| {
+                    *f == stage.name
+                        || stage
+                            .name
+                            .strip_prefix(f.as_str())
+                            .is_some_and(|rest| rest.starts_with('['))
+                }));
         let state = if forced {
             StageState::Run(RunReason::Forced)
         } else if store.contains(&key) {
@@ -229,21 +237,31 @@ fn reason(store: &Store, recipe: &str, stage: &str, material: &KeyMaterial) -> R
 
 /// The stage indices a selection covers. Stages a selected stage needs are
 /// included (they are cache hits when stored), except with `--only`.
+/// A stage's name selects that stage; a `matrix` stage's name as written
+/// selects all its expansions (`name[...]`).
 fn select(pipeline: &Pipeline, selection: &Selection) -> Result<BTreeSet<usize>, PlanError> {
-    let index = |name: &String| {
-        pipeline.stage_index(name).ok_or_else(|| {
-            let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-            PlanError::UnknownStage {
-                name: name.clone(),
-                hint: crate::diagnostic::did_you_mean(name, &names)
-                    .map(|h| format!("; {h}"))
-                    .unwrap_or_default(),
-            }
+    let indices = |name: &String| -> Result<Vec<usize>, PlanError> {
+        if let Some(i) = pipeline.stage_index(name) {
+            return Ok(vec![i]);
+        }
+        let prefix = format!("{name}[");
+        let expansions: Vec<usize> = (0..pipeline.stages.len())
+            .filter(|&i| pipeline.stages[i].name.starts_with(&prefix))
+            .collect();
+        if !expansions.is_empty() {
+            return Ok(expansions);
+        }
+        let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+        Err(PlanError::UnknownStage {
+            name: name.clone(),
+            hint: crate::diagnostic::did_you_mean(name, &names)
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default(),
         })
     };
     for name in &selection.force {
         if name != "all" {
-            index(name)?;
+            indices(name)?;
         }
     }
     let graph = &pipeline.graph;
@@ -254,15 +272,19 @@ fn select(pipeline: &Pipeline, selection: &Selection) -> Result<BTreeSet<usize>,
             BTreeSet::new()
         };
     for name in &selection.until {
-        chosen.extend(graph.ancestors_of(index(name)?));
+        for i in indices(name)? {
+            chosen.extend(graph.ancestors_of(i));
+        }
     }
     for name in &selection.from {
-        for d in graph.descendants_of(index(name)?) {
-            chosen.extend(graph.ancestors_of(d));
+        for i in indices(name)? {
+            for d in graph.descendants_of(i) {
+                chosen.extend(graph.ancestors_of(d));
+            }
         }
     }
     for name in &selection.only {
-        chosen.insert(index(name)?);
+        chosen.extend(indices(name)?);
     }
     Ok(chosen)
 }

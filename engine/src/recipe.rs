@@ -4,13 +4,15 @@
 //! (`validate`).
 
 use crate::diagnostic::{Diagnostic, Span, did_you_mean, quoted_list};
+use crate::matrix::{self, Expansion};
 use crate::op::Device;
-use crate::vars;
+use crate::vars::{self, Scope};
 use crate::yaml::{self, Node, Value};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 const TOP_LEVEL_KEYS: &[&str] = &["name", "seed", "device", "vars", "stages"];
-const STAGE_KEYS: &[&str] = &["op", "inputs", "with"];
+const STAGE_KEYS: &[&str] = &["op", "inputs", "with", "matrix"];
 
 /// A parsed recipe, before its ops are resolved.
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct StageSpec {
     pub with_broken: bool,
     /// `inputs` was not a mapping (already reported); slots are not checked.
     pub inputs_broken: bool,
+    /// Which expansion of a `matrix` stage this is; `None` for a plain stage.
+    pub expansion: Option<Expansion>,
 }
 
 impl StageSpec {
@@ -275,13 +279,85 @@ impl Reader<'_> {
                 return Vec::new();
             }
         };
-        entries
+        let mut stages: Vec<StageSpec> = entries
             .iter()
-            .filter_map(|(k, v)| self.stage(k, v, vars))
-            .collect()
+            .flat_map(|(k, v)| self.stage(k, v, vars))
+            .collect();
+        bind_matrix_inputs(&mut stages, self.diagnostics);
+        stages
     }
 
-    fn stage(&mut self, key: &Node, node: &Node, vars: &[(String, Node)]) -> Option<StageSpec> {
+    /// The stage as written, or one stage per combination of its `matrix`.
+    fn stage(&mut self, key: &Node, node: &Node, vars: &[(String, Node)]) -> Vec<StageSpec> {
+        let Some(spec) = self.stage_spec(key, node) else {
+            return Vec::new();
+        };
+        let with = node
+            .get("with")
+            .map(|(_, v)| v)
+            .filter(|v| v.as_map().is_some());
+        let substituted = |errors: &mut Vec<Diagnostic>, values: Option<&[(String, Node)]>| {
+            let scope = Scope {
+                vars,
+                matrix: values,
+            };
+            match with.map(|w| vars::substitute(w, scope)) {
+                None => (None, false),
+                Some(Ok(node)) => (Some(node), false),
+                Some(Err(e)) => {
+                    errors.extend(e);
+                    (None, true)
+                }
+            }
+        };
+        let axes = match node.get("matrix") {
+            None => None,
+            Some((_, m)) => match matrix::parse_axes(&spec.name, m) {
+                Ok(axes) => Some(axes),
+                Err(errors) => {
+                    self.diagnostics.extend(errors);
+                    return vec![StageSpec {
+                        with_broken: true,
+                        ..spec
+                    }];
+                }
+            },
+        };
+        let Some(axes) = axes else {
+            let (with, broken) = substituted(self.diagnostics, None);
+            return vec![StageSpec {
+                with_broken: spec.with_broken || broken,
+                with,
+                ..spec
+            }];
+        };
+        let mut expanded = Vec::new();
+        for values in matrix::combinations(&axes) {
+            // One report per placeholder problem, not one per expansion.
+            let mut errors = Vec::new();
+            let (with, broken) = substituted(&mut errors, Some(&values));
+            for e in errors {
+                if !self.diagnostics.contains(&e) {
+                    self.diagnostics.push(e);
+                }
+            }
+            expanded.push(StageSpec {
+                name: matrix::expanded_name(&spec.name, &values),
+                with_broken: spec.with_broken || broken,
+                with,
+                expansion: Some(Expansion {
+                    base: spec.name.clone(),
+                    values,
+                }),
+                ..spec.clone()
+            });
+        }
+        expanded
+    }
+
+    /// A stage's name, op and inputs, checked; `with` is only checked to be
+    /// a mapping here (its placeholders are filled in per expansion).
+    fn stage_spec(&mut self, key: &Node, node: &Node) -> Option<StageSpec> {
         let name = key.key_text().unwrap_or_default();
         if !valid_stage_name(&name) {
             self.error(
@@ -368,42 +444,33 @@ impl Reader<'_> {
             .get("inputs")
             .is_some_and(|(_, v)| v.as_map().is_none() && v.value != Value::Null);
         let mut with_broken = false;
-        let with = match node.get("with") {
-            None => None,
-            Some((_, v)) if v.value == Value::Null => None,
-            Some((_, v)) if v.as_map().is_none() => {
-                with_broken = true;
-                self.error(
-                    Diagnostic::new(
-                        "recipe::invalid-with",
-                        format!(
-                            "`with` must be a mapping of parameters, found {}",
-                            v.kind_name()
-                        ),
-                        v.span,
-                    )
-                    .label("expected `parameter: value` pairs"),
-                );
-                None
-            }
-            Some((_, v)) => match vars::substitute(v, vars) {
-                Ok(node) => Some(node),
-                Err(errors) => {
-                    self.diagnostics.extend(errors);
-                    with_broken = true;
-                    None
-                }
-            },
-        };
+        if let Some((_, v)) = node.get("with")
+            && v.value != Value::Null
+            && v.as_map().is_none()
+        {
+            with_broken = true;
+            self.error(
+                Diagnostic::new(
+                    "recipe::invalid-with",
+                    format!(
+                        "`with` must be a mapping of parameters, found {}",
+                        v.kind_name()
+                    ),
+                    v.span,
+                )
+                .label("expected `parameter: value` pairs"),
+            );
+        }
         Some(StageSpec {
             name,
             name_span: key.span,
             op,
             op_span,
             inputs,
-            with,
+            with: None,
             with_broken,
             inputs_broken,
+            expansion: None,
         })
     }
 
@@ -473,6 +540,55 @@ impl Reader<'_> {
             });
         }
         bindings
+    }
+}
+
+/// Rewrites inputs that name a matrix stage by its written name into the
+/// expansions they mean (`matrix` module docs); an input that would need one
+/// stage but matches several, or matches none, is an error.
+fn bind_matrix_inputs(stages: &mut [StageSpec], errors: &mut Vec<Diagnostic>) {
+    let mut expansions: HashMap<String, Vec<Expansion>> = HashMap::new();
+    for s in stages.iter() {
+        if let Some(e) = &s.expansion {
+            expansions
+                .entry(e.base.clone())
+                .or_default()
+                .push(e.clone());
+        }
+    }
+    if expansions.is_empty() {
+        return;
+    }
+    let exact: HashSet<String> = stages.iter().map(|s| s.name.clone()).collect();
+    for stage in stages.iter_mut() {
+        let own = stage.expansion.as_ref().map(|e| e.values.clone());
+        for binding in &mut stage.inputs {
+            let mut targets = Vec::new();
+            for (target, span) in std::mem::take(&mut binding.targets) {
+                let Some(candidates) = expansions.get(&target).filter(|_| !exact.contains(&target))
+                else {
+                    targets.push((target, span));
+                    continue;
+                };
+                let matches = matrix::matching(candidates, own.as_deref());
+                match (matches.len(), binding.is_list) {
+                    (0, _) => {
+                        errors.push(matrix::no_match(&stage.name, &target, span, own.as_deref()))
+                    }
+                    (_, true) | (1, false) => {
+                        targets.extend(matches.into_iter().map(|n| (n, span)))
+                    }
+                    (_, false) => errors.push(matrix::ambiguous(
+                        &stage.name,
+                        &binding.slot,
+                        &target,
+                        &matches,
+                        span,
+                    )),
+                }
+            }
+            binding.targets = targets;
+        }
     }
 }
 

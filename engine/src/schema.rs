@@ -40,6 +40,7 @@ pub fn recipe_schema(registry: &OpRegistry) -> Value {
             }),
         );
         properties.insert("with".into(), params);
+        properties.insert("matrix".into(), json!({"$ref": "#/$defs/matrix"}));
         let mut required = vec!["op"];
         if !required_inputs.is_empty() {
             required.push("inputs");
@@ -61,6 +62,21 @@ pub fn recipe_schema(registry: &OpRegistry) -> Value {
     let mut defs = generator.take_definitions(true);
     defs.extend(op_defs);
     defs.insert("stage".into(), json!({"oneOf": branches}));
+    defs.insert(
+        "matrix".into(),
+        json!({
+            "type": "object",
+            "minProperties": 1,
+            "description": "One stage per combination of the values, named `stage[axis=value,...]`; `${matrix.AXIS}` inside `with` is the value. Inputs naming this stage bind the expansion with the same values (a stage with the same axes) or all of them (a list slot).",
+            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            "additionalProperties": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": true,
+                "items": {"type": ["string", "number", "boolean"]},
+            },
+        }),
+    );
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Distillery recipe",

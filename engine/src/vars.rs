@@ -1,16 +1,76 @@
-//! `${vars.NAME}` substitution in a stage's `with` block.
+//! `${vars.NAME}` and `${matrix.AXIS}` substitution in a stage's `with`
+//! block.
 //!
-//! A scalar that is exactly `${vars.NAME}` takes the variable's value with
-//! its type (a number stays a number, a list stays a list); a placeholder
-//! inside a longer string is replaced by the variable's text. `$${` writes a
-//! literal `${`.
+//! A scalar that is exactly one placeholder takes the value with its type
+//! (a number stays a number, a list stays a list); a placeholder inside a
+//! longer string is replaced by the value's text. `$${` writes a literal
+//! `${`.
 
 use crate::diagnostic::{Diagnostic, Span, did_you_mean};
 use crate::yaml::{Node, Value};
 
-pub fn substitute(node: &Node, vars: &[(String, Node)]) -> Result<Node, Vec<Diagnostic>> {
+/// What placeholders can name: the recipe's `vars`, and for a stage with a
+/// `matrix`, the values of one of its expansions (`None` otherwise).
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    pub vars: &'a [(String, Node)],
+    pub matrix: Option<&'a [(String, Node)]>,
+}
+
+impl Scope<'_> {
+    /// The value `reference` (`vars.NAME` or `matrix.AXIS`) names, or the
+    /// error that explains why it names nothing.
+    fn lookup(&self, reference: &str, span: Span) -> Result<&Node, Box<Diagnostic>> {
+        if let Some(name) = reference.strip_prefix("vars.") {
+            return find(self.vars, name).ok_or_else(|| Box::new(undefined(name, span, self.vars)));
+        }
+        if let Some(axis) = reference.strip_prefix("matrix.") {
+            let Some(values) = self.matrix else {
+                return Err(Box::new(
+                    Diagnostic::new(
+                        "recipe::invalid-placeholder",
+                        format!("`${{matrix.{axis}}}` in a stage without a `matrix`"),
+                        span,
+                    )
+                    .label("used here")
+                    .help("add `matrix: { AXIS: [values] }` to the stage"),
+                ));
+            };
+            return find(values, axis).ok_or_else(|| {
+                let axes: Vec<&str> = values.iter().map(|(n, _)| n.as_str()).collect();
+                Box::new(
+                    Diagnostic::new(
+                        "recipe::undefined-var",
+                        format!("the stage's matrix has no axis `{axis}`"),
+                        span,
+                    )
+                    .label("used here")
+                    .help(match did_you_mean(axis, &axes) {
+                        Some(hint) => hint,
+                        None => format!("axes: {}", crate::diagnostic::quoted_list(&axes)),
+                    }),
+                )
+            });
+        }
+        Err(Box::new(
+            Diagnostic::new(
+                "recipe::invalid-placeholder",
+                format!("unknown placeholder `${{{reference}}}`"),
+                span,
+            )
+            .label("only `${vars.NAME}` and `${matrix.AXIS}` are supported")
+            .help("write `$${` for a literal `${`"),
+        ))
+    }
+}
+
+fn find<'a>(entries: &'a [(String, Node)], name: &str) -> Option<&'a Node> {
+    entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+pub fn substitute(node: &Node, scope: Scope<'_>) -> Result<Node, Vec<Diagnostic>> {
     let mut errors = Vec::new();
-    let out = walk(node, vars, &mut errors);
+    let out = walk(node, scope, &mut errors);
     if errors.is_empty() {
         Ok(out)
     } else {
@@ -18,14 +78,14 @@ pub fn substitute(node: &Node, vars: &[(String, Node)]) -> Result<Node, Vec<Diag
     }
 }
 
-fn walk(node: &Node, vars: &[(String, Node)], errors: &mut Vec<Diagnostic>) -> Node {
+fn walk(node: &Node, scope: Scope<'_>, errors: &mut Vec<Diagnostic>) -> Node {
     let value = match &node.value {
-        Value::Str(s) if s.contains("${") => return expand(s, node.span, vars, errors),
-        Value::Seq(items) => Value::Seq(items.iter().map(|n| walk(n, vars, errors)).collect()),
+        Value::Str(s) if s.contains("${") => return expand(s, node.span, scope, errors),
+        Value::Seq(items) => Value::Seq(items.iter().map(|n| walk(n, scope, errors)).collect()),
         Value::Map(entries) => Value::Map(
             entries
                 .iter()
-                .map(|(k, v)| (k.clone(), walk(v, vars, errors)))
+                .map(|(k, v)| (k.clone(), walk(v, scope, errors)))
                 .collect(),
         ),
         other => other.clone(),
@@ -36,21 +96,20 @@ fn walk(node: &Node, vars: &[(String, Node)], errors: &mut Vec<Diagnostic>) -> N
     }
 }
 
-fn expand(text: &str, span: Span, vars: &[(String, Node)], errors: &mut Vec<Diagnostic>) -> Node {
-    let lookup = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-    // The whole scalar is one placeholder: keep the variable's type.
-    if let Some(name) = text
-        .strip_prefix("${vars.")
+fn expand(text: &str, span: Span, scope: Scope<'_>, errors: &mut Vec<Diagnostic>) -> Node {
+    // The whole scalar is one placeholder: keep the value's type.
+    if let Some(reference) = text
+        .strip_prefix("${")
         .and_then(|rest| rest.strip_suffix('}'))
-        .filter(|name| !name.contains(['}', '$']))
+        .filter(|r| !r.contains(['}', '$']) && (r.starts_with("vars.") || r.starts_with("matrix.")))
     {
-        return match lookup(name) {
-            Some(value) => Node {
+        return match scope.lookup(reference, span) {
+            Ok(value) => Node {
                 value: value.value.clone(),
                 span,
             },
-            None => {
-                errors.push(undefined(name, span, vars));
+            Err(e) => {
+                errors.push(*e);
                 Node {
                     value: Value::Null,
                     span,
@@ -85,32 +144,21 @@ fn expand(text: &str, span: Span, vars: &[(String, Node)], errors: &mut Vec<Diag
             };
         };
         let reference = &after[..end];
-        match reference.strip_prefix("vars.") {
-            None => errors.push(
+        match scope.lookup(reference, span).map(|v| &v.value) {
+            Ok(Value::Str(s)) => out.push_str(s),
+            Ok(Value::Int(i)) => out.push_str(&i.to_string()),
+            Ok(Value::Float(f)) => out.push_str(&f.to_string()),
+            Ok(Value::Bool(b)) => out.push_str(&b.to_string()),
+            Ok(_) => errors.push(
                 Diagnostic::new(
                     "recipe::invalid-placeholder",
-                    format!("unknown placeholder `${{{reference}}}`"),
+                    format!("`{reference}` is not a scalar and cannot be part of a string"),
                     span,
                 )
-                .label("only `${vars.NAME}` is supported")
-                .help("write `$${` for a literal `${`"),
+                .label("used inside a string here")
+                .help("use the placeholder as the whole value to insert a list or mapping"),
             ),
-            Some(name) => match lookup(name).map(|v| &v.value) {
-                Some(Value::Str(s)) => out.push_str(s),
-                Some(Value::Int(i)) => out.push_str(&i.to_string()),
-                Some(Value::Float(f)) => out.push_str(&f.to_string()),
-                Some(Value::Bool(b)) => out.push_str(&b.to_string()),
-                Some(_) => errors.push(
-                    Diagnostic::new(
-                        "recipe::invalid-placeholder",
-                        format!("variable `{name}` is not a scalar and cannot be part of a string"),
-                        span,
-                    )
-                    .label("used inside a string here")
-                    .help("use the placeholder as the whole value to insert a list or mapping"),
-                ),
-                None => errors.push(undefined(name, span, vars)),
-            },
+            Err(e) => errors.push(*e),
         }
         rest = &after[end + 1..];
     }
@@ -161,7 +209,11 @@ mod tests {
         let vars = vars("n: 384\nname: wiki\nlist: [1, 2]");
         let (with, _) =
             yaml::parse("a: ${vars.n}\nb: data/${vars.name}.jsonl\nc: ${vars.list}\nd: $${vars.n}");
-        let out = substitute(&with.unwrap(), &vars).unwrap();
+        let scope = Scope {
+            vars: &vars,
+            matrix: None,
+        };
+        let out = substitute(&with.unwrap(), scope).unwrap();
         assert_eq!(
             out.to_json(),
             serde_json::json!({"a": 384, "b": "data/wiki.jsonl", "c": [1, 2], "d": "${vars.n}"})
@@ -172,7 +224,11 @@ mod tests {
     fn undefined_variables_suggest_the_nearest() {
         let vars = vars("hidden: 384");
         let (with, _) = yaml::parse("a: ${vars.hiden}");
-        let errors = substitute(&with.unwrap(), &vars).unwrap_err();
+        let scope = Scope {
+            vars: &vars,
+            matrix: None,
+        };
+        let errors = substitute(&with.unwrap(), scope).unwrap_err();
         assert_eq!(errors[0].code, "recipe::undefined-var");
         assert_eq!(errors[0].help.as_deref(), Some("did you mean `hidden`?"));
     }
