@@ -184,3 +184,21 @@ fn matrix_mistakes_point_at_the_line_that_made_them() {
         );
     }
 }
+
+#[test]
+fn expansions_whose_names_differ_only_in_punctuation_keep_their_own_history() {
+    let ws = Workspace::new();
+    let recipe = |repeat: u32| {
+        format!(
+            "stages:\n  w:\n    op: emit\n    matrix: {{ text: [\"x y\", \"x_y\"] }}\n    \
+             with: {{ text: \"${{matrix.text}}\", repeat: {repeat} }}\n"
+        )
+    };
+    ws.write("r.yaml", &recipe(1));
+    assert!(ws.run(&["run", "r.yaml"]).status.success());
+    ws.write("r.yaml", &recipe(2));
+    let status = text(&ws.run(&["status", "r.yaml", "--why"]).stdout);
+    // Each stage's last run is its own: only `repeat` changed for both.
+    assert_eq!(status.matches("params.repeat: 1 -> 2").count(), 2, "{status}");
+    assert!(!status.contains("params.text"), "{status}");
+}

@@ -294,10 +294,18 @@ impl Store {
     }
 
     fn record_path(&self, recipe: &str, stage: &str) -> PathBuf {
+        // Expanded matrix stages (`s[a=x y]`, `s[a=x_y]`) can make the same
+        // safe name; a digest of the exact name keeps their records apart.
+        let safe = safe_file_name(stage);
+        let file = if safe == stage {
+            safe
+        } else {
+            format!("{safe}-{}", &blake3::hash(stage.as_bytes()).to_hex()[..12])
+        };
         self.root
             .join("stages")
             .join(safe_file_name(recipe))
-            .join(format!("{}.json", safe_file_name(stage)))
+            .join(format!("{file}.json"))
     }
 
     /// Remembers the key a stage had in its last run.
