@@ -199,6 +199,38 @@ fn expansions_whose_names_differ_only_in_punctuation_keep_their_own_history() {
     ws.write("r.yaml", &recipe(2));
     let status = text(&ws.run(&["status", "r.yaml", "--why"]).stdout);
     // Each stage's last run is its own: only `repeat` changed for both.
-    assert_eq!(status.matches("params.repeat: 1 -> 2").count(), 2, "{status}");
+    assert_eq!(
+        status.matches("params.repeat: 1 -> 2").count(),
+        2,
+        "{status}"
+    );
     assert!(!status.contains("params.text"), "{status}");
+}
+
+#[test]
+fn a_list_of_combinations_expands_to_exactly_those() {
+    let ws = Workspace::new();
+    ws.write(
+        "r.yaml",
+        "stages:\n  w:\n    op: emit\n    \
+         matrix: [{ text: a, repeat: 2 }, { repeat: 1, text: b }]\n    \
+         with: { text: \"${matrix.text}\", repeat: \"${matrix.repeat}\" }\n  \
+         c:\n    op: count\n    matrix: { text: [a, b] }\n    inputs: { source: w }\n    with: { steps: 1 }\n  \
+         j:\n    op: concat\n    inputs: { parts: [w] }\n",
+    );
+    let out = ws.run(&["run", "r.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut started = ws.started();
+    started.sort();
+    assert_eq!(
+        started,
+        [
+            "c[text=a]",
+            "c[text=b]",
+            "j",
+            "w[text=a,repeat=2]",
+            "w[text=b,repeat=1]"
+        ]
+    );
+    assert_eq!(ws.output_of("r.yaml", "j"), "aab");
 }

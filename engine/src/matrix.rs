@@ -2,6 +2,9 @@
 //! stage per combination of the values (in the order written), named
 //! `stage[axis=value,...]`, each with `${matrix.AXIS}` set to its values and
 //! keyed, cached and run on its own. Adding a value adds only its stages.
+//! `matrix: [{AXIS: value, ...}, ...]` lists the combinations instead (for
+//! sets that are not a grid, such as the architectures near a parameter
+//! budget).
 //!
 //! A stage that names a matrix stage in its inputs is bound to the
 //! expansions whose values agree with its own on the axes both have: a
@@ -27,6 +30,126 @@ pub struct Expansion {
     pub values: Vec<(String, Node)>,
 }
 
+/// The combinations `matrix:` stands for: the grid of a mapping of axes, or
+/// the list of mappings as written.
+pub fn parse(stage: &str, node: &Node) -> Result<Vec<Vec<(String, Node)>>, Vec<Diagnostic>> {
+    match &node.value {
+        Value::Seq(items) => parse_list(stage, node, items),
+        _ => parse_axes(stage, node).map(|axes| combinations(&axes)),
+    }
+}
+
+/// `matrix: [{a: 1, b: x}, ...]`: every item a mapping of the same axes to
+/// scalars, no combination twice.
+fn parse_list(
+    stage: &str,
+    node: &Node,
+    items: &[Node],
+) -> Result<Vec<Vec<(String, Node)>>, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    if items.is_empty() {
+        errors.push(
+            Diagnostic::new(
+                "recipe::invalid-matrix",
+                format!("`matrix` of stage `{stage}` lists no combinations"),
+                node.span,
+            )
+            .label("empty list"),
+        );
+    }
+    let mut combinations: Vec<Vec<(String, Node)>> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for item in items {
+        let Some(entries) = item.as_map().filter(|e| !e.is_empty()) else {
+            errors.push(
+                Diagnostic::new(
+                    "recipe::invalid-matrix",
+                    format!(
+                        "each combination of a `matrix` list is a mapping `{{AXIS: value}}`, found {}",
+                        item.kind_name()
+                    ),
+                    item.span,
+                )
+                .label("expected a mapping"),
+            );
+            continue;
+        };
+        let mut values = Vec::new();
+        for (key, value) in entries {
+            let name = key.key_text().unwrap_or_default();
+            if !is_identifier(&name) {
+                errors.push(
+                    Diagnostic::new(
+                        "recipe::invalid-matrix",
+                        format!("matrix axis `{name}` is not a name"),
+                        key.span,
+                    )
+                    .label("use letters, digits and `_`"),
+                );
+            } else if text(value).is_none() {
+                errors.push(
+                    Diagnostic::new(
+                        "recipe::invalid-matrix",
+                        format!(
+                            "matrix values are scalars (text, numbers, booleans), found {}",
+                            value.kind_name()
+                        ),
+                        value.span,
+                    )
+                    .label("not a scalar"),
+                );
+            } else {
+                values.push((name, value.clone()));
+            }
+        }
+        let axes = |v: &[(String, Node)]| {
+            let mut names: Vec<String> = v.iter().map(|(n, _)| n.clone()).collect();
+            names.sort();
+            names
+        };
+        if let Some(first) = combinations.first()
+            && axes(first) != axes(&values)
+        {
+            errors.push(
+                Diagnostic::new(
+                    "recipe::invalid-matrix",
+                    format!(
+                        "every combination names the same axes ({}), this one names {}",
+                        axes(first).join(", "),
+                        axes(&values).join(", ")
+                    ),
+                    item.span,
+                )
+                .label("different axes"),
+            );
+            continue;
+        }
+        // Named in the first combination's axis order, whatever the order written.
+        if let Some(first) = combinations.first() {
+            values.sort_by_key(|(axis, _)| first.iter().position(|(a, _)| a == axis));
+        }
+        let name = expanded_name("", &values);
+        if seen.contains(&name) {
+            errors.push(
+                Diagnostic::new(
+                    "recipe::invalid-matrix",
+                    format!("the combination {name} is listed twice"),
+                    item.span,
+                )
+                .label("repeated combination"),
+            );
+            continue;
+        }
+        seen.push(name);
+        combinations.push(values);
+    }
+    if errors.is_empty() {
+        Ok(combinations)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Reads `matrix:`: a mapping of axis names to non-empty lists of scalars.
 pub fn parse_axes(stage: &str, node: &Node) -> Result<Vec<Axis>, Vec<Diagnostic>> {
     let mut errors = Vec::new();
@@ -35,7 +158,8 @@ pub fn parse_axes(stage: &str, node: &Node) -> Result<Vec<Axis>, Vec<Diagnostic>
             Diagnostic::new(
                 "recipe::invalid-matrix",
                 format!(
-                    "`matrix` of stage `{stage}` must map axes to lists of values, found {}",
+                    "`matrix` of stage `{stage}` must map axes to lists of values, or list \
+                     combinations, found {}",
                     node.kind_name()
                 ),
                 node.span,
@@ -256,6 +380,32 @@ mod tests {
             .collect();
         assert_eq!(matching, ["s[a=2,b=x]", "s[a=2,b=y]"]);
         assert!(all.iter().all(|v| agrees(v, None)));
+    }
+
+    #[test]
+    fn a_list_gives_its_combinations_in_the_first_ones_axis_order() {
+        let (root, _) = yaml::parse("- {h: 448, f: 1024}\n- {f: 896, h: 512}");
+        let names: Vec<String> = parse("s", &root.unwrap())
+            .unwrap()
+            .iter()
+            .map(|values| expanded_name("s", values))
+            .collect();
+        assert_eq!(names, ["s[h=448,f=1024]", "s[h=512,f=896]"]);
+        for (source, message) in [
+            ("[]", "lists no combinations"),
+            ("- {h: 1}\n- {f: 2}", "names the same axes"),
+            ("- {h: 1}\n- {h: 1}", "listed twice"),
+            ("- 3", "is a mapping"),
+            ("- {h: [1]}", "scalars"),
+        ] {
+            let (root, _) = yaml::parse(source);
+            let errors = parse("s", &root.unwrap()).unwrap_err();
+            assert!(
+                errors[0].message.contains(message),
+                "{source}: {}",
+                errors[0].message
+            );
+        }
     }
 
     #[test]

@@ -310,10 +310,10 @@ impl Reader<'_> {
                 }
             }
         };
-        let axes = match node.get("matrix") {
+        let combinations = match node.get("matrix") {
             None => None,
-            Some((_, m)) => match matrix::parse_axes(&spec.name, m) {
-                Ok(axes) => Some(axes),
+            Some((_, m)) => match matrix::parse(&spec.name, m) {
+                Ok(combinations) => Some(combinations),
                 Err(errors) => {
                     self.diagnostics.extend(errors);
                     return vec![StageSpec {
@@ -323,7 +323,7 @@ impl Reader<'_> {
                 }
             },
         };
-        let Some(axes) = axes else {
+        let Some(combinations) = combinations else {
             let (with, broken) = substituted(self.diagnostics, None);
             return vec![StageSpec {
                 with_broken: spec.with_broken || broken,
@@ -332,7 +332,7 @@ impl Reader<'_> {
             }];
         };
         let mut expanded = Vec::new();
-        for values in matrix::combinations(&axes) {
+        for values in combinations {
             // One report per placeholder problem, not one per expansion.
             let mut errors = Vec::new();
             let (with, broken) = substituted(&mut errors, Some(&values));

@@ -65,16 +65,33 @@ pub fn recipe_schema(registry: &OpRegistry) -> Value {
     defs.insert(
         "matrix".into(),
         json!({
-            "type": "object",
-            "minProperties": 1,
             "description": "One stage per combination of the values, named `stage[axis=value,...]`; `${matrix.AXIS}` inside `with` is the value. Inputs naming this stage bind the expansion with the same values (a stage with the same axes) or all of them (a list slot).",
-            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-            "additionalProperties": {
-                "type": "array",
-                "minItems": 1,
-                "uniqueItems": true,
-                "items": {"type": ["string", "number", "boolean"]},
-            },
+            "oneOf": [
+                {
+                    "type": "object",
+                    "description": "Axes and their values: every combination (a grid).",
+                    "minProperties": 1,
+                    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                    "additionalProperties": {
+                        "type": "array",
+                        "minItems": 1,
+                        "uniqueItems": true,
+                        "items": {"type": ["string", "number", "boolean"]},
+                    },
+                },
+                {
+                    "type": "array",
+                    "description": "The combinations, each a mapping of the same axes to values.",
+                    "minItems": 1,
+                    "uniqueItems": true,
+                    "items": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                        "additionalProperties": {"type": ["string", "number", "boolean"]},
+                    },
+                },
+            ],
         }),
     );
     json!({
