@@ -517,3 +517,76 @@ fn export_options_that_cannot_apply_are_refused_with_the_reason() {
     assert!(mistral.status.success(), "{}", text(&mistral.stderr));
     assert!(text(&mistral.stderr).contains("MistralForCausalLM"));
 }
+
+#[test]
+fn search_space_lists_the_shapes_near_a_budget_as_a_matrix_a_recipe_takes() {
+    let Some(gguf) = teacher_gguf() else { return };
+    let ws = Workspace::new();
+    let grid = [
+        "--hidden",
+        "384,448,512",
+        "--ffn",
+        "768,1024,1280",
+        "--heads",
+        "6,9",
+        "--layers",
+        "20,24,30",
+    ];
+    let out = distillery()
+        .arg("search-space")
+        .arg(&gguf)
+        .args(["--params", "84M", "--json"])
+        .args(grid)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let candidates = json["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 7);
+    assert!(candidates.iter().any(|c| c["hidden"] == 448
+        && c["ffn"] == 1024
+        && c["layers"] == 30
+        && c["parameters"] == 83_978_944
+        && c["transformers_class"] == "MistralForCausalLM"));
+
+    // The `--matrix` list is a recipe's matrix: one prune stage each.
+    let out = distillery()
+        .arg("search-space")
+        .arg(&gguf)
+        .args(["--params", "84M", "--matrix"])
+        .args(grid)
+        .output()
+        .unwrap();
+    let matrix = text(&out.stdout).replace('\n', "\n  ");
+    ws.write(
+        "r.yaml",
+        &format!(
+            "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n  \
+             candidate:\n    op: prune\n    inputs: {{ model: teacher }}\n    {matrix}\n    \
+             with: {{ hidden: \"${{matrix.hidden}}\", ffn: \"${{matrix.ffn}}\", heads: \"${{matrix.heads}}\", \
+             layers: \"${{matrix.layers}}\", method: magnitude }}\n",
+            gguf.display()
+        ),
+    );
+    let plan = ws.run(&["plan", "r.yaml", "--json"]);
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let names: Vec<&str> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .filter(|n| n.starts_with("candidate["))
+        .collect();
+    assert_eq!(names.len(), 7);
+    assert!(names.contains(&"candidate[hidden=448,ffn=1024,heads=9,layers=30]"));
+
+    let bad = distillery()
+        .arg("search-space")
+        .arg(&gguf)
+        .args(["--params", "84M", "--heads", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("kv groups"));
+}

@@ -16,6 +16,7 @@ pub mod model;
 pub mod prune;
 pub mod report;
 pub mod rng;
+pub mod search;
 mod stages;
 pub mod text;
 pub mod train;

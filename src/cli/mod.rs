@@ -14,6 +14,7 @@ mod progress;
 mod report;
 mod run;
 mod schema;
+mod search_space;
 mod status;
 mod validate;
 
@@ -62,6 +63,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Describe a model: architecture, parameter counts, storage, per-layer shapes.
     Inspect(inspect::InspectArgs),
+    /// List the architectures a prune can make within a tolerance of a parameter target.
+    SearchSpace(search_space::SearchSpaceArgs),
     /// Generate text from a model (GGUF file or model folder).
     Generate(generate::GenerateArgs),
     /// Measure the engine's speed and print the figures.
@@ -109,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Schema(args) => schema::schema(args),
         Command::Export(args) => export::export(args),
         Command::Inspect(args) => inspect::inspect(args),
+        Command::SearchSpace(args) => search_space::search_space(args),
         Command::Generate(args) => generate::generate_command(args),
         Command::Bench(command) => bench::bench(command),
     };
