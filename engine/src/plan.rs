@@ -236,8 +236,8 @@ fn reason(store: &Store, recipe: &str, stage: &str, material: &KeyMaterial) -> R
 }
 
 /// The stage indices a selection covers. Stages a selected stage needs are
-/// included (they are cache hits when stored), except with `--only`.
-/// A stage's name selects that stage; a `matrix` stage's name as written
+/// included (they are cache hits when stored), except with `--only`. A
+/// stage's name selects that stage; a `matrix` stage's name as written
 /// selects all its expansions (`name[...]`).
 fn select(pipeline: &Pipeline, selection: &Selection) -> Result<BTreeSet<usize>, PlanError> {
     let indices = |name: &String| -> Result<Vec<usize>, PlanError> {
