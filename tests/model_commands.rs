@@ -590,3 +590,24 @@ fn search_space_lists_the_shapes_near_a_budget_as_a_matrix_a_recipe_takes() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("kv groups"));
 }
+
+#[test]
+fn select_refuses_candidates_that_record_no_training() {
+    let Some(gguf) = teacher_gguf() else { return };
+    let ws = Workspace::new();
+    ws.write(
+        "r.yaml",
+        &format!(
+            "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n  \
+             best:\n    op: select\n    inputs: {{ models: [teacher] }}\n",
+            gguf.display()
+        ),
+    );
+    let out = ws.run(&["validate", "r.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("stage `teacher`") && err.contains("records no training"),
+        "{err}"
+    );
+}

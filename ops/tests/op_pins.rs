@@ -124,6 +124,9 @@ stages:
     op: align
     inputs: {{ model: student, data: chat }}
     with: {{ train: {train} }}
+  chosen:
+    op: select
+    inputs: {{ models: [distilled, aligned] }}
   scratch:
     op: random_init
     inputs: {{ model: student }}

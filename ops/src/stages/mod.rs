@@ -10,6 +10,7 @@ pub mod importance;
 pub mod load_model;
 pub mod prune;
 pub mod random_init;
+pub mod select;
 pub mod teacher_correction;
 mod training;
 mod upstream;
@@ -19,11 +20,12 @@ use distillery_engine::{OpRegistry, TypedOp};
 /// Ops whose output model has its input model's vocabulary, and the slot
 /// that input arrives on (plan-time checks follow a model back through
 /// them to the stage that loaded it).
-const VOCAB_KEEPING: [(&str, &str); 4] = [
+const VOCAB_KEEPING: [(&str, &str); 5] = [
     (prune::Prune::NAME, "model"),
     (distill::Distill::NAME, "student"),
     (teacher_correction::TeacherCorrection::NAME, "model"),
     (align::Align::NAME, "model"),
+    (select::Select::NAME, "models"),
 ];
 
 /// Registers every op of this crate.
@@ -39,5 +41,6 @@ pub fn register(registry: &mut OpRegistry) {
         .register(load_model::LoadModel)
         .register(prune::Prune)
         .register(random_init::RandomInit)
+        .register(select::Select)
         .register(teacher_correction::TeacherCorrection);
 }
