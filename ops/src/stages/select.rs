@@ -63,7 +63,12 @@ impl TypedOp for Select {
     }
 
     fn check(&self, _: &SelectParams, ctx: &CheckContext) -> Vec<ParamIssue> {
-        let trained = ["distill", "align", "teacher_correction"];
+        // The ops that write a `training.json` beside their model.
+        let trained = [
+            super::distill::Distill::NAME,
+            super::align::Align::NAME,
+            super::teacher_correction::TeacherCorrection::NAME,
+        ];
         ctx.inputs
             .get("models")
             .into_iter()
