@@ -64,6 +64,18 @@ def ours_logits(distillery, model, text, path):
     return np.load(path)
 
 
+def logits_agree(label, ours, theirs, tolerance):
+    """Prints how two [tokens, vocab] logit arrays differ; True when within
+    tolerance everywhere with the same argmax at every position."""
+    if ours.shape != theirs.shape:
+        print(f"{label}: shapes differ, ours {ours.shape}, theirs {theirs.shape}")
+        return False
+    diff = float(np.abs(ours - theirs).max())
+    same_top = bool((ours.argmax(-1) == theirs.argmax(-1)).all())
+    print(f"{label}: {ours.shape[0]} tokens, max |logit diff| {diff:.2e}, same argmax: {same_top}")
+    return diff <= tolerance and same_top
+
+
 def llama_cpp_greedy(gguf, prompt):
     llm = Llama(model_path=str(gguf), n_ctx=512, verbose=False)
     r = llm.create_completion(prompt, max_tokens=NEW_TOKENS, temperature=0.0, top_k=1)
@@ -120,21 +132,14 @@ def main():
         with torch.no_grad():
             theirs = model(ids).logits[0].numpy()
         ours = ours_logits(args.distillery, exports["hf"], text, out / f"{name}_logits.npy")
-        if ours.shape != theirs.shape:
-            print(f"{name}: shapes differ, ours {ours.shape}, transformers {theirs.shape}")
-            ok = False
-            continue
-        diff = float(np.abs(ours - theirs).max())
-        same_top = bool((ours.argmax(-1) == theirs.argmax(-1)).all())
-        print(f"{name}: {ids.shape[1]} tokens, max |logit diff| {diff:.2e}, same argmax: {same_top}")
-        ok &= diff <= args.tolerance and same_top
+        ok &= logits_agree(name, ours, theirs, args.tolerance)
+    ours_text = {p: ours_greedy(args.distillery, exports["hf"], p) for p in PROMPTS}
     for prompt in PROMPTS:
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         gen = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
         theirs = tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
-        ours = ours_greedy(args.distillery, exports["hf"], prompt)
-        print(f"greedy {prompt!r}: same text: {ours == theirs}")
-        ok &= ours == theirs
+        print(f"greedy {prompt!r}: same text: {ours_text[prompt] == theirs}")
+        ok &= ours_text[prompt] == theirs
 
     print("\n## llama.cpp")
     for name in ["plain", "chat"]:
@@ -146,16 +151,9 @@ def main():
         ids = llm.tokenize(reference[name]["text"].encode(), add_bos=False, special=True)
         llm.eval(ids)
         theirs = np.asarray(llm.scores[:len(ids)], dtype=np.float32)
-        if theirs.shape != ours.shape:
-            print(f"{name}: shapes differ, ours {ours.shape}, llama.cpp {theirs.shape}")
-            ok = False
-            continue
-        diff = float(np.abs(ours - theirs).max())
-        same_top = bool((ours.argmax(-1) == theirs.argmax(-1)).all())
-        print(f"{name} (f32 GGUF, f32 cache): max |logit diff| {diff:.2e}, same argmax: {same_top}")
-        ok &= diff <= args.tolerance and same_top
+        ok &= logits_agree(f"{name} (f32 GGUF, f32 cache)", ours, theirs, args.tolerance)
     for prompt in PROMPTS:
-        ours = ours_greedy(args.distillery, exports["hf"], prompt)
+        ours = ours_text[prompt]
         for dtype in ["f32", "f16"]:
             theirs = llama_cpp_greedy(exports[dtype], prompt)
             same = ours == theirs

@@ -28,12 +28,7 @@ stages:
 }
 
 fn plan_names(ws: &Workspace, recipe: &str) -> Vec<String> {
-    let out = ws.run(&["plan", recipe, "--json"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    plan["stages"]
-        .as_array()
-        .unwrap()
+    ws.planned(recipe)
         .iter()
         .map(|s| s["name"].as_str().unwrap().to_string())
         .collect()

@@ -12,6 +12,15 @@ fn teacher_gguf() -> Option<PathBuf> {
     testkit::require_asset("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// A recipe's start: `stages:` and a `teacher` stage loading `gguf`; the
+/// stages that follow it are appended at the same indentation.
+fn teacher_recipe(gguf: &std::path::Path) -> String {
+    format!(
+        "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n",
+        gguf.display()
+    )
+}
+
 #[test]
 fn inspect_reports_the_architecture_and_parameter_count() {
     let Some(gguf) = teacher_gguf() else { return };
@@ -339,13 +348,12 @@ fn a_pruned_student_goes_out_as_mistral_and_gguf_and_comes_back_the_same() {
     ws.write(
         "r.yaml",
         &format!(
-            "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n  \
-             pruned:\n    op: prune\n    inputs: {{ model: teacher }}\n    \
+            "{}  pruned:\n    op: prune\n    inputs: {{ model: teacher }}\n    \
              with: {{ hidden: 448, ffn: 1024, method: magnitude }}\n  \
              hf:\n    op: export\n    inputs: {{ model: pruned }}\n    with: {{ path: out/hf, dtype: f32 }}\n  \
              q8:\n    op: export\n    inputs: {{ model: pruned }}\n    \
              with: {{ path: out/pruned.q8_0.gguf, format: gguf, dtype: q8_0 }}\n",
-            gguf.display()
+            teacher_recipe(&gguf)
         ),
     );
     // Said before anything runs, and again when the student is pruned.
@@ -463,10 +471,7 @@ fn a_pruned_student_goes_out_as_mistral_and_gguf_and_comes_back_the_same() {
 fn export_options_that_cannot_apply_are_refused_with_the_reason() {
     let Some(gguf) = teacher_gguf() else { return };
     let ws = Workspace::new();
-    let teacher = format!(
-        "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n",
-        gguf.display()
-    );
+    let teacher = teacher_recipe(&gguf);
     ws.write("r.yaml", &teacher);
     ws.write(
         "bad.yaml",
@@ -561,19 +566,14 @@ fn search_space_lists_the_shapes_near_a_budget_as_a_matrix_a_recipe_takes() {
     ws.write(
         "r.yaml",
         &format!(
-            "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n  \
-             candidate:\n    op: prune\n    inputs: {{ model: teacher }}\n    {matrix}\n    \
+            "{}  candidate:\n    op: prune\n    inputs: {{ model: teacher }}\n    {matrix}\n    \
              with: {{ hidden: \"${{matrix.hidden}}\", ffn: \"${{matrix.ffn}}\", heads: \"${{matrix.heads}}\", \
              layers: \"${{matrix.layers}}\", method: magnitude }}\n",
-            gguf.display()
+            teacher_recipe(&gguf)
         ),
     );
-    let plan = ws.run(&["plan", "r.yaml", "--json"]);
-    assert!(plan.status.success(), "{}", text(&plan.stderr));
-    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let names: Vec<&str> = plan["stages"]
-        .as_array()
-        .unwrap()
+    let planned = ws.planned("r.yaml");
+    let names: Vec<&str> = planned
         .iter()
         .filter_map(|s| s["name"].as_str())
         .filter(|n| n.starts_with("candidate["))
@@ -598,9 +598,8 @@ fn select_refuses_candidates_that_record_no_training() {
     ws.write(
         "r.yaml",
         &format!(
-            "stages:\n  teacher:\n    op: load_model\n    with: {{ source: gguf, path: {} }}\n  \
-             best:\n    op: select\n    inputs: {{ models: [teacher] }}\n",
-            gguf.display()
+            "{}  best:\n    op: select\n    inputs: {{ models: [teacher] }}\n",
+            teacher_recipe(&gguf)
         ),
     );
     let out = ws.run(&["validate", "r.yaml"]);

@@ -76,30 +76,9 @@ fn parse_list(
         };
         let mut values = Vec::new();
         for (key, value) in entries {
-            let name = key.key_text().unwrap_or_default();
-            if !is_identifier(&name) {
-                errors.push(
-                    Diagnostic::new(
-                        "recipe::invalid-matrix",
-                        format!("matrix axis `{name}` is not a name"),
-                        key.span,
-                    )
-                    .label("use letters, digits and `_`"),
-                );
-            } else if text(value).is_none() {
-                errors.push(
-                    Diagnostic::new(
-                        "recipe::invalid-matrix",
-                        format!(
-                            "matrix values are scalars (text, numbers, booleans), found {}",
-                            value.kind_name()
-                        ),
-                        value.span,
-                    )
-                    .label("not a scalar"),
-                );
-            } else {
-                values.push((name, value.clone()));
+            match axis_name(key).and_then(|name| scalar(value).map(|_| name)) {
+                Ok(name) => values.push((name, value.clone())),
+                Err(e) => errors.push(*e),
             }
         }
         let axes = |v: &[(String, Node)]| {
@@ -169,18 +148,13 @@ pub fn parse_axes(stage: &str, node: &Node) -> Result<Vec<Axis>, Vec<Diagnostic>
     };
     let mut axes = Vec::new();
     for (key, value) in entries {
-        let name = key.key_text().unwrap_or_default();
-        if !is_identifier(&name) {
-            errors.push(
-                Diagnostic::new(
-                    "recipe::invalid-matrix",
-                    format!("matrix axis `{name}` is not a name"),
-                    key.span,
-                )
-                .label("use letters, digits and `_`"),
-            );
-            continue;
-        }
+        let name = match axis_name(key) {
+            Ok(name) => name,
+            Err(e) => {
+                errors.push(*e);
+                continue;
+            }
+        };
         let values = match &value.value {
             Value::Seq(items) if !items.is_empty() => items,
             _ => {
@@ -200,19 +174,9 @@ pub fn parse_axes(stage: &str, node: &Node) -> Result<Vec<Axis>, Vec<Diagnostic>
         };
         let mut seen: Vec<String> = Vec::new();
         for item in values {
-            match text(item) {
-                None => errors.push(
-                    Diagnostic::new(
-                        "recipe::invalid-matrix",
-                        format!(
-                            "matrix values are scalars (text, numbers, booleans), found {}",
-                            item.kind_name()
-                        ),
-                        item.span,
-                    )
-                    .label("not a scalar"),
-                ),
-                Some(t) if seen.contains(&t) => errors.push(
+            match scalar(item) {
+                Err(e) => errors.push(*e),
+                Ok(t) if seen.contains(&t) => errors.push(
                     Diagnostic::new(
                         "recipe::invalid-matrix",
                         format!("matrix axis `{name}` lists `{t}` twice"),
@@ -220,7 +184,7 @@ pub fn parse_axes(stage: &str, node: &Node) -> Result<Vec<Axis>, Vec<Diagnostic>
                     )
                     .label("repeated value"),
                 ),
-                Some(t) => seen.push(t),
+                Ok(t) => seen.push(t),
             }
         }
         axes.push(Axis {
@@ -321,6 +285,40 @@ pub fn no_match(
     )
     .label("no expansion with these values")
     .help(format!("add the values to the matrix of `{target}`"))
+}
+
+/// An axis name from its key, or the error saying it is not one.
+fn axis_name(key: &Node) -> Result<String, Box<Diagnostic>> {
+    let name = key.key_text().unwrap_or_default();
+    if is_identifier(&name) {
+        Ok(name)
+    } else {
+        Err(Box::new(
+            Diagnostic::new(
+                "recipe::invalid-matrix",
+                format!("matrix axis `{name}` is not a name"),
+                key.span,
+            )
+            .label("use letters, digits and `_`"),
+        ))
+    }
+}
+
+/// A matrix value's text, or the error saying it is not a scalar.
+fn scalar(value: &Node) -> Result<String, Box<Diagnostic>> {
+    text(value).ok_or_else(|| {
+        Box::new(
+            Diagnostic::new(
+                "recipe::invalid-matrix",
+                format!(
+                    "matrix values are scalars (text, numbers, booleans), found {}",
+                    value.kind_name()
+                ),
+                value.span,
+            )
+            .label("not a scalar"),
+        )
+    })
 }
 
 /// A scalar's text, as it appears in expanded names and placeholders.

@@ -174,14 +174,7 @@ pub fn plan(
         let key = material.key();
         keys[i] = key.clone();
         let forced = selected.contains(&i)
-            && (force_all
-                || selection.force.iter().any(|f| {
-                    *f == stage.name
-                        || stage
-                            .name
-                            .strip_prefix(f.as_str())
-                            .is_some_and(|rest| rest.starts_with('['))
-                }));
+            && (force_all || selection.force.iter().any(|f| names(f, &stage.name)));
         let state = if forced {
             StageState::Run(RunReason::Forced)
         } else if store.contains(&key) {
@@ -225,6 +218,14 @@ pub fn plan(
     Ok(plan)
 }
 
+/// Whether `selector` (from `--until`, `--force`, ...) names `stage`: its
+/// own name, or the written name of the `matrix` stage it expands.
+fn names(selector: &str, stage: &str) -> bool {
+    stage
+        .strip_prefix(selector)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+}
+
 fn reason(store: &Store, recipe: &str, stage: &str, material: &KeyMaterial) -> RunReason {
     match store.stage_record(recipe, stage) {
         None => RunReason::New,
@@ -241,15 +242,11 @@ fn reason(store: &Store, recipe: &str, stage: &str, material: &KeyMaterial) -> R
 /// selects all its expansions (`name[...]`).
 fn select(pipeline: &Pipeline, selection: &Selection) -> Result<BTreeSet<usize>, PlanError> {
     let indices = |name: &String| -> Result<Vec<usize>, PlanError> {
-        if let Some(i) = pipeline.stage_index(name) {
-            return Ok(vec![i]);
-        }
-        let prefix = format!("{name}[");
-        let expansions: Vec<usize> = (0..pipeline.stages.len())
-            .filter(|&i| pipeline.stages[i].name.starts_with(&prefix))
+        let named: Vec<usize> = (0..pipeline.stages.len())
+            .filter(|&i| names(name, &pipeline.stages[i].name))
             .collect();
-        if !expansions.is_empty() {
-            return Ok(expansions);
+        if !named.is_empty() {
+            return Ok(named);
         }
         let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         Err(PlanError::UnknownStage {

@@ -87,13 +87,16 @@ impl Workspace {
         std::fs::read_to_string(self.store().join("store").join(key).join("out/out.txt")).unwrap()
     }
 
-    pub fn key_of(&self, recipe: &str, stage: &str) -> String {
+    /// The planned stages (`plan --json`), in plan order.
+    pub fn planned(&self, recipe: &str) -> Vec<serde_json::Value> {
         let out = self.run(&["plan", recipe, "--json"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        plan["stages"]
-            .as_array()
-            .unwrap()
+        plan["stages"].as_array().unwrap().clone()
+    }
+
+    pub fn key_of(&self, recipe: &str, stage: &str) -> String {
+        self.planned(recipe)
             .iter()
             .find(|s| s["name"] == stage)
             .unwrap()["key"]

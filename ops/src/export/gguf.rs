@@ -63,8 +63,12 @@ pub fn gguf_writer(
             Some("k_proj") => permute_qk(tensor, config.num_key_value_heads)?,
             _ => tensor.clone(),
         };
-        let ty = tensor_type(&name, &tensor, dtype);
-        if ty != wanted_type(&name, &tensor, dtype) {
+        // Rows that do not split into whole blocks stay F16, as in
+        // llama.cpp's conversion.
+        let mut ty = wanted_type(&name, &tensor, dtype);
+        let row = tensor.shape.last().copied().unwrap_or(1);
+        if !row.is_multiple_of(ty.block_size()) {
+            ty = GgmlType::F16;
             kept_wide.push(name.clone());
         }
         let data = encode(ty, &tensor.data).with_context(|| format!("tensor {name}"))?;
@@ -102,17 +106,6 @@ fn wanted_type(name: &str, tensor: &HostTensor, dtype: ExportDtype) -> GgmlType 
             GgmlType::Q8_0
         }
         ExportDtype::Q4_0 => GgmlType::Q4_0,
-    }
-}
-
-/// [`wanted_type`], or F16 where rows do not split into whole blocks.
-fn tensor_type(name: &str, tensor: &HostTensor, dtype: ExportDtype) -> GgmlType {
-    let ty = wanted_type(name, tensor, dtype);
-    let row = tensor.shape.last().copied().unwrap_or(1);
-    if row.is_multiple_of(ty.block_size()) {
-        ty
-    } else {
-        GgmlType::F16
     }
 }
 
