@@ -1365,3 +1365,38 @@ fn random_mutations_never_panic() {
     }
     eprintln!("{parsed} of 1000 mutated files still parsed");
 }
+
+#[test]
+fn tensor_names_map_both_ways() {
+    use distillery_ops::io::gguf_llama::gguf_tensor_name;
+    for (gguf, hf) in [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output.weight", "lm_head.weight"),
+        (
+            "blk.0.attn_q.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ),
+        (
+            "blk.12.ffn_norm.weight",
+            "model.layers.12.post_attention_layernorm.weight",
+        ),
+        (
+            "blk.3.ffn_down.weight",
+            "model.layers.3.mlp.down_proj.weight",
+        ),
+    ] {
+        assert_eq!(hf_tensor_name(gguf).as_deref(), Some(hf));
+        assert_eq!(gguf_tensor_name(hf).as_deref(), Some(gguf));
+    }
+    for unknown in [
+        "blk.x.attn_q.weight",
+        "blk.0.attn_q.bias",
+        "rope_freqs.weight",
+    ] {
+        assert_eq!(hf_tensor_name(unknown), None, "{unknown}");
+    }
+    assert_eq!(
+        gguf_tensor_name("model.layers.0.self_attn.rotary_emb.inv_freq"),
+        None
+    );
+}

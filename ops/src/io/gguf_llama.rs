@@ -327,63 +327,57 @@ impl Dims {
     }
 }
 
-/// The Hugging Face name of a llama.cpp tensor.
-pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
-    let fixed = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(n) = fixed {
-        return Some(n.to_string());
+/// Whole-model tensors: (llama.cpp name, Hugging Face name).
+const MODEL_TENSORS: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Per-layer tensors, after `blk.N.` and `model.layers.N.`.
+const LAYER_TENSORS: [(&str, &str); 9] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
+/// Where each convention's per-layer names start: llama.cpp, Hugging Face.
+const LAYER_PREFIXES: [&str; 2] = ["blk.", "model.layers."];
+
+/// `name` in the other convention; `from` is the side of the tables it is
+/// written in (0 llama.cpp, 1 Hugging Face).
+fn rename(name: &str, from: usize) -> Option<String> {
+    let side = |pair: &(&'static str, &'static str)| if from == 0 { pair.0 } else { pair.1 };
+    let other = |pair: &(&'static str, &'static str)| if from == 0 { pair.1 } else { pair.0 };
+    if let Some(pair) = MODEL_TENSORS.iter().find(|p| side(p) == name) {
+        return Some(other(pair).to_string());
     }
-    let rest = gguf_name.strip_prefix("blk.")?;
+    let rest = name.strip_prefix(LAYER_PREFIXES[from])?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let hf = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}"))
+    let pair = LAYER_TENSORS.iter().find(|p| side(p) == part)?;
+    Some(format!(
+        "{}{layer}.{}",
+        LAYER_PREFIXES[1 - from],
+        other(pair)
+    ))
+}
+
+/// The Hugging Face name of a llama.cpp tensor.
+pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
+    rename(gguf_name, 0)
 }
 
 /// The llama.cpp name of a Hugging Face tensor (the inverse of
 /// [`hf_tensor_name`]).
 pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
-    let fixed = match hf_name {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(n) = fixed {
-        return Some(n.to_string());
-    }
-    let rest = hf_name.strip_prefix("model.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let gguf = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{gguf}"))
+    rename(hf_name, 1)
 }
 
 /// The Hugging Face shape every tensor of the model must have.
