@@ -558,3 +558,151 @@ fn random_init_keeps_the_architecture_and_draws_fresh_weights_from_the_seed() {
     );
     assert!(out_a.join("tokenizer.json").is_file());
 }
+
+/// The live-teacher recipe of [`distill_recipe`] on the corpus' first four
+/// documents, plus the teacher's logits stored twice (every token kept, and
+/// the top 64) and a distillation from each, with the same budget.
+fn stored_logits_recipe(steps: u64) -> String {
+    let live = distill_recipe(steps, 0, "").replace(
+        "seq_len: 32, heldout_percent: 10",
+        "seq_len: 32, heldout_percent: 10, max_documents: 4",
+    );
+    let train = live
+        .split("      train:\n")
+        .nth(1)
+        .expect("the recipe's train block");
+    let distill_from = |logits: &str| {
+        format!(
+            "    op: distill\n    inputs: {{ teacher_logits: {logits}, student: student_init, data: corpus }}\n    with:\n      train:\n{train}"
+        )
+    };
+    format!(
+        "{live}  all_logits:\n    op: teacher_logits\n    inputs: {{ teacher: teacher, data: corpus }}\n    with: {{ top_k: {VOCAB} }}\n  from_all:\n{}  top_logits:\n    op: teacher_logits\n    inputs: {{ teacher: teacher, data: corpus }}\n    with: {{ top_k: 64, batch: 3 }}\n  from_top:\n{}",
+        distill_from("all_logits"),
+        distill_from("top_logits"),
+    )
+}
+
+fn train_losses(dir: &Path) -> Vec<f64> {
+    metric_lines(&dir.join("metrics.jsonl"))
+        .iter()
+        .filter(|l| l["kind"] == "train")
+        .map(|l| l["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// Keeping every token makes stored logits a live teacher: the first step's
+/// loss (the same student, before any update) agrees to float rounding and
+/// the later ones closely. Keeping 64 coarsens the teacher's distribution,
+/// which can only lower the divergence at the same student, and the student
+/// still learns. The teacher's outputs are computed once per store.
+#[test]
+fn distilling_from_stored_teacher_logits() {
+    let Some(ws) = setup() else { return };
+    ws.write("r.yaml", &stored_logits_recipe(6));
+    let out = ws.run(&["run", "r.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out_dir = |stage: &str| stage_dir(&ws, "r.yaml", stage, "store").join("out");
+
+    let live = train_losses(&out_dir("student"));
+    let from_all = train_losses(&out_dir("from_all"));
+    assert_eq!(live.len(), 6);
+    assert_eq!(from_all.len(), 6);
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+    assert!(
+        rel(from_all[0], live[0]) <= 1e-6,
+        "first step: {} from all stored logits, {} live",
+        from_all[0],
+        live[0]
+    );
+    for (step, (a, b)) in from_all.iter().zip(&live).enumerate() {
+        assert!(rel(*a, *b) <= 1e-5, "step {}: {a} vs {b} live", step + 1);
+    }
+
+    let from_top = train_losses(&out_dir("from_top"));
+    assert!(
+        from_top[0] <= live[0] * (1.0 + 1e-6),
+        "top-64 KL {} above the full KL {} at the same student",
+        from_top[0],
+        live[0]
+    );
+    eprintln!("live {live:?}\nfrom all stored logits {from_all:?}\nfrom the top 64 {from_top:?}");
+    // Four documents leave no held-out rows: the training loss shows it.
+    assert!(
+        from_top[5] < 0.9 * from_top[0],
+        "top-64 distillation: training loss {from_top:?}"
+    );
+
+    let header: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out_dir("top_logits").join("teacher_logits.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["top_k"], 64);
+    assert_eq!(header["positions"], 31);
+    let mass = header["mean_kept_mass"].as_f64().unwrap();
+    assert!(mass > 0.0 && mass < 1.0, "kept mass {mass}");
+    // Below the raw 64 x (2 + 4) + 8 bytes of a position: compressed.
+    let stored = header["stored_bytes"].as_f64().unwrap();
+    let positions = header["rows"].as_f64().unwrap() * 31.0;
+    assert!(
+        stored / positions < 392.0,
+        "{} bytes per position",
+        stored / positions
+    );
+
+    ws.clear_log();
+    let out = ws.run(&["run", "r.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        ws.started().is_empty(),
+        "a second run recomputed {:?}",
+        ws.started()
+    );
+}
+
+#[test]
+fn distill_checks_its_stored_teacher_at_plan_time() {
+    let Some(ws) = setup() else { return };
+    let recipe = stored_logits_recipe(2);
+    let cases = [
+        (
+            recipe.replace(
+                "with: { top_k: 64, batch: 3 }",
+                "with: { top_k: 64, temperature: 2 }",
+            ),
+            "stored the teacher's logits at temperature 2, this distillation uses 1",
+        ),
+        (
+            recipe.replace(
+                "inputs: { teacher_logits: top_logits,",
+                "inputs: { teacher: teacher, teacher_logits: top_logits,",
+            ),
+            "`teacher` and `teacher_logits` are both given",
+        ),
+        (
+            recipe.replace("inputs: { teacher_logits: top_logits, ", "inputs: { "),
+            "distillation needs a teacher",
+        ),
+        (
+            recipe.replace("with: { top_k: 64, batch: 3 }", "with: { top_k: 50000 }"),
+            "`top_k` is 50000 but the teacher's vocabulary has 49152 tokens",
+        ),
+    ];
+    for (i, (yaml, message)) in cases.iter().enumerate() {
+        let name = format!("bad{i}.yaml");
+        ws.write(&name, yaml);
+        let out = ws.run(&["validate", &name]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "case {i}: {}",
+            text(&out.stderr)
+        );
+        let flat = text(&out.stderr)
+            .replace('│', " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(flat.contains(message), "case {i}: {flat}");
+    }
+}

@@ -23,6 +23,8 @@ pub enum ArtifactKind {
     Scores,
     Metrics,
     Files,
+    /// A teacher's sparse logits over a dataset's training rows.
+    TeacherLogits,
 }
 
 impl std::fmt::Display for ArtifactKind {
@@ -33,6 +35,7 @@ impl std::fmt::Display for ArtifactKind {
             Self::Scores => "Scores",
             Self::Metrics => "Metrics",
             Self::Files => "Files",
+            Self::TeacherLogits => "TeacherLogits",
         })
     }
 }

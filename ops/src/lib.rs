@@ -18,6 +18,7 @@ pub mod report;
 pub mod rng;
 pub mod search;
 mod stages;
+pub mod teacher_logits;
 pub mod text;
 pub mod train;
 

@@ -120,6 +120,14 @@ stages:
     op: distill
     inputs: {{ teacher: teacher, student: student, data: corpus }}
     with: {{ train: {train} }}
+  top_logits:
+    op: teacher_logits
+    inputs: {{ teacher: teacher, data: corpus }}
+    with: {{ top_k: 16, batch: 2 }}
+  distilled_sparse:
+    op: distill
+    inputs: {{ teacher_logits: top_logits, student: student, data: corpus }}
+    with: {{ train: {train} }}
   aligned:
     op: align
     inputs: {{ model: student, data: chat }}

@@ -57,7 +57,9 @@ fn rows_of(tokens: &[Vec<u32>], masks: &[Option<Vec<u8>>]) -> Vec<(Vec<u32>, Opt
 fn train_rows(owned: &[(Vec<u32>, Option<Vec<u8>>)]) -> Vec<TrainRow<'_>> {
     owned
         .iter()
-        .map(|(t, m)| TrainRow {
+        .enumerate()
+        .map(|(index, (t, m))| TrainRow {
+            index,
             tokens: t,
             mask: m.as_deref(),
         })
@@ -82,7 +84,7 @@ fn masked_cross_entropy_is_the_mean_over_target_tokens() {
     let count: usize = rows.iter().map(TrainRow::targets).sum();
     assert_eq!(count, 8 + 5);
     let mb = MicroBatch::<B>::new(&rows, 1.0 / count as f32, &device());
-    let loss: f32 = CrossEntropy.loss(&model, &mb).into_scalar();
+    let loss: f32 = CrossEntropy.loss(&model, &mb).unwrap().into_scalar();
 
     let mut nll = 0.0f64;
     for (row, mask) in tokens.iter().zip(&masks) {
@@ -174,7 +176,7 @@ fn adamw_matches_a_float64_reference_over_two_clipped_steps() {
         );
         let rows = train_rows(&owned);
         let mb = MicroBatch::<B>::new(&rows, 1.0 / 12.0, &device());
-        let loss = CrossEntropy.loss(&model, &mb);
+        let loss = CrossEntropy.loss(&model, &mb).unwrap();
         let grads = loss.backward();
         let seen = collect(&model, Some(&grads));
         let host_grads: Vec<Vec<f64>> = seen
@@ -244,7 +246,7 @@ fn optimizer_state_round_trips_bit_for_bit() {
     let step = |model: Llama<A>, adam: &mut AdamW<B>, owned: &[(Vec<u32>, Option<Vec<u8>>)]| {
         let rows = train_rows(owned);
         let mb = MicroBatch::<B>::new(&rows, 0.1, &device());
-        let grads = CrossEntropy.loss(&model, &mb).backward();
+        let grads = CrossEntropy.loss(&model, &mb).unwrap().backward();
         let mut sum = GradientSum::<B>::default();
         sum.add::<A, _>(&model, &grads);
         adam.step::<A, _>(model, &mut sum, 1e-2).0
@@ -318,7 +320,7 @@ fn a_train_step_over_micro_batches_matches_one_over_the_whole_batch() {
     let count: usize = rows.iter().map(|r| r.targets()).sum();
     let model = Llama::<A>::from_state_dict(c.clone(), sd, &device()).unwrap();
     let mb = MicroBatch::<B>::new(&rows, 1.0 / count as f32, &device());
-    let loss_tensor = CrossEntropy.loss(&model, &mb);
+    let loss_tensor = CrossEntropy.loss(&model, &mb).unwrap();
     let loss = loss_tensor.clone().into_scalar() as f64;
     let grads = loss_tensor.backward();
     let gradients = collect(&model, Some(&grads));

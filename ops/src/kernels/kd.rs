@@ -20,8 +20,8 @@
 //! per-row sums).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Shape, Tensor, TensorPrimitive};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Shape, Tensor, TensorPrimitive};
 use serde::{Deserialize, Serialize};
 
 /// Which divergence between the teacher's and the student's distributions.
@@ -90,6 +90,23 @@ pub trait KdOps: Backend {
         spec: KdSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
+    /// The KD loss against a sparse teacher (see [`kd_loss_sparse`]):
+    /// `student` `[N, V]` logits (any float dtype); `ids` `[N, K]` kept
+    /// token ids, ascending and distinct in each row, below `V`;
+    /// `log_probs` `[N, K]` f32, the teacher's log-probabilities of those
+    /// tokens at the spec's temperature; `log_tail` `[N]` f32, the log of
+    /// the teacher's mass on every other token (`-inf` when there is none);
+    /// `weights` `[N]` f32. Returns `(loss, grad)` as
+    /// [`KdOps::kd_loss_fused`] does.
+    fn kd_loss_sparse_fused(
+        student: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        log_probs: FloatTensor<Self>,
+        log_tail: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        spec: KdSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
     /// The whole backward: `grad` (from [`KdOps::kd_loss_fused`]) times
     /// `upstream`, the `[1]` f32 gradient of the loss, broadcast.
     fn kd_scale_grad(grad: FloatTensor<Self>, upstream: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -131,6 +148,75 @@ pub fn kd_loss<B: KdOps>(
     let (loss, _grad) = B::kd_loss_fused(
         student.into_primitive().tensor(),
         teacher.into_primitive().tensor(),
+        weights.into_primitive().tensor(),
+        spec,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(loss))
+}
+
+/// A teacher distribution kept sparse, as `teacher_logits` stores it: for
+/// each of `N` positions, `K` token ids (ascending), their log-probabilities
+/// at the distillation temperature, and the log of the mass left on every
+/// other token.
+pub struct SparseTeacher<B: Backend> {
+    /// `[N, K]`, ascending and distinct in each row.
+    pub ids: Tensor<B, 2, Int>,
+    /// `[N, K]` f32: `ln q` of each kept token.
+    pub log_probs: Tensor<B, 2>,
+    /// `[N]` f32: `ln (1 - sum of the kept q)`, computed without that
+    /// subtraction; `-inf` when the kept tokens are the whole vocabulary.
+    pub log_tail: Tensor<B, 1>,
+}
+
+/// The KD loss of `student` logits (`[N, V]`) against a sparse teacher.
+///
+/// The teacher is known on `K` kept tokens per position plus the total mass
+/// of the rest (its tail). The loss is the chosen divergence between the
+/// two distributions coarsened to `K + 1` buckets: each kept token, and one
+/// bucket for the tail holding the teacher's tail mass and the student's
+/// own mass on those tokens. This treats the tail the only way that needs
+/// no guess about how the teacher spreads it: for forward KL it equals
+/// `KL(q~ || p)` where `q~` spreads the teacher's tail mass like the
+/// student does, so the tail tokens' gradient is `p_v (1 - q_tail /
+/// p_tail) / tau`, and every kept token's is `(p_v - q_v) / tau` as in
+/// full KD. With `K = V` the tail is empty and the loss and gradient are
+/// full KD's. The coarsened divergence never exceeds the full one (the
+/// data-processing inequality), so top-K KD under-weights the teacher's
+/// preferences inside its tail, and only those.
+///
+/// Rows are weighted as in [`kd_loss`]; under `Autodiff` the gradient flows
+/// to `student` only. Panics when the shapes disagree or `spec` is invalid.
+pub fn kd_loss_sparse<B: KdOps>(
+    student: Tensor<B, 2>,
+    teacher: SparseTeacher<B>,
+    weights: Tensor<B, 1>,
+    spec: KdSpec,
+) -> Tensor<B, 1> {
+    let [rows, vocab] = student.dims();
+    let [id_rows, kept] = teacher.ids.dims();
+    assert_eq!(
+        (id_rows, teacher.log_probs.dims(), teacher.log_tail.dims()),
+        (rows, [rows, kept], [rows]),
+        "sparse KD loss: the teacher's ids, log-probabilities and tails do not cover the student's {rows} rows alike"
+    );
+    assert!(
+        kept <= vocab,
+        "sparse KD loss: {kept} kept tokens over a vocabulary of {vocab}"
+    );
+    assert_eq!(
+        weights.dims(),
+        [rows],
+        "sparse KD loss: {:?} weights for {rows} rows of logits",
+        weights.dims()
+    );
+    if let Err(e) = spec.validate() {
+        panic!("sparse KD loss: {e}");
+    }
+    let (loss, _grad) = B::kd_loss_sparse_fused(
+        student.into_primitive().tensor(),
+        teacher.ids.into_primitive(),
+        teacher.log_probs.into_primitive().tensor(),
+        teacher.log_tail.into_primitive().tensor(),
         weights.into_primitive().tensor(),
         spec,
     );
@@ -185,6 +271,30 @@ mod on_autodiff {
             );
             // Computing the gradient is the forward itself: nothing to
             // recompute, so the op is compute bound and never checkpointed.
+            let loss = match KdBackward.prepare::<C>([node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(grad.clone(), loss),
+                OpsKind::UnTracked(prep) => prep.finish(loss),
+            };
+            (loss, Self::from_inner(grad))
+        }
+
+        fn kd_loss_sparse_fused(
+            student: FloatTensor<Self>,
+            ids: IntTensor<Self>,
+            log_probs: FloatTensor<Self>,
+            log_tail: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            spec: KdSpec,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let node = student.node.clone();
+            let (loss, grad) = B::kd_loss_sparse_fused(
+                student.primitive,
+                ids,
+                Self::inner(log_probs),
+                Self::inner(log_tail),
+                Self::inner(weights),
+                spec,
+            );
             let loss = match KdBackward.prepare::<C>([node]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => prep.finish(grad.clone(), loss),
                 OpsKind::UnTracked(prep) => prep.finish(loss),

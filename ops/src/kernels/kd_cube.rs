@@ -459,4 +459,17 @@ where
     ) -> (CubeTensor<R>, CubeTensor<R>) {
         kd_loss_fused(student, teacher, weights, spec)
     }
+
+    fn kd_loss_sparse_fused(
+        student: CubeTensor<R>,
+        ids: CubeTensor<R>,
+        log_probs: CubeTensor<R>,
+        log_tail: CubeTensor<R>,
+        weights: CubeTensor<R>,
+        spec: KdSpec,
+    ) -> (CubeTensor<R>, CubeTensor<R>) {
+        super::kd_sparse_cube::kd_loss_sparse_fused(
+            student, ids, log_probs, log_tail, weights, spec,
+        )
+    }
 }

@@ -55,14 +55,14 @@ pub fn scratch_rows(student: DType, teacher: DType, in_place: bool) -> usize {
 /// Logits as stored on the host: read in place when f32, converted a row at
 /// a time otherwise, so that no f32 copy of a whole f16 input is made.
 #[derive(Clone, Copy)]
-enum Logits<'a> {
+pub(super) enum Logits<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     Bf16(&'a [bf16]),
 }
 
 impl<'a> Logits<'a> {
-    fn of(t: &'a FlexTensor) -> Self {
+    pub(super) fn of(t: &'a FlexTensor) -> Self {
         let data = "contiguous logits";
         match t.dtype() {
             DType::F32 => Logits::F32(t.as_slice::<f32>().expect(data)),
@@ -84,7 +84,7 @@ impl<'a> Logits<'a> {
 
     /// Row `n` of `vocab` values as f32: borrowed when stored as f32,
     /// converted into `buf` otherwise.
-    fn row<'b>(&self, n: usize, vocab: usize, buf: &'b mut [f32]) -> &'b [f32]
+    pub(super) fn row<'b>(&self, n: usize, vocab: usize, buf: &'b mut [f32]) -> &'b [f32]
     where
         'a: 'b,
     {
@@ -353,7 +353,7 @@ fn kd_row<const FMA: bool>(
 
 /// The largest value of `x` (-inf when empty).
 #[inline(always)]
-fn row_max(x: &[f32]) -> f32 {
+pub(super) fn row_max(x: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
@@ -534,7 +534,7 @@ fn kd_row_baseline(
 
 /// The tensor as contiguous host data in f32, f16 or bf16 (other float
 /// dtypes are cast to f32); a copy only when the dtype or layout asks.
-fn host_logits(t: FlexTensor) -> FlexTensor {
+pub(super) fn host_logits(t: FlexTensor) -> FlexTensor {
     let t = match t.dtype() {
         DType::F32 | DType::F16 | DType::BF16 => t,
         _ => Flex::float_cast(t, FloatDType::F32),
@@ -552,7 +552,7 @@ fn host_logits(t: FlexTensor) -> FlexTensor {
 /// costs more than the whole kernel. Asking for transparent huge pages cuts
 /// the faults 512-fold; the hint changes no contents and is ignored where
 /// unsupported.
-fn zeroed_gradient(len: usize) -> Vec<f32> {
+pub(super) fn zeroed_gradient(len: usize) -> Vec<f32> {
     let grad = vec![0.0f32; len];
     #[cfg(target_os = "linux")]
     advise_huge_pages(&grad);
@@ -625,6 +625,19 @@ impl KdOps for Flex {
         };
         let loss = FlexTensor::from_data(TensorData::new(vec![loss as f32], [1]));
         (loss, grad)
+    }
+
+    fn kd_loss_sparse_fused(
+        student: FlexTensor,
+        ids: FlexTensor,
+        log_probs: FlexTensor,
+        log_tail: FlexTensor,
+        weights: FlexTensor,
+        spec: KdSpec,
+    ) -> (FlexTensor, FlexTensor) {
+        super::kd_sparse_flex::kd_loss_sparse_fused(
+            student, ids, log_probs, log_tail, weights, spec,
+        )
     }
 
     fn kd_scale_grad(grad: FlexTensor, upstream: FlexTensor) -> FlexTensor {

@@ -10,7 +10,8 @@
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
 //!   backward (a CPU kernel each; the CubeCL backends run the compositions).
 //! - [`importance`]: the width statistics and block importance reductions.
-//! - [`kd`]: the fused knowledge-distillation loss and its gradient.
+//! - [`kd`]: the fused knowledge-distillation loss and its gradient, against
+//!   a full teacher distribution or a sparse (top-K) one.
 //! - [`bandwidth`]: timings of the CPU twin against the machine's memory
 //!   bandwidth, for `distillery bench importance`.
 
@@ -32,6 +33,9 @@ pub mod kd;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod kd_cube;
 mod kd_flex;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod kd_sparse_cube;
+mod kd_sparse_flex;
 pub mod matmul;
 pub mod reference;
 pub mod rows;
@@ -44,7 +48,7 @@ pub use importance::{
     channel_stats_accumulate, cosine_distance_accumulate,
 };
 pub use importance_flex::{channel_sums_host, cosine_distance_sum_host};
-pub use kd::{KdLoss, KdOps, KdSpec, kd_loss};
+pub use kd::{KdLoss, KdOps, KdSpec, SparseTeacher, kd_loss, kd_loss_sparse};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
 pub use matmul::{MatmulOps, Precision, WeightLayout, linear_matmul};
 pub use rows::{RowOps, rms_norm, rope, swiglu};

@@ -189,3 +189,172 @@ pub fn kd_loss(
     }
     (loss, grad)
 }
+
+/// `ln (e^a + e^b)` in f64, `-inf` when both are.
+fn log_add_exp(a: f64, b: f64) -> f64 {
+    let hi = a.max(b);
+    if hi == f64::NEG_INFINITY {
+        return hi;
+    }
+    hi + ((a - hi).exp() + (b - hi).exp()).ln()
+}
+
+/// One row of the KD loss against a sparse teacher: `(L, dL/ds)`, written
+/// from the definition in [`super::kd::kd_loss_sparse`]: both distributions
+/// coarsened to the kept tokens (`ids`, with the teacher's `log_q`) plus one
+/// tail bucket (the teacher's `log_tail`, the student's mass off `ids`),
+/// the divergence of the buckets, and its gradient through the buckets'
+/// Jacobian `dP_b / dz_v = p_v ([v in b] - P_b)`, `z = s / tau`.
+pub fn kd_sparse_row(
+    s: &[f32],
+    ids: &[u32],
+    log_q: &[f32],
+    log_tail: f32,
+    spec: KdSpec,
+) -> (f64, Vec<f64>) {
+    assert_eq!(ids.len(), log_q.len());
+    let tau = spec.temperature as f64;
+    let lp = log_softmax(s, tau);
+    let p: Vec<f64> = lp.iter().map(|v| v.exp()).collect();
+    // Bucket of each token: its place among the kept, or the tail (K).
+    let k = ids.len();
+    let mut bucket = vec![k; s.len()];
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(bucket[id as usize], k, "token {id} kept twice");
+        bucket[id as usize] = i;
+    }
+    let has_tail = k < s.len();
+    let buckets = k + usize::from(has_tail);
+    // The student's bucket log-masses, the tail's as a log-sum-exp.
+    let mut lpb: Vec<f64> = ids.iter().map(|&id| lp[id as usize]).collect();
+    if has_tail {
+        let tail: Vec<f64> = (0..s.len())
+            .filter(|&v| bucket[v] == k)
+            .map(|v| lp[v])
+            .collect();
+        lpb.push(tail.iter().cloned().fold(f64::NEG_INFINITY, log_add_exp));
+    }
+    let mut lqb: Vec<f64> = log_q.iter().map(|&v| v as f64).collect();
+    if has_tail {
+        lqb.push(log_tail as f64);
+    }
+    let pb: Vec<f64> = lpb.iter().map(|v| v.exp()).collect();
+    let qb: Vec<f64> = lqb.iter().map(|v| v.exp()).collect();
+    let kl = |a: &[f64], la: &[f64], lb: &[f64]| -> f64 {
+        (0..buckets)
+            .filter(|&b| a[b] > 0.0)
+            .map(|b| a[b] * (la[b] - lb[b]))
+            .sum()
+    };
+    // `P_b dL/dP_b` per bucket (the product is what stays finite when a
+    // bucket's mass underflows).
+    let (loss, pg): (f64, Vec<f64>) = match spec.loss {
+        KdLoss::ForwardKl => (kl(&qb, &lqb, &lpb), qb.iter().map(|q| -q).collect()),
+        KdLoss::ReverseKl => (
+            kl(&pb, &lpb, &lqb),
+            (0..buckets)
+                .map(|b| {
+                    if pb[b] > 0.0 {
+                        pb[b] * (lpb[b] - lqb[b] + 1.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        ),
+        KdLoss::Jsd { beta } => {
+            let beta = beta as f64;
+            let lm: Vec<f64> = (0..buckets)
+                .map(|b| log_add_exp(beta.ln() + lqb[b], (1.0 - beta).ln() + lpb[b]))
+                .collect();
+            let loss = beta * kl(&qb, &lqb, &lm) + (1.0 - beta) * kl(&pb, &lpb, &lm);
+            // dL/dP_b = -beta (1 - beta) Q_b / M_b
+            //           + (1 - beta) (ln P_b / M_b + 1 - (1 - beta) P_b / M_b).
+            let pg = (0..buckets)
+                .map(|b| {
+                    if pb[b] == 0.0 {
+                        return 0.0;
+                    }
+                    let (q_m, p_m) = ((lqb[b] - lm[b]).exp(), (lpb[b] - lm[b]).exp());
+                    let d = -beta * q_m * (1.0 - beta)
+                        + (1.0 - beta) * (lpb[b] - lm[b] + 1.0 - p_m * (1.0 - beta));
+                    pb[b] * d
+                })
+                .collect();
+            (loss, pg)
+        }
+    };
+    // dL/dz_v = sum_b dL/dP_b p_v ([v in b] - P_b)
+    //         = p_v dL/dP_b(v) - p_v sum_b P_b dL/dP_b.
+    let mean: f64 = pg.iter().sum();
+    let grad = (0..s.len())
+        .map(|v| {
+            let b = bucket[v];
+            // p_v dL/dP_b = (p_v / P_b) (P_b dL/dP_b), the ratio in log
+            // space: it stays finite where both masses underflow.
+            let own = (lp[v] - lpb[b]).exp() * pg[b];
+            (own - p[v] * mean) / tau
+        })
+        .collect();
+    (loss, grad)
+}
+
+/// The sparse op over `rows` rows of `vocab` logits and `k` kept tokens
+/// each: `(sum_n w_n L_n, w_n dL_n/ds)` times the spec's scale.
+pub fn kd_sparse_loss(
+    student: &[f32],
+    ids: &[u32],
+    log_q: &[f32],
+    log_tail: &[f32],
+    weights: &[f32],
+    vocab: usize,
+    spec: KdSpec,
+) -> (f64, Vec<f64>) {
+    let rows = weights.len();
+    assert_eq!(student.len(), rows * vocab);
+    assert_eq!(log_tail.len(), rows);
+    let k = ids.len() / rows.max(1);
+    assert_eq!(ids.len(), rows * k);
+    assert_eq!(log_q.len(), rows * k);
+    let scale = spec.scale() as f64;
+    let mut loss = 0.0;
+    let mut grad = vec![0.0; student.len()];
+    for (n, &w) in weights.iter().enumerate() {
+        if w == 0.0 {
+            continue;
+        }
+        let (row, kept) = (n * vocab..(n + 1) * vocab, n * k..(n + 1) * k);
+        let (l, g) = kd_sparse_row(
+            &student[row.clone()],
+            &ids[kept.clone()],
+            &log_q[kept],
+            log_tail[n],
+            spec,
+        );
+        loss += scale * w as f64 * l;
+        for (o, gv) in grad[row].iter_mut().zip(g) {
+            *o = scale * w as f64 * gv;
+        }
+    }
+    (loss, grad)
+}
+
+/// A dense teacher row made sparse, in f64: the `k` largest logits' ids
+/// (ascending), their log-probabilities at `tau`, and the log of the rest's
+/// mass. Ties at the cut go to the lower id.
+pub fn sparse_teacher_row(t: &[f32], k: usize, tau: f64) -> (Vec<u32>, Vec<f32>, f32) {
+    let lq = log_softmax(t, tau);
+    let mut order: Vec<usize> = (0..t.len()).collect();
+    order.sort_by(|&a, &b| t[b].total_cmp(&t[a]).then(a.cmp(&b)));
+    let mut kept: Vec<usize> = order[..k].to_vec();
+    kept.sort_unstable();
+    let tail = order[k..]
+        .iter()
+        .map(|&v| lq[v])
+        .fold(f64::NEG_INFINITY, log_add_exp);
+    (
+        kept.iter().map(|&v| v as u32).collect(),
+        kept.iter().map(|&v| lq[v] as f32).collect(),
+        tail as f32,
+    )
+}

@@ -1,22 +1,30 @@
 //! `distill`: retrains a (pruned) student from a frozen teacher's logits
 //! (METHOD.md 7): forward KL at temperature 1 on the logits only, as the
 //! paper found best, with reverse KL, JSD, a temperature and a
-//! cross-entropy term available for ablations.
+//! cross-entropy term available for ablations. The teacher is either a
+//! model run live at every step, or its top-K logits stored once by a
+//! `teacher_logits` stage (sparse KD, [`crate::kernels::kd::kd_loss_sparse`]).
 
 use crate::io::hf_folder::CONFIG_FILE;
 use anyhow::bail;
+use std::collections::BTreeMap;
+
+use distillery_engine::op::UpstreamInfo;
 use distillery_engine::{ArtifactKind, CheckContext, ParamIssue, RunContext, Slot, TypedOp};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::teacher_logits::TeacherLogits as TeacherLogitsOp;
 use super::training::train_and_publish;
 use super::upstream::model_vocab;
 use crate::backend::{ComputeBackend, OnBackend, on_device};
 use crate::io::dataset::DatasetArtifact;
+use crate::io::dataset::Split;
 use crate::io::safetensors_io::DiskDtype;
 use crate::kernels::kd::{KdLoss, KdSpec};
 use crate::model::{Llama, LlamaConfig};
-use crate::train::{Distillation, TrainParams};
+use crate::teacher_logits::{TeacherLogits, tokens_digest};
+use crate::train::{Distillation, StoredDistillation, TrainParams};
 
 pub struct Distill;
 
@@ -98,7 +106,8 @@ impl TypedOp for Distill {
 
     fn slots(&self) -> Vec<Slot> {
         vec![
-            Slot::one("teacher", ArtifactKind::Model),
+            Slot::one("teacher", ArtifactKind::Model).optional(),
+            Slot::one("teacher_logits", ArtifactKind::TeacherLogits).optional(),
             Slot::one("student", ArtifactKind::Model),
             Slot::one("data", ArtifactKind::Dataset),
         ]
@@ -138,6 +147,22 @@ impl TypedOp for Distill {
                 .first()
                 .and_then(|up| model_vocab(up, ctx.recipe_dir))
         };
+        let stored = ctx.inputs.get("teacher_logits").and_then(|v| v.first());
+        let live = ctx.inputs.get("teacher").is_some_and(|v| !v.is_empty());
+        match (live, stored) {
+            (false, None) => issues.push(
+                ParamIssue::at(&[], "distillation needs a teacher")
+                    .help("add `teacher: <model stage>` or `teacher_logits: <teacher_logits stage>` to `inputs`"),
+            ),
+            (true, Some(_)) => issues.push(ParamIssue::at(
+                &[],
+                "`teacher` and `teacher_logits` are both given; distil from one of them",
+            )),
+            _ => {}
+        }
+        if let Some(up) = stored {
+            issues.extend(stored_teacher_issues(p, up, ctx));
+        }
         if let (Some(t), Some(s)) = (vocab("teacher"), vocab("student"))
             && t != s
             && !p.truncate_vocab
@@ -162,6 +187,76 @@ impl TypedOp for Distill {
     }
 }
 
+/// What a `teacher_logits` input must agree on with this distillation:
+/// the temperature its log-sum-exps were taken at, the dataset stage whose
+/// rows it covers, and the student's vocabulary.
+fn stored_teacher_issues(
+    p: &DistillParams,
+    up: &UpstreamInfo,
+    ctx: &CheckContext,
+) -> Vec<ParamIssue> {
+    let mut issues = Vec::new();
+    if let Some(stored) = up.params_of::<TeacherLogitsOp>()
+        && stored.temperature != p.temperature
+    {
+        issues.push(
+            ParamIssue::at(
+                &["temperature"],
+                format!(
+                    "stage `{}` stored the teacher's logits at temperature {}, this distillation uses {}",
+                    up.stage, stored.temperature, p.temperature
+                ),
+            )
+            .help("set the same `temperature` on both stages"),
+        );
+    }
+    let first = |inputs: &BTreeMap<String, Vec<UpstreamInfo>>, slot: &str| {
+        inputs
+            .get(slot)
+            .and_then(|v| v.first())
+            .map(|u| u.stage.clone())
+    };
+    if let (Some(theirs), Some(ours)) = (first(&up.inputs, "data"), first(ctx.inputs, "data"))
+        && theirs != ours
+    {
+        issues.push(ParamIssue::at(
+            &[],
+            format!(
+                "stage `{}` stored the teacher's logits over the rows of `{theirs}`, but this distillation reads `{ours}`",
+                up.stage
+            ),
+        ));
+    }
+    if p.truncate_vocab {
+        issues.push(ParamIssue::at(
+            &["truncate_vocab"],
+            "`truncate_vocab` applies to a live teacher only: stored teacher logits need the student's vocabulary",
+        ));
+    }
+    let teacher_vocab = up
+        .inputs
+        .get("teacher")
+        .and_then(|v| v.first())
+        .and_then(|t| model_vocab(t, ctx.recipe_dir));
+    let student_vocab = ctx
+        .inputs
+        .get("student")
+        .and_then(|v| v.first())
+        .and_then(|s| model_vocab(s, ctx.recipe_dir));
+    if let (Some(t), Some(s)) = (teacher_vocab, student_vocab)
+        && t != s
+    {
+        issues.push(ParamIssue::at(
+            &[],
+            format!(
+                "the teacher behind `{}` has {t} tokens and the student {s}; sparse distillation compares them token by token",
+                up.stage
+            ),
+        ));
+    }
+    issues
+}
+
 struct Task<'a, 'c> {
     params: DistillParams,
     ctx: &'a RunContext<'c>,
@@ -173,9 +268,41 @@ impl OnBackend for Task<'_, '_> {
     fn run<B: ComputeBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let (p, ctx) = (self.params, self.ctx);
         let data = DatasetArtifact::open(ctx.input("data")?)?;
-        let (teacher, _) = Llama::<B>::load_hf(ctx.input("teacher")?, &device)?;
         let student_config = LlamaConfig::from_file(&ctx.input("student")?.join(CONFIG_FILE))?;
-        let (tv, sv) = (teacher.config.vocab_size, student_config.vocab_size);
+        let spec = p.spec();
+        let mut name = format!(
+            "distillation ({}, temperature {}{})",
+            serde_json::to_value(p.loss)?.as_str().unwrap_or("?"),
+            p.temperature,
+            if p.ce_weight > 0.0 {
+                format!(", ce weight {}", p.ce_weight)
+            } else {
+                String::new()
+            }
+        );
+        let sv = student_config.vocab_size;
+        if data.vocab_size() > sv {
+            bail!(
+                "the dataset uses token ids up to {} but the student's vocabulary has {sv}",
+                data.vocab_size()
+            );
+        }
+        if ctx
+            .inputs
+            .get("teacher_logits")
+            .is_some_and(|v| !v.is_empty())
+        {
+            let store = open_store(ctx.input("teacher_logits")?, &p, &data, sv)?;
+            name = format!("{name} from the top {} stored logits", store.header.top_k);
+            let objective = StoredDistillation {
+                store,
+                spec,
+                ce_weight: p.ce_weight,
+            };
+            return publish::<B>(&p, &objective, &name, &data, sv, ctx, &device);
+        }
+        let (teacher, _) = Llama::<B>::load_hf(ctx.input("teacher")?, &device)?;
+        let tv = teacher.config.vocab_size;
         if tv != sv && !p.truncate_vocab {
             bail!(
                 "the teacher's vocabulary has {tv} tokens and the student's {sv}; set \
@@ -189,41 +316,86 @@ impl OnBackend for Task<'_, '_> {
                 data.vocab_size()
             );
         }
-        let spec = p.spec();
         let objective = Distillation {
             teacher,
             spec,
             ce_weight: p.ce_weight,
             vocab,
         };
-        let name = format!(
-            "distillation ({}, temperature {}{})",
-            serde_json::to_value(p.loss)?.as_str().unwrap_or("?"),
-            p.temperature,
-            if p.ce_weight > 0.0 {
-                format!(", ce weight {}", p.ce_weight)
-            } else {
-                String::new()
-            }
-        );
-        train_and_publish::<B>(
-            ctx.input("student")?,
-            &objective,
-            &name,
-            &p.train,
-            &data,
-            p.dtype,
-            serde_json::json!({
-                "loss": p.loss,
-                "jsd_beta": p.jsd_beta,
-                "temperature": p.temperature,
-                "tau_squared": p.tau_squared,
-                "ce_weight": p.ce_weight,
-                "vocab": vocab,
-            }),
-            ctx,
-            &device,
-        )?;
-        Ok(())
+        publish::<B>(&p, &objective, &name, &data, vocab, ctx, &device)
     }
+}
+
+/// Opens stored teacher logits and checks them against this distillation:
+/// the temperature, the student's vocabulary, the positions a row needs,
+/// and the dataset rows they were computed on (by their tokens' digest).
+fn open_store(
+    dir: &std::path::Path,
+    p: &DistillParams,
+    data: &DatasetArtifact,
+    student_vocab: usize,
+) -> anyhow::Result<TeacherLogits> {
+    let store = TeacherLogits::open(dir)?;
+    let h = &store.header;
+    if h.temperature != p.temperature {
+        bail!(
+            "the teacher logits were stored at temperature {}, this distillation uses {}",
+            h.temperature,
+            p.temperature
+        );
+    }
+    if h.vocab_size != student_vocab {
+        bail!(
+            "the teacher logits are over {} tokens and the student's vocabulary has {student_vocab}",
+            h.vocab_size
+        );
+    }
+    let seq_len = p.train.resolve(data.seq_len())?.seq_len;
+    if seq_len - 1 > h.positions {
+        bail!(
+            "training rows of {seq_len} tokens need {} positions, the teacher logits hold {}",
+            seq_len - 1,
+            h.positions
+        );
+    }
+    let rows = h.rows.min(data.rows(Split::Train));
+    let digest = tokens_digest((0..rows).map(|i| &data.row(Split::Train, i)[..h.positions + 1]));
+    if rows != h.rows || digest != h.tokens_blake3 {
+        bail!(
+            "the teacher logits were computed on other rows than this dataset's first {} training rows",
+            h.rows
+        );
+    }
+    Ok(store)
+}
+
+/// Trains with `objective` and writes the student with the run's details.
+fn publish<B: ComputeBackend>(
+    p: &DistillParams,
+    objective: &impl crate::train::Objective<B>,
+    name: &str,
+    data: &DatasetArtifact,
+    vocab: usize,
+    ctx: &RunContext,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    train_and_publish::<B>(
+        ctx.input("student")?,
+        objective,
+        name,
+        &p.train,
+        data,
+        p.dtype,
+        serde_json::json!({
+            "loss": p.loss,
+            "jsd_beta": p.jsd_beta,
+            "temperature": p.temperature,
+            "tau_squared": p.tau_squared,
+            "ce_weight": p.ce_weight,
+            "vocab": vocab,
+        }),
+        ctx,
+        device,
+    )?;
+    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod prune;
 pub mod random_init;
 pub mod select;
 pub mod teacher_correction;
+pub mod teacher_logits;
 mod training;
 mod upstream;
 
@@ -42,5 +43,6 @@ pub fn register(registry: &mut OpRegistry) {
         .register(prune::Prune)
         .register(random_init::RandomInit)
         .register(select::Select)
-        .register(teacher_correction::TeacherCorrection);
+        .register(teacher_correction::TeacherCorrection)
+        .register(teacher_logits::TeacherLogits);
 }

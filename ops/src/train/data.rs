@@ -44,6 +44,9 @@ impl DataOrder {
 /// targets (`mask[j] != 0`: token `j` is predicted from tokens `..j`).
 #[derive(Debug, Clone, Copy)]
 pub struct TrainRow<'a> {
+    /// The row's index in its dataset split (what stored teacher logits
+    /// are looked up by).
+    pub index: usize,
     pub tokens: &'a [u32],
     pub mask: Option<&'a [u8]>,
 }
@@ -66,6 +69,8 @@ pub struct MicroBatch<B: Backend> {
     pub weights: Tensor<B, 1>,
     /// Target tokens in this micro-batch (positions of non-zero weight).
     pub target_count: usize,
+    /// The rows' indices in their dataset split, in batch order.
+    pub rows: Vec<usize>,
 }
 
 impl<B: Backend> MicroBatch<B> {
@@ -89,6 +94,7 @@ impl<B: Backend> MicroBatch<B> {
             targets: tokens_tensor(&targets, device),
             weights: Tensor::from_data(TensorData::new(weights, [n]), device),
             target_count,
+            rows: rows.iter().map(|r| r.index).collect(),
         }
     }
 }
@@ -123,11 +129,13 @@ mod tests {
         let tokens = [1, 2, 3, 4];
         let mask = [1, 0, 1, 1];
         let row = TrainRow {
+            index: 0,
             tokens: &tokens,
             mask: Some(&mask),
         };
         assert_eq!(row.targets(), 2);
         let plain = TrainRow {
+            index: 0,
             tokens: &tokens,
             mask: None,
         };

@@ -17,6 +17,6 @@ pub mod step;
 pub mod trainer;
 
 pub use metrics::TrainSummary;
-pub use objective::{CrossEntropy, Distillation, Objective};
+pub use objective::{CrossEntropy, Distillation, Objective, StoredDistillation};
 pub use step::{StepOutcome, StepTimings, TrainStep};
 pub use trainer::{TrainJob, train};

@@ -2,6 +2,7 @@
 //! a loss whose sum over the micro-batches of a global batch is the mean
 //! over its target tokens (the weights in [`MicroBatch`] carry the 1/count).
 
+use anyhow::Result;
 use burn::backend::Autodiff;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
@@ -9,12 +10,24 @@ use burn::tensor::{Int, Tensor};
 
 use super::data::MicroBatch;
 use crate::backend::ComputeBackend;
-use crate::kernels::kd::{KdSpec, kd_loss};
+use crate::kernels::kd::{KdSpec, kd_loss, kd_loss_sparse};
 use crate::model::Llama;
+use crate::teacher_logits::TeacherLogits;
+use crate::teacher_logits::batch::sparse_teacher;
 
 /// A loss over a micro-batch for the student under training.
 pub trait Objective<B: ComputeBackend> {
-    fn loss(&self, student: &Llama<Autodiff<B>>, batch: &MicroBatch<B>) -> Tensor<Autodiff<B>, 1>;
+    fn loss(
+        &self,
+        student: &Llama<Autodiff<B>>,
+        batch: &MicroBatch<B>,
+    ) -> Result<Tensor<Autodiff<B>, 1>>;
+
+    /// The training rows the objective can train on: rows `0..n` of the
+    /// split, or `None` for all of them.
+    fn rows_covered(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Weighted next-token cross-entropy of `logits` `[rows, seq, vocab]`:
@@ -35,14 +48,37 @@ pub fn weighted_cross_entropy<B: Backend>(
 pub struct CrossEntropy;
 
 impl<B: ComputeBackend> Objective<B> for CrossEntropy {
-    fn loss(&self, student: &Llama<Autodiff<B>>, batch: &MicroBatch<B>) -> Tensor<Autodiff<B>, 1> {
+    fn loss(
+        &self,
+        student: &Llama<Autodiff<B>>,
+        batch: &MicroBatch<B>,
+    ) -> Result<Tensor<Autodiff<B>, 1>> {
         let logits = student.forward(Tensor::from_inner(batch.inputs.clone()));
-        weighted_cross_entropy(
+        Ok(weighted_cross_entropy(
             logits,
             Tensor::from_inner(batch.targets.clone()),
             Tensor::from_inner(batch.weights.clone()),
-        )
+        ))
     }
+}
+
+/// `kd + ce_weight * ce`, the cross-entropy of the student's own logits
+/// `[rows, seq, vocab]` added only when its weight is above 0.
+fn with_cross_entropy<B: ComputeBackend>(
+    kd: Tensor<Autodiff<B>, 1>,
+    ce_weight: f64,
+    student_logits: Tensor<Autodiff<B>, 3>,
+    batch: &MicroBatch<B>,
+) -> Tensor<Autodiff<B>, 1> {
+    if ce_weight <= 0.0 {
+        return kd;
+    }
+    let ce = weighted_cross_entropy(
+        student_logits,
+        Tensor::from_inner(batch.targets.clone()),
+        Tensor::from_inner(batch.weights.clone()),
+    );
+    kd + ce.mul_scalar(ce_weight)
 }
 
 /// Knowledge distillation from a frozen teacher (run without autodiff), with
@@ -57,7 +93,11 @@ pub struct Distillation<B: ComputeBackend> {
 }
 
 impl<B: ComputeBackend> Objective<B> for Distillation<B> {
-    fn loss(&self, student: &Llama<Autodiff<B>>, batch: &MicroBatch<B>) -> Tensor<Autodiff<B>, 1> {
+    fn loss(
+        &self,
+        student: &Llama<Autodiff<B>>,
+        batch: &MicroBatch<B>,
+    ) -> Result<Tensor<Autodiff<B>, 1>> {
         let teacher_logits = self.teacher.forward(batch.inputs.clone());
         let [rows, seq, teacher_vocab] = teacher_logits.dims();
         let n = rows * seq;
@@ -71,21 +111,58 @@ impl<B: ComputeBackend> Objective<B> for Distillation<B> {
         if student_vocab != self.vocab {
             student_flat = student_flat.slice([0..n, 0..self.vocab]);
         }
-        let weights = Tensor::from_inner(batch.weights.clone());
-        let mut loss = kd_loss(
+        let kd = kd_loss(
             student_flat,
             Tensor::from_inner(teacher_logits),
-            weights.clone(),
+            Tensor::from_inner(batch.weights.clone()),
             self.spec,
         );
-        if self.ce_weight > 0.0 {
-            let ce = weighted_cross_entropy(
-                student_logits,
-                Tensor::from_inner(batch.targets.clone()),
-                weights,
-            );
-            loss = loss + ce.mul_scalar(self.ce_weight);
-        }
-        loss
+        Ok(with_cross_entropy(
+            kd,
+            self.ce_weight,
+            student_logits,
+            batch,
+        ))
+    }
+}
+
+/// Knowledge distillation from a teacher's stored top-K logits
+/// (`teacher_logits`), with the sparse KD loss
+/// ([`crate::kernels::kd::kd_loss_sparse`]) and an optional cross-entropy
+/// term. Trains on the rows the store covers.
+pub struct StoredDistillation {
+    pub store: TeacherLogits,
+    /// Its temperature is the store's.
+    pub spec: KdSpec,
+    pub ce_weight: f64,
+}
+
+impl<B: ComputeBackend> Objective<B> for StoredDistillation {
+    fn loss(
+        &self,
+        student: &Llama<Autodiff<B>>,
+        batch: &MicroBatch<B>,
+    ) -> Result<Tensor<Autodiff<B>, 1>> {
+        let [_, positions] = batch.inputs.dims();
+        let device = batch.inputs.device();
+        let teacher = sparse_teacher::<Autodiff<B>>(&self.store, &batch.rows, positions, &device)?;
+        let student_logits = student.forward(Tensor::from_inner(batch.inputs.clone()));
+        let [rows, seq, vocab] = student_logits.dims();
+        let kd = kd_loss_sparse(
+            student_logits.clone().reshape([rows * seq, vocab]),
+            teacher,
+            Tensor::from_inner(batch.weights.clone()),
+            self.spec,
+        );
+        Ok(with_cross_entropy(
+            kd,
+            self.ce_weight,
+            student_logits,
+            batch,
+        ))
+    }
+
+    fn rows_covered(&self) -> Option<usize> {
+        Some(self.store.header.rows)
     }
 }

@@ -118,7 +118,7 @@ impl<B: ComputeBackend, O: Objective<B>> TrainStep<'_, B, O> {
         for chunk in batch.chunks(self.micro_batch) {
             let mb = MicroBatch::<B>::new(chunk, weight, self.device);
             clock.start();
-            let loss = self.objective.loss(&model, &mb);
+            let loss = self.objective.loss(&model, &mb)?;
             let value: f64 = loss.clone().into_scalar().elem();
             if !value.is_finite() {
                 bail!(

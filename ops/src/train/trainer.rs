@@ -68,6 +68,7 @@ struct Rows<'a> {
 impl<'a> Rows<'a> {
     fn get(&self, split: Split, i: usize) -> TrainRow<'a> {
         TrainRow {
+            index: i,
             tokens: &self.data.row(split, i)[..self.seq_len],
             mask: self
                 .data
@@ -159,7 +160,15 @@ pub fn train<B: ComputeBackend>(
         last_eval = e;
     }
 
-    let mut order = DataOrder::new(train_rows, ctx.seed);
+    let order_rows = objective
+        .rows_covered()
+        .map_or(train_rows, |n| n.min(train_rows));
+    if order_rows < train_rows {
+        ctx.progress.log(&format!(
+            "training on the first {order_rows} of the dataset's {train_rows} training rows, those the teacher logits cover"
+        ));
+    }
+    let mut order = DataOrder::new(order_rows, ctx.seed);
     let train_step = TrainStep {
         objective,
         micro_batch,

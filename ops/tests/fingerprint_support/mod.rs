@@ -56,6 +56,9 @@ const LARGE_JSON_BYTES: usize = 2048;
 /// `/`), in name order. `root` (the test's folder) is written `<root>` in
 /// strings, so that absolute paths into it match from run to run.
 pub fn fingerprint_dir(dir: &Path, root: &Path) -> Value {
+    if dir.join(distillery_ops::teacher_logits::store::HEADER_FILE).is_file() {
+        return teacher_logits_print(dir);
+    }
     let mut files = Vec::new();
     collect_files(dir, dir, &mut files);
     files.sort();
@@ -110,6 +113,34 @@ fn fingerprint_file(path: &Path, root: &Path) -> Value {
     } else {
         digest_print(&bytes)
     }
+}
+
+/// A `teacher_logits` folder by its contents rather than its bytes (its
+/// frames compress floats whose last bits differ between machines): the
+/// header without its byte counts, the kept ids exactly, and the sums of
+/// the logits, log-sum-exps and tails.
+fn teacher_logits_print(dir: &Path) -> Value {
+    use distillery_ops::teacher_logits::TeacherLogits;
+    let store = TeacherLogits::open(dir).expect("a teacher_logits folder");
+    let mut header = serde_json::to_value(&store.header).unwrap();
+    for field in ["stored_bytes", "raw_bytes"] {
+        header.as_object_mut().unwrap().remove(field);
+    }
+    let (mut ids, mut logits, mut lse, mut tails) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..store.header.rows {
+        let row = store.row(i).unwrap();
+        ids.extend(row.ids.iter().flat_map(|id| id.to_le_bytes()));
+        logits.extend(row.logits.iter().map(|&x| x as f64));
+        lse.extend(row.lse.iter().map(|&x| x as f64));
+        tails.extend(row.log_tail.iter().map(|&x| x as f64));
+    }
+    json!({
+        "header": header,
+        "ids_blake3": blake3::hash(&ids).to_hex().to_string(),
+        "logits": tensor_sums(&logits),
+        "lse": tensor_sums(&lse),
+        "log_tail": tensor_sums(&tails),
+    })
 }
 
 fn digest_print(bytes: &[u8]) -> Value {

@@ -137,7 +137,9 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
     let tokens = deterministic_tokens(args.rows, args.seq, vocab);
     let rows: Vec<TrainRow> = tokens
         .iter()
-        .map(|t| TrainRow {
+        .enumerate()
+        .map(|(index, t)| TrainRow {
+            index,
             tokens: t,
             mask: None,
         })
