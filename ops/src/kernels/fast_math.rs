@@ -59,3 +59,12 @@ pub(crate) fn ln_pos<const FMA: bool>(x: f32) -> f32 {
     let y = fmadd::<FMA>(-0.5, z, y);
     fmadd::<FMA>(e, 0.693_359_4, m + y)
 }
+
+/// `ln (e^a + e^b)` in f64, `-inf` when both are.
+pub(crate) fn log_add_exp(a: f64, b: f64) -> f64 {
+    let hi = a.max(b);
+    if hi == f64::NEG_INFINITY {
+        return hi;
+    }
+    hi + ((a - hi).exp() + (b - hi).exp()).ln()
+}

@@ -39,15 +39,24 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 /// Most units per cube the kernel asks for.
-const MAX_UNITS: u32 = 256;
+pub(super) const MAX_UNITS: u32 = 256;
 /// The running max before any element: finite, so that `exp(LOWEST - m)`
 /// is 0 and `LOWEST - LOWEST` is 0 where `-inf - -inf` would be NaN.
-const LOWEST: f32 = -3.0e38;
+pub(super) const LOWEST: f32 = -3.0e38;
 
 // Losses, as comptime codes.
-const FORWARD: u32 = 0;
-const REVERSE: u32 = 1;
-const JSD: u32 = 2;
+pub(super) const FORWARD: u32 = 0;
+pub(super) const REVERSE: u32 = 1;
+pub(super) const JSD: u32 = 2;
+
+/// The loss's comptime code and its JSD beta (0.5, unused, otherwise).
+pub(super) fn loss_code(loss: KdLoss) -> (u32, f32) {
+    match loss {
+        KdLoss::ForwardKl => (FORWARD, 0.5),
+        KdLoss::ReverseKl => (REVERSE, 0.5),
+        KdLoss::Jsd { beta } => (JSD, beta),
+    }
+}
 
 /// `(ln p - ln m, ln q - ln m)` for `m = beta q + (1 - beta) p`, from
 /// `u = ln q - ln p`: whichever of `beta q`, `(1 - beta) p` is larger is
@@ -334,7 +343,7 @@ fn kd_rows<F: Float, N: Size>(
     }
 }
 
-fn to_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+pub(super) fn to_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     if t.dtype == DType::F32 {
         t
     } else {
@@ -351,11 +360,7 @@ fn kd_loss_fused<R: CubeRuntime>(
     if let Err(e) = spec.validate() {
         panic!("KD loss: {e}");
     }
-    let (code, beta) = match spec.loss {
-        KdLoss::ForwardKl => (FORWARD, 0.5),
-        KdLoss::ReverseKl => (REVERSE, 0.5),
-        KdLoss::Jsd { beta } => (JSD, beta),
-    };
+    let (code, beta) = loss_code(spec.loss);
     // One dtype for both logits, so one kernel reads them.
     let (student, teacher) = if student.dtype == teacher.dtype {
         (student, teacher)

@@ -47,29 +47,20 @@
 //! runtime's properties.
 
 use super::cube_common::{empty_f32, floor_pow2, sum_to_first, tree_sum_scalars, vector_width};
-use super::kd::{KdLoss, KdSpec};
+use super::kd::KdSpec;
+use super::kd_cube::{FORWARD, JSD, LOWEST, MAX_UNITS, REVERSE, loss_code, to_f32};
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-/// Most units per cube the kernel asks for.
-const MAX_UNITS: u32 = 256;
-/// The running max before any element: finite, so that `exp(LOWEST - m)`
-/// is 0 and `LOWEST - LOWEST` is 0 where `-inf - -inf` would be NaN.
-const LOWEST: f32 = -3.0e38;
 /// `|u|` below which JSD's mixture logs go through the series.
 const SMALL_U: f32 = 0.5;
 /// `ln 2` as `LN2_HI + LN2_LO`, `LN2_HI` with 10 significant bits so that
 /// its products with a float's exponent are exact.
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
-
-// Losses, as comptime codes.
-const FORWARD: u32 = 0;
-const REVERSE: u32 = 1;
-const JSD: u32 = 2;
 
 /// `ln(1 + x)` for `x > -1`, to a few ulps: `2 atanh(s)` with
 /// `s = x / (2 + x)` by its series where `|s| < 1/4` (ten terms leave
@@ -518,14 +509,6 @@ fn kd_sparse_rows<F: Float, N: Size>(
     }
 }
 
-fn to_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    if t.dtype == DType::F32 {
-        t
-    } else {
-        cast(t, DType::F32)
-    }
-}
-
 pub(super) fn kd_loss_sparse_fused<R: CubeRuntime>(
     student: CubeTensor<R>,
     ids: CubeTensor<R>,
@@ -537,11 +520,7 @@ pub(super) fn kd_loss_sparse_fused<R: CubeRuntime>(
     if let Err(e) = spec.validate() {
         panic!("sparse KD loss: {e}");
     }
-    let (code, beta) = match spec.loss {
-        KdLoss::ForwardKl => (FORWARD, 0.5),
-        KdLoss::ReverseKl => (REVERSE, 0.5),
-        KdLoss::Jsd { beta } => (JSD, beta),
-    };
+    let (code, beta) = loss_code(spec.loss);
     let student = into_contiguous(student);
     let [rows, vocab]: [usize; 2] = student.shape().dims();
     let [id_rows, kept]: [usize; 2] = ids.shape().dims();

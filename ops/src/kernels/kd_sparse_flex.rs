@@ -19,7 +19,7 @@
 //! Sums run as in the dense twin ([`super::kd_flex`]): f32 lanes within
 //! blocks, f64 across them.
 
-use super::fast_math::exp2_nonpos;
+use super::fast_math::{exp2_nonpos, log_add_exp};
 use super::importance_flex::host_f32;
 use super::kd::{KdLoss, KdSpec};
 use super::kd_flex::{Logits, host_logits, row_max, zeroed_gradient};
@@ -31,6 +31,11 @@ use rayon::prelude::*;
 const LANES: usize = 8;
 /// Elements summed in f32 lanes before the partial sums move to f64.
 const BLOCK: usize = 32 * LANES;
+/// A tail sum (relative to the row's largest term) below which the tail is
+/// measured again from its own largest logit: above it, the terms
+/// `exp2_nonpos` flushed to 0 (`V` of them at most, each below 2^-126) are
+/// at most `V 2^-66` of the sum, below 2^-49 up to 131 072 tokens.
+const TINY_TAIL: f64 = 1.0 / (1u64 << 60) as f64;
 
 /// One row's teacher: kept ids (ascending), their `ln q`, and `ln q_tail`.
 #[derive(Clone, Copy)]
@@ -54,21 +59,12 @@ struct StudentBuckets {
     ln_zt: Option<f64>,
 }
 
-/// What the gradient needs from the bucket arithmetic: the tail entries are
-/// multiplied by `tail` (they hold `e^(z_v - z_ref)`), and kept token `k`
-/// gets `kept[k]`, both before the row's `w scale / tau`.
+/// What the bucket arithmetic gives a row besides the kept tokens' factors:
+/// its loss, and the factor of the tail entries (which hold
+/// `e^(z_v - z_ref)`), before the row's `w scale / tau`.
 struct RowGradient {
     loss: f64,
     tail: f64,
-}
-
-/// `ln (e^a + e^b)`, `-inf` when both are.
-fn log_add_exp(a: f64, b: f64) -> f64 {
-    let hi = a.max(b);
-    if hi == f64::NEG_INFINITY {
-        return hi;
-    }
-    hi + ((a - hi).exp() + (b - hi).exp()).ln()
 }
 
 /// The buckets' loss, the kept tokens' gradient factors (into `kept`) and
@@ -175,8 +171,9 @@ struct Scratch {
     /// A copy of the student row, or its f32 conversion (empty when the
     /// row can be read in place).
     s: Vec<f32>,
-    /// The kept tokens' `ln P`, then their gradient factors.
+    /// The kept tokens' `ln P`.
     ln_p: Vec<f64>,
+    /// Their gradient factors.
     kept: Vec<f64>,
 }
 
@@ -210,9 +207,10 @@ fn sparse_row<const FMA: bool>(
     let mut ref_shift = 0.0;
     let mut zt = if has_tail { row_sum(out) } else { 0.0 };
     let zs = kept_sum + zt;
-    if has_tail && zt == 0.0 {
-        // Every tail term underflowed: measure them from the tail's own
-        // largest logit instead.
+    if has_tail && zt < TINY_TAIL {
+        // Terms below 2^-126 of the row's largest are flushed to 0; when
+        // the tail's sum is this small, those could be a real share of it,
+        // so the tail is measured again from its own largest logit.
         let mt = tail_max(s, teacher.ids);
         ref_shift = (ms as f64 - mt as f64) * inv_tau;
         zt = fill_tail_exp(s, teacher.ids, out, |v| {
@@ -274,31 +272,23 @@ fn scale_row(x: &mut [f32], k: f32) {
     }
 }
 
-/// The largest logit off the kept `ids` (ascending); only called when
-/// there is one.
-fn tail_max(s: &[f32], ids: &[u32]) -> f32 {
-    let mut next = ids.iter().peekable();
-    let mut max = f32::NEG_INFINITY;
-    for (v, &x) in s.iter().enumerate() {
-        if next.next_if(|&&id| id as usize == v).is_some() {
-            continue;
-        }
-        max = max.max(x);
-    }
-    max
+/// The positions `0..len` off the kept `ids` (ascending).
+fn tail_positions(len: usize, ids: &[u32]) -> impl Iterator<Item = usize> + '_ {
+    let mut kept = ids.iter().peekable();
+    (0..len).filter(move |&v| kept.next_if(|&&id| id as usize == v).is_none())
 }
 
-/// `out[v] = f(s[v])` off the kept `ids` (ascending), which stay 0; returns
-/// the sum.
+/// The largest logit off the kept `ids`; only called when there is one.
+fn tail_max(s: &[f32], ids: &[u32]) -> f32 {
+    tail_positions(s.len(), ids).fold(f32::NEG_INFINITY, |m, v| m.max(s[v]))
+}
+
+/// `out[v] = f(s[v])` off the kept `ids`, which stay 0; returns the sum.
 fn fill_tail_exp(s: &[f32], ids: &[u32], out: &mut [f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut next = ids.iter().peekable();
     let mut total = 0.0f64;
-    for (v, (&x, o)) in s.iter().zip(out.iter_mut()).enumerate() {
-        if next.next_if(|&&id| id as usize == v).is_some() {
-            continue;
-        }
-        *o = f(x);
-        total += *o as f64;
+    for v in tail_positions(s.len(), ids) {
+        out[v] = f(s[v]);
+        total += out[v] as f64;
     }
     total
 }

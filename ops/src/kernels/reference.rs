@@ -2,6 +2,7 @@
 //! be read against METHOD.md, not to be fast. The tests compare every kernel
 //! (the rayon twin, the CubeCL kernel) with these.
 
+use super::fast_math::log_add_exp;
 use super::importance::{Aggregation, COSINE_EPS};
 use super::kd::{KdLoss, KdSpec};
 
@@ -188,15 +189,6 @@ pub fn kd_loss(
         }
     }
     (loss, grad)
-}
-
-/// `ln (e^a + e^b)` in f64, `-inf` when both are.
-fn log_add_exp(a: f64, b: f64) -> f64 {
-    let hi = a.max(b);
-    if hi == f64::NEG_INFINITY {
-        return hi;
-    }
-    hi + ((a - hi).exp() + (b - hi).exp()).ln()
 }
 
 /// One row of the KD loss against a sparse teacher: `(L, dL/ds)`, written

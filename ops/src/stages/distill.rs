@@ -23,7 +23,7 @@ use crate::io::dataset::Split;
 use crate::io::safetensors_io::DiskDtype;
 use crate::kernels::kd::{KdLoss, KdSpec};
 use crate::model::{Llama, LlamaConfig};
-use crate::teacher_logits::{TeacherLogits, tokens_digest};
+use crate::teacher_logits::{TeacherLogitsStore, tokens_digest};
 use crate::train::{Distillation, StoredDistillation, TrainParams};
 
 pub struct Distill;
@@ -101,8 +101,7 @@ impl TypedOp for Distill {
     type Params = DistillParams;
     const NAME: &'static str = "distill";
     const VERSION: u32 = 1;
-    const DESCRIPTION: &'static str =
-        "Trains a student on a frozen teacher's logits (knowledge distillation).";
+    const DESCRIPTION: &'static str = "Trains a student on a frozen teacher's logits (knowledge distillation): a teacher model run at every step, or the top-K logits a `teacher_logits` stage stored.";
 
     fn slots(&self) -> Vec<Slot> {
         vec![
@@ -281,25 +280,20 @@ impl OnBackend for Task<'_, '_> {
             }
         );
         let sv = student_config.vocab_size;
-        if data.vocab_size() > sv {
-            bail!(
-                "the dataset uses token ids up to {} but the student's vocabulary has {sv}",
-                data.vocab_size()
-            );
-        }
         if ctx
             .inputs
             .get("teacher_logits")
             .is_some_and(|v| !v.is_empty())
         {
             let store = open_store(ctx.input("teacher_logits")?, &p, &data, sv)?;
-            name = format!("{name} from the top {} stored logits", store.header.top_k);
+            let top_k = store.header.top_k;
+            name = format!("{name} from the top {top_k} stored logits");
             let objective = StoredDistillation {
                 store,
                 spec,
                 ce_weight: p.ce_weight,
             };
-            return publish::<B>(&p, &objective, &name, &data, sv, ctx, &device);
+            return publish::<B>(&p, &objective, &name, &data, sv, Some(top_k), ctx, &device);
         }
         let (teacher, _) = Llama::<B>::load_hf(ctx.input("teacher")?, &device)?;
         let tv = teacher.config.vocab_size;
@@ -322,7 +316,7 @@ impl OnBackend for Task<'_, '_> {
             ce_weight: p.ce_weight,
             vocab,
         };
-        publish::<B>(&p, &objective, &name, &data, vocab, ctx, &device)
+        publish::<B>(&p, &objective, &name, &data, vocab, None, ctx, &device)
     }
 }
 
@@ -334,8 +328,8 @@ fn open_store(
     p: &DistillParams,
     data: &DatasetArtifact,
     student_vocab: usize,
-) -> anyhow::Result<TeacherLogits> {
-    let store = TeacherLogits::open(dir)?;
+) -> anyhow::Result<TeacherLogitsStore> {
+    let store = TeacherLogitsStore::open(dir)?;
     let h = &store.header;
     if h.temperature != p.temperature {
         bail!(
@@ -358,9 +352,16 @@ fn open_store(
             h.positions
         );
     }
-    let rows = h.rows.min(data.rows(Split::Train));
-    let digest = tokens_digest((0..rows).map(|i| &data.row(Split::Train, i)[..h.positions + 1]));
-    if rows != h.rows || digest != h.tokens_blake3 {
+    let (rows, row_len) = (data.rows(Split::Train), data.seq_len());
+    if rows < h.rows || row_len != h.positions + 1 {
+        bail!(
+            "the teacher logits cover {} training rows of {} tokens, but this dataset has {rows} rows of {row_len}",
+            h.rows,
+            h.positions + 1
+        );
+    }
+    let digest = tokens_digest((0..h.rows).map(|i| data.row(Split::Train, i)));
+    if digest != h.tokens_blake3 {
         bail!(
             "the teacher logits were computed on other rows than this dataset's first {} training rows",
             h.rows
@@ -369,16 +370,31 @@ fn open_store(
     Ok(store)
 }
 
-/// Trains with `objective` and writes the student with the run's details.
+/// Trains with `objective` and writes the student with the run's details
+/// (`stored_top_k`: the tokens per position of stored teacher logits).
+#[allow(clippy::too_many_arguments)]
 fn publish<B: ComputeBackend>(
     p: &DistillParams,
     objective: &impl crate::train::Objective<B>,
     name: &str,
     data: &DatasetArtifact,
     vocab: usize,
+    stored_top_k: Option<usize>,
     ctx: &RunContext,
     device: &B::Device,
 ) -> anyhow::Result<()> {
+    let mut details = serde_json::json!({
+        "loss": p.loss,
+        "jsd_beta": p.jsd_beta,
+        "temperature": p.temperature,
+        "tau_squared": p.tau_squared,
+        "ce_weight": p.ce_weight,
+        "vocab": vocab,
+    });
+    // Only when set: a live teacher's summary stays what it was.
+    if let Some(k) = stored_top_k {
+        details["stored_top_k"] = k.into();
+    }
     train_and_publish::<B>(
         ctx.input("student")?,
         objective,
@@ -386,14 +402,7 @@ fn publish<B: ComputeBackend>(
         &p.train,
         data,
         p.dtype,
-        serde_json::json!({
-            "loss": p.loss,
-            "jsd_beta": p.jsd_beta,
-            "temperature": p.temperature,
-            "tau_squared": p.tau_squared,
-            "ce_weight": p.ce_weight,
-            "vocab": vocab,
-        }),
+        details,
         ctx,
         device,
     )?;

@@ -28,6 +28,7 @@ pub struct TeacherLogitsParams {
     /// The rest are kept as their total probability only (see `distill`'s
     /// sparse loss); `top_k` equal to the vocabulary keeps everything.
     #[serde(default = "default_top_k")]
+    #[schemars(range(min = 1))]
     pub top_k: usize,
     /// The softmax temperature of the stored log-sum-exps; `distill` must
     /// use the same.
@@ -36,9 +37,11 @@ pub struct TeacherLogitsParams {
     /// Cover only the first `rows` training rows (default: all). A `distill`
     /// reading the result trains on those rows only.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub rows: Option<usize>,
     /// Rows per forward pass.
     #[serde(default = "default_batch")]
+    #[schemars(range(min = 1))]
     pub batch: usize,
     /// The teacher's matrix products: `f32`, or `bf16` on CPUs with AMX
     /// (faster, logits within about 1e-2 of the largest).
@@ -157,11 +160,18 @@ impl OnBackend for Task<'_, '_> {
             bail!("the dataset has no training rows");
         }
         let rows = p.rows.map_or(available, |r| r.min(available));
-        if p.rows.is_some_and(|r| r > available) {
+        if let Some(asked) = p.rows
+            && asked > available
+        {
             ctx.progress.log(&format!(
-                "`rows` is {} but the dataset has {available} training rows: covering all of them",
-                p.rows.unwrap_or(0)
+                "`rows` is {asked} but the dataset has {available} training rows: covering all of them"
             ));
+        }
+        if data.seq_len() < 2 {
+            bail!(
+                "the dataset's rows of {} tokens have no position to predict",
+                data.seq_len()
+            );
         }
         let positions = data.seq_len() - 1;
         let header = Header {

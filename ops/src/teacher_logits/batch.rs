@@ -5,14 +5,14 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::store::TeacherLogits;
+use super::store::TeacherLogitsStore;
 use crate::kernels::kd::SparseTeacher;
 
 /// The teacher of dataset rows `rows` (a micro-batch, in order) over their
 /// first `positions` positions: `[rows * positions, K]` ids and
 /// log-probabilities at the store's temperature, and the tails' logs.
 pub fn sparse_teacher<B: Backend>(
-    store: &TeacherLogits,
+    store: &TeacherLogitsStore,
     rows: &[usize],
     positions: usize,
     device: &B::Device,

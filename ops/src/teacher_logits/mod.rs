@@ -10,4 +10,4 @@ pub mod select;
 pub mod store;
 
 pub use select::{Selector, TopK};
-pub use store::{Header, StoredRow, TeacherLogits, tokens_digest};
+pub use store::{Header, StoredRow, TeacherLogitsStore, tokens_digest};

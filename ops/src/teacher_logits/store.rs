@@ -11,9 +11,8 @@
 //!   frame carries zstd's checksum of its contents.
 //!
 //! Gaps between ascending ids are small for the common tokens, which is
-//! what lets zstd shrink the ids; the logits are stored exactly, so a
-//! distillation from the store computes what one from a live teacher with
-//! the same top-K would, bit for bit.
+//! what lets zstd shrink the ids; the logits are stored as the teacher's
+//! forward gave them, so reading the store is exactly reproducible.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -117,8 +116,14 @@ impl Writer {
         let (mut offsets, mut kept_mass) = (vec![0u64], 0.0f64);
         if started.as_ref() == Some(&header) {
             let entries = std::fs::read(dir.join(PARTIAL_INDEX)).unwrap_or_default();
+            // Only rows whose frame lies wholly within the data file count.
+            let data_len = std::fs::metadata(dir.join(DATA_FILE)).map_or(0, |m| m.len());
             for entry in entries.chunks_exact(16).take(header.rows) {
-                offsets.push(u64::from_le_bytes(entry[..8].try_into().expect("8 bytes")));
+                let end = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+                if end > data_len {
+                    break;
+                }
+                offsets.push(end);
                 kept_mass += f64::from_le_bytes(entry[8..].try_into().expect("8 bytes"));
             }
         } else {
@@ -259,14 +264,14 @@ pub struct StoredRow {
 }
 
 /// A store opened for reading rows in any order, from any thread.
-pub struct TeacherLogits {
+pub struct TeacherLogitsStore {
     pub header: Header,
     offsets: Vec<u64>,
     data: File,
     dir: std::path::PathBuf,
 }
 
-impl TeacherLogits {
+impl TeacherLogitsStore {
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(HEADER_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
@@ -419,7 +424,7 @@ mod tests {
             }
             let h = writer.finish().unwrap();
             assert!(h.mean_kept_mass > 0.0 && h.mean_kept_mass < 1.0);
-            let store = TeacherLogits::open(&sub).unwrap();
+            let store = TeacherLogitsStore::open(&sub).unwrap();
             assert_eq!(store.header, h);
             for i in [2, 0, 1] {
                 let got = store.row(i).unwrap();
@@ -464,7 +469,7 @@ mod tests {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        let store = TeacherLogits::open(dir.path()).unwrap();
+        let store = TeacherLogitsStore::open(dir.path()).unwrap();
         assert!(store.row(0).is_err());
     }
 

@@ -69,7 +69,9 @@ pub struct MicroBatch<B: Backend> {
     pub weights: Tensor<B, 1>,
     /// Target tokens in this micro-batch (positions of non-zero weight).
     pub target_count: usize,
-    /// The rows' indices in their dataset split, in batch order.
+    /// The rows' indices in their dataset split, in batch order (the
+    /// training split wherever an objective sees them: the held-out loss is
+    /// the student's own cross-entropy and needs no objective).
     pub rows: Vec<usize>,
 }
 

@@ -12,7 +12,7 @@ use super::data::MicroBatch;
 use crate::backend::ComputeBackend;
 use crate::kernels::kd::{KdSpec, kd_loss, kd_loss_sparse};
 use crate::model::Llama;
-use crate::teacher_logits::TeacherLogits;
+use crate::teacher_logits::TeacherLogitsStore;
 use crate::teacher_logits::batch::sparse_teacher;
 
 /// A loss over a micro-batch for the student under training.
@@ -131,7 +131,7 @@ impl<B: ComputeBackend> Objective<B> for Distillation<B> {
 /// ([`crate::kernels::kd::kd_loss_sparse`]) and an optional cross-entropy
 /// term. Trains on the rows the store covers.
 pub struct StoredDistillation {
-    pub store: TeacherLogits,
+    pub store: TeacherLogitsStore,
     /// Its temperature is the store's.
     pub spec: KdSpec,
     pub ce_weight: f64,

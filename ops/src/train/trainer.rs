@@ -165,7 +165,8 @@ pub fn train<B: ComputeBackend>(
         .map_or(train_rows, |n| n.min(train_rows));
     if order_rows < train_rows {
         ctx.progress.log(&format!(
-            "training on the first {order_rows} of the dataset's {train_rows} training rows, those the teacher logits cover"
+            "training on the first {order_rows} of the dataset's {train_rows} training rows: {} covers no more",
+            job.objective
         ));
     }
     let mut order = DataOrder::new(order_rows, ctx.seed);

@@ -56,7 +56,10 @@ const LARGE_JSON_BYTES: usize = 2048;
 /// `/`), in name order. `root` (the test's folder) is written `<root>` in
 /// strings, so that absolute paths into it match from run to run.
 pub fn fingerprint_dir(dir: &Path, root: &Path) -> Value {
-    if dir.join(distillery_ops::teacher_logits::store::HEADER_FILE).is_file() {
+    if dir
+        .join(distillery_ops::teacher_logits::store::HEADER_FILE)
+        .is_file()
+    {
         return teacher_logits_print(dir);
     }
     let mut files = Vec::new();
@@ -120,13 +123,14 @@ fn fingerprint_file(path: &Path, root: &Path) -> Value {
 /// header without its byte counts, the kept ids exactly, and the sums of
 /// the logits, log-sum-exps and tails.
 fn teacher_logits_print(dir: &Path) -> Value {
-    use distillery_ops::teacher_logits::TeacherLogits;
-    let store = TeacherLogits::open(dir).expect("a teacher_logits folder");
+    use distillery_ops::teacher_logits::TeacherLogitsStore;
+    let store = TeacherLogitsStore::open(dir).expect("a teacher_logits folder");
     let mut header = serde_json::to_value(&store.header).unwrap();
     for field in ["stored_bytes", "raw_bytes"] {
         header.as_object_mut().unwrap().remove(field);
     }
-    let (mut ids, mut logits, mut lse, mut tails) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut logits, mut lse, mut tails) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..store.header.rows {
         let row = store.row(i).unwrap();
         ids.extend(row.ids.iter().flat_map(|id| id.to_le_bytes()));
