@@ -11,44 +11,15 @@ use distillery_ops::kernels::kd::{KdLoss, KdOps, KdSpec};
 use distillery_ops::kernels::reference;
 use distillery_ops::rng::SplitMix64;
 
+mod cube_support;
 mod kd_support;
 
+use cube_support::{Cube, device, device_present};
 use kd_support::{GRAD_TOL, LOSS_TOL, SCALES, TEMPERATURES, logits, weights};
 
 /// `(vocab, rows)`: rows enough to fill several cubes for small
 /// vocabularies, few for the large ones (the oracle runs in f64 on the CPU).
 const SHAPES: [(usize, usize); 4] = [(7, 37), (1000, 9), (49_152, 3), (50_257, 3)];
-
-/// The CubeCL backend under test.
-#[cfg(feature = "cuda")]
-type Cube = burn::backend::Cuda;
-#[cfg(not(feature = "cuda"))]
-type Cube = burn::backend::Wgpu;
-
-/// Whether the backend's device is there; each test starts by asking. In a
-/// cuda build these tests are the GPU check: without a CUDA device they
-/// skip, and fail under `CI=true` (as scripts/gpu/bench.sh runs them)
-/// rather than pass vacuously.
-#[cfg(feature = "cuda")]
-fn device_present() -> bool {
-    let found = distillery_ops::device::resolve(distillery_engine::Device::Cuda);
-    testkit::require_device("a CUDA device", found).is_some()
-}
-/// Wgpu needs a Vulkan driver, which the test command (scripts/test.sh)
-/// checks for before it runs these tests.
-#[cfg(not(feature = "cuda"))]
-fn device_present() -> bool {
-    true
-}
-
-#[cfg(feature = "cuda")]
-fn device() -> burn::backend::cuda::CudaDevice {
-    burn::backend::cuda::CudaDevice::new(0)
-}
-#[cfg(not(feature = "cuda"))]
-fn device() -> burn::backend::wgpu::WgpuDevice {
-    burn::backend::wgpu::WgpuDevice::default()
-}
 
 fn tensor<const D: usize>(values: &[f32], dims: [usize; D]) -> Tensor<Cube, D> {
     Tensor::from_data(TensorData::new(values.to_vec(), dims), &device())

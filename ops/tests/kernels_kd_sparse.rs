@@ -7,9 +7,8 @@
 //! With K = V the loss and gradient are the dense op's.
 //!
 //! Tolerances are the dense test's: the loss within a relative 1e-5 of the
-//! oracle; each gradient entry within 1e-6 of the row's unit
-//! `w * scale / tau` (times `max(1, |L|)` for reverse KL, whose entries
-//! carry `L`).
+//! oracle; each gradient entry within 1e-6 of its scale
+//! (`kd_sparse_support::grad_scale`).
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive};
@@ -17,9 +16,11 @@ use distillery_ops::kernels::reference;
 use distillery_ops::kernels::{KdLoss, KdOps, KdSpec, SparseTeacher, kd_loss_sparse};
 use distillery_ops::rng::SplitMix64;
 
+mod kd_sparse_support;
 mod kd_support;
 
-use kd_support::{GRAD_TOL, LOSS_TOL, SCALES, TEMPERATURES, logits, weights};
+use kd_sparse_support::{Sparse, compare, grad_scale, sparsify};
+use kd_support::{SCALES, TEMPERATURES, logits, weights};
 
 const LOSSES: [KdLoss; 4] = [
     KdLoss::ForwardKl,
@@ -27,19 +28,6 @@ const LOSSES: [KdLoss; 4] = [
     KdLoss::Jsd { beta: 0.5 },
     KdLoss::Jsd { beta: 0.1 },
 ];
-
-/// A sparse teacher for `rows` rows, from dense logits by the oracle's
-/// top-K: `(ids, log_q, log_tail)`.
-fn sparse(teacher: &[f32], vocab: usize, k: usize, tau: f32) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
-    let (mut ids, mut lq, mut tails) = (Vec::new(), Vec::new(), Vec::new());
-    for row in teacher.chunks(vocab) {
-        let (i, q, t) = reference::sparse_teacher_row(row, k, tau as f64);
-        ids.extend(i);
-        lq.extend(q);
-        tails.push(t);
-    }
-    (ids, lq, tails)
-}
 
 fn float<const D: usize>(values: &[f32], dims: [usize; D]) -> Tensor<Flex, D> {
     Tensor::from_data(TensorData::new(values.to_vec(), dims), &Default::default())
@@ -53,17 +41,16 @@ fn int_ids(ids: &[u32], rows: usize, k: usize) -> Tensor<Flex, 2, Int> {
 /// The Flex op on primitives: `(loss, grad)` read back.
 fn fused_sparse(
     student: Tensor<Flex, 2>,
-    (ids, lq, tails): (&[u32], &[f32], &[f32]),
+    teacher: &Sparse,
     w: &[f32],
     spec: KdSpec,
 ) -> (f32, Vec<f32>) {
-    let rows = w.len();
-    let k = ids.len() / rows;
+    let (rows, k) = (w.len(), teacher.k);
     let (loss, grad) = <Flex as KdOps>::kd_loss_sparse_fused(
         student.into_primitive().tensor(),
-        int_ids(ids, rows, k).into_primitive(),
-        float(lq, [rows, k]).into_primitive().tensor(),
-        float(tails, [rows]).into_primitive().tensor(),
+        int_ids(&teacher.ids, rows, k).into_primitive(),
+        float(&teacher.log_q, [rows, k]).into_primitive().tensor(),
+        float(&teacher.log_tail, [rows]).into_primitive().tensor(),
         float(w, [rows]).into_primitive().tensor(),
         spec,
     );
@@ -78,55 +65,40 @@ fn fused_sparse(
     (loss[0], grad)
 }
 
-/// Checks `(loss, grad)` against the oracle; returns the loss's relative
-/// error and the largest gradient error in units of its row's scale.
-fn compare(
-    (loss, grad): (f32, &[f32]),
-    (want_loss, want_grad): (f64, &[f64]),
+/// The Flex op's `(loss, grad)` against the oracle's, each gradient entry
+/// held to [`grad_scale`].
+#[allow(clippy::too_many_arguments)]
+fn check(
+    got: (f32, &[f32]),
+    teacher: &Sparse,
+    student: &[f32],
     w: &[f32],
     vocab: usize,
     spec: KdSpec,
     what: &str,
 ) -> (f64, f64) {
-    assert!(loss.is_finite(), "{what}: loss {loss}");
-    let loss_err = if want_loss == 0.0 {
-        assert_eq!(loss, 0.0, "{what}: loss of a masked batch");
-        0.0
-    } else {
-        (loss as f64 - want_loss).abs() / want_loss.abs()
-    };
-    assert!(
-        loss_err <= LOSS_TOL,
-        "{what}: loss {loss} vs {want_loss} (relative error {loss_err:.2e})"
+    let want = reference::kd_sparse_loss(
+        student,
+        &teacher.ids,
+        &teacher.log_q,
+        &teacher.log_tail,
+        w,
+        vocab,
+        spec,
     );
-    let unit = spec.scale() as f64 / spec.temperature as f64;
-    let mut grad_err = 0.0f64;
-    for (n, &wn) in w.iter().enumerate() {
-        let row = n * vocab..(n + 1) * vocab;
-        let (got, want) = (&grad[row.clone()], &want_grad[row]);
-        if wn == 0.0 {
-            assert!(got.iter().all(|&g| g == 0.0), "{what}: masked row {n}");
-            continue;
-        }
-        let largest = want.iter().fold(0.0f64, |m, e| m.max(e.abs()));
-        // Reverse KL's entries carry the row's loss; bound it by the
-        // whole op's loss over the row's weight.
-        let row_loss = match spec.loss {
-            KdLoss::ReverseKl => want_loss.abs() / (wn as f64 * spec.scale() as f64),
-            _ => 0.0,
-        };
-        let scale = (wn as f64 * unit * row_loss.max(1.0)).max(largest);
-        for (v, (&g, &e)) in got.iter().zip(want).enumerate() {
-            assert!(g.is_finite(), "{what}: gradient [{n}, {v}] = {g}");
-            let err = (g as f64 - e).abs() / scale;
-            assert!(
-                err <= GRAD_TOL,
-                "{what}: gradient [{n}, {v}] {g} vs {e} (error {err:.2e} of {scale:.2e})"
-            );
-            grad_err = grad_err.max(err);
-        }
-    }
-    (loss_err, grad_err)
+    let k = teacher.k;
+    let scale = |n: usize| {
+        let (row, kept) = (n * vocab..(n + 1) * vocab, n * k..(n + 1) * k);
+        grad_scale(
+            &student[row],
+            &teacher.ids[kept.clone()],
+            &teacher.log_q[kept],
+            teacher.log_tail[n],
+            w[n],
+            spec,
+        )
+    };
+    compare(got, (want.0, &want.1), w, vocab, scale, what)
 }
 
 /// Every loss, temperature, scaling and logit scale at one vocabulary and
@@ -140,8 +112,7 @@ fn sweep(vocab: usize, rows: usize, k: usize, seed: u64) {
         let student = logits(&mut rng, rows * vocab, scale);
         let teacher = logits(&mut rng, rows * vocab, scale);
         for tau in TEMPERATURES {
-            let sparse_t = sparse(&teacher, vocab, k, tau);
-            let t = (&sparse_t.0[..], &sparse_t.1[..], &sparse_t.2[..]);
+            let t = sparsify(&teacher, vocab, k, tau);
             for loss in LOSSES {
                 for tau_squared in [false, true] {
                     let spec = KdSpec {
@@ -152,12 +123,11 @@ fn sweep(vocab: usize, rows: usize, k: usize, seed: u64) {
                     let what = format!(
                         "V {vocab}, K {k}, scale {scale}, {loss:?}, tau {tau}, tau^2 {tau_squared}"
                     );
-                    let want = reference::kd_sparse_loss(&student, t.0, t.1, t.2, &w, vocab, spec);
                     let shared = float(&student, [rows, vocab]);
                     let keep = shared.clone();
-                    let got = fused_sparse(shared, t, &w, spec);
+                    let got = fused_sparse(shared, &t, &w, spec);
                     drop(keep);
-                    let owned = fused_sparse(float(&student, [rows, vocab]), t, &w, spec);
+                    let owned = fused_sparse(float(&student, [rows, vocab]), &t, &w, spec);
                     assert_eq!(got.0.to_bits(), owned.0.to_bits(), "{what}: in place");
                     assert!(
                         got.1
@@ -166,7 +136,7 @@ fn sweep(vocab: usize, rows: usize, k: usize, seed: u64) {
                             .all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{what}: the in-place gradient differs"
                     );
-                    let e = compare((got.0, &got.1), (want.0, &want.1), &w, vocab, spec, &what);
+                    let e = check((got.0, &got.1), &t, &student, &w, vocab, spec, &what);
                     worst = (worst.0.max(e.0), worst.1.max(e.1));
                 }
             }
@@ -216,18 +186,10 @@ fn an_underflowing_student_tail_is_measured_in_log_space() {
                 temperature: tau,
                 tau_squared: false,
             };
-            let s = sparse(&teacher, vocab, k, tau);
-            let t = (&s.0[..], &s.1[..], &s.2[..]);
-            let want = reference::kd_sparse_loss(&student, t.0, t.1, t.2, &w, vocab, spec);
-            let got = fused_sparse(float(&student, [rows, vocab]), t, &w, spec);
-            compare(
-                (got.0, &got.1),
-                (want.0, &want.1),
-                &w,
-                vocab,
-                spec,
-                &format!("{loss:?} {tau}"),
-            );
+            let t = sparsify(&teacher, vocab, k, tau);
+            let got = fused_sparse(float(&student, [rows, vocab]), &t, &w, spec);
+            let what = format!("{loss:?} {tau}");
+            check((got.0, &got.1), &t, &student, &w, vocab, spec, &what);
         }
     }
 }
@@ -249,13 +211,12 @@ fn keeping_the_whole_vocabulary_is_full_kd() {
                     temperature: tau,
                     tau_squared: true,
                 };
-                let s = sparse(&teacher, vocab, vocab, tau);
+                let t = sparsify(&teacher, vocab, vocab, tau);
                 assert!(
-                    s.2.iter().all(|&t| t == f32::NEG_INFINITY),
+                    t.log_tail.iter().all(|&x| x == f32::NEG_INFINITY),
                     "no tail at K = V"
                 );
-                let got =
-                    fused_sparse(float(&student, [rows, vocab]), (&s.0, &s.1, &s.2), &w, spec);
+                let got = fused_sparse(float(&student, [rows, vocab]), &t, &w, spec);
                 let (dense_loss, dense_grad) = <Flex as KdOps>::kd_loss_fused(
                     float(&student, [rows, vocab]).into_primitive().tensor(),
                     float(&teacher, [rows, vocab]).into_primitive().tensor(),
@@ -275,13 +236,27 @@ fn keeping_the_whole_vocabulary_is_full_kd() {
                         .into_iter()
                         .map(f64::from)
                         .collect();
+                // With every token kept the buckets are the tokens, and the
+                // sparse scale is the dense test's.
+                let entry_scale = |n: usize| {
+                    let row = n * vocab..(n + 1) * vocab;
+                    grad_scale(
+                        &student[row.clone()],
+                        &t.ids[row.clone()],
+                        &t.log_q[row],
+                        t.log_tail[n],
+                        w[n],
+                        spec,
+                    )
+                };
+                let what = format!("K = V against dense, scale {scale}, {loss:?}, tau {tau}");
                 compare(
                     (got.0, &got.1),
                     (dense_loss as f64, &dense_grad),
                     &w,
                     vocab,
-                    spec,
-                    &format!("K = V against dense, scale {scale}, {loss:?}, tau {tau}"),
+                    entry_scale,
+                    &what,
                 );
             }
         }
@@ -295,7 +270,7 @@ fn half_precision_students_match_the_oracle() {
     let w = weights(rows);
     let student = logits(&mut rng, rows * vocab, 30.0);
     let teacher = logits(&mut rng, rows * vocab, 30.0);
-    let s = sparse(&teacher, vocab, k, 1.0);
+    let t = sparsify(&teacher, vocab, k, 1.0);
     for dtype in [FloatDType::F16, FloatDType::BF16] {
         let half = float(&student, [rows, vocab]).cast(dtype);
         // The oracle sees the values the kernel reads.
@@ -311,16 +286,9 @@ fn half_precision_students_match_the_oracle() {
                 temperature: 1.0,
                 tau_squared: false,
             };
-            let want = reference::kd_sparse_loss(&rounded, &s.0, &s.1, &s.2, &w, vocab, spec);
-            let got = fused_sparse(half.clone(), (&s.0, &s.1, &s.2), &w, spec);
-            compare(
-                (got.0, &got.1),
-                (want.0, &want.1),
-                &w,
-                vocab,
-                spec,
-                &format!("{dtype:?} {loss:?}"),
-            );
+            let got = fused_sparse(half.clone(), &t, &w, spec);
+            let what = format!("{dtype:?} {loss:?}");
+            check((got.0, &got.1), &t, &rounded, &w, vocab, spec, &what);
         }
     }
 }
@@ -340,15 +308,15 @@ fn autodiff_backward_matches_the_oracle() {
         temperature: 2.0,
         tau_squared: true,
     };
-    let s = sparse(&teacher, vocab, k, spec.temperature);
+    let t = sparsify(&teacher, vocab, k, spec.temperature);
     let device = Default::default();
     let x = Tensor::<Ad, 2>::from_data(TensorData::new(student.clone(), [rows, vocab]), &device)
         .require_grad();
-    let ids: Vec<i64> = s.0.iter().map(|&v| v as i64).collect();
+    let ids: Vec<i64> = t.ids.iter().map(|&v| v as i64).collect();
     let teacher = SparseTeacher {
         ids: Tensor::from_data(TensorData::new(ids, [rows, k]), &device),
-        log_probs: Tensor::from_data(TensorData::new(s.1.clone(), [rows, k]), &device),
-        log_tail: Tensor::from_data(TensorData::new(s.2.clone(), [rows]), &device),
+        log_probs: Tensor::from_data(TensorData::new(t.log_q.clone(), [rows, k]), &device),
+        log_tail: Tensor::from_data(TensorData::new(t.log_tail.clone(), [rows]), &device),
     };
     let weights = Tensor::from_data(TensorData::new(w.clone(), [rows]), &device);
     let loss = kd_loss_sparse(x.clone(), teacher, weights, spec);
@@ -362,26 +330,24 @@ fn autodiff_backward_matches_the_oracle() {
         .into_iter()
         .map(|g| g as f64 / 3.0)
         .collect();
-    let want = reference::kd_sparse_loss(&student, &s.0, &s.1, &s.2, &w, vocab, spec);
     let loss: f32 = loss.into_scalar();
     let grad32: Vec<f32> = grad.iter().map(|&g| g as f32).collect();
-    compare(
-        (loss, &grad32),
-        (want.0, &want.1),
-        &w,
-        vocab,
-        spec,
-        "autodiff",
-    );
+    check((loss, &grad32), &t, &student, &w, vocab, spec, "autodiff");
 }
 
 #[test]
 #[should_panic(expected = "not ascending")]
 fn unsorted_ids_are_refused() {
     let student = float(&[0.0; 8], [2, 4]);
+    let unsorted = Sparse {
+        k: 2,
+        ids: vec![2, 1, 0, 3],
+        log_q: vec![-1.0; 4],
+        log_tail: vec![-1.0; 2],
+    };
     fused_sparse(
         student,
-        (&[2, 1, 0, 3], &[-1.0; 4], &[-1.0; 2]),
+        &unsorted,
         &[0.5, 0.5],
         KdSpec {
             loss: KdLoss::ForwardKl,

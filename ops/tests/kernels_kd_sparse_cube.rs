@@ -13,9 +13,13 @@ use distillery_ops::kernels::kd::{KdLoss, KdOps, KdSpec};
 use distillery_ops::kernels::reference;
 use distillery_ops::rng::SplitMix64;
 
+mod cube_support;
+mod kd_sparse_support;
 mod kd_support;
 
-use kd_support::{GRAD_TOL, LOSS_TOL, SCALES, TEMPERATURES, logits, weights};
+use cube_support::{Cube, device, device_present};
+use kd_sparse_support::{Sparse, compare, grad_scale, sparsify};
+use kd_support::{LOSS_TOL, SCALES, TEMPERATURES, logits, weights};
 
 /// `(vocab, rows)`: rows enough to fill several cubes for the small
 /// vocabulary, few for the large ones (the oracle runs in f64 on the CPU).
@@ -31,65 +35,8 @@ const LOSSES: [KdLoss; 4] = [
     KdLoss::Jsd { beta: 0.1 },
 ];
 
-/// The CubeCL backend under test.
-#[cfg(feature = "cuda")]
-type Cube = burn::backend::Cuda;
-#[cfg(not(feature = "cuda"))]
-type Cube = burn::backend::Wgpu;
-
-/// Whether the backend's device is there; each test starts by asking. In a
-/// cuda build these tests are the GPU check: without a CUDA device they
-/// skip, and fail under `CI=true` (as scripts/gpu/bench.sh runs them)
-/// rather than pass vacuously.
-#[cfg(feature = "cuda")]
-fn device_present() -> bool {
-    let found = distillery_ops::device::resolve(distillery_engine::Device::Cuda);
-    testkit::require_device("a CUDA device", found).is_some()
-}
-/// Wgpu needs a Vulkan driver, which the test command (scripts/test.sh)
-/// checks for before it runs these tests.
-#[cfg(not(feature = "cuda"))]
-fn device_present() -> bool {
-    true
-}
-
-#[cfg(feature = "cuda")]
-fn device() -> burn::backend::cuda::CudaDevice {
-    burn::backend::cuda::CudaDevice::new(0)
-}
-#[cfg(not(feature = "cuda"))]
-fn device() -> burn::backend::wgpu::WgpuDevice {
-    burn::backend::wgpu::WgpuDevice::default()
-}
-
 fn tensor<const D: usize>(values: &[f32], dims: [usize; D]) -> Tensor<Cube, D> {
     Tensor::from_data(TensorData::new(values.to_vec(), dims), &device())
-}
-
-/// A sparse teacher for `rows` rows: ids `[rows, k]`, their `ln q`
-/// `[rows, k]` and the tails' `ln q` `[rows]`.
-struct Sparse {
-    k: usize,
-    ids: Vec<u32>,
-    log_q: Vec<f32>,
-    log_tail: Vec<f32>,
-}
-
-/// The `k` largest of each row of `teacher` logits, at temperature `tau`.
-fn sparsify(teacher: &[f32], vocab: usize, k: usize, tau: f32) -> Sparse {
-    let mut out = Sparse {
-        k,
-        ids: Vec::new(),
-        log_q: Vec::new(),
-        log_tail: Vec::new(),
-    };
-    for row in teacher.chunks_exact(vocab) {
-        let (ids, log_q, tail) = reference::sparse_teacher_row(row, k, tau as f64);
-        out.ids.extend(ids);
-        out.log_q.extend(log_q);
-        out.log_tail.push(tail);
-    }
-    out
 }
 
 /// The sparse op on the CubeCL backend, its student given as a tensor:
@@ -159,118 +106,6 @@ fn read_back(
         .into_vec::<f32>()
         .unwrap();
     (loss[0], grad)
-}
-
-/// Log-softmax of `logits / tau` in f64.
-fn log_softmax(logits: &[f32], tau: f64) -> Vec<f64> {
-    let z: Vec<f64> = logits.iter().map(|&x| x as f64 / tau).collect();
-    let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-    z.iter().map(|v| v - lse).collect()
-}
-
-/// `ln (e^a + e^b)` in f64, `-inf` when both are.
-fn log_add_exp(a: f64, b: f64) -> f64 {
-    let hi = a.max(b);
-    if hi == f64::NEG_INFINITY {
-        return hi;
-    }
-    hi + ((a - hi).exp() + (b - hi).exp()).ln()
-}
-
-/// What a gradient entry's error is measured against, as the dense test
-/// does, per entry of a row of weight `w`: the unit `w scale / tau`, the
-/// entry itself where larger, and for reverse KL the terms it is the
-/// difference of, `unit p_v (|ln P_b - ln Q_b| + L)` with `b` the entry's
-/// bucket (reaching ~1e4 units at logits of 1e4, where f32 resolves them
-/// only to ~1e-7 of that).
-fn grad_scale(
-    s: &[f32],
-    ids: &[u32],
-    log_q: &[f32],
-    log_tail: f32,
-    w: f32,
-    spec: KdSpec,
-) -> Vec<f64> {
-    let unit = w as f64 * spec.scale() as f64 / spec.temperature as f64;
-    if spec.loss != KdLoss::ReverseKl {
-        return vec![unit; s.len()];
-    }
-    let lp = log_softmax(s, spec.temperature as f64);
-    // Each token's `ln Q_b - ln P_b` (its bucket's), the tail's by default.
-    let mut kept = vec![false; s.len()];
-    for &id in ids {
-        kept[id as usize] = true;
-    }
-    let tail_lp = (0..s.len())
-        .filter(|&v| !kept[v])
-        .map(|v| lp[v])
-        .fold(f64::NEG_INFINITY, log_add_exp);
-    let mut gap = vec![(log_tail as f64 - tail_lp).abs(); s.len()];
-    for (&id, &lq) in ids.iter().zip(log_q) {
-        gap[id as usize] = (lq as f64 - lp[id as usize]).abs();
-    }
-    let loss = reference::kd_sparse_row(s, ids, log_q, log_tail, spec).0;
-    (0..s.len())
-        .map(|v| {
-            let terms = lp[v].exp() * (gap[v] + loss.abs());
-            unit * if terms.is_finite() {
-                terms.max(1.0)
-            } else {
-                1.0
-            }
-        })
-        .collect()
-}
-
-/// The errors of `got = (loss, grad)` against `want`: `(relative loss
-/// error, largest gradient error as in [`GRAD_TOL`])`, the latter measured against `scale(row)`. Panics on a
-/// non-finite output, on a nonzero gradient in a masked row, and past the
-/// tolerances.
-fn compare(
-    got: (f32, &[f32]),
-    want: (f64, &[f64]),
-    weights: &[f32],
-    vocab: usize,
-    scale: impl Fn(usize) -> Vec<f64>,
-    what: &str,
-) -> (f64, f64) {
-    let ((loss, grad), (want_loss, want_grad)) = (got, want);
-    let rows = weights.len();
-    assert!(loss.is_finite(), "{what}: loss {loss}");
-    assert_eq!(grad.len(), rows * vocab, "{what}: gradient size");
-    let loss_err = if want_loss == 0.0 {
-        assert_eq!(loss, 0.0, "{what}: loss of a masked batch");
-        0.0
-    } else {
-        (loss as f64 - want_loss).abs() / want_loss.abs()
-    };
-    assert!(
-        loss_err <= LOSS_TOL,
-        "{what}: loss {loss} vs {want_loss} (relative error {loss_err:.2e})"
-    );
-    let mut grad_err = 0.0f64;
-    for (n, &w) in weights.iter().enumerate() {
-        let row = n * vocab..(n + 1) * vocab;
-        let (got, want) = (&grad[row.clone()], &want_grad[row]);
-        if w == 0.0 {
-            assert!(
-                got.iter().all(|&g| g == 0.0),
-                "{what}: nonzero gradient in masked row {n}"
-            );
-            continue;
-        }
-        for (v, ((&g, &e), &unit)) in got.iter().zip(want).zip(&scale(n)).enumerate() {
-            assert!(g.is_finite(), "{what}: gradient [{n}, {v}] = {g}");
-            let err = (g as f64 - e).abs() / unit.max(e.abs());
-            assert!(
-                err <= GRAD_TOL,
-                "{what}: gradient [{n}, {v}] {g} vs {e} (error {err:.2e})"
-            );
-            grad_err = grad_err.max(err);
-        }
-    }
-    (loss_err, grad_err)
 }
 
 /// One call against the oracle.
@@ -390,7 +225,7 @@ fn skewed_jsd_matches_the_oracle() {
 
 /// With every token kept there is no tail, and the loss and gradient are
 /// full KD's: the dense kernel's on the teacher's logits, to the same
-/// tolerances (its gradient scale as the dense test measures it).
+/// tolerances.
 #[test]
 fn every_token_kept_matches_the_dense_kernel() {
     if !device_present() {
@@ -416,9 +251,18 @@ fn every_token_kept_matches_the_dense_kernel() {
                     let (loss, grad) = fused_sparse(&student, &sparse, &w, vocab, spec);
                     let (want_loss, want_grad) = fused_dense(&student, &teacher, &w, vocab, spec);
                     let want_grad: Vec<f64> = want_grad.iter().map(|&g| g as f64).collect();
+                    // With every token kept the buckets are the tokens, and
+                    // the sparse scale is the dense test's.
                     let scale = |n: usize| {
-                        let row = n * vocab..(n + 1) * vocab;
-                        dense_grad_scale(&student[row.clone()], &teacher[row], w[n], spec)
+                        let (row, kept) = (n * vocab..(n + 1) * vocab, n * vocab..(n + 1) * vocab);
+                        grad_scale(
+                            &student[row],
+                            &sparse.ids[kept.clone()],
+                            &sparse.log_q[kept],
+                            sparse.log_tail[n],
+                            w[n],
+                            spec,
+                        )
                     };
                     let (l, g) = compare(
                         (loss, &grad),
@@ -438,21 +282,6 @@ fn every_token_kept_matches_the_dense_kernel() {
             }
         }
     }
-}
-
-/// The dense test's gradient scale: the unit `w scale / tau`, and for
-/// reverse KL `unit p (|ln p - ln q| + L)` where larger.
-fn dense_grad_scale(student: &[f32], teacher: &[f32], w: f32, spec: KdSpec) -> Vec<f64> {
-    let unit = w as f64 * spec.scale() as f64 / spec.temperature as f64;
-    if spec.loss != KdLoss::ReverseKl {
-        return vec![unit; student.len()];
-    }
-    let tau = spec.temperature as f64;
-    let (lp, lq) = (log_softmax(student, tau), log_softmax(teacher, tau));
-    let loss = reference::kd_row(student, teacher, spec).0;
-    (0..student.len())
-        .map(|v| unit * (1.0f64).max(lp[v].exp() * ((lp[v] - lq[v]).abs() + loss.abs())))
-        .collect()
 }
 
 #[test]

@@ -61,7 +61,7 @@ pub(crate) fn ln_pos<const FMA: bool>(x: f32) -> f32 {
 }
 
 /// `ln (e^a + e^b)` in f64, `-inf` when both are.
-pub(crate) fn log_add_exp(a: f64, b: f64) -> f64 {
+pub fn log_add_exp(a: f64, b: f64) -> f64 {
     let hi = a.max(b);
     if hi == f64::NEG_INFINITY {
         return hi;

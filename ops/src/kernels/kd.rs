@@ -236,6 +236,9 @@ mod on_autodiff {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
     use burn::tensor::backend::AutodiffBackend;
 
+    /// The loss `[1]` and its gradient with respect to the student.
+    type LossAndGrad<B> = (FloatTensor<B>, FloatTensor<B>);
+
     #[derive(Debug)]
     struct KdBackward;
 
@@ -262,20 +265,8 @@ mod on_autodiff {
             weights: FloatTensor<Self>,
             spec: KdSpec,
         ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-            let node = student.node.clone();
-            let (loss, grad) = B::kd_loss_fused(
-                student.primitive,
-                Self::inner(teacher),
-                Self::inner(weights),
-                spec,
-            );
-            // Computing the gradient is the forward itself: nothing to
-            // recompute, so the op is compute bound and never checkpointed.
-            let loss = match KdBackward.prepare::<C>([node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(grad.clone(), loss),
-                OpsKind::UnTracked(prep) => prep.finish(loss),
-            };
-            (loss, Self::from_inner(grad))
+            let (teacher, weights) = (Self::inner(teacher), Self::inner(weights));
+            tracked::<B, C>(student, |s| B::kd_loss_fused(s, teacher, weights, spec))
         }
 
         fn kd_loss_sparse_fused(
@@ -286,20 +277,28 @@ mod on_autodiff {
             weights: FloatTensor<Self>,
             spec: KdSpec,
         ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-            let node = student.node.clone();
-            let (loss, grad) = B::kd_loss_sparse_fused(
-                student.primitive,
-                ids,
-                Self::inner(log_probs),
-                Self::inner(log_tail),
-                Self::inner(weights),
-                spec,
-            );
-            let loss = match KdBackward.prepare::<C>([node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(grad.clone(), loss),
-                OpsKind::UnTracked(prep) => prep.finish(loss),
-            };
-            (loss, Self::from_inner(grad))
+            let (log_probs, log_tail) = (Self::inner(log_probs), Self::inner(log_tail));
+            let weights = Self::inner(weights);
+            tracked::<B, C>(student, |s| {
+                B::kd_loss_sparse_fused(s, ids, log_probs, log_tail, weights, spec)
+            })
         }
+    }
+
+    /// `loss_and_grad` of the student's inner tensor, the loss tracked as a
+    /// node of the student's whose backward scales the gradient the forward
+    /// computed. Computing that gradient is the forward itself: nothing to
+    /// recompute, so the op is compute bound and never checkpointed.
+    fn tracked<B: KdOps, C: CheckpointStrategy>(
+        student: FloatTensor<Autodiff<B, C>>,
+        loss_and_grad: impl FnOnce(FloatTensor<B>) -> LossAndGrad<B>,
+    ) -> LossAndGrad<Autodiff<B, C>> {
+        let node = student.node.clone();
+        let (loss, grad) = loss_and_grad(student.primitive);
+        let loss = match KdBackward.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(grad.clone(), loss),
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        };
+        (loss, Autodiff::<B, C>::from_inner(grad))
     }
 }

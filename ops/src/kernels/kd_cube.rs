@@ -343,6 +343,99 @@ fn kd_rows<F: Float, N: Size>(
     }
 }
 
+/// How a row kernel over `[rows, vocab]` logits is launched: a cube's x
+/// units across a row's vectors of `width` elements, its y units over rows
+/// (several rows per cube only when the vocabulary is smaller than the
+/// cube), the cubes on a 2-D grid.
+pub(super) struct RowLayout {
+    pub width: usize,
+    pub vocab_vectors: usize,
+    pub count: CubeCount,
+    pub dim: CubeDim,
+}
+
+impl RowLayout {
+    /// `None` when there is nothing to launch (no rows, or an empty
+    /// vocabulary). Panics when the rows exceed the device's grid.
+    pub(super) fn new<R: CubeRuntime>(
+        client: &ComputeClient<R>,
+        dtype: DType,
+        rows: usize,
+        vocab: usize,
+        what: &str,
+    ) -> Option<Self> {
+        if rows == 0 || vocab == 0 {
+            return None;
+        }
+        let hardware = &client.properties().hardware;
+        let width = vector_width(client, dtype, vocab);
+        let vocab_vectors = vocab / width;
+        let cube_x = (vocab_vectors as u32)
+            .next_power_of_two()
+            .min(floor_pow2(hardware.max_cube_dim.0))
+            .min(cube_units(client));
+        let cube_y = floor_pow2((cube_units(client) / cube_x).min(hardware.max_cube_dim.1))
+            .min((rows as u32).next_power_of_two());
+        let cubes = rows.div_ceil(cube_y as usize) as u32;
+        let grid_x = cubes.min(hardware.max_cube_count.0);
+        let grid_y = cubes.div_ceil(grid_x);
+        let max = hardware.max_cube_count;
+        assert!(
+            grid_y <= max.1,
+            "{what} of [{rows}, {vocab}] exceeds the device's grid {max:?}"
+        );
+        Some(Self {
+            width,
+            vocab_vectors,
+            count: CubeCount::Static(grid_x, grid_y, 1),
+            dim: CubeDim::new_2d(cube_x, cube_y),
+        })
+    }
+
+    /// log2 of the cube's x and y sizes, the kernels' comptime levels.
+    pub(super) fn levels_x(&self) -> u32 {
+        self.dim.x.trailing_zeros()
+    }
+
+    pub(super) fn levels_y(&self) -> u32 {
+        self.dim.y.trailing_zeros()
+    }
+}
+
+/// Units per cube the row kernels use: a power of two, at most
+/// [`MAX_UNITS`].
+fn cube_units<R: CubeRuntime>(client: &ComputeClient<R>) -> u32 {
+    floor_pow2(
+        client
+            .properties()
+            .hardware
+            .max_units_per_cube
+            .min(MAX_UNITS),
+    )
+}
+
+/// The sum of the first `live_rows` per-row losses, as a `[1]` tensor.
+pub(super) fn sum_row_losses<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    row_loss: CubeTensor<R>,
+    live_rows: usize,
+) -> CubeTensor<R> {
+    let total = empty_f32(&row_loss, Shape::new([1]));
+    let hardware = &client.properties().hardware;
+    let cube = cube_units(client).min(floor_pow2(hardware.max_cube_dim.0));
+    sum_to_first::launch::<R>(
+        client,
+        CubeCount::new_single(),
+        CubeDim::new_1d(cube),
+        row_loss.into_tensor_arg(),
+        total.clone().into_tensor_arg(),
+        live_rows as u32,
+        false,
+        cube.trailing_zeros(),
+    );
+    total
+}
+
 pub(super) fn to_f32<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     if t.dtype == DType::F32 {
         t
@@ -382,70 +475,36 @@ fn kd_loss_fused<R: CubeRuntime>(
         "KD: one weight per row of logits"
     );
 
-    let client = student.client.clone();
-    let hardware = &client.properties().hardware;
     let grad = empty_f32(&student, Shape::new([rows, vocab]));
-    let total = empty_f32(&student, Shape::new([1]));
     let row_loss = empty_f32(&student, Shape::new([rows.max(1)]));
-    let units = floor_pow2(hardware.max_units_per_cube.min(MAX_UNITS));
-    let live_rows = if vocab == 0 { 0 } else { rows };
-
-    if live_rows > 0 {
-        let width = vector_width(&client, student.dtype, vocab);
-        let vocab_vectors = vocab / width;
-        // Cube: x across a row's vectors, y over rows (several rows per cube
-        // only when the vocabulary is smaller than the cube).
-        let cube_x = (vocab_vectors as u32)
-            .next_power_of_two()
-            .min(floor_pow2(hardware.max_cube_dim.0))
-            .min(units);
-        let cube_y = floor_pow2((units / cube_x).min(hardware.max_cube_dim.1))
-            .min((rows as u32).next_power_of_two());
-        let cubes = rows.div_ceil(cube_y as usize) as u32;
-        let grid_x = cubes.min(hardware.max_cube_count.0);
-        let grid_y = cubes.div_ceil(grid_x);
-        let max = hardware.max_cube_count;
-        assert!(
-            grid_y <= max.1,
-            "KD loss of [{rows}, {vocab}] exceeds the device's grid {max:?}"
-        );
+    let client = student.client.clone();
+    if let Some(layout) = RowLayout::new(&client, student.dtype, rows, vocab, "KD loss") {
         let (ln_beta, ln_1m_beta) = (beta.ln(), (1.0 - beta).ln());
         let dtype = student.dtype;
         kd_rows::launch::<R>(
             &client,
-            CubeCount::Static(grid_x, grid_y, 1),
-            CubeDim::new_2d(cube_x, cube_y),
-            width,
+            layout.count.clone(),
+            layout.dim,
+            layout.width,
             student.into_tensor_arg(),
             teacher.into_tensor_arg(),
             weights.into_tensor_arg(),
             grad.clone().into_tensor_arg(),
             row_loss.clone().into_tensor_arg(),
             rows as u32,
-            vocab_vectors as u32,
+            layout.vocab_vectors as u32,
             1.0 / spec.temperature,
             spec.scale(),
             beta,
             ln_beta,
             ln_1m_beta,
             code,
-            cube_x.trailing_zeros(),
-            cube_y.trailing_zeros(),
+            layout.levels_x(),
+            layout.levels_y(),
             dtype.into(),
         );
     }
-
-    let cube = units.min(floor_pow2(hardware.max_cube_dim.0));
-    sum_to_first::launch::<R>(
-        &client,
-        CubeCount::new_single(),
-        CubeDim::new_1d(cube),
-        row_loss.into_tensor_arg(),
-        total.clone().into_tensor_arg(),
-        live_rows as u32,
-        false,
-        cube.trailing_zeros(),
-    );
+    let total = sum_row_losses(&client, row_loss, if vocab == 0 { 0 } else { rows });
     (total, grad)
 }
 

@@ -46,9 +46,9 @@
 //! barrier. No plane ops. The vector width and the cube size come from the
 //! runtime's properties.
 
-use super::cube_common::{empty_f32, floor_pow2, sum_to_first, tree_sum_scalars, vector_width};
+use super::cube_common::{empty_f32, tree_sum_scalars};
 use super::kd::KdSpec;
-use super::kd_cube::{FORWARD, JSD, LOWEST, MAX_UNITS, REVERSE, loss_code, to_f32};
+use super::kd_cube::{FORWARD, JSD, LOWEST, REVERSE, RowLayout, loss_code, sum_row_losses, to_f32};
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::{cast, into_contiguous};
@@ -552,40 +552,17 @@ pub(super) fn kd_loss_sparse_fused<R: CubeRuntime>(
     let log_probs = into_contiguous(to_f32(log_probs));
     let log_tail = into_contiguous(to_f32(log_tail));
 
-    let client = student.client.clone();
-    let hardware = &client.properties().hardware;
     let grad = empty_f32(&student, Shape::new([rows, vocab]));
-    let total = empty_f32(&student, Shape::new([1]));
     let row_loss = empty_f32(&student, Shape::new([rows.max(1)]));
-    let units = floor_pow2(hardware.max_units_per_cube.min(MAX_UNITS));
-    let live_rows = if vocab == 0 { 0 } else { rows };
-
-    if live_rows > 0 {
-        let width = vector_width(&client, student.dtype, vocab);
-        let vocab_vectors = vocab / width;
-        // Cube: x across a row's vectors, y over rows (several rows per cube
-        // only when the vocabulary is smaller than the cube).
-        let cube_x = (vocab_vectors as u32)
-            .next_power_of_two()
-            .min(floor_pow2(hardware.max_cube_dim.0))
-            .min(units);
-        let cube_y = floor_pow2((units / cube_x).min(hardware.max_cube_dim.1))
-            .min((rows as u32).next_power_of_two());
-        let cubes = rows.div_ceil(cube_y as usize) as u32;
-        let grid_x = cubes.min(hardware.max_cube_count.0);
-        let grid_y = cubes.div_ceil(grid_x);
-        let max = hardware.max_cube_count;
-        assert!(
-            grid_y <= max.1,
-            "sparse KD loss of [{rows}, {vocab}] exceeds the device's grid {max:?}"
-        );
+    let client = student.client.clone();
+    if let Some(layout) = RowLayout::new(&client, student.dtype, rows, vocab, "sparse KD loss") {
         let (ln_beta, ln_1m_beta) = (beta.ln(), (1.0 - beta).ln());
         let dtype = student.dtype;
         kd_sparse_rows::launch::<R>(
             &client,
-            CubeCount::Static(grid_x, grid_y, 1),
-            CubeDim::new_2d(cube_x, cube_y),
-            width,
+            layout.count.clone(),
+            layout.dim,
+            layout.width,
             student.into_tensor_arg(),
             ids.into_tensor_arg(),
             log_probs.into_tensor_arg(),
@@ -594,7 +571,7 @@ pub(super) fn kd_loss_sparse_fused<R: CubeRuntime>(
             grad.clone().into_tensor_arg(),
             row_loss.clone().into_tensor_arg(),
             rows as u32,
-            vocab_vectors as u32,
+            layout.vocab_vectors as u32,
             kept as u32,
             1.0 / spec.temperature,
             spec.scale(),
@@ -602,22 +579,11 @@ pub(super) fn kd_loss_sparse_fused<R: CubeRuntime>(
             ln_beta,
             ln_1m_beta,
             code,
-            cube_x.trailing_zeros(),
-            cube_y.trailing_zeros(),
+            layout.levels_x(),
+            layout.levels_y(),
             dtype.into(),
         );
     }
-
-    let cube = units.min(floor_pow2(hardware.max_cube_dim.0));
-    sum_to_first::launch::<R>(
-        &client,
-        CubeCount::new_single(),
-        CubeDim::new_1d(cube),
-        row_loss.into_tensor_arg(),
-        total.clone().into_tensor_arg(),
-        live_rows as u32,
-        false,
-        cube.trailing_zeros(),
-    );
+    let total = sum_row_losses(&client, row_loss, if vocab == 0 { 0 } else { rows });
     (total, grad)
 }

@@ -2,7 +2,7 @@
 //! be read against METHOD.md, not to be fast. The tests compare every kernel
 //! (the rayon twin, the CubeCL kernel) with these.
 
-use super::fast_math::log_add_exp;
+pub use super::fast_math::log_add_exp;
 use super::importance::{Aggregation, COSINE_EPS};
 use super::kd::{KdLoss, KdSpec};
 
@@ -94,7 +94,7 @@ pub fn cosine_distance_sum(h_in: &[f32], h_out: &[f32], channels: usize) -> f64 
 }
 
 /// Log-softmax of `logits / tau` in f64 (max-shifted).
-fn log_softmax(logits: &[f32], tau: f64) -> Vec<f64> {
+pub fn log_softmax(logits: &[f32], tau: f64) -> Vec<f64> {
     let z: Vec<f64> = logits.iter().map(|&x| x as f64 / tau).collect();
     let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
