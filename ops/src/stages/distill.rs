@@ -18,8 +18,7 @@ use super::teacher_logits::TeacherLogits as TeacherLogitsOp;
 use super::training::train_and_publish;
 use super::upstream::model_vocab;
 use crate::backend::{ComputeBackend, OnBackend, on_device};
-use crate::io::dataset::DatasetArtifact;
-use crate::io::dataset::Split;
+use crate::io::dataset::{DatasetArtifact, Split};
 use crate::io::safetensors_io::DiskDtype;
 use crate::kernels::kd::{KdLoss, KdSpec};
 use crate::model::{Llama, LlamaConfig};
@@ -140,12 +139,7 @@ impl TypedOp for Distill {
                 "`ce_weight` must be 0 or more",
             ));
         }
-        let vocab = |slot: &str| {
-            ctx.inputs
-                .get(slot)?
-                .first()
-                .and_then(|up| model_vocab(up, ctx.recipe_dir))
-        };
+        let vocab = |slot: &str| bound_vocab(ctx.inputs, slot, ctx.recipe_dir);
         let stored = ctx.inputs.get("teacher_logits").and_then(|v| v.first());
         let live = ctx.inputs.get("teacher").is_some_and(|v| !v.is_empty());
         match (live, stored) {
@@ -184,6 +178,15 @@ impl TypedOp for Distill {
     fn run(&self, params: DistillParams, ctx: &RunContext) -> anyhow::Result<()> {
         on_device(ctx.device, Task { params, ctx })?
     }
+}
+
+/// The vocabulary of the model bound to `slot`, where the recipe tells it.
+fn bound_vocab(
+    inputs: &BTreeMap<String, Vec<UpstreamInfo>>,
+    slot: &str,
+    recipe_dir: &std::path::Path,
+) -> Option<usize> {
+    model_vocab(inputs.get(slot)?.first()?, recipe_dir)
 }
 
 /// What a `teacher_logits` input must agree on with this distillation:
@@ -232,16 +235,8 @@ fn stored_teacher_issues(
             "`truncate_vocab` applies to a live teacher only: stored teacher logits need the student's vocabulary",
         ));
     }
-    let teacher_vocab = up
-        .inputs
-        .get("teacher")
-        .and_then(|v| v.first())
-        .and_then(|t| model_vocab(t, ctx.recipe_dir));
-    let student_vocab = ctx
-        .inputs
-        .get("student")
-        .and_then(|v| v.first())
-        .and_then(|s| model_vocab(s, ctx.recipe_dir));
+    let teacher_vocab = bound_vocab(&up.inputs, "teacher", ctx.recipe_dir);
+    let student_vocab = bound_vocab(ctx.inputs, "student", ctx.recipe_dir);
     if let (Some(t), Some(s)) = (teacher_vocab, student_vocab)
         && t != s
     {
