@@ -48,7 +48,9 @@
 
 use super::cube_common::{empty_f32, tree_sum_scalars};
 use super::kd::KdSpec;
-use super::kd_cube::{FORWARD, JSD, LOWEST, REVERSE, RowLayout, loss_code, sum_row_losses, to_f32};
+use super::kd_cube_common::{
+    FORWARD, JSD, LOWEST, REVERSE, RowLayout, loss_code, sum_row_losses, to_f32,
+};
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::{cast, into_contiguous};

@@ -22,7 +22,7 @@
 use super::fast_math::{exp2_nonpos, log_add_exp};
 use super::importance_flex::host_f32;
 use super::kd::{KdLoss, KdSpec};
-use super::kd_flex::{Logits, host_logits, row_max, zeroed_gradient};
+use super::kd_flex_common::{Logits, host_logits, row_max, zeroed_gradient};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, TensorData, TensorMetadata};
 use rayon::prelude::*;

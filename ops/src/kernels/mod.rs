@@ -32,7 +32,10 @@ mod importance_flex;
 pub mod kd;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod kd_cube;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod kd_cube_common;
 mod kd_flex;
+mod kd_flex_common;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod kd_sparse_cube;
 mod kd_sparse_flex;

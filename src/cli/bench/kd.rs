@@ -36,6 +36,10 @@ pub struct KdArgs {
     /// oracle, and fail when they are off.
     #[arg(long)]
     check: bool,
+    /// Also time the loss against the teacher kept sparse, its `K` largest
+    /// logits per row (as `teacher_logits` stores them), in the same run.
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,6 +105,13 @@ pub fn kd(args: KdArgs) -> anyhow::Result<()> {
         args.rows > 0 && args.vocab > 0,
         "--rows and --vocab must be positive"
     );
+    if let Some(k) = args.top_k {
+        anyhow::ensure!(
+            (1..=args.vocab).contains(&k),
+            "--top-k must be between 1 and --vocab ({}), got {k}",
+            args.vocab
+        );
+    }
     on_bench_device(args.device, KdBench { args: &args, spec })
 }
 
@@ -207,7 +218,7 @@ fn kd_on<B: ComputeBackend>(device: B::Device, args: &KdArgs, spec: KdSpec) -> a
     // The op and the backward's scaling on the inner backend, the logits
     // handed over as a fresh tensor as a model's forward produces them (on
     // the CPU the gradient then overwrites them: no N x V allocation).
-    let teacher = Tensor::<B, 2>::from_data(teacher_data, &device).cast(dtype);
+    let teacher = Tensor::<B, 2>::from_data(teacher_data.clone(), &device).cast(dtype);
     let weights = Tensor::<B, 1>::from_data(weights_data, &device);
     let upstream = Tensor::<B, 1>::ones([1], &device);
     let owned_step = || -> anyhow::Result<f64> {
@@ -236,6 +247,15 @@ fn kd_on<B: ComputeBackend>(device: B::Device, args: &KdArgs, spec: KdSpec) -> a
         owned_min * 1e3,
         100.0 * bytes / owned_median / bandwidth
     );
+    if let Some(k) = args.top_k {
+        let (median, min) = time_sparse::<B>(&device, &student_data, &teacher_data, args, spec, k)?;
+        println!(
+            "sparse teacher (top {k} of {vocab}), the same way: {:.2} ms median, {:.2} ms min ({:.2}x the dense op's time)",
+            median * 1e3,
+            min * 1e3,
+            median / owned_median
+        );
+    }
     if cpu {
         let per_task = distillery_ops::kernels::kd_cpu_scratch_rows(
             burn::tensor::DType::F32,
@@ -255,4 +275,68 @@ fn kd_on<B: ComputeBackend>(device: B::Device, args: &KdArgs, spec: KdSpec) -> a
         );
     }
     Ok(())
+}
+
+/// The sparse op and the backward's scaling as [`kd_on`] times the dense
+/// one, the teacher cut to its `k` largest logits per row on the host
+/// first: `(median, min)` seconds.
+fn time_sparse<B: ComputeBackend>(
+    device: &B::Device,
+    student: &burn::tensor::TensorData,
+    teacher: &burn::tensor::TensorData,
+    args: &KdArgs,
+    spec: KdSpec,
+    k: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+    use distillery_ops::teacher_logits::Selector;
+    let (rows, vocab) = (args.rows, args.vocab);
+    let logits: Vec<f32> = teacher
+        .clone()
+        .into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut selector = Selector::default();
+    let (mut ids, mut log_q, mut log_tail) = (Vec::new(), Vec::new(), Vec::new());
+    for row in logits.chunks(vocab) {
+        let top = selector.top_k(row, k, spec.temperature);
+        let inv_tau = 1.0 / spec.temperature as f64;
+        ids.extend(top.ids.iter().map(|&id| id as i64));
+        log_q.extend(
+            top.logits
+                .iter()
+                .map(|&x| (x as f64 * inv_tau - top.lse as f64) as f32),
+        );
+        log_tail.push(top.log_tail);
+    }
+    let ids = Tensor::<B, 2, burn::tensor::Int>::from_data(TensorData::new(ids, [rows, k]), device);
+    let log_q = Tensor::<B, 2>::from_data(TensorData::new(log_q, [rows, k]), device);
+    let log_tail = Tensor::<B, 1>::from_data(TensorData::new(log_tail, [rows]), device);
+    let weights = Tensor::<B, 1>::from_data(
+        TensorData::new(vec![1.0f32 / rows as f32; rows], [rows]),
+        device,
+    );
+    let upstream = Tensor::<B, 1>::ones([1], device);
+    let dtype = args.dtype.float();
+    let step = || -> anyhow::Result<f64> {
+        let s = Tensor::<B, 2>::from_data(student.clone(), device).cast(dtype);
+        B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let started = Instant::now();
+        let (loss, grad) = B::kd_loss_sparse_fused(
+            s.into_primitive().tensor(),
+            ids.clone().into_primitive(),
+            log_q.clone().into_primitive().tensor(),
+            log_tail.clone().into_primitive().tensor(),
+            weights.clone().into_primitive().tensor(),
+            spec,
+        );
+        let grad = B::kd_scale_grad(grad, upstream.clone().into_primitive().tensor());
+        B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        drop((
+            Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(loss)),
+            grad,
+        ));
+        Ok(seconds)
+    };
+    time_steps(args.repeats, step)
 }
