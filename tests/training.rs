@@ -264,6 +264,31 @@ fn teacher_correction_then_distillation_lower_heldout_loss() {
 fn run_until_checkpoint(ws: &Workspace, recipe: &str, min_step: u64, signal: &str) -> i32 {
     let scratch = stage_dir(ws, recipe, "student", "scratch");
     let state = scratch.join("checkpoint/state.json");
+    let ready = || {
+        std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["step"].as_u64())
+            .is_some_and(|s| s >= min_step)
+    };
+    run_until(
+        ws,
+        recipe,
+        signal,
+        ready,
+        &format!("a checkpoint at step {min_step}"),
+    )
+}
+
+/// Runs the recipe with a slowed-down step until `ready()`, then sends
+/// `signal`; returns the exit status (128 + the signal when killed).
+fn run_until(
+    ws: &Workspace,
+    recipe: &str,
+    signal: &str,
+    ready: impl Fn() -> bool,
+    what: &str,
+) -> i32 {
     let mut child = ws
         .cmd(&["run", recipe])
         .env("DISTILLERY_TEST_STEP_DELAY_MS", "150")
@@ -272,19 +297,12 @@ fn run_until_checkpoint(ws: &Workspace, recipe: &str, min_step: u64, signal: &st
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let step = std::fs::read(&state)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["step"].as_u64());
-        if step.is_some_and(|s| s >= min_step) {
-            break;
-        }
+    while !ready() {
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the run ended before a checkpoint at step {min_step}"
+            "the run ended before {what}"
         );
-        assert!(Instant::now() < deadline, "no checkpoint in time");
+        assert!(Instant::now() < deadline, "no {what} in time");
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = std::process::Command::new("kill")
@@ -704,5 +722,45 @@ fn distill_checks_its_stored_teacher_at_plan_time() {
             .collect::<Vec<_>>()
             .join(" ");
         assert!(flat.contains(message), "case {i}: {flat}");
+    }
+}
+
+/// A `teacher_logits` stage killed after some rows resumes after the last
+/// complete one and ends with the files a straight run writes.
+#[test]
+fn a_killed_teacher_logits_stage_resumes_to_the_same_store() {
+    let Some(ws) = setup() else { return };
+    let recipe = stored_logits_recipe(2).replace(
+        "with: { top_k: 64, batch: 3 }",
+        "with: { top_k: 64, batch: 1 }",
+    );
+    ws.write("r.yaml", &recipe);
+    let index = stage_dir(&ws, "r.yaml", "top_logits", "scratch").join("index.partial");
+    let two_rows = || std::fs::metadata(&index).is_ok_and(|m| m.len() >= 32);
+    let code = run_until(
+        &ws,
+        "r.yaml",
+        "-KILL",
+        two_rows,
+        "two rows of teacher logits",
+    );
+    assert_eq!(code, 128 + 9);
+    let out = ws.run(&["run", "r.yaml", "--until", "top_logits"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming after row"), "{stderr}");
+
+    let straight = setup().expect("the tokenizer was found above");
+    straight.write("r.yaml", &recipe);
+    let out = straight.run(&["run", "r.yaml", "--until", "top_logits"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let resumed_dir = stage_dir(&ws, "r.yaml", "top_logits", "store").join("out");
+    let straight_dir = stage_dir(&straight, "r.yaml", "top_logits", "store").join("out");
+    for name in ["teacher_logits.json", "index.bin", "logits.bin"] {
+        assert!(
+            std::fs::read(resumed_dir.join(name)).unwrap()
+                == std::fs::read(straight_dir.join(name)).unwrap(),
+            "{name} differs after the resume"
+        );
     }
 }

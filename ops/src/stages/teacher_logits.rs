@@ -199,7 +199,11 @@ impl OnBackend for Task<'_, '_> {
         ));
         ctx.progress.set_total(rows as u64, "rows");
         ctx.progress.set_position(writer.rows() as u64);
+        let delay = crate::train::trainer::test_step_delay();
         while writer.rows() < rows {
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
             if interrupt::requested() {
                 return Err(Interrupted(Some(format!(
                     "after row {} of {rows} (the rows done are kept)",

@@ -35,18 +35,19 @@ use crate::backend::ComputeBackend;
 use crate::io::dataset::{DatasetArtifact, Split};
 use crate::model::Llama;
 
-/// A pause before every step, `DISTILLERY_TEST_STEP_DELAY_MS` long, so that
-/// tests can interrupt a tiny model's run mid-way. Only in builds with the
+/// A pause before every step (and every batch of `teacher_logits`),
+/// `DISTILLERY_TEST_STEP_DELAY_MS` long, so that tests can interrupt a tiny
+/// model's run mid-way. Only in builds with the
 /// feature `test-step-delay` (the root package's tests); none otherwise.
 #[cfg(feature = "test-step-delay")]
-fn test_step_delay() -> Option<Duration> {
+pub(crate) fn test_step_delay() -> Option<Duration> {
     std::env::var("DISTILLERY_TEST_STEP_DELAY_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis)
 }
 #[cfg(not(feature = "test-step-delay"))]
-fn test_step_delay() -> Option<Duration> {
+pub(crate) fn test_step_delay() -> Option<Duration> {
     None
 }
 
