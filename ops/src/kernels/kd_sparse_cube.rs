@@ -131,6 +131,47 @@ fn exp_m1_small(u: f32) -> f32 {
     u * poly
 }
 
+/// One bucket's share of the row's loss, from `u = ln Q - ln P` and the
+/// bucket's masses `p` (student) and `q` (teacher): `(term, term_q,
+/// ln P - ln M)`. `term` is its part of the loss (of KL(p || m) for JSD),
+/// `term_q` its part of JSD's KL(q || m) (0 otherwise), and the last the
+/// mixture log ratio JSD's gradient needs (0 otherwise). A bucket whose mass
+/// is 0 adds nothing.
+#[cube]
+fn bucket_terms(
+    u: f32,
+    p: f32,
+    q: f32,
+    beta: f32,
+    ln_beta: f32,
+    ln_1m_beta: f32,
+    #[comptime] loss: u32,
+) -> (f32, f32, f32) {
+    let zero = f32::new(0.0);
+    let mut term = zero;
+    let mut term_q = zero;
+    let mut lp_lm = zero;
+    if comptime!(loss == FORWARD) {
+        if q > zero {
+            term = q * u;
+        }
+    } else if comptime!(loss == REVERSE) {
+        if p > zero {
+            term = -(p * u);
+        }
+    } else {
+        let (lp, lq) = mixture_log_ratios(u, beta, ln_beta, ln_1m_beta);
+        lp_lm = lp;
+        if p > zero {
+            term = p * lp;
+        }
+        if q > zero {
+            term_q = q * lq;
+        }
+    }
+    (term, term_q, lp_lm)
+}
+
 /// `(ln P - ln M, ln Q - ln M)` for `M = beta Q + (1 - beta) P`, from
 /// `u = ln Q - ln P`. A small `|u|` (where both are small and the dense
 /// kernel's difference of O(1) logs would cancel) goes through
@@ -377,23 +418,9 @@ fn kd_sparse_rows<F: Float, N: Size>(
         let u = kept_log_ratio(ln_q, d, ln_s_hi, ln_s_lo);
         let p = f32::exp(d) * inv_s;
         let q = f32::exp(ln_q);
-        if comptime!(loss == FORWARD) {
-            if q > zero {
-                acc += q * u;
-            }
-        } else if comptime!(loss == REVERSE) {
-            if p > zero {
-                acc -= p * u;
-            }
-        } else {
-            let (lp_lm, lq_lm) = mixture_log_ratios(u, beta, ln_beta, ln_1m_beta);
-            if p > zero {
-                acc += p * lp_lm;
-            }
-            if q > zero {
-                acc_q += q * lq_lm;
-            }
-        }
+        let (term, term_q, _) = bucket_terms(u, p, q, beta, ln_beta, ln_1m_beta, loss);
+        acc += term;
+        acc_q += term_q;
         k += cube_x;
     }
     let mut s_acc = SharedMemory::<f32>::new(units);
@@ -416,24 +443,11 @@ fn kd_sparse_rows<F: Float, N: Size>(
     if active && has_tail {
         let p_tail = f32::exp(ln_p_tail);
         let q_tail = f32::exp(ln_q_tail);
-        if comptime!(loss == FORWARD) {
-            if q_tail > zero {
-                kept_l += q_tail * u_tail;
-            }
-        } else if comptime!(loss == REVERSE) {
-            if p_tail > zero {
-                kept_l -= p_tail * u_tail;
-            }
-        } else {
-            let (lp_lm, lq_lm) = mixture_log_ratios(u_tail, beta, ln_beta, ln_1m_beta);
-            lp_lm_tail = lp_lm;
-            if p_tail > zero {
-                kept_l += p_tail * lp_lm;
-            }
-            if q_tail > zero {
-                kept_q += q_tail * lq_lm;
-            }
-        }
+        let (term, term_q, lp_lm) =
+            bucket_terms(u_tail, p_tail, q_tail, beta, ln_beta, ln_1m_beta, loss);
+        kept_l += term;
+        kept_q += term_q;
+        lp_lm_tail = lp_lm;
     }
     // `row_l` is the row's loss; `kl_pm` JSD's KL(p || m).
     let mut row_l = kept_l;
