@@ -11,6 +11,7 @@ pub mod interrupt;
 pub mod key;
 pub mod matrix;
 pub mod op;
+pub mod overrides;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
@@ -29,4 +30,4 @@ pub use op::{
 pub use plan::{Plan, Selection};
 pub use progress::Progress;
 pub use store::Store;
-pub use validate::{Pipeline, load, validate};
+pub use validate::{Pipeline, load, load_with_overrides, validate};

@@ -77,6 +77,9 @@ pub struct PlannedStage {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub recipe: String,
+    /// The `--set PATH=VALUE` flags the recipe was read with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     /// In topological order.
     pub stages: Vec<PlannedStage>,
     /// Where each pipeline stage is in `stages`:
@@ -199,6 +202,7 @@ pub fn plan(
     }
     let plan = Plan {
         recipe: pipeline.recipe.name.clone(),
+        overrides: pipeline.recipe.overrides.flags(),
         stages,
         position,
     };

@@ -6,6 +6,7 @@
 use crate::diagnostic::{Diagnostic, Span, did_you_mean, quoted_list};
 use crate::matrix::{self, Expansion};
 use crate::op::Device;
+use crate::overrides::Overrides;
 use crate::vars::{self, Scope};
 use crate::yaml::{self, Node, Value};
 use std::collections::{HashMap, HashSet};
@@ -20,6 +21,8 @@ pub struct Recipe {
     /// Where the recipe was read from (for messages and relative paths).
     pub path: PathBuf,
     pub source: String,
+    /// `--set` overrides applied on top of the file (empty when none).
+    pub overrides: Overrides,
     pub name: String,
     pub seed: u64,
     pub device: Device,
@@ -76,11 +79,16 @@ pub struct InputBinding {
     pub value_span: Span,
 }
 
-/// Parses recipe source. Returns the recipe whenever its root is a mapping
-/// (parts with problems left out), and every problem found.
-pub fn parse(path: &Path, source: &str) -> (Option<Recipe>, Vec<Diagnostic>) {
+/// Parses recipe source with the command line's overrides applied. Returns
+/// the recipe whenever its root is a mapping (parts with problems left out),
+/// and every problem found.
+pub fn parse(
+    path: &Path,
+    source: &str,
+    overrides: &Overrides,
+) -> (Option<Recipe>, Vec<Diagnostic>) {
     let (root, mut diagnostics) = yaml::parse(source);
-    let Some(root) = root else {
+    let Some(mut root) = root else {
         if diagnostics.is_empty() {
             diagnostics.push(
                 Diagnostic::new("recipe::empty", "the recipe is empty", Span::new(0, 0))
@@ -89,12 +97,16 @@ pub fn parse(path: &Path, source: &str) -> (Option<Recipe>, Vec<Diagnostic>) {
         }
         return (None, diagnostics);
     };
+    diagnostics.extend(overrides.apply(&mut root));
     let mut reader = Reader {
         diagnostics: &mut diagnostics,
     };
     // Structural problems do not stop here: validation goes on and reports
     // what else is wrong, all at once.
-    let recipe = reader.recipe(path, source, &root);
+    let recipe = reader.recipe(path, source, &root).map(|recipe| Recipe {
+        overrides: overrides.clone(),
+        ..recipe
+    });
     (recipe, diagnostics)
 }
 
@@ -246,6 +258,7 @@ impl Reader<'_> {
         Some(Recipe {
             path: path.to_path_buf(),
             source: source.to_string(),
+            overrides: Overrides::default(),
             name,
             seed,
             device,

@@ -6,6 +6,7 @@
 use crate::diagnostic::{Diagnostic, Span, did_you_mean, quoted_list};
 use crate::graph::StageGraph;
 use crate::op::{CheckContext, Op, OpRegistry, UpstreamInfo};
+use crate::overrides::Overrides;
 use crate::recipe::{self, Recipe, StageSpec};
 use crate::yaml::{Node, Value};
 use std::collections::BTreeMap;
@@ -44,13 +45,29 @@ pub struct Stage {
 
 /// Reads and validates a recipe file.
 pub fn load(path: &Path, registry: &OpRegistry) -> Result<Pipeline, LoadError> {
+    load_with_overrides(path, &[], registry)
+}
+
+/// Reads a recipe file, applies `--set PATH=VALUE` overrides and validates
+/// the result; problems in the flags are reported with the recipe's.
+pub fn load_with_overrides(
+    path: &Path,
+    flags: &[String],
+    registry: &OpRegistry,
+) -> Result<Pipeline, LoadError> {
     let source = std::fs::read_to_string(path).map_err(|e| LoadError::Io {
         path: path.to_path_buf(),
         error: e,
     })?;
-    validate(path, &source, registry).map_err(|diagnostics| LoadError::Invalid {
+    let (overrides, result) = validate_with_flags(path, &source, flags, registry);
+    let diagnostics = match result {
+        Ok(pipeline) => return Ok(pipeline),
+        Err(diagnostics) => diagnostics,
+    };
+    Err(LoadError::Invalid {
         path: path.to_path_buf(),
         source,
+        overrides: Box::new(overrides),
         diagnostics,
     })
 }
@@ -64,6 +81,8 @@ pub enum LoadError {
     Invalid {
         path: PathBuf,
         source: String,
+        /// The `--set` flags, which spans past the source point into.
+        overrides: Box<Overrides>,
         diagnostics: Vec<Diagnostic>,
     },
 }
@@ -92,7 +111,38 @@ pub fn validate(
     source: &str,
     registry: &OpRegistry,
 ) -> Result<Pipeline, Vec<Diagnostic>> {
-    let (recipe, mut diagnostics) = recipe::parse(path, source);
+    validate_with_overrides(path, source, &Overrides::default(), registry)
+}
+
+/// Validates recipe source with `--set PATH=VALUE` flags applied. Returns
+/// the parsed overrides (the spans of their problems point into its text)
+/// and the pipeline, or every problem found, the flags' own included.
+pub fn validate_with_flags(
+    path: &Path,
+    source: &str,
+    flags: &[String],
+    registry: &OpRegistry,
+) -> (Overrides, Result<Pipeline, Vec<Diagnostic>>) {
+    let (overrides, flag_problems) = Overrides::parse(flags, source.len());
+    let result = match validate_with_overrides(path, source, &overrides, registry) {
+        Ok(pipeline) if flag_problems.is_empty() => Ok(pipeline),
+        Ok(_) => Err(flag_problems),
+        Err(mut diagnostics) => {
+            diagnostics.extend(flag_problems);
+            Err(sorted(diagnostics))
+        }
+    };
+    (overrides, result)
+}
+
+/// Validates recipe source with overrides applied; returns every problem found.
+pub fn validate_with_overrides(
+    path: &Path,
+    source: &str,
+    overrides: &Overrides,
+    registry: &OpRegistry,
+) -> Result<Pipeline, Vec<Diagnostic>> {
+    let (recipe, mut diagnostics) = recipe::parse(path, source, overrides);
     let Some(recipe) = recipe else {
         return Err(sorted(diagnostics));
     };
@@ -453,16 +503,18 @@ fn param_error(spec: &StageSpec, op: &dyn Op, path: &[String], message: &str) ->
     } else {
         format!("`{}`", path.join("."))
     };
-    Diagnostic::new(
+    let message = tidy_serde(message);
+    let mut d = Diagnostic::new(
         "recipe::invalid-parameter",
-        format!(
-            "stage `{}`: invalid {where_}: {}",
-            spec.name,
-            tidy_serde(message)
-        ),
+        format!("stage `{}`: invalid {where_}: {message}", spec.name),
         node_span.or(key_span).unwrap_or_else(|| spec.with_span()),
     )
-    .label("invalid value")
+    .label("invalid value");
+    // `2e6` is a float in YAML 1.2, so an integer parameter refuses it.
+    if message.contains("floating point") && message.contains("integer") {
+        d = d.help("in YAML a number with an exponent or a point is a float; write integers in full, `_` may group digits (`2_000_000`)");
+    }
+    d
 }
 
 /// The allowed names serde lists after "expected" (`a`, `b` or `c`).

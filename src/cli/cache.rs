@@ -116,7 +116,7 @@ fn ls(args: LsArgs) -> u8 {
 /// The keys every stage of the recipe has now.
 fn recipe_keys(recipe: &Path, store: &Store) -> Result<BTreeSet<String>, u8> {
     let registry = pipeline::registry();
-    let pipeline = pipeline::load(recipe, &registry)?;
+    let pipeline = pipeline::load(recipe, &[], &registry)?;
     let hasher = FileHasher::with_cache(store.stat_cache_path());
     let plan = plan::plan(&pipeline, store, &hasher, &Selection::default()).map_err(|e| {
         eprintln!("error: {}: {e}", recipe.display());

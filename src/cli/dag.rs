@@ -1,6 +1,6 @@
 //! `distillery dag`: the stage graph as text, Graphviz dot or Mermaid.
 
-use super::{DagFormat, EXIT_OK, pipeline};
+use super::{DagFormat, EXIT_OK, OverrideArgs, pipeline};
 use clap::Args;
 use distillery_engine::Pipeline;
 use std::fmt::Write;
@@ -11,11 +11,13 @@ pub struct DagArgs {
     recipe: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
     format: DagFormat,
+    #[command(flatten)]
+    overrides: OverrideArgs,
 }
 
 pub fn dag(args: DagArgs) -> u8 {
     let registry = pipeline::registry();
-    let pipeline = match pipeline::load(&args.recipe, &registry) {
+    let pipeline = match pipeline::load(&args.recipe, &args.overrides.set, &registry) {
         Ok(p) => p,
         Err(code) => return code,
     };

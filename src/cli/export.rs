@@ -3,7 +3,7 @@
 //! file (for llama.cpp), in the dtype asked for.
 
 use super::run::prepare;
-use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, StoreArgs};
+use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, OverrideArgs, StoreArgs};
 use clap::Args;
 use distillery_engine::ArtifactKind;
 use distillery_engine::plan::{Selection, StageState};
@@ -41,6 +41,8 @@ pub struct ExportArgs {
     overwrite: bool,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    overrides: OverrideArgs,
 }
 
 /// A value clap already checked against the serde names.
@@ -76,10 +78,11 @@ pub fn export(args: ExportArgs) -> u8 {
         until: vec![args.stage.clone()],
         ..Selection::default()
     };
-    let (pipeline, store, plan) = match prepare(&args.recipe, &args.store, &selection) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+    let (pipeline, store, plan) =
+        match prepare(&args.recipe, &args.overrides, &args.store, &selection) {
+            Ok(x) => x,
+            Err(code) => return code,
+        };
     let index = pipeline.stage_index(&args.stage).expect("selected");
     let stage = &pipeline.stages[index];
     if stage.op.output() != ArtifactKind::Model {

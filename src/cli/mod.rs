@@ -80,6 +80,15 @@ pub struct StoreArgs {
     pub store: Option<PathBuf>,
 }
 
+/// Changes to the recipe from the command line.
+#[derive(Args, Clone, Default)]
+pub struct OverrideArgs {
+    /// Override one recipe value, typed like the YAML: `--set vars.lr=3e-4`,
+    /// `--set stages.distilled.with.train.tokens=2_000_000` (repeatable).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum DagFormat {
     Text,

@@ -1,14 +1,16 @@
 //! Printing: diagnostics through miette, JSON for scripts.
 
 use distillery_engine::Diagnostic;
-use distillery_engine::diagnostic::SourceDiagnostic;
+use distillery_engine::diagnostic::{SourceDiagnostic, Sources};
 use std::path::Path;
 
-/// Prints each diagnostic with its source excerpt, then a count.
-pub fn print_diagnostics(path: &Path, source: &str, diagnostics: &[Diagnostic]) {
+/// Prints each diagnostic with its source excerpt (the recipe, or the
+/// command line's `--set` flags), then a count.
+pub fn print_diagnostics(path: &Path, sources: &Sources<'_>, diagnostics: &[Diagnostic]) {
     let name = path.display().to_string();
     for d in diagnostics {
-        let report = miette::Report::new(SourceDiagnostic::new(d.clone(), &name, source));
+        let (d, source_name, text) = sources.locate(d);
+        let report = miette::Report::new(SourceDiagnostic::new(d, source_name, text));
         eprintln!("{report:?}");
     }
     eprintln!(
@@ -18,18 +20,22 @@ pub fn print_diagnostics(path: &Path, source: &str, diagnostics: &[Diagnostic]) 
     );
 }
 
-/// A diagnostic as JSON, with 1-based line and column of the primary label.
-pub fn diagnostic_json(source: &str, d: &Diagnostic) -> serde_json::Value {
-    let (line, column) = d.primary.span.line_col(source);
+/// A diagnostic as JSON, with the text it points into (`source`: the
+/// recipe's path or `command line`) and 1-based line and column of the
+/// primary label there.
+pub fn diagnostic_json(sources: &Sources<'_>, d: &Diagnostic) -> serde_json::Value {
+    let (d, source_name, text) = sources.locate(d);
+    let (line, column) = d.primary.span.line_col(text);
     serde_json::json!({
         "code": d.code,
         "message": d.message,
+        "source": source_name,
         "line": line,
         "column": column,
         "label": d.primary.text,
         "help": d.help,
         "related": d.secondary.iter().map(|l| {
-            let (line, column) = l.span.line_col(source);
+            let (line, column) = l.span.line_col(text);
             serde_json::json!({"line": line, "column": column, "label": l.text})
         }).collect::<Vec<_>>(),
     })

@@ -2,6 +2,7 @@
 //! diagnostics on stderr, and the store it uses.
 
 use super::output;
+use distillery_engine::diagnostic::Sources;
 use distillery_engine::testing;
 use distillery_engine::validate::LoadError;
 use distillery_engine::{OpRegistry, Pipeline, Store};
@@ -20,10 +21,10 @@ pub fn registry() -> OpRegistry {
     registry
 }
 
-/// Loads and validates a recipe; on failure prints the diagnostics and
-/// returns the exit code.
-pub fn load(path: &Path, registry: &OpRegistry) -> Result<Pipeline, u8> {
-    match distillery_engine::load(path, registry) {
+/// Loads and validates a recipe with the command line's `--set` overrides;
+/// on failure prints the diagnostics and returns the exit code.
+pub fn load(path: &Path, overrides: &[String], registry: &OpRegistry) -> Result<Pipeline, u8> {
+    match distillery_engine::load_with_overrides(path, overrides, registry) {
         Ok(p) => Ok(p),
         Err(LoadError::Io { path, error }) => {
             eprintln!("error: cannot read recipe {}: {error}", path.display());
@@ -32,9 +33,16 @@ pub fn load(path: &Path, registry: &OpRegistry) -> Result<Pipeline, u8> {
         Err(LoadError::Invalid {
             path,
             source,
+            overrides,
             diagnostics,
         }) => {
-            output::print_diagnostics(&path, &source, &diagnostics);
+            let name = path.display().to_string();
+            let sources = Sources {
+                recipe_name: &name,
+                recipe: &source,
+                overrides: &overrides,
+            };
+            output::print_diagnostics(&path, &sources, &diagnostics);
             Err(super::EXIT_INVALID)
         }
     }

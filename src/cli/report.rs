@@ -1,7 +1,7 @@
 //! `distillery report`: plans the recipe, has the report library read the
 //! store and render the page, writes it and opens it on request.
 
-use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, StoreArgs, pipeline};
+use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, OverrideArgs, StoreArgs, pipeline};
 use clap::Args;
 use distillery_engine::files::FileHasher;
 use distillery_engine::plan::{self, Selection};
@@ -13,6 +13,8 @@ pub struct ReportArgs {
     recipe: PathBuf,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    overrides: OverrideArgs,
     /// Where to write the page (default: `reports/<recipe name>.html` in the store).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -23,7 +25,7 @@ pub struct ReportArgs {
 
 pub fn report(args: ReportArgs) -> u8 {
     let registry = pipeline::registry();
-    let pipeline = match pipeline::load(&args.recipe, &registry) {
+    let pipeline = match pipeline::load(&args.recipe, &args.overrides.set, &registry) {
         Ok(p) => p,
         Err(code) => return code,
     };

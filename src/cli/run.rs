@@ -1,7 +1,7 @@
 //! `distillery plan` and `distillery run`.
 
 use super::progress::Observer;
-use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, StoreArgs, output, pipeline};
+use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, OverrideArgs, StoreArgs, output, pipeline};
 use clap::Args;
 use distillery_engine::files::FileHasher;
 use distillery_engine::plan::{self, Plan, Selection, StageState};
@@ -44,6 +44,8 @@ pub struct PlanArgs {
     selection: SelectionArgs,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    overrides: OverrideArgs,
     /// Machine-readable output on stdout.
     #[arg(long)]
     json: bool,
@@ -56,6 +58,8 @@ pub struct RunArgs {
     selection: SelectionArgs,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    overrides: OverrideArgs,
     /// Stages to run at the same time when they are independent.
     #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     jobs: u16,
@@ -70,11 +74,12 @@ pub struct RunArgs {
 /// Loads the recipe, opens the store and plans; exit code on failure.
 pub fn prepare(
     recipe: &Path,
+    overrides: &OverrideArgs,
     store: &StoreArgs,
     selection: &Selection,
 ) -> Result<(Pipeline, Store, Plan), u8> {
     let registry = pipeline::registry();
-    let pipeline = pipeline::load(recipe, &registry)?;
+    let pipeline = pipeline::load(recipe, &overrides.set, &registry)?;
     let store = pipeline::open_store(&pipeline::store_dir(&store.store, recipe))?;
     let hasher = FileHasher::with_cache(store.stat_cache_path());
     let plan = plan::plan(&pipeline, &store, &hasher, selection).map_err(|e| {
@@ -93,6 +98,7 @@ pub fn prepare(
 /// Each selected stage's key and state, with the op's plan-time notes
 /// under it.
 pub fn print_plan(plan: &Plan, pipeline: &Pipeline) {
+    print_overrides(plan);
     let width = plan.stages.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for s in plan.stages.iter().filter(|s| s.selected) {
         let state = match &s.state {
@@ -111,9 +117,21 @@ pub fn print_plan(plan: &Plan, pipeline: &Pipeline) {
     );
 }
 
+/// The `--set` flags a plan was made with, one per line, so that what is
+/// shown is never mistaken for the recipe file alone.
+pub fn print_overrides(plan: &Plan) {
+    for flag in &plan.overrides {
+        println!("override: --set {flag}");
+    }
+}
+
 pub fn plan(args: PlanArgs) -> u8 {
-    let (pipeline, _, plan) = match prepare(&args.recipe, &args.store, &args.selection.selection())
-    {
+    let (pipeline, _, plan) = match prepare(
+        &args.recipe,
+        &args.overrides,
+        &args.store,
+        &args.selection.selection(),
+    ) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -126,11 +144,15 @@ pub fn plan(args: PlanArgs) -> u8 {
 }
 
 pub fn run(args: RunArgs) -> u8 {
-    let (pipeline, store, plan) =
-        match prepare(&args.recipe, &args.store, &args.selection.selection()) {
-            Ok(x) => x,
-            Err(code) => return code,
-        };
+    let (pipeline, store, plan) = match prepare(
+        &args.recipe,
+        &args.overrides,
+        &args.store,
+        &args.selection.selection(),
+    ) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
     if args.dry_run {
         if args.json {
             output::print_json(&plan);

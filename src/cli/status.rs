@@ -1,8 +1,8 @@
 //! `distillery status [--why]`: which stages are up to date, and for those
 //! that are not, which field of their key changed since the last run.
 
-use super::run::prepare;
-use super::{EXIT_OK, StoreArgs, output};
+use super::run::{prepare, print_overrides};
+use super::{EXIT_OK, OverrideArgs, StoreArgs, output};
 use clap::Args;
 use distillery_engine::Pipeline;
 use distillery_engine::key::KeyChange;
@@ -20,6 +20,8 @@ pub struct StatusArgs {
     why: bool,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    overrides: OverrideArgs,
     /// Machine-readable output on stdout.
     #[arg(long)]
     json: bool,
@@ -30,7 +32,8 @@ pub fn status(args: StatusArgs) -> u8 {
         until: args.stages.clone(),
         ..Selection::default()
     };
-    let (pipeline, _, plan) = match prepare(&args.recipe, &args.store, &selection) {
+    let (pipeline, _, plan) = match prepare(&args.recipe, &args.overrides, &args.store, &selection)
+    {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -43,6 +46,7 @@ pub fn status(args: StatusArgs) -> u8 {
         output::print_json(&shown);
         return EXIT_OK;
     }
+    print_overrides(&plan);
     for s in shown {
         match &s.state {
             StageState::Cached => println!("{}: up to date ({})", s.name, &s.key[..12]),

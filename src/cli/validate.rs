@@ -1,7 +1,8 @@
 //! `distillery validate`: check many recipes at once, for CI.
 
-use super::{EXIT_INVALID, EXIT_OK, output, pipeline};
+use super::{EXIT_INVALID, EXIT_OK, OverrideArgs, output, pipeline};
 use clap::Args;
+use distillery_engine::diagnostic::Sources;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -12,6 +13,9 @@ pub struct ValidateArgs {
     /// Print the problems as JSON (with line and column) on stdout.
     #[arg(long)]
     json: bool,
+    /// Overrides applied to every recipe checked.
+    #[command(flatten)]
+    overrides: OverrideArgs,
 }
 
 pub fn validate(args: ValidateArgs) -> u8 {
@@ -30,7 +34,19 @@ pub fn validate(args: ValidateArgs) -> u8 {
                 continue;
             }
         };
-        match distillery_engine::validate(path, &source, &registry) {
+        let (overrides, validated) = distillery_engine::validate::validate_with_flags(
+            path,
+            &source,
+            &args.overrides.set,
+            &registry,
+        );
+        let name = path.display().to_string();
+        let sources = Sources {
+            recipe_name: &name,
+            recipe: &source,
+            overrides: &overrides,
+        };
+        match validated {
             Ok(p) => {
                 let notes: serde_json::Map<String, serde_json::Value> = p
                     .stages
@@ -53,11 +69,11 @@ pub fn validate(args: ValidateArgs) -> u8 {
             Err(diagnostics) => {
                 invalid += 1;
                 if !args.json {
-                    output::print_diagnostics(path, &source, &diagnostics);
+                    output::print_diagnostics(path, &sources, &diagnostics);
                 }
                 let problems: Vec<_> = diagnostics
                     .iter()
-                    .map(|d| output::diagnostic_json(&source, d))
+                    .map(|d| output::diagnostic_json(&sources, d))
                     .collect();
                 reports.push(
                     serde_json::json!({"recipe": path, "valid": false, "problems": problems}),
