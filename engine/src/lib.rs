@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod graph;
 pub mod interrupt;
 pub mod key;
+pub mod lock;
 pub mod matrix;
 pub mod op;
 pub mod overrides;

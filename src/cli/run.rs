@@ -4,6 +4,7 @@ use super::progress::Observer;
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, OverrideArgs, StoreArgs, output, pipeline};
 use clap::Args;
 use distillery_engine::files::FileHasher;
+use distillery_engine::lock::{self, Lock};
 use distillery_engine::plan::{self, Plan, Selection, StageState};
 use distillery_engine::run::{self, RunOptions};
 use distillery_engine::{ArtifactKind, Pipeline, Store};
@@ -66,6 +67,9 @@ pub struct RunArgs {
     /// Show what would run, run nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Leave the lock file (`<recipe>.lock` beside the recipe) as it is.
+    #[arg(long)]
+    no_lock: bool,
     /// Machine-readable report on stdout.
     #[arg(long)]
     json: bool,
@@ -183,6 +187,9 @@ pub fn run(args: RunArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
+    if !args.no_lock {
+        write_lock(&args.recipe, &pipeline, &plan, &store, &report);
+    }
     if args.json {
         output::print_json(&report);
     } else {
@@ -212,6 +219,33 @@ pub fn run(args: RunArgs) -> u8 {
         distillery_engine::interrupt::EXIT_INTERRUPTED as u8
     } else {
         EXIT_FAILED
+    }
+}
+
+/// Records what the run left stored in the recipe's lock file. A lock that
+/// cannot be read or written is a warning: the run's results are stored
+/// either way, and the next run writes the lock again.
+fn write_lock(
+    recipe: &Path,
+    pipeline: &Pipeline,
+    plan: &Plan,
+    store: &Store,
+    report: &run::RunReport,
+) {
+    let path = lock::path_for(recipe);
+    let previous = match Lock::read(&path) {
+        Ok(previous) => previous,
+        Err(e) => {
+            eprintln!("warning: {e}; writing a new lock");
+            None
+        }
+    };
+    let updated = Lock::updated(previous.clone(), pipeline, plan, store, report);
+    if previous.as_ref() == Some(&updated) {
+        return;
+    }
+    if let Err(e) = updated.write(&path) {
+        eprintln!("warning: {e}");
     }
 }
 

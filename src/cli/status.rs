@@ -1,12 +1,15 @@
 //! `distillery status [--why]`: which stages are up to date, and for those
 //! that are not, which field of their key changed since the last run.
+//! `--locked` compares the recipe with its lock file instead, for CI.
 
 use super::run::{prepare, print_overrides};
-use super::{EXIT_OK, OverrideArgs, StoreArgs, output};
+use super::{EXIT_FAILED, EXIT_OK, OverrideArgs, StoreArgs, output};
 use clap::Args;
 use distillery_engine::Pipeline;
+use distillery_engine::Store;
 use distillery_engine::key::KeyChange;
-use distillery_engine::plan::{RunReason, Selection, StageState};
+use distillery_engine::lock::{self, Lock};
+use distillery_engine::plan::{Plan, RunReason, Selection, StageState};
 use distillery_engine::validate::Stage;
 use std::path::PathBuf;
 
@@ -18,6 +21,11 @@ pub struct StatusArgs {
     /// Explain, field by field, what changed in each out-of-date stage.
     #[arg(long)]
     why: bool,
+    /// Check the recipe against its lock file (`<recipe>.lock`): exit 1 when
+    /// a stage's key no longer matches, is missing, or is no longer in the
+    /// recipe. Runs nothing.
+    #[arg(long, conflicts_with = "why")]
+    locked: bool,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -32,11 +40,14 @@ pub fn status(args: StatusArgs) -> u8 {
         until: args.stages.clone(),
         ..Selection::default()
     };
-    let (pipeline, _, plan) = match prepare(&args.recipe, &args.overrides, &args.store, &selection)
-    {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+    let (pipeline, store, plan) =
+        match prepare(&args.recipe, &args.overrides, &args.store, &selection) {
+            Ok(x) => x,
+            Err(code) => return code,
+        };
+    if args.locked {
+        return check_lock(&args, &plan, &store);
+    }
     let shown: Vec<_> = plan
         .stages
         .iter()
@@ -64,6 +75,63 @@ pub fn status(args: StatusArgs) -> u8 {
         }
     }
     EXIT_OK
+}
+
+/// `status --locked`: the recipe's keys against its lock file.
+fn check_lock(args: &StatusArgs, plan: &Plan, store: &Store) -> u8 {
+    let path = lock::path_for(&args.recipe);
+    let found = match Lock::read(&path) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            eprintln!(
+                "error: no lock file at {}: `distillery run` writes it",
+                path.display()
+            );
+            return EXIT_FAILED;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let problems = lock::check(&found, plan, store, &args.stages);
+    if args.json {
+        output::print_json(&serde_json::json!({
+            "lock": path,
+            "matches": problems.is_empty(),
+            "problems": problems,
+        }));
+    } else if problems.is_empty() {
+        println!(
+            "{}: the recipe matches its lock ({} stages)",
+            path.display(),
+            plan.stages
+                .iter()
+                .filter(|s| args.stages.is_empty() || args.stages.contains(&s.name))
+                .count()
+        );
+    } else {
+        for p in &problems {
+            match &p.stage {
+                Some(stage) => println!("{stage}: {}", p.problem),
+                None => println!("{}", p.problem),
+            }
+            for change in &p.changes {
+                println!("    {change}");
+            }
+        }
+        println!(
+            "{}: {} problem{}",
+            path.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+    }
+    if problems.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
 }
 
 /// One change in words; an input's change names the upstream stages.
