@@ -101,42 +101,6 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// The texts a recipe's spans point into: the recipe file, and past its
-/// end the command line's `--set` flags (see [`crate::overrides`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Sources<'a> {
-    pub recipe_name: &'a str,
-    pub recipe: &'a str,
-    pub overrides: &'a crate::overrides::Overrides,
-}
-
-/// The name the command line's flags are shown under.
-pub const COMMAND_LINE: &str = "command line";
-
-impl<'a> Sources<'a> {
-    /// The diagnostic with its spans made relative to the one text its
-    /// primary span is in, with that text's name and content. Secondary
-    /// labels in the other text are left out.
-    pub fn locate(&self, d: &Diagnostic) -> (Diagnostic, &'a str, &'a str) {
-        let base = self.overrides.base;
-        let on_command_line = |span: Span| !self.overrides.text.is_empty() && span.start >= base;
-        let primary_there = on_command_line(d.primary.span);
-        let mut located = d.clone();
-        located
-            .secondary
-            .retain(|l| on_command_line(l.span) == primary_there);
-        if !primary_there {
-            return (located, self.recipe_name, self.recipe);
-        }
-        let shift = |span: Span| Span::new(span.start - base, span.end - base);
-        located.primary.span = shift(located.primary.span);
-        for label in &mut located.secondary {
-            label.span = shift(label.span);
-        }
-        (located, COMMAND_LINE, &self.overrides.text)
-    }
-}
-
 /// A diagnostic together with the source it points into, ready for miette.
 #[derive(Debug)]
 pub struct SourceDiagnostic {

@@ -1,7 +1,8 @@
 //! Printing: diagnostics through miette, JSON for scripts.
 
 use distillery_engine::Diagnostic;
-use distillery_engine::diagnostic::{SourceDiagnostic, Sources};
+use distillery_engine::diagnostic::SourceDiagnostic;
+use distillery_engine::overrides::Sources;
 use std::path::Path;
 
 /// Prints each diagnostic with its source excerpt (the recipe, or the

@@ -2,7 +2,7 @@
 //! diagnostics on stderr, and the store it uses.
 
 use super::output;
-use distillery_engine::diagnostic::Sources;
+use distillery_engine::overrides::Sources;
 use distillery_engine::testing;
 use distillery_engine::validate::LoadError;
 use distillery_engine::{OpRegistry, Pipeline, Store};

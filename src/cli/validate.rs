@@ -2,7 +2,7 @@
 
 use super::{EXIT_INVALID, EXIT_OK, OverrideArgs, output, pipeline};
 use clap::Args;
-use distillery_engine::diagnostic::Sources;
+use distillery_engine::overrides::Sources;
 use std::path::PathBuf;
 
 #[derive(Args)]
