@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         &pipeline,
         &plan,
         &store,
-        &RunOptions { jobs: 1, device },
+        &RunOptions::local(1, device),
         &Quiet,
     )?;
     for stage in &report.stages {

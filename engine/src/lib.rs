@@ -16,6 +16,7 @@ pub mod overrides;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
+pub mod remote;
 pub mod run;
 pub mod schema;
 pub mod store;

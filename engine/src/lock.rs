@@ -131,7 +131,10 @@ impl Lock {
         for stage in &report.stages {
             let stored = matches!(
                 stage.outcome,
-                StageOutcome::Cached | StageOutcome::Reused | StageOutcome::Ran { .. }
+                StageOutcome::Cached
+                    | StageOutcome::Reused
+                    | StageOutcome::Pulled { .. }
+                    | StageOutcome::Ran { .. }
             );
             let index = pipeline.stage_index(&stage.name);
             let manifest = store.manifest(&stage.key);

@@ -7,11 +7,12 @@
 use crate::op::{Device, RunContext};
 use crate::plan::{Plan, StageState};
 use crate::progress::Progress;
+use crate::remote::{Remote, RemoteError, Transfer};
 use crate::store::Store;
 use crate::validate::Pipeline;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -21,6 +22,11 @@ pub enum StageOutcome {
     Cached,
     /// Another run published it while this one waited for the stage lock.
     Reused,
+    /// Received from the remote (`run --remote`) instead of computed.
+    Pulled {
+        seconds: f64,
+        bytes: u64,
+    },
     Ran {
         seconds: f64,
     },
@@ -64,6 +70,11 @@ pub trait RunObserver: Sync {
     /// A stage starts computing; returns where its progress goes.
     fn started(&self, stage: &str, key: &str) -> Box<dyn Progress>;
     fn finished(&self, report: &StageReport);
+    /// Something went wrong that did not fail the stage (a pull that fell
+    /// back to computing, a push that did not happen).
+    fn warning(&self, stage: &str, message: &str) {
+        tracing::warn!("{stage}: {message}");
+    }
 }
 
 /// Observes nothing; for library use and tests.
@@ -80,6 +91,22 @@ pub struct RunOptions {
     pub jobs: usize,
     /// The device the recipe resolved to (never `Auto` here).
     pub device: Device,
+    /// Read through this remote: a stage it has is pulled, not computed.
+    pub remote: Option<Arc<Remote>>,
+    /// Push each stage computed to the remote (write-back).
+    pub push: bool,
+}
+
+impl RunOptions {
+    /// Local execution only: no remote.
+    pub fn local(jobs: usize, device: Device) -> Self {
+        Self {
+            jobs,
+            device,
+            remote: None,
+            push: false,
+        }
+    }
 }
 
 /// Runs every selected stage of the plan that is not cached.
@@ -197,7 +224,7 @@ pub fn execute(
                 running.insert(i);
                 let sender = sender.clone();
                 scope.spawn(move || {
-                    let outcome = compute(pipeline, plan, store, i, options.device, observer);
+                    let outcome = compute(pipeline, plan, store, i, options, observer);
                     let _ = sender.send((i, outcome));
                 });
             }
@@ -248,15 +275,16 @@ pub fn execute(
     })
 }
 
-/// Computes one stage under its key lock.
+/// Computes one stage under its key lock, or pulls it from the remote.
 fn compute(
     pipeline: &Pipeline,
     plan: &Plan,
     store: &Store,
     index: usize,
-    device: Device,
+    options: &RunOptions,
     observer: &dyn RunObserver,
 ) -> StageOutcome {
+    let device = options.device;
     let planned = plan.stage(index);
     let stage = &pipeline.stages[index];
     let forced = planned.state == StageState::Run(crate::plan::RunReason::Forced);
@@ -265,6 +293,19 @@ fn compute(
         if !forced && store.contains(&planned.key) {
             store.record_stage(&plan.recipe, &planned.name, &planned.material)?;
             return Ok(StageOutcome::Reused);
+        }
+        if let Some(remote) = options.remote.as_deref().filter(|_| !forced) {
+            match pull(remote, store, &planned.key, &lock) {
+                Ok(Some(transfer)) => {
+                    store.record_stage(&plan.recipe, &planned.name, &planned.material)?;
+                    return Ok(StageOutcome::Pulled {
+                        seconds: transfer.seconds,
+                        bytes: transfer.bytes,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => observer.warning(&planned.name, &format!("{e}; computing it instead")),
+            }
         }
         let staging = store.begin(&planned.key, &lock)?;
         let inputs = stage
@@ -327,11 +368,29 @@ fn compute(
         )?;
         store.record_stage(&plan.recipe, &planned.name, &planned.material)?;
         drop(lock);
+        if let Some(remote) = options.remote.as_deref().filter(|_| options.push)
+            && let Err(e) = remote.push(store, &planned.key)
+        {
+            observer.warning(&planned.name, &format!("not pushed: {e}"));
+        }
         Ok(StageOutcome::Ran { seconds })
     })();
     result.unwrap_or_else(|e| StageOutcome::Failed {
         error: format!("{e:#}"),
     })
+}
+
+/// The entry from the remote when it has it; None when it does not.
+fn pull(
+    remote: &Remote,
+    store: &Store,
+    key: &str,
+    lock: &crate::store::StageLock,
+) -> Result<Option<Transfer>, RemoteError> {
+    if !remote.contains(key)? {
+        return Ok(None);
+    }
+    remote.pull(store, key, lock).map(Some)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

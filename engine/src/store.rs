@@ -116,6 +116,11 @@ impl Store {
         self.root.join("scratch").join(key)
     }
 
+    /// Where a published entry's manifest is.
+    pub fn manifest_path(&self, key: &str) -> PathBuf {
+        self.entry_dir(key).join("manifest.json")
+    }
+
     /// The manifest of a published entry, if there is one.
     pub fn manifest(&self, key: &str) -> Option<Manifest> {
         let bytes = fs::read(self.entry_dir(key).join("manifest.json")).ok()?;
@@ -188,12 +193,23 @@ impl Store {
             duration_secs,
             distillery_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        write_atomically(
-            &staging.dir.join("manifest.json"),
-            &serde_json::to_vec_pretty(&manifest)?,
-        )?;
+        self.install(staging, &key, &serde_json::to_vec_pretty(&manifest)?)?;
+        Ok(manifest)
+    }
+
+    /// Publishes an entry received from a remote, whose outputs the caller
+    /// has verified against `manifest` (the remote's bytes, kept as they
+    /// are so that both stores hold the same file).
+    pub fn publish_received(&self, staging: Staging, key: &str, manifest: &[u8]) -> io::Result<()> {
+        self.install(staging, key, manifest)
+    }
+
+    /// Writes the manifest into the staging folder and renames the folder
+    /// into place; the scratch folder goes once the entry is published.
+    fn install(&self, staging: Staging, key: &str, manifest: &[u8]) -> io::Result<()> {
+        write_atomically(&staging.dir.join("manifest.json"), manifest)?;
         sync_dir(&staging.dir)?;
-        let target = self.entry_dir(&key);
+        let target = self.entry_dir(key);
         if target.exists() {
             let trash = self
                 .root
@@ -206,11 +222,11 @@ impl Store {
             fs::rename(&staging.dir, &target)?;
         }
         sync_dir(&self.root.join("store"))?;
-        let scratch = self.scratch_dir(&key);
+        let scratch = self.scratch_dir(key);
         if scratch.exists() {
             fs::remove_dir_all(scratch)?;
         }
-        Ok(manifest)
+        Ok(())
     }
 
     /// Drops a failed attempt's staging folder (the scratch folder stays, so

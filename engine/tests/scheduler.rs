@@ -64,7 +64,7 @@ fn run_recipe(source: &str, device: Device) -> Timeline {
         &pipeline,
         &plan,
         &store,
-        &RunOptions { jobs: 4, device },
+        &RunOptions::local(4, device),
         &timeline,
     )
     .unwrap();

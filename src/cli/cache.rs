@@ -1,5 +1,6 @@
-//! `distillery cache ls|gc|verify`: look after the artifact store.
+//! `distillery cache ls|gc|verify|push|pull`: look after the artifact store.
 
+use super::cache_remote::{self, Direction, TransferArgs};
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, output, pipeline};
 use clap::{Args, Subcommand};
 use distillery_engine::Store;
@@ -17,6 +18,10 @@ pub enum CacheCommand {
     Gc(GcArgs),
     /// Rehash stored outputs and report any that changed.
     Verify(VerifyArgs),
+    /// Send a recipe's stored entries to a remote (objects first, manifest last).
+    Push(TransferArgs),
+    /// Receive a recipe's entries from a remote, each file's digest verified.
+    Pull(TransferArgs),
 }
 
 #[derive(Args)]
@@ -59,6 +64,8 @@ pub fn cache(command: CacheCommand) -> u8 {
         CacheCommand::Ls(args) => ls(args),
         CacheCommand::Gc(args) => gc(args),
         CacheCommand::Verify(args) => verify(args),
+        CacheCommand::Push(args) => cache_remote::transfer(args, Direction::Push),
+        CacheCommand::Pull(args) => cache_remote::transfer(args, Direction::Pull),
     }
 }
 

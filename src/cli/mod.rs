@@ -3,6 +3,7 @@
 
 mod bench;
 mod cache;
+mod cache_remote;
 mod dag;
 mod export;
 mod generate;

@@ -64,12 +64,28 @@ impl RunObserver for Observer {
         }
     }
 
+    fn warning(&self, stage: &str, message: &str) {
+        let text = format!("{stage}: warning: {message}");
+        // A warning reaches stderr even when `--json` quiets the progress.
+        if self.quiet {
+            eprintln!("{text}");
+        } else {
+            self.line(&text);
+        }
+    }
+
     fn finished(&self, report: &StageReport) {
         let text = match &report.outcome {
             StageOutcome::Cached => format!("{}: cached ({})", report.name, &report.key[..12]),
             StageOutcome::Reused => format!(
                 "{}: computed by another run, reused ({})",
                 report.name,
+                &report.key[..12]
+            ),
+            StageOutcome::Pulled { seconds, bytes } => format!(
+                "{}: pulled from the remote, {} in {seconds:.1}s ({})",
+                report.name,
+                distillery_ops::report::format::format_bytes(*bytes),
                 &report.key[..12]
             ),
             StageOutcome::Ran { seconds } => {

@@ -6,9 +6,11 @@ use clap::Args;
 use distillery_engine::files::FileHasher;
 use distillery_engine::lock::{self, Lock};
 use distillery_engine::plan::{self, Plan, Selection, StageState};
+use distillery_engine::remote::Remote;
 use distillery_engine::run::{self, RunOptions};
 use distillery_engine::{ArtifactKind, Pipeline, Store};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Which stages to act on.
 #[derive(Args, Clone)]
@@ -70,6 +72,13 @@ pub struct RunArgs {
     /// Leave the lock file (`<recipe>.lock` beside the recipe) as it is.
     #[arg(long)]
     no_lock: bool,
+    /// Read through a remote cache (a directory, s3://, gs://, az://): a
+    /// stage it has is pulled and verified instead of computed.
+    #[arg(long, value_name = "URL", env = "DISTILLERY_REMOTE")]
+    remote: Option<String>,
+    /// Push every stage this run computes to the remote.
+    #[arg(long, requires = "remote")]
+    push: bool,
     /// Machine-readable report on stdout.
     #[arg(long)]
     json: bool,
@@ -172,9 +181,18 @@ pub fn run(args: RunArgs) -> u8 {
             return EXIT_INVALID;
         }
     };
+    let remote = match args.remote.as_deref().map(Remote::open).transpose() {
+        Ok(r) => r.map(Arc::new),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
     let options = RunOptions {
         jobs: args.jobs as usize,
         device,
+        remote,
+        push: args.push,
     };
     if let Err(e) = distillery_engine::interrupt::install_handler() {
         eprintln!("warning: {e}; an interrupt will kill stages without a checkpoint");
@@ -201,16 +219,26 @@ pub fn run(args: RunArgs) -> u8 {
             .iter()
             .filter(|s| matches!(s.outcome, run::StageOutcome::Ran { .. }))
             .count();
+        let pulled = report
+            .stages
+            .iter()
+            .filter(|s| matches!(s.outcome, run::StageOutcome::Pulled { .. }))
+            .count();
         let failed = report
             .stages
             .iter()
             .filter(|s| s.outcome.is_failure())
             .count();
+        let pulled_text = if options.remote.is_some() {
+            format!("{pulled} pulled, ")
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{}: {} stages, {ran} ran, {} cached, {failed} failed or skipped",
+            "{}: {} stages, {ran} ran, {pulled_text}{} cached, {failed} failed or skipped",
             report.recipe,
             report.stages.len(),
-            report.stages.len() - ran - failed
+            report.stages.len() - ran - pulled - failed
         );
     }
     if report.succeeded() {

@@ -25,9 +25,6 @@ pub fn run_recipe(dir: &Path, recipe: &str) -> RunReport {
     let store = Store::open(&dir.join(".distillery")).unwrap();
     let hasher = FileHasher::with_cache(store.stat_cache_path());
     let plan = plan::plan(&pipeline, &store, &hasher, &Selection::default()).unwrap();
-    let options = RunOptions {
-        jobs: 1,
-        device: Device::Cpu,
-    };
+    let options = RunOptions::local(1, Device::Cpu);
     run::execute(&pipeline, &plan, &store, &options, &Quiet).unwrap()
 }
