@@ -30,6 +30,9 @@ pub struct Location {
     pub prefix: ObjectPath,
     /// What messages call it: the URL, or the directory's absolute path.
     pub display: String,
+    /// The folder, when the remote is a directory: files are copied into
+    /// it by the kernel rather than streamed through memory.
+    pub directory: Option<PathBuf>,
 }
 
 const SCHEMES: &str = "a directory, file://, s3://, gs://, az:// (or abfs://, https://ACCOUNT.blob.core.windows.net/)";
@@ -83,6 +86,7 @@ pub fn open(url: &str) -> Result<Location, RemoteError> {
         objects,
         prefix,
         display: url.to_string(),
+        directory: None,
     })
 }
 
@@ -95,14 +99,12 @@ fn directory(dir: &Path, url: &str) -> Result<Location, RemoteError> {
         url: url.to_string(),
         message: e.to_string(),
     })?;
-    let display = std::fs::canonicalize(dir)
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .display()
-        .to_string();
+    let absolute = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     Ok(Location {
         objects: Arc::new(objects),
         prefix: ObjectPath::default(),
-        display,
+        display: absolute.display().to_string(),
+        directory: Some(absolute),
     })
 }
 

@@ -90,6 +90,7 @@ pub struct Remote {
     objects: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     display: String,
+    directory: Option<std::path::PathBuf>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -107,6 +108,7 @@ impl Remote {
             objects: location.objects,
             prefix: location.prefix,
             display: location.display,
+            directory: location.directory,
             runtime,
         })
     }
@@ -184,14 +186,21 @@ impl Remote {
                             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                             Err(e) => return Err(self.store_error(e)),
                         }
-                        let sent = transfer::upload(objects.as_ref(), &target, &source)
-                            .await
-                            .map_err(|e| self.transfer_error(e, key, path))?;
+                        let sent = match &self.directory {
+                            Some(dir) => {
+                                transfer::copy_into(dir, target.as_ref(), &source, &file.blake3)
+                            }
+                            None => transfer::upload(objects.as_ref(), &target, &source).await,
+                        }
+                        .map_err(|e| self.transfer_error(e, key, path))?;
                         if sent.blake3 != file.blake3 || sent.size != file.size {
-                            // Someone changed the file after it was stored:
-                            // the object under this digest is not this
-                            // content, so it must not stay.
-                            let _ = objects.delete(&target).await;
+                            // Someone changed the file after it was stored.
+                            // An object store has it under this digest's
+                            // name, which it must not keep; a directory
+                            // never published it.
+                            if self.directory.is_none() {
+                                let _ = objects.delete(&target).await;
+                            }
                             return Err(RemoteError::LocalChanged {
                                 key: key.to_string(),
                                 path: path.clone(),

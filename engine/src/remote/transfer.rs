@@ -11,8 +11,6 @@ use std::path::Path;
 /// size, several in flight at once.
 const PART_BYTES: usize = 16 << 20;
 const PARTS_IN_FLIGHT: usize = 4;
-/// Read size when the remote's object is a local file.
-const READ_BYTES: usize = 8 << 20;
 
 #[derive(Debug)]
 pub enum TransferError {
@@ -89,6 +87,47 @@ pub async fn upload(
     })
 }
 
+/// Sends the file at `source` to the directory remote `dir` as `object`
+/// (a `/`-separated path under it): the kernel copies it into a temporary
+/// file there (`std::fs::copy` is copy_file_range on Linux, as `cp` is),
+/// the copy is hashed, and a rename publishes it whole, only when its digest
+/// is `expected` (the object's name). Object stores write through memory; a
+/// directory need not.
+pub fn copy_into(
+    dir: &Path,
+    object: &str,
+    source: &Path,
+    expected: &str,
+) -> Result<Moved, TransferError> {
+    let target = dir.join(object);
+    let folder = target.parent().expect("an object path has a folder");
+    std::fs::create_dir_all(folder)?;
+    let name = target.file_name().expect("an object path has a name");
+    // A name per process and thread: concurrent pushes of the same object
+    // never write the same temporary file. The `#` form is the one that
+    // object_store's directory listing skips.
+    let staging = folder.join(format!(
+        "{}#{}{:?}",
+        name.to_string_lossy(),
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let result = (|| {
+        let size = std::fs::copy(source, &staging)?;
+        let blake3 = crate::fsutil::hash_file(&staging)?;
+        if blake3 == expected {
+            std::fs::rename(&staging, &target)?;
+        } else {
+            std::fs::remove_file(&staging)?;
+        }
+        Ok(Moved { blake3, size })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    result
+}
+
 /// Receives `source` into a new file at `target` (its folders created).
 pub async fn download(
     objects: &dyn ObjectStore,
@@ -98,26 +137,24 @@ pub async fn download(
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(target)?);
-    let mut hasher = blake3::Hasher::new();
-    let mut size = 0u64;
     let got = objects.get(source).await?;
+    let mut out = std::fs::File::create(target)?;
     match got.payload {
-        // A directory remote hands over the file itself: read it in large
-        // pieces instead of the stream's small chunks.
+        // A directory remote hands over the file itself: the kernel copies
+        // it (`io::copy` between files is copy_file_range on Linux), and
+        // the copy, which is what enters the store, is hashed after.
         GetResultPayload::File(mut file, _) => {
-            let mut buffer = vec![0u8; READ_BYTES];
-            loop {
-                let n = read_full(&mut file, &mut buffer)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buffer[..n]);
-                out.write_all(&buffer[..n])?;
-                size += n as u64;
-            }
+            let size = std::io::copy(&mut file, &mut out)?;
+            drop(out);
+            Ok(Moved {
+                blake3: crate::fsutil::hash_file(target)?,
+                size,
+            })
         }
         GetResultPayload::Stream(mut stream) => {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+            let mut hasher = blake3::Hasher::new();
+            let mut size = 0u64;
             use futures::StreamExt;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
@@ -125,15 +162,15 @@ pub async fn download(
                 out.write_all(&chunk)?;
                 size += chunk.len() as u64;
             }
+            // Not synced, like the files an op writes: the store syncs the
+            // manifest and the folder when it publishes.
+            out.flush()?;
+            Ok(Moved {
+                blake3: hasher.finalize().to_hex().to_string(),
+                size,
+            })
         }
     }
-    // Not synced, like the files an op writes: the store syncs the
-    // manifest and the folder when it publishes.
-    out.flush()?;
-    Ok(Moved {
-        blake3: hasher.finalize().to_hex().to_string(),
-        size,
-    })
 }
 
 /// Reads until `buffer` is full or the file ends; returns the bytes read.

@@ -11,6 +11,7 @@ mod hash;
 mod importance;
 mod importance_pass;
 mod kd;
+mod remote;
 
 use super::{EXIT_FAILED, EXIT_OK};
 use clap::Subcommand;
@@ -37,6 +38,9 @@ pub enum BenchCommand {
     /// Distillation training steps: teacher forward, student forward and
     /// backward, optimizer; tokens/s of each part.
     Distill(distill::DistillArgs),
+    /// Pushing and pulling a large stage output against a copy of the same
+    /// file on the same disk.
+    Remote(remote::RemoteArgs),
 }
 
 pub fn bench(command: BenchCommand) -> u8 {
@@ -48,6 +52,7 @@ pub fn bench(command: BenchCommand) -> u8 {
         BenchCommand::Eval(args) => report(eval::eval(args)),
         BenchCommand::Kd(args) => report(kd::kd(args)),
         BenchCommand::Distill(args) => report(distill::distill(args)),
+        BenchCommand::Remote(args) => report(remote::remote(args)),
     }
 }
 
