@@ -12,8 +12,8 @@
 //! that touch different stages merge without conflict.
 
 use crate::key::{self, KeyChange, KeyMaterial};
+use crate::outcome::{RunReport, StageOutcome};
 use crate::plan::Plan;
-use crate::run::{RunReport, StageOutcome};
 use crate::store::{OutputFile, Store};
 use crate::validate::Pipeline;
 use serde::{Deserialize, Serialize};

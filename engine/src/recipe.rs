@@ -7,13 +7,37 @@ use crate::diagnostic::{Diagnostic, Span, did_you_mean, quoted_list};
 use crate::matrix::{self, Expansion};
 use crate::op::Device;
 use crate::overrides::Overrides;
+use crate::slurm::resources::{self, Resources, SlurmSettings};
 use crate::vars::{self, Scope};
 use crate::yaml::{self, Node, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-const TOP_LEVEL_KEYS: &[&str] = &["name", "seed", "device", "vars", "stages"];
-const STAGE_KEYS: &[&str] = &["op", "inputs", "with", "matrix"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "name", "seed", "device", "executor", "slurm", "vars", "stages",
+];
+const STAGE_KEYS: &[&str] = &["op", "inputs", "with", "matrix", "resources"];
+
+/// Where a recipe's stages run: threads of this process, or one Slurm job
+/// each. `run --executor` overrides the recipe's `executor:`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExecutorKind {
+    #[default]
+    Local,
+    Slurm,
+}
+
+impl ExecutorKind {
+    pub const NAMES: &[&str] = &["local", "slurm"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "local" => Some(Self::Local),
+            "slurm" => Some(Self::Slurm),
+            _ => None,
+        }
+    }
+}
 
 /// A parsed recipe, before its ops are resolved.
 #[derive(Debug, Clone)]
@@ -26,6 +50,12 @@ pub struct Recipe {
     pub name: String,
     pub seed: u64,
     pub device: Device,
+    /// The recipe's `executor:` (local when absent).
+    pub executor: ExecutorKind,
+    /// The recipe's `slurm:` block, and the node it came from (for
+    /// diagnostics that need the op registry).
+    pub slurm: SlurmSettings,
+    pub slurm_node: Option<Node>,
     pub stages: Vec<StageSpec>,
 }
 
@@ -59,6 +89,8 @@ pub struct StageSpec {
     pub inputs_broken: bool,
     /// Which expansion of a `matrix` stage this is; `None` for a plain stage.
     pub expansion: Option<Expansion>,
+    /// The stage's own Slurm `resources:` (empty when absent).
+    pub resources: Resources,
 }
 
 impl StageSpec {
@@ -220,6 +252,37 @@ impl Reader<'_> {
                 }
             },
         };
+        let executor = match root.get("executor") {
+            None => ExecutorKind::Local,
+            Some((_, node)) => match node.as_str().and_then(ExecutorKind::parse) {
+                Some(kind) => kind,
+                None => {
+                    self.error(
+                        Diagnostic::new(
+                            "recipe::invalid-executor",
+                            format!(
+                                "`executor` must be one of {}, found {}",
+                                quoted_list(ExecutorKind::NAMES),
+                                describe(node)
+                            ),
+                            node.span,
+                        )
+                        .label("unknown executor"),
+                    );
+                    ExecutorKind::Local
+                }
+            },
+        };
+        let (slurm, slurm_node) = match root.get("slurm") {
+            None => (SlurmSettings::default(), None),
+            Some((_, node)) => match resources::parse_settings(node) {
+                Ok(settings) => (settings, Some(node.clone())),
+                Err(errors) => {
+                    self.diagnostics.extend(errors);
+                    (SlurmSettings::default(), None)
+                }
+            },
+        };
         let vars = match root.get("vars") {
             None => Vec::new(),
             Some((_, node)) => match node.as_map() {
@@ -262,6 +325,9 @@ impl Reader<'_> {
             name,
             seed,
             device,
+            executor,
+            slurm,
+            slurm_node,
             stages,
         })
     }
@@ -474,6 +540,18 @@ impl Reader<'_> {
                 .label("expected `parameter: value` pairs"),
             );
         }
+        let resources = match node.get("resources") {
+            None => Resources::default(),
+            Some((_, v)) => {
+                match resources::parse_resources(v, &format!("`resources` of stage `{name}`")) {
+                    Ok(r) => r,
+                    Err(errors) => {
+                        self.diagnostics.extend(errors);
+                        Resources::default()
+                    }
+                }
+            }
+        };
         Some(StageSpec {
             name,
             name_span: key.span,
@@ -484,6 +562,7 @@ impl Reader<'_> {
             with_broken,
             inputs_broken,
             expansion: None,
+            resources,
         })
     }
 

@@ -5,87 +5,15 @@
 //! waits and then finds the entry published.
 
 use crate::op::{Device, RunContext};
+pub use crate::outcome::{Quiet, RunObserver, RunReport, StageOutcome, StageReport};
 use crate::plan::{Plan, StageState};
-use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Transfer};
+use crate::slurm::executor::SlurmExecutor;
 use crate::store::Store;
 use crate::validate::Pipeline;
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum StageOutcome {
-    /// Found in the store; nothing ran.
-    Cached,
-    /// Another run published it while this one waited for the stage lock.
-    Reused,
-    /// Received from the remote (`run --remote`) instead of computed.
-    Pulled {
-        seconds: f64,
-        bytes: u64,
-    },
-    Ran {
-        seconds: f64,
-    },
-    Failed {
-        error: String,
-    },
-    /// Not run because a stage it needs failed.
-    Skipped {
-        failed_upstream: String,
-    },
-}
-
-impl StageOutcome {
-    pub fn is_failure(&self) -> bool {
-        matches!(self, Self::Failed { .. } | Self::Skipped { .. })
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StageReport {
-    pub name: String,
-    pub key: String,
-    #[serde(flatten)]
-    pub outcome: StageOutcome,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub recipe: String,
-    pub stages: Vec<StageReport>,
-}
-
-impl RunReport {
-    pub fn succeeded(&self) -> bool {
-        !self.stages.iter().any(|s| s.outcome.is_failure())
-    }
-}
-
-/// What the command line shows while a run proceeds.
-pub trait RunObserver: Sync {
-    /// A stage starts computing; returns where its progress goes.
-    fn started(&self, stage: &str, key: &str) -> Box<dyn Progress>;
-    fn finished(&self, report: &StageReport);
-    /// Something went wrong that did not fail the stage (a pull that fell
-    /// back to computing, a push that did not happen).
-    fn warning(&self, stage: &str, message: &str) {
-        tracing::warn!("{stage}: {message}");
-    }
-}
-
-/// Observes nothing; for library use and tests.
-pub struct Quiet;
-
-impl RunObserver for Quiet {
-    fn started(&self, _: &str, _: &str) -> Box<dyn Progress> {
-        Box::new(crate::progress::NoProgress)
-    }
-    fn finished(&self, _: &StageReport) {}
-}
 
 pub struct RunOptions {
     pub jobs: usize,
@@ -95,6 +23,8 @@ pub struct RunOptions {
     pub remote: Option<Arc<Remote>>,
     /// Push each stage computed to the remote (write-back).
     pub push: bool,
+    /// Run each stage as a Slurm job instead of in this process.
+    pub slurm: Option<Arc<SlurmExecutor>>,
 }
 
 impl RunOptions {
@@ -105,6 +35,7 @@ impl RunOptions {
             device,
             remote: None,
             push: false,
+            slurm: None,
         }
     }
 }
@@ -151,7 +82,8 @@ pub fn execute(
     }
 
     let jobs = options.jobs.max(1);
-    let accelerator = options.device != Device::Cpu;
+    // In this process one accelerator is shared; Slurm gives each job its own.
+    let accelerator = options.device != Device::Cpu && options.slurm.is_none();
     let (sender, receiver) = mpsc::channel::<(usize, StageOutcome)>();
     std::thread::scope(|scope| {
         let mut running: BTreeSet<usize> = BTreeSet::new();
@@ -224,7 +156,10 @@ pub fn execute(
                 running.insert(i);
                 let sender = sender.clone();
                 scope.spawn(move || {
-                    let outcome = compute(pipeline, plan, store, i, options, observer);
+                    let outcome = match &options.slurm {
+                        Some(slurm) => slurm.compute(pipeline, plan, store, i, observer),
+                        None => compute(pipeline, plan, store, i, options, observer),
+                    };
                     let _ = sender.send((i, outcome));
                 });
             }
@@ -273,6 +208,19 @@ pub fn execute(
         recipe: plan.recipe.clone(),
         stages,
     })
+}
+
+/// Computes the planned stage `index` in this process, as a run would: the
+/// `run-stage` command of a Slurm job uses it.
+pub fn compute_stage(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    store: &Store,
+    index: usize,
+    options: &RunOptions,
+    observer: &dyn RunObserver,
+) -> StageOutcome {
+    compute(pipeline, plan, store, index, options, observer)
 }
 
 /// Computes one stage under its key lock, or pulls it from the remote.

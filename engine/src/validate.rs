@@ -8,6 +8,7 @@ use crate::graph::StageGraph;
 use crate::op::{CheckContext, Op, OpRegistry, UpstreamInfo};
 use crate::overrides::Overrides;
 use crate::recipe::{self, Recipe, StageSpec};
+use crate::slurm::resources::{self, Resources};
 use crate::yaml::{Node, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,9 @@ pub struct Stage {
     pub uses_accelerator: bool,
     /// The op's plan-time notes (see [`crate::TypedOp::notes`]).
     pub notes: Vec<String>,
+    /// What the stage's Slurm job asks for: its own `resources`, over its
+    /// op's in `slurm.ops`, over `slurm.defaults`.
+    pub resources: Resources,
 }
 
 /// Reads and validates a recipe file.
@@ -394,7 +398,22 @@ pub fn validate_with_overrides(
             params: params[i].clone(),
             inputs: inputs[i].clone(),
             external_files,
+            resources: spec.resources.over(
+                &recipe
+                    .slurm
+                    .ops
+                    .get(op.name())
+                    .unwrap_or(&Default::default())
+                    .over(&recipe.slurm.defaults),
+            ),
         });
+    }
+    if let Some(node) = &recipe.slurm_node {
+        diagnostics.extend(resources::unknown_ops(
+            node,
+            &recipe.slurm,
+            &registry.names(),
+        ));
     }
 
     if diagnostics.is_empty() {

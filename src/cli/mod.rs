@@ -14,6 +14,7 @@ mod pipeline;
 mod progress;
 mod report;
 mod run;
+mod run_stage;
 mod schema;
 mod search_space;
 mod status;
@@ -49,6 +50,9 @@ enum Command {
     Plan(run::PlanArgs),
     /// Run a recipe: compute every stage that is not in the store.
     Run(run::RunArgs),
+    /// Compute one stage whose inputs are stored (what a Slurm job runs).
+    #[command(hide = true)]
+    RunStage(run_stage::RunStageArgs),
     /// Show which stages are up to date; `--why` explains each change.
     Status(status::StatusArgs),
     /// Print the stage graph as text, Graphviz dot or Mermaid.
@@ -115,6 +119,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::validate(args),
         Command::Plan(args) => run::plan(args),
         Command::Run(args) => run::run(args),
+        Command::RunStage(args) => run_stage::run_stage(args),
         Command::Status(args) => status::status(args),
         Command::Dag(args) => dag::dag(args),
         Command::Report(args) => report::report(args),

@@ -6,8 +6,10 @@ use clap::Args;
 use distillery_engine::files::FileHasher;
 use distillery_engine::lock::{self, Lock};
 use distillery_engine::plan::{self, Plan, Selection, StageState};
+use distillery_engine::recipe::ExecutorKind;
 use distillery_engine::remote::Remote;
 use distillery_engine::run::{self, RunOptions};
+use distillery_engine::slurm::executor::SlurmExecutor;
 use distillery_engine::{ArtifactKind, Pipeline, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,6 +81,14 @@ pub struct RunArgs {
     /// Push every stage this run computes to the remote.
     #[arg(long, requires = "remote")]
     push: bool,
+    /// Where stages run: `local` (threads of this process) or `slurm` (one
+    /// `sbatch` job per stage; the store must be on a filesystem the nodes
+    /// share). Default: the recipe's `executor:`, else local.
+    #[arg(long, value_name = "local|slurm", env = "DISTILLERY_EXECUTOR", value_parser = ["local", "slurm"])]
+    executor: Option<String>,
+    /// Slurm: seconds between two looks at the queue.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    poll: f64,
     /// Machine-readable report on stdout.
     #[arg(long)]
     json: bool,
@@ -188,11 +198,27 @@ pub fn run(args: RunArgs) -> u8 {
             return EXIT_INVALID;
         }
     };
+    let executor = args
+        .executor
+        .as_deref()
+        .and_then(ExecutorKind::parse)
+        .unwrap_or(pipeline.recipe.executor);
+    let slurm = match executor {
+        ExecutorKind::Local => None,
+        ExecutorKind::Slurm => match slurm_executor(&args, &store) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return EXIT_INVALID;
+            }
+        },
+    };
     let options = RunOptions {
         jobs: args.jobs as usize,
         device,
         remote,
         push: args.push,
+        slurm,
     };
     if let Err(e) = distillery_engine::interrupt::install_handler() {
         eprintln!("warning: {e}; an interrupt will kill stages without a checkpoint");
@@ -248,6 +274,33 @@ pub fn run(args: RunArgs) -> u8 {
     } else {
         EXIT_FAILED
     }
+}
+
+/// How a Slurm job computes one stage: this binary's `run-stage` command,
+/// with absolute paths (jobs start in another folder, maybe on another
+/// node) and the same overrides.
+fn slurm_executor(args: &RunArgs, store: &Store) -> anyhow::Result<SlurmExecutor> {
+    anyhow::ensure!(
+        args.poll > 0.0 && args.poll.is_finite(),
+        "--poll must be a positive number of seconds"
+    );
+    let absolute = |p: &Path| -> anyhow::Result<PathBuf> {
+        std::fs::canonicalize(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    };
+    let mut job_args = vec![
+        "run-stage".to_string(),
+        absolute(&args.recipe)?.display().to_string(),
+        "--store".to_string(),
+        absolute(store.root())?.display().to_string(),
+    ];
+    for flag in &args.overrides.set {
+        job_args.extend(["--set".to_string(), flag.clone()]);
+    }
+    Ok(SlurmExecutor {
+        program: std::env::current_exe()?,
+        args: job_args,
+        poll: std::time::Duration::from_secs_f64(args.poll),
+    })
 }
 
 /// Records what the run left stored in the recipe's lock file. A lock that

@@ -10,6 +10,7 @@ use distillery_engine::Store;
 use distillery_engine::key::KeyChange;
 use distillery_engine::lock::{self, Lock};
 use distillery_engine::plan::{Plan, RunReason, Selection, StageState};
+use distillery_engine::slurm::jobs;
 use distillery_engine::validate::Stage;
 use std::path::PathBuf;
 
@@ -63,6 +64,7 @@ pub fn status(args: StatusArgs) -> u8 {
             StageState::Cached => println!("{}: up to date ({})", s.name, &s.key[..12]),
             StageState::Run(reason) => {
                 println!("{}: out of date: {reason}", s.name);
+                print_job(&store, &s.name, &s.key);
                 if args.why
                     && let RunReason::Changed { changes } = reason
                 {
@@ -75,6 +77,28 @@ pub fn status(args: StatusArgs) -> u8 {
         }
     }
     EXIT_OK
+}
+
+/// The Slurm job of a stage that is not stored, if it had one: its id and
+/// state (from the queue while it is there, else the last state seen) and
+/// its log.
+fn print_job(store: &Store, stage: &str, key: &str) {
+    let Some(record) = jobs::read_record(store, stage, key) else {
+        return;
+    };
+    let live = jobs::queue_state(&record.job_id).ok().flatten();
+    let state = live.as_deref().unwrap_or(&record.state);
+    let log = jobs::log_path(store, stage, key, &record.job_id);
+    let what = if live.is_some() {
+        "is"
+    } else {
+        "was last seen"
+    };
+    println!(
+        "    slurm job {} {what} {state} (log {})",
+        record.job_id,
+        log.display()
+    );
 }
 
 /// `status --locked`: the recipe's keys against its lock file.

@@ -1,0 +1,304 @@
+//! The Slurm executor against a real Slurm: a one-node cluster started here
+//! (scripts/slurm/local-cluster.sh: munged, slurmctld and slurmd on free
+//! ports) runs a recipe's stages as jobs. Two independent stages run at the
+//! same time, a failing job is reported with its log, a cancelled job
+//! leaves no entry and its stage resumes from its checkpoint, and a rerun
+//! finds every stage stored. Needs root and Debian's slurm-wlm and munge;
+//! without them the test is skipped, except under CI=true, where it fails.
+
+mod common;
+
+use common::{Workspace, repo_root, text};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const RECIPE: &str = "\
+name: cluster
+stages:
+  left:
+    op: count
+    with: { steps: 8, step_ms: 250 }
+  right:
+    op: count
+    with: { steps: 9, step_ms: 250 }
+  joined:
+    op: concat
+    inputs: { parts: [left, right] }
+  broken:
+    op: count
+    with: { steps: 4 }
+  after_broken:
+    op: concat
+    inputs: { parts: [broken] }
+  long:
+    op: count
+    with: { steps: 400, step_ms: 50 }
+";
+
+/// A cluster that stops when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("slurm.conf")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn script() -> PathBuf {
+    repo_root().join("scripts/slurm/local-cluster.sh")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_cluster() -> Option<Cluster> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| text(&o.stdout).trim() == "0");
+    let have = ["slurmctld", "slurmd", "munged"].iter().all(|tool| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !(have && root.unwrap_or(false)) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the Slurm test needs root and slurm-wlm and munge (.ci/run installs them)"
+        );
+        eprintln!("skipped: the Slurm test needs root and `apt-get install slurm-wlm munge`");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(script())
+        .arg("start")
+        .arg(dir.path())
+        .env("SLURMCTLD_PORT", free_port().to_string())
+        .env("SLURMD_PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    let cluster = Cluster { dir };
+    assert!(
+        out.status.success(),
+        "the local cluster did not start: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    Some(cluster)
+}
+
+fn run(ws: &Workspace, cluster: &Cluster, args: &[&str]) -> Output {
+    ws.cmd(args)
+        .env("SLURM_CONF", cluster.conf())
+        .output()
+        .unwrap()
+}
+
+fn report(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)))
+}
+
+fn outcome<'a>(report: &'a serde_json::Value, stage: &str) -> &'a serde_json::Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stage)
+        .unwrap_or_else(|| panic!("no {stage} in {report}"))
+}
+
+/// When the op log says a stage started and finished (line numbers).
+fn span(ws: &Workspace, stage: &str) -> (usize, usize) {
+    let log = ws.log();
+    let at = |word: &str| {
+        log.iter()
+            .position(|l| l.starts_with(word) && l.split(' ').nth(1) == Some(stage))
+            .unwrap_or_else(|| panic!("no `{word} {stage}` in {log:?}"))
+    };
+    (at("start-at-0"), at("finish"))
+}
+
+fn job_id(store: &Path, stage: &str) -> Option<String> {
+    let jobs = std::fs::read_dir(store.join("jobs")).ok()?;
+    for entry in jobs.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{stage}-"))
+        {
+            let record: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(entry.path().join("job.json")).ok()?).ok()?;
+            return record["job_id"].as_str().map(String::from);
+        }
+    }
+    None
+}
+
+#[test]
+fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let ws = Workspace::new();
+    ws.write("recipe.yaml", RECIPE);
+    let slurm = [
+        "--executor",
+        "slurm",
+        "--poll",
+        "0.2",
+        "--jobs",
+        "4",
+        "--json",
+    ];
+
+    // Two independent stages in parallel (the node has two CPUs).
+    let mut args = vec!["run", "recipe.yaml", "--until", "joined"];
+    args.extend(slurm);
+    let out = run(&ws, &cluster, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = report(&out);
+    for stage in ["left", "right", "joined"] {
+        assert_eq!(outcome(&first, stage)["outcome"], "ran", "{first}");
+    }
+    let (left_start, left_end) = span(&ws, "left");
+    let (right_start, right_end) = span(&ws, "right");
+    assert!(
+        left_start < right_end && right_start < left_end,
+        "left and right did not overlap: {:?}",
+        ws.log()
+    );
+    assert_eq!(ws.output_of("recipe.yaml", "joined").lines().count(), 2);
+
+    // A failing job: reported with its log's tail; what needs it is skipped.
+    let mut args = vec!["run", "recipe.yaml", "--until", "after_broken"];
+    args.extend(slurm);
+    args.extend(["--set", "stages.broken.with.fail_at=2"]);
+    let out = run(&ws, &cluster, &args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let first = report(&out);
+    let broken = outcome(&first, "broken");
+    assert_eq!(broken["outcome"], "failed");
+    let error = broken["error"].as_str().unwrap();
+    assert!(error.contains("slurm job"), "{error}");
+    assert!(error.contains("FAILED"), "{error}");
+    assert!(
+        error.contains("failing at step 2 as asked"),
+        "the log tail is missing: {error}"
+    );
+    assert_eq!(outcome(&first, "after_broken")["outcome"], "skipped");
+
+    // `status` names the failed stage's job and its log.
+    let status = ws
+        .cmd(&[
+            "status",
+            "recipe.yaml",
+            "--set",
+            "stages.broken.with.fail_at=2",
+        ])
+        .env("SLURM_CONF", cluster.conf())
+        .output()
+        .unwrap();
+    let status = text(&status.stdout);
+    assert!(status.contains("    slurm job"), "{status}");
+    assert!(status.contains("FAILED (log "), "{status}");
+
+    // A job cancelled from outside: no entry, a checkpoint, and a rerun
+    // that resumes from it.
+    let mut args = vec!["run", "recipe.yaml", "--until", "long"];
+    args.extend(slurm);
+    let engine = ws
+        .cmd(&args)
+        .env("SLURM_CONF", cluster.conf())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let store = ws.store();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the long job never started: {:?}",
+            ws.log()
+        );
+        if ws.log().iter().any(|l| l.starts_with("start-at-0 long")) {
+            let scratch = std::fs::read_dir(store.join("scratch"))
+                .unwrap()
+                .flatten()
+                .any(|e| e.path().join("checkpoint.json").exists());
+            if scratch {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let id = job_id(&store, "long").expect("a job record for `long`");
+    let cancelled = Command::new("scancel")
+        .arg(&id)
+        .env("SLURM_CONF", cluster.conf())
+        .status()
+        .unwrap();
+    assert!(cancelled.success());
+    let out = engine.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let long = report(&out);
+    let long = outcome(&long, "long");
+    assert_eq!(long["outcome"], "failed");
+    assert!(
+        long["error"].as_str().unwrap().contains("CANCELLED"),
+        "{long}"
+    );
+    let key = ws.key_of("recipe.yaml", "long");
+    assert!(!store.join("store").join(&key).exists());
+
+    ws.clear_log();
+    let mut args = vec!["run", "recipe.yaml"];
+    args.extend(slurm);
+    let out = run(&ws, &cluster, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let resumed = ws
+        .log()
+        .into_iter()
+        .find(|l| l.starts_with("start-at-") && l.split(' ').nth(1) == Some("long"))
+        .expect("`long` ran again");
+    let step: u32 = resumed["start-at-".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(step > 0, "`long` started over: {resumed}");
+    let full = report(&out);
+    for stage in ["broken", "after_broken", "long"] {
+        assert_eq!(outcome(&full, stage)["outcome"], "ran", "{full}");
+    }
+
+    // Everything is stored: a rerun submits nothing.
+    ws.clear_log();
+    let out = run(&ws, &cluster, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for stage in report(&out)["stages"].as_array().unwrap() {
+        assert_eq!(stage["outcome"], "cached", "{stage}");
+    }
+    assert!(ws.log().is_empty());
+}
