@@ -302,3 +302,72 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
     }
     assert!(ws.log().is_empty());
 }
+
+#[test]
+fn resources_are_validated_where_written_and_never_change_a_key() {
+    let ws = Workspace::new();
+    ws.write("plain.yaml", RECIPE);
+    let with_resources = RECIPE
+        .replace(
+            "name: cluster\n",
+            "name: cluster\nexecutor: slurm\nslurm:\n  defaults: { cpus: 1, mem: 1G }\n  ops:\n    count: { time: \"10:00\" }\n",
+        )
+        .replace(
+            "    with: { steps: 400, step_ms: 50 }\n",
+            "    with: { steps: 400, step_ms: 50 }\n    resources: { cpus: 2, sbatch: [\"--qos=low\"] }\n",
+        );
+    ws.write("resourced.yaml", &with_resources);
+    let keys = |recipe: &str| -> Vec<String> {
+        ws.planned(recipe)
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(keys("plain.yaml"), keys("resourced.yaml"));
+
+    let bad = RECIPE
+        .replace(
+            "name: cluster\n",
+            "name: cluster\nexecutor: pbs\nslurm:\n  defaults: { mem: lots }\n  ops:\n    cnt: { gpus: 1 }\n",
+        )
+        .replace(
+            "    with: { steps: 400, step_ms: 50 }\n",
+            "    with: { steps: 400, step_ms: 50 }\n    resources: { cpu: 2, sbatch: [\"--output=x\"] }\n",
+        );
+    ws.write("bad.yaml", &bad);
+    let out = ws.run(&["validate", "bad.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems: Vec<String> = reports[0]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}:{} {}",
+                p["code"], p["line"], p["column"], p["message"]
+            )
+        })
+        .collect();
+    let joined = problems.join("\n");
+    for expected in [
+        "`executor` must be one of `local`, `slurm`",
+        "`lots` is not a memory size",
+        "`slurm.ops` names `cnt`, which is not an op",
+        "unknown field `cpu`",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "missing {expected:?} in:\n{joined}"
+        );
+    }
+    // `--output` is the executor's own, but only reported once the field
+    // names are right; with `cpus` it is.
+    ws.write("bad.yaml", &bad.replace("cpu: 2", "cpus: 2"));
+    let out = ws.run(&["validate", "bad.yaml"]);
+    assert!(
+        text(&out.stderr).contains("`--output` is set by the executor"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -275,13 +275,14 @@ impl Reader<'_> {
         };
         let (slurm, slurm_node) = match root.get("slurm") {
             None => (SlurmSettings::default(), None),
-            Some((_, node)) => match resources::parse_settings(node) {
-                Ok(settings) => (settings, Some(node.clone())),
-                Err(errors) => {
-                    self.diagnostics.extend(errors);
-                    (SlurmSettings::default(), None)
+            Some((_, node)) => {
+                let (settings, problems) = resources::parse_settings(node);
+                self.diagnostics.extend(problems);
+                match settings {
+                    Some(settings) => (settings, Some(node.clone())),
+                    None => (SlurmSettings::default(), None),
                 }
-            },
+            }
         };
         let vars = match root.get("vars") {
             None => Vec::new(),

@@ -3,6 +3,8 @@
 //! completes `with` for the op a stage names.
 
 use crate::op::OpRegistry;
+use crate::recipe::ExecutorKind;
+use crate::slurm::resources::SlurmSettings;
 use serde_json::{Value, json};
 
 pub fn recipe_schema(registry: &OpRegistry) -> Value {
@@ -41,6 +43,10 @@ pub fn recipe_schema(registry: &OpRegistry) -> Value {
         );
         properties.insert("with".into(), params);
         properties.insert("matrix".into(), json!({"$ref": "#/$defs/matrix"}));
+        properties.insert(
+            "resources".into(),
+            json!({"$ref": "#/$defs/Resources", "description": "What this stage's Slurm job asks for (over `slurm.ops` and `slurm.defaults`); not part of the stage's key."}),
+        );
         let mut required = vec!["op"];
         if !required_inputs.is_empty() {
             required.push("inputs");
@@ -59,6 +65,8 @@ pub fn recipe_schema(registry: &OpRegistry) -> Value {
         );
         branches.push(json!({"$ref": format!("#/$defs/{def_name}")}));
     }
+    // The Slurm types join the definitions (as `Resources` and `SlurmSettings`).
+    let slurm = generator.subschema_for::<SlurmSettings>().to_value();
     let mut defs = generator.take_definitions(true);
     defs.extend(op_defs);
     defs.insert("stage".into(), json!({"oneOf": branches}));
@@ -105,6 +113,11 @@ pub fn recipe_schema(registry: &OpRegistry) -> Value {
             "name": {"type": "string", "minLength": 1, "description": "Name of the recipe (default: the file name)."},
             "seed": {"type": "integer", "minimum": 0, "description": "Seed for every stage (default 0); part of every stage key."},
             "device": {"enum": ["cpu", "cuda", "auto"], "description": "Where stages run (default auto: cuda when one is present)."},
+            "executor": {"enum": ExecutorKind::NAMES, "description": "How stages run: `local` (default: threads of this process) or `slurm` (one sbatch job per stage; the store on a shared filesystem). `run --executor` overrides it."},
+            "slurm": {
+                "allOf": [slurm],
+                "description": "Slurm resources by default and by op, used with the slurm executor; not part of any stage's key."
+            },
             "vars": {"type": "object", "description": "Values usable as ${vars.NAME} inside `with`."},
             "stages": {
                 "type": "object",

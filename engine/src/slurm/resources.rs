@@ -159,9 +159,14 @@ pub fn parse_resources(node: &Node, what: &str) -> Result<Resources, Vec<Diagnos
     Ok(resources)
 }
 
-/// Reads the recipe's `slurm:` block; `ops` names the registered ops.
-pub fn parse_settings(node: &Node) -> Result<SlurmSettings, Vec<Diagnostic>> {
-    let settings: SlurmSettings = typed(node, "`slurm`")?;
+/// Reads the recipe's `slurm:` block: the settings when they have the right
+/// shape (even with values Slurm would refuse, so that other checks still
+/// see them), and every problem.
+pub fn parse_settings(node: &Node) -> (Option<SlurmSettings>, Vec<Diagnostic>) {
+    let settings: SlurmSettings = match typed(node, "`slurm`") {
+        Ok(s) => s,
+        Err(problems) => return (None, problems),
+    };
     let mut problems = check(&settings.defaults, node, &["defaults"])
         .err()
         .unwrap_or_default();
@@ -172,11 +177,7 @@ pub fn parse_settings(node: &Node) -> Result<SlurmSettings, Vec<Diagnostic>> {
                 .unwrap_or_default(),
         );
     }
-    if problems.is_empty() {
-        Ok(settings)
-    } else {
-        Err(problems)
-    }
+    (Some(settings), problems)
 }
 
 /// The ops `slurm.ops` names that the registry does not have.
@@ -310,7 +311,7 @@ mod tests {
         let source =
             "defaults: { mem: lots, sbatch: [\"--output=x\"] }\nops: { distill: { time: 1h } }\n";
         let (root, _) = crate::yaml::parse(source);
-        let errors = parse_settings(&root.unwrap()).unwrap_err();
+        let (_, errors) = parse_settings(&root.unwrap());
         let texts: Vec<&str> = errors
             .iter()
             .map(|d| &source[d.primary.span.start..d.primary.span.end])
