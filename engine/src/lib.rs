@@ -20,6 +20,7 @@ pub mod recipe;
 pub mod remote;
 pub mod run;
 pub mod schema;
+pub mod shared_lock;
 pub mod slurm;
 pub mod store;
 pub mod testing;

@@ -15,6 +15,7 @@
 
 use crate::fsutil::{self, write_atomically};
 use crate::key::KeyMaterial;
+use crate::shared_lock::{SharedLock, Timing};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -136,6 +137,17 @@ impl Store {
         let file = lock_file(&self.root.join("locks").join(format!("{key}.lock")))?;
         file.lock()?;
         Ok(StageLock { _file: file })
+    }
+
+    /// Waits until no process on any machine sharing the store's
+    /// filesystem computes `key` (see [`crate::shared_lock`]: `flock`, which
+    /// [`Store::lock_stage`] uses, does not hold across NFS clients). Slurm
+    /// jobs take it before the stage lock.
+    pub fn lock_stage_across_machines(&self, key: &str) -> io::Result<SharedLock> {
+        SharedLock::acquire(
+            &self.root.join("locks").join(format!("{key}.shared")),
+            Timing::default(),
+        )
     }
 
     pub fn lock_shared(&self) -> io::Result<StoreLock> {

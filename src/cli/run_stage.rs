@@ -3,6 +3,8 @@
 //! the store, as a local run would; SIGTERM (scancel) checkpoints it. The
 //! key the engine planned is checked first: a recipe or input file edited
 //! after the submission fails the job instead of storing something else.
+//! The stage is locked across machines (`shared_lock`) as well as by the
+//! usual `flock`, which NFS does not honour between nodes.
 
 use super::progress::Observer;
 use super::run::prepare;
@@ -65,6 +67,18 @@ pub fn run_stage(args: RunStageArgs) -> u8 {
         Err(message) => {
             eprintln!("error: {message}");
             return EXIT_INVALID;
+        }
+    };
+    // A run on another node may have submitted the same stage: one job
+    // computes it, the other finds it stored.
+    let _across_machines = match store.lock_stage_across_machines(&args.key) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!(
+                "error: cannot lock stage `{}` in the store: {e}",
+                args.stage
+            );
+            return EXIT_FAILED;
         }
     };
     let options = RunOptions::local(1, device);
