@@ -156,10 +156,14 @@ pub fn execute(
                 running.insert(i);
                 let sender = sender.clone();
                 scope.spawn(move || {
-                    let outcome = match &options.slurm {
-                        Some(slurm) => slurm.compute(pipeline, plan, store, i, observer),
-                        None => compute(pipeline, plan, store, i, options, observer),
-                    };
+                    let outcome =
+                        read_through(plan, store, i, options, observer).unwrap_or_else(|| {
+                            match &options.slurm {
+                                Some(slurm) => slurm.compute(pipeline, plan, store, i, observer),
+                                None => compute(pipeline, plan, store, i, options, observer),
+                            }
+                        });
+                    write_back(plan, store, i, &outcome, options, observer);
                     let _ = sender.send((i, outcome));
                 });
             }
@@ -223,7 +227,7 @@ pub fn compute_stage(
     compute(pipeline, plan, store, index, options, observer)
 }
 
-/// Computes one stage under its key lock, or pulls it from the remote.
+/// Computes one stage under its key lock.
 fn compute(
     pipeline: &Pipeline,
     plan: &Plan,
@@ -241,19 +245,6 @@ fn compute(
         if !forced && store.contains(&planned.key) {
             store.record_stage(&plan.recipe, &planned.name, &planned.material)?;
             return Ok(StageOutcome::Reused);
-        }
-        if let Some(remote) = options.remote.as_deref().filter(|_| !forced) {
-            match pull(remote, store, &planned.key, &lock) {
-                Ok(Some(transfer)) => {
-                    store.record_stage(&plan.recipe, &planned.name, &planned.material)?;
-                    return Ok(StageOutcome::Pulled {
-                        seconds: transfer.seconds,
-                        bytes: transfer.bytes,
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => observer.warning(&planned.name, &format!("{e}; computing it instead")),
-            }
         }
         let staging = store.begin(&planned.key, &lock)?;
         let inputs = stage
@@ -316,11 +307,6 @@ fn compute(
         )?;
         store.record_stage(&plan.recipe, &planned.name, &planned.material)?;
         drop(lock);
-        if let Some(remote) = options.remote.as_deref().filter(|_| options.push)
-            && let Err(e) = remote.push(store, &planned.key)
-        {
-            observer.warning(&planned.name, &format!("not pushed: {e}"));
-        }
         Ok(StageOutcome::Ran { seconds })
     })();
     result.unwrap_or_else(|e| StageOutcome::Failed {
@@ -328,17 +314,67 @@ fn compute(
     })
 }
 
-/// The entry from the remote when it has it; None when it does not.
-fn pull(
-    remote: &Remote,
+/// `run --remote`: the stage received from the remote when it has it (under
+/// the stage lock, so a concurrent run computing it is waited for); None
+/// when the stage is to be computed. A failed pull is a warning: the stage
+/// is computed instead. A forced stage is never pulled.
+fn read_through(
+    plan: &Plan,
     store: &Store,
-    key: &str,
-    lock: &crate::store::StageLock,
-) -> Result<Option<Transfer>, RemoteError> {
-    if !remote.contains(key)? {
-        return Ok(None);
+    index: usize,
+    options: &RunOptions,
+    observer: &dyn RunObserver,
+) -> Option<StageOutcome> {
+    let remote = options.remote.as_deref()?;
+    let planned = plan.stage(index);
+    if planned.state == StageState::Run(crate::plan::RunReason::Forced) {
+        return None;
     }
-    remote.pull(store, key, lock).map(Some)
+    let pulled = (|| -> Result<Option<Transfer>, RemoteError> {
+        let lock = store.lock_stage(&planned.key)?;
+        if store.contains(&planned.key) || !remote.contains(&planned.key)? {
+            return Ok(None);
+        }
+        remote.pull(store, &planned.key, &lock).map(Some)
+    })();
+    match pulled {
+        Ok(Some(transfer)) => {
+            if let Err(e) = store.record_stage(&plan.recipe, &planned.name, &planned.material) {
+                observer.warning(&planned.name, &format!("cannot record the stage: {e}"));
+            }
+            Some(StageOutcome::Pulled {
+                seconds: transfer.seconds,
+                bytes: transfer.bytes,
+            })
+        }
+        Ok(None) => None,
+        Err(e) => {
+            observer.warning(&planned.name, &format!("{e}; computing it instead"));
+            None
+        }
+    }
+}
+
+/// `run --remote --push`: sends a stage this run computed. A failed push is
+/// a warning: the stage is stored here either way.
+fn write_back(
+    plan: &Plan,
+    store: &Store,
+    index: usize,
+    outcome: &StageOutcome,
+    options: &RunOptions,
+    observer: &dyn RunObserver,
+) {
+    let Some(remote) = options.remote.as_deref().filter(|_| options.push) else {
+        return;
+    };
+    if !matches!(outcome, StageOutcome::Ran { .. }) {
+        return;
+    }
+    let planned = plan.stage(index);
+    if let Err(e) = remote.push(store, &planned.key) {
+        observer.warning(&planned.name, &format!("not pushed: {e}"));
+    }
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
