@@ -1,9 +1,10 @@
 //! The Slurm executor against a real Slurm: a one-node cluster started here
 //! (scripts/slurm/local-cluster.sh: munged, slurmctld and slurmd on free
 //! ports) runs a recipe's stages as jobs. Two independent stages run at the
-//! same time, a failing job is reported with its log, a cancelled job
-//! leaves no entry and its stage resumes from its checkpoint, and a rerun
-//! finds every stage stored. Needs root and Debian's slurm-wlm and munge;
+//! same time, a failing job is reported with its log, a job cancelled from
+//! outside and one cancelled by interrupting the run leave no entry and
+//! their stages resume from their checkpoints, and a rerun finds every stage
+//! stored. Needs root and Debian's slurm-wlm and munge;
 //! without them the test is skipped, except under CI=true, where it fails.
 
 mod common;
@@ -35,6 +36,9 @@ stages:
   long:
     op: count
     with: { steps: 400, step_ms: 50 }
+  longer:
+    op: count
+    with: { steps: 401, step_ms: 50 }
 ";
 
 /// A cluster that stops when dropped.
@@ -233,23 +237,19 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
     let store = ws.store();
-    loop {
+    let long_key = ws.key_of("recipe.yaml", "long");
+    let checkpoint = store
+        .join("scratch")
+        .join(&long_key)
+        .join("checkpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !checkpoint.exists() {
         assert!(
             Instant::now() < deadline,
-            "the long job never started: {:?}",
+            "`long` never checkpointed: {:?}",
             ws.log()
         );
-        if ws.log().iter().any(|l| l.starts_with("start-at-0 long")) {
-            let scratch = std::fs::read_dir(store.join("scratch"))
-                .unwrap()
-                .flatten()
-                .any(|e| e.path().join("checkpoint.json").exists());
-            if scratch {
-                break;
-            }
-        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let id = job_id(&store, "long").expect("a job record for `long`");
@@ -268,28 +268,79 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
         long["error"].as_str().unwrap().contains("CANCELLED"),
         "{long}"
     );
-    let key = ws.key_of("recipe.yaml", "long");
-    assert!(!store.join("store").join(&key).exists());
+    assert!(!store.join("store").join(&long_key).exists());
 
+    // Interrupting the run (Ctrl-C) cancels its job.
+    let mut args = vec!["run", "recipe.yaml", "--until", "longer"];
+    args.extend(slurm);
+    let engine = ws
+        .cmd(&args)
+        .env("SLURM_CONF", cluster.conf())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let longer_key = ws.key_of("recipe.yaml", "longer");
+    let checkpoint = store
+        .join("scratch")
+        .join(&longer_key)
+        .join("checkpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !checkpoint.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "`longer` never checkpointed: {:?}",
+            ws.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &engine.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let out = engine.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let longer = report(&out);
+    let longer = outcome(&longer, "longer");
+    assert!(
+        longer["error"]
+            .as_str()
+            .unwrap()
+            .contains("the run was interrupted"),
+        "{longer}"
+    );
+    let id = job_id(&store, "longer").expect("a job record for `longer`");
+    let queue = Command::new("squeue")
+        .args(["--noheader", "--jobs", &id])
+        .env("SLURM_CONF", cluster.conf())
+        .output()
+        .unwrap();
+    assert_eq!(text(&queue.stdout).trim(), "", "job {id} is still queued");
+    assert!(!store.join("store").join(&longer_key).exists());
+
+    // A rerun resumes both from their checkpoints.
     ws.clear_log();
     let mut args = vec!["run", "recipe.yaml"];
     args.extend(slurm);
     let out = run(&ws, &cluster, &args);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let resumed = ws
-        .log()
-        .into_iter()
-        .find(|l| l.starts_with("start-at-") && l.split(' ').nth(1) == Some("long"))
-        .expect("`long` ran again");
-    let step: u32 = resumed["start-at-".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(step > 0, "`long` started over: {resumed}");
+    for stage in ["long", "longer"] {
+        let resumed = ws
+            .log()
+            .into_iter()
+            .find(|l| l.starts_with("start-at-") && l.split(' ').nth(1) == Some(stage))
+            .unwrap_or_else(|| panic!("`{stage}` did not run again"));
+        let step: u32 = resumed["start-at-".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(step > 0, "`{stage}` started over: {resumed}");
+    }
     let full = report(&out);
-    for stage in ["broken", "after_broken", "long"] {
+    for stage in ["broken", "after_broken", "long", "longer"] {
         assert_eq!(outcome(&full, stage)["outcome"], "ran", "{full}");
     }
 
