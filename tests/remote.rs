@@ -432,3 +432,48 @@ fn a_changed_local_file_is_not_pushed_and_named_stages_must_move() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("invalid remote `ftp://host/x`"));
 }
+
+#[test]
+fn the_config_file_names_the_remote_and_its_mistakes_are_shown_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("remote").to_string_lossy().into_owned();
+    let a = Workspace::new();
+    a.write("recipe.yaml", RECIPE);
+    let config = a.write("config.yaml", &format!("remote: {url}\n"));
+    let out = a
+        .cmd(&["run", "recipe.yaml", "--push"])
+        .env("DISTILLERY_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let b = Workspace::new();
+    b.write("recipe.yaml", RECIPE);
+    let out = b
+        .cmd(&["run", "recipe.yaml", "--json"])
+        .env("DISTILLERY_CONFIG", &config)
+        .output()
+        .unwrap();
+    for (stage, outcome) in outcomes(&out) {
+        assert_eq!(outcome, "pulled", "{stage}");
+    }
+    // Without a remote anywhere, `cache pull` says where one goes.
+    let out = b.run(&["cache", "pull", "recipe.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no remote: give --remote URL"));
+
+    let bad = b.write("bad.yaml", "remote: [1]\nexecuter: slurm\n");
+    let out = b
+        .cmd(&["run", "recipe.yaml"])
+        .env("DISTILLERY_CONFIG", &bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("bad.yaml:1:9"), "{stderr}");
+    assert!(
+        stderr.contains("`remote` must be a directory or a URL"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("did you mean `executor`?"), "{stderr}");
+}

@@ -175,10 +175,28 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
         "--json",
     ];
 
-    // Two independent stages in parallel (the node has two CPUs).
-    let mut args = vec!["run", "recipe.yaml", "--until", "joined"];
-    args.extend(slurm);
-    let out = run(&ws, &cluster, &args);
+    // Two independent stages in parallel (the node has two CPUs). The
+    // executor and a time limit come from the machine's config file.
+    let config = ws.write(
+        "config.yaml",
+        "executor: slurm\nslurm:\n  defaults: { time: \"10:00\" }\n",
+    );
+    let out = ws
+        .cmd(&[
+            "run",
+            "recipe.yaml",
+            "--until",
+            "joined",
+            "--poll",
+            "0.2",
+            "--jobs",
+            "4",
+            "--json",
+        ])
+        .env("SLURM_CONF", cluster.conf())
+        .env("DISTILLERY_CONFIG", &config)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let first = report(&out);
     for stage in ["left", "right", "joined"] {
@@ -192,6 +210,15 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
         ws.log()
     );
     assert_eq!(ws.output_of("recipe.yaml", "joined").lines().count(), 2);
+    let left_key = ws.key_of("recipe.yaml", "left");
+    let script = std::fs::read_to_string(
+        ws.store()
+            .join("jobs")
+            .join(format!("left-{}", &left_key[..16]))
+            .join("job.sh"),
+    )
+    .unwrap();
+    assert!(script.contains("#SBATCH --time=10:00\n"), "{script}");
 
     // A failing job: reported with its log's tail; what needs it is skipped.
     let mut args = vec!["run", "recipe.yaml", "--until", "after_broken"];

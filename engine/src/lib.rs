@@ -3,6 +3,7 @@
 //! survives crashes and concurrent runs. It knows nothing about models: ops
 //! register themselves into an [`OpRegistry`].
 
+pub mod config;
 pub mod diagnostic;
 pub mod files;
 pub mod fsutil;

@@ -19,7 +19,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 const STAGE_KEYS: &[&str] = &["op", "inputs", "with", "matrix", "resources"];
 
 /// Where a recipe's stages run: threads of this process, or one Slurm job
-/// each. `run --executor` overrides the recipe's `executor:`.
+/// each. `run --executor` (or `DISTILLERY_EXECUTOR`) comes first, then the
+/// recipe's `executor:`, then the machine's config file (`config`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ExecutorKind {
     #[default]
@@ -50,8 +51,8 @@ pub struct Recipe {
     pub name: String,
     pub seed: u64,
     pub device: Device,
-    /// The recipe's `executor:` (local when absent).
-    pub executor: ExecutorKind,
+    /// The recipe's `executor:`, if it names one.
+    pub executor: Option<ExecutorKind>,
     /// The recipe's `slurm:` block, and the node it came from (for
     /// diagnostics that need the op registry).
     pub slurm: SlurmSettings,
@@ -253,9 +254,9 @@ impl Reader<'_> {
             },
         };
         let executor = match root.get("executor") {
-            None => ExecutorKind::Local,
+            None => None,
             Some((_, node)) => match node.as_str().and_then(ExecutorKind::parse) {
-                Some(kind) => kind,
+                Some(kind) => Some(kind),
                 None => {
                     self.error(
                         Diagnostic::new(
@@ -269,7 +270,7 @@ impl Reader<'_> {
                         )
                         .label("unknown executor"),
                     );
-                    ExecutorKind::Local
+                    None
                 }
             },
         };

@@ -398,14 +398,7 @@ pub fn validate_with_overrides(
             params: params[i].clone(),
             inputs: inputs[i].clone(),
             external_files,
-            resources: spec.resources.over(
-                &recipe
-                    .slurm
-                    .ops
-                    .get(op.name())
-                    .unwrap_or(&Default::default())
-                    .over(&recipe.slurm.defaults),
-            ),
+            resources: spec.resources.over(&recipe.slurm.for_op(op.name())),
         });
     }
     if let Some(node) = &recipe.slurm_node {

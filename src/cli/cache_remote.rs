@@ -4,7 +4,7 @@
 //! `distillery_engine::remote`.
 
 use super::run::prepare;
-use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, OverrideArgs, StoreArgs, output};
+use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, OverrideArgs, StoreArgs, output, pipeline};
 use clap::Args;
 use distillery_engine::Store;
 use distillery_engine::plan::{PlannedStage, Selection};
@@ -19,9 +19,10 @@ pub struct TransferArgs {
     recipe: PathBuf,
     /// Only these stages (default: every stage of the recipe).
     stages: Vec<String>,
-    /// The remote: a directory, `file://`, `s3://BUCKET/PREFIX`, `gs://...`, `az://...`.
+    /// The remote: a directory, `file://`, `s3://BUCKET/PREFIX`, `gs://...`,
+    /// `az://...`. Default: the config file's `remote:`.
     #[arg(long, value_name = "URL", env = "DISTILLERY_REMOTE")]
-    remote: String,
+    remote: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -59,7 +60,17 @@ pub fn transfer(args: TransferArgs, direction: Direction) -> u8 {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let remote = match Remote::open(&args.remote) {
+    let config = match pipeline::machine_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(url) = args.remote.clone().or(config.remote) else {
+        eprintln!(
+            "error: no remote: give --remote URL, set DISTILLERY_REMOTE, or put `remote:` in the config file"
+        );
+        return EXIT_INVALID;
+    };
+    let remote = match Remote::open(&url) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

@@ -2,7 +2,8 @@
 //! diagnostics on stderr, and the store it uses.
 
 use super::output;
-use distillery_engine::overrides::Sources;
+use distillery_engine::config::Config;
+use distillery_engine::overrides::{Overrides, Sources};
 use distillery_engine::testing;
 use distillery_engine::validate::LoadError;
 use distillery_engine::{OpRegistry, Pipeline, Store};
@@ -46,6 +47,22 @@ pub fn load(path: &Path, overrides: &[String], registry: &OpRegistry) -> Result<
             Err(super::EXIT_INVALID)
         }
     }
+}
+
+/// The machine's config file (`distillery_engine::config`); on a problem
+/// prints it and returns the exit code.
+pub fn machine_config() -> Result<Config, u8> {
+    Config::load_default().map_err(|e| {
+        let name = e.path.display().to_string();
+        let overrides = Overrides::default();
+        let sources = Sources {
+            recipe_name: &name,
+            recipe: &e.source,
+            overrides: &overrides,
+        };
+        output::print_diagnostics(&e.path, &sources, &e.diagnostics);
+        super::EXIT_INVALID
+    })
 }
 
 /// The store folder: `--store`, or `.distillery` beside the recipe.

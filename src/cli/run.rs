@@ -3,6 +3,7 @@
 use super::progress::Observer;
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, OverrideArgs, StoreArgs, output, pipeline};
 use clap::Args;
+use distillery_engine::config::Config;
 use distillery_engine::files::FileHasher;
 use distillery_engine::lock::{self, Lock};
 use distillery_engine::plan::{self, Plan, Selection, StageState};
@@ -75,11 +76,13 @@ pub struct RunArgs {
     #[arg(long)]
     no_lock: bool,
     /// Read through a remote cache (a directory, s3://, gs://, az://): a
-    /// stage it has is pulled and verified instead of computed.
+    /// stage it has is pulled and verified instead of computed. Default: the
+    /// config file's `remote:`, if any.
     #[arg(long, value_name = "URL", env = "DISTILLERY_REMOTE")]
     remote: Option<String>,
-    /// Push every stage this run computes to the remote.
-    #[arg(long, requires = "remote")]
+    /// Push every stage this run computes to the remote (`--remote`, or the
+    /// config file's `remote:`).
+    #[arg(long)]
     push: bool,
     /// Where stages run: `local` (threads of this process) or `slurm` (one
     /// `sbatch` job per stage; the store must be on a filesystem the nodes
@@ -191,7 +194,12 @@ pub fn run(args: RunArgs) -> u8 {
             return EXIT_INVALID;
         }
     };
-    let remote = match args.remote.as_deref().map(Remote::open).transpose() {
+    let config = match pipeline::machine_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let remote_url = args.remote.as_deref().or(config.remote.as_deref());
+    let remote = match remote_url.map(Remote::open).transpose() {
         Ok(r) => r.map(Arc::new),
         Err(e) => {
             eprintln!("error: {e}");
@@ -202,10 +210,12 @@ pub fn run(args: RunArgs) -> u8 {
         .executor
         .as_deref()
         .and_then(ExecutorKind::parse)
-        .unwrap_or(pipeline.recipe.executor);
+        .or(pipeline.recipe.executor)
+        .or(config.executor)
+        .unwrap_or_default();
     let slurm = match executor {
         ExecutorKind::Local => None,
-        ExecutorKind::Slurm => match slurm_executor(&args, &store) {
+        ExecutorKind::Slurm => match slurm_executor(&args, &store, &config) {
             Ok(s) => Some(Arc::new(s)),
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -213,6 +223,12 @@ pub fn run(args: RunArgs) -> u8 {
             }
         },
     };
+    if args.push && remote.is_none() {
+        eprintln!(
+            "error: --push needs a remote: --remote URL, DISTILLERY_REMOTE, or `remote:` in the config file"
+        );
+        return EXIT_INVALID;
+    }
     let options = RunOptions {
         jobs: args.jobs as usize,
         device,
@@ -279,7 +295,7 @@ pub fn run(args: RunArgs) -> u8 {
 /// How a Slurm job computes one stage: this binary's `run-stage` command,
 /// with absolute paths (jobs start in another folder, maybe on another
 /// node) and the same overrides.
-fn slurm_executor(args: &RunArgs, store: &Store) -> anyhow::Result<SlurmExecutor> {
+fn slurm_executor(args: &RunArgs, store: &Store, config: &Config) -> anyhow::Result<SlurmExecutor> {
     anyhow::ensure!(
         args.poll > 0.0 && args.poll.is_finite(),
         "--poll must be a positive number of seconds"
@@ -300,6 +316,7 @@ fn slurm_executor(args: &RunArgs, store: &Store) -> anyhow::Result<SlurmExecutor
         program: std::env::current_exe()?,
         args: job_args,
         poll: std::time::Duration::from_secs_f64(args.poll),
+        machine: config.slurm.clone(),
     })
 }
 

@@ -12,6 +12,11 @@ pub fn distillery() -> Command {
     cmd.env("DISTILLERY_TEST_OPS", "1")
         .env("NO_COLOR", "1")
         .env_remove("DISTILLERY_STORE")
+        .env_remove("DISTILLERY_REMOTE")
+        .env_remove("DISTILLERY_EXECUTOR")
+        .env_remove("DISTILLERY_CONFIG")
+        // No config file of the machine's user (`distillery_engine::config`).
+        .env("XDG_CONFIG_HOME", "/nonexistent/distillery-tests")
         .env_remove("RUST_LOG");
     cmd
 }

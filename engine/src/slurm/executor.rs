@@ -6,6 +6,7 @@
 //! queue, and when it leaves the queue the store says whether it succeeded.
 
 use super::jobs::{self, JobRecord};
+use super::resources::SlurmSettings;
 use crate::outcome::{RunObserver, StageOutcome};
 use crate::plan::{Plan, StageState};
 use crate::store::Store;
@@ -24,6 +25,8 @@ pub struct SlurmExecutor {
     pub args: Vec<String>,
     /// How often the queue is asked about a job.
     pub poll: Duration,
+    /// The machine's config file's `slurm:` settings, under the recipe's.
+    pub machine: SlurmSettings,
 }
 
 /// Log lines shown when a job fails.
@@ -137,7 +140,8 @@ impl SlurmExecutor {
             format!("--job-name=distillery:{}:{}", plan.recipe, planned.name),
             format!("--output={}", dir.join("slurm-%j.log").display()),
         ];
-        directives.extend(stage.resources.sbatch_args());
+        let resources = stage.resources.over(&self.machine.for_op(stage.op.name()));
+        directives.extend(resources.sbatch_args());
         for d in &directives {
             script.push_str(&format!("#SBATCH {d}\n"));
         }

@@ -49,6 +49,16 @@ pub struct SlurmSettings {
     pub ops: BTreeMap<String, Resources>,
 }
 
+impl SlurmSettings {
+    /// What this level says for an op's stages: `ops.<op>` over `defaults`.
+    pub fn for_op(&self, op: &str) -> Resources {
+        self.ops
+            .get(op)
+            .unwrap_or(&Resources::default())
+            .over(&self.defaults)
+    }
+}
+
 /// `sbatch` options the executor sets itself.
 const RESERVED: &[&str] = &[
     "--output",
