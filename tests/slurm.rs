@@ -218,7 +218,7 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
             .join("job.sh"),
     )
     .unwrap();
-    assert!(script.contains("#SBATCH --time=10:00\n"), "{script}");
+    assert!(script.contains("# sbatch --time=10:00\n"), "{script}");
 
     // A failing job: reported with its log's tail; what needs it is skipped.
     let mut args = vec!["run", "recipe.yaml", "--until", "after_broken"];

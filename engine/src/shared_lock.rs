@@ -9,7 +9,11 @@
 //! one name, exactly one succeeds, on every protocol version. So the lock is
 //! a directory. Its holder refreshes a heartbeat file inside it; a lock
 //! whose heartbeat is older than `stale_after` (its holder died with its
-//! node) is broken by renaming it aside, which again only one waiter can do.
+//! node) is broken by renaming it aside. Breaking takes a guard of its own
+//! (another directory) and looks again under it, so that two waiters never
+//! both break, and never break the lock a third process has just taken.
+//! The holder's `owner` file carries a token unique to it, and a holder
+//! removes the lock on release only while the token there is still its own.
 //! Ages are measured in the filesystem's own clock (the mtime of a file just
 //! written next to it), so nodes whose clocks disagree still agree on them.
 //! On the holder's own machine a holder whose process is gone is stale at
@@ -25,6 +29,8 @@ use std::time::{Duration, SystemTime};
 /// Held until dropped; the heartbeat runs meanwhile.
 pub struct SharedLock {
     path: PathBuf,
+    /// What `owner` says while this holder has the lock.
+    token: String,
     stop: Arc<AtomicBool>,
     heartbeat: Option<std::thread::JoinHandle<()>>,
 }
@@ -61,8 +67,7 @@ impl SharedLock {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
-            if is_stale(path, timing.stale_after)? {
-                break_lock(path)?;
+            if is_stale(path, timing.stale_after)? && break_if_stale(path, timing)? {
                 continue;
             }
             std::thread::sleep(timing.poll);
@@ -70,8 +75,8 @@ impl SharedLock {
     }
 
     fn hold(path: &Path, timing: Timing) -> io::Result<Self> {
-        let owner = format!("{} {}\n", host_name(), std::process::id());
-        fs::write(path.join(OWNER), owner)?;
+        let token = format!("{} {} {}", host_name(), std::process::id(), unique());
+        fs::write(path.join(OWNER), format!("{token}\n"))?;
         fs::write(path.join(HEARTBEAT), b"")?;
         let stop = Arc::new(AtomicBool::new(false));
         let beat_path = path.join(HEARTBEAT);
@@ -92,6 +97,7 @@ impl SharedLock {
             })?;
         Ok(Self {
             path: path.to_path_buf(),
+            token,
             stop,
             heartbeat: Some(heartbeat),
         })
@@ -104,16 +110,36 @@ impl Drop for SharedLock {
         if let Some(h) = self.heartbeat.take() {
             let _ = h.join();
         }
-        let _ = fs::remove_dir_all(&self.path);
+        // Only while the lock is still ours: had it been broken (this
+        // holder stalled past `stale_after`), it may be someone else's now.
+        if owner_token(&self.path).as_deref() == Some(self.token.as_str()) {
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
+}
+
+fn owner_token(path: &Path) -> Option<String> {
+    fs::read_to_string(path.join(OWNER))
+        .ok()
+        .map(|t| t.trim().to_string())
+}
+
+/// A string no other holder has: the time in nanoseconds and a counter.
+fn unique() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos}-{}", COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Whether the lock's holder is gone: its process ended (same machine), or
 /// its heartbeat is older than `stale_after` in the filesystem's clock. A
 /// lock being created or removed right now is not stale.
 fn is_stale(path: &Path, stale_after: Duration) -> io::Result<bool> {
-    if let Ok(owner) = fs::read_to_string(path.join(OWNER))
-        && let Some((host, pid)) = owner.trim().split_once(' ')
+    if let Some(owner) = owner_token(path)
+        && let Some((host, rest)) = owner.split_once(' ')
+        && let Some(pid) = rest.split(' ').next()
         && host == host_name()
         && pid.parse::<u32>().is_ok()
         && !Path::new("/proc").join(pid).exists()
@@ -130,19 +156,44 @@ fn is_stale(path: &Path, stale_after: Duration) -> io::Result<bool> {
     Ok(now.duration_since(beat).unwrap_or_default() > stale_after)
 }
 
-/// Moves a stale lock aside and removes it. Of several waiters only one
-/// rename succeeds; the others find the name free or taken anew.
-fn break_lock(path: &Path) -> io::Result<()> {
-    let aside = path.with_extension(format!(
-        "stale.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    match fs::rename(path, &aside) {
-        Ok(()) => fs::remove_dir_all(&aside),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+/// Breaks the lock if it is still stale once this waiter holds the break
+/// guard (a directory beside it): the lock is moved aside and removed.
+/// Returns whether it was broken. A guard left by a waiter that died while
+/// breaking is itself broken once older than `stale_after`.
+fn break_if_stale(path: &Path, timing: Timing) -> io::Result<bool> {
+    let mut guard_name = path.as_os_str().to_owned();
+    guard_name.push(".breaking");
+    let guard = PathBuf::from(guard_name);
+    match fs::create_dir(&guard) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let age = fs::metadata(&guard)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| filesystem_now(path.parent()?).ok()?.duration_since(m).ok());
+            if age.is_some_and(|a| a > timing.stale_after) {
+                let _ = fs::remove_dir(&guard);
+            }
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
     }
+    let broken = (|| {
+        // Under the guard, nobody else breaks; a lock taken anew since the
+        // first look has a fresh heartbeat and is left alone.
+        if !is_stale(path, timing.stale_after)? {
+            return Ok(false);
+        }
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".stale.{}", unique()));
+        match fs::rename(path, &aside) {
+            Ok(()) => fs::remove_dir_all(&aside).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = fs::remove_dir(&guard);
+    broken
 }
 
 /// The current time as the filesystem holding `dir` sees it: the mtime of
@@ -236,6 +287,22 @@ mod tests {
                 .starts_with(&host_name())
         );
         drop(lock);
+    }
+
+    #[test]
+    fn a_holder_whose_lock_was_broken_leaves_the_new_holders_lock_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.lock");
+        let stalled = SharedLock::acquire(&path, fast()).unwrap();
+        // Someone else broke it and took it (as after a stall past the
+        // stale age): the first holder's release must not remove theirs.
+        fs::remove_dir_all(&path).unwrap();
+        let other = SharedLock::acquire(&path, fast()).unwrap();
+        drop(stalled);
+        assert!(path.exists(), "the new holder's lock was removed");
+        assert_eq!(owner_token(&path).as_deref(), Some(other.token.as_str()));
+        drop(other);
+        assert!(!path.exists());
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub struct SlurmExecutor {
 
 /// Log lines shown when a job fails.
 const TAIL_LINES: usize = 20;
+/// squeue failures in a row (the controller busy or restarting) before the
+/// job is given up on.
+const SQUEUE_RETRIES: u32 = 30;
+/// How long the entry of a job that completed may take to show on this
+/// machine: NFS clients cache a file's absence for a few seconds.
+const PUBLISH_GRACE: Duration = Duration::from_secs(10);
 
 impl SlurmExecutor {
     /// Submits stage `index` and waits for its job to leave the queue.
@@ -48,7 +54,9 @@ impl SlurmExecutor {
             return StageOutcome::Reused;
         }
         let progress = observer.started(&planned.name, &planned.key);
-        let submitted_unix = unix_now();
+        // A forced stage is stored already: its job succeeded when the
+        // manifest is another one afterwards.
+        let before = store.manifest(&planned.key);
         let job_id = match self.submit(pipeline, plan, store, index, forced) {
             Ok(id) => id,
             Err(e) => {
@@ -67,6 +75,7 @@ impl SlurmExecutor {
         progress.log(&format!("slurm job {job_id} submitted"));
         progress.set_message(&format!("slurm job {job_id}"));
         let mut cancelled = false;
+        let mut squeue_failures = 0;
         loop {
             if crate::interrupt::requested() && !cancelled {
                 // The job gets SIGTERM and checkpoints; nothing half
@@ -77,10 +86,21 @@ impl SlurmExecutor {
                 cancelled = true;
             }
             let state = match jobs::queue_state(&job_id) {
-                Ok(state) => state,
+                Ok(state) => {
+                    squeue_failures = 0;
+                    state
+                }
+                Err(e) if squeue_failures < SQUEUE_RETRIES => {
+                    squeue_failures += 1;
+                    progress.log(&format!("{e}; asking again"));
+                    std::thread::sleep(self.poll);
+                    continue;
+                }
                 Err(e) => {
                     return StageOutcome::Failed {
-                        error: format!("cannot ask squeue about job {job_id}: {e}"),
+                        error: format!(
+                            "cannot follow slurm job {job_id} ({e}); it may still run: see `squeue -j {job_id}`"
+                        ),
                     };
                 }
             };
@@ -98,11 +118,19 @@ impl SlurmExecutor {
         record.state = state.clone();
         let _ = jobs::write_record(store, &record);
         drop(progress);
-        // A forced stage was stored before: only an entry published since
-        // the submission is this job's.
-        if let Some(manifest) = store.manifest(&planned.key)
-            && (!forced || manifest.created_unix >= submitted_unix)
-        {
+        let published = || {
+            store
+                .manifest(&planned.key)
+                .filter(|m| Some(m) != before.as_ref())
+        };
+        let mut manifest = published();
+        let waited = std::time::Instant::now();
+        // Only a job that says it completed is worth waiting for.
+        while manifest.is_none() && state == "COMPLETED" && waited.elapsed() < PUBLISH_GRACE {
+            std::thread::sleep(Duration::from_millis(500));
+            manifest = published();
+        }
+        if let Some(manifest) = manifest {
             return StageOutcome::Ran {
                 seconds: manifest.duration_secs,
             };
@@ -123,6 +151,10 @@ impl SlurmExecutor {
     }
 
     /// Writes the batch script and hands it to `sbatch`; returns the job id.
+    /// The options go to `sbatch` as arguments, one each, never into the
+    /// script: a recipe's values cannot become shell lines or split into
+    /// several options. The script only `exec`s the job's command, every
+    /// argument single-quoted.
     fn submit(
         &self,
         pipeline: &Pipeline,
@@ -135,16 +167,13 @@ impl SlurmExecutor {
         let stage = &pipeline.stages[index];
         let dir = jobs::job_dir(store, &planned.name, &planned.key);
         std::fs::create_dir_all(&dir)?;
-        let mut script = String::from("#!/bin/sh\n");
-        let mut directives = vec![
+        let mut options = vec![
+            "--parsable".to_string(),
             format!("--job-name=distillery:{}:{}", plan.recipe, planned.name),
             format!("--output={}", dir.join("slurm-%j.log").display()),
         ];
         let resources = stage.resources.over(&self.machine.for_op(stage.op.name()));
-        directives.extend(resources.sbatch_args());
-        for d in &directives {
-            script.push_str(&format!("#SBATCH {d}\n"));
-        }
+        options.extend(resources.sbatch_args());
         let mut command = vec![self.program.display().to_string()];
         command.extend(self.args.iter().cloned());
         command.extend([
@@ -156,6 +185,19 @@ impl SlurmExecutor {
         if forced {
             command.push("--force".into());
         }
+        if let Some(bad) = options
+            .iter()
+            .chain(&command)
+            .find(|a| a.chars().any(char::is_control))
+        {
+            anyhow::bail!("a job argument holds a control character: {bad:?}");
+        }
+        // The options are repeated as comments, for whoever reads the
+        // script; they are checked free of line breaks above.
+        let mut script = String::from("#!/bin/sh\n");
+        for option in &options {
+            script.push_str(&format!("# sbatch {option}\n"));
+        }
         script.push_str("exec");
         for arg in &command {
             script.push(' ');
@@ -165,7 +207,7 @@ impl SlurmExecutor {
         let path = dir.join("job.sh");
         std::fs::write(&path, script)?;
         let out = Command::new("sbatch")
-            .arg("--parsable")
+            .args(&options)
             .arg(&path)
             .output()
             .map_err(|e| anyhow::anyhow!("cannot run sbatch: {e}"))?;
@@ -190,12 +232,6 @@ impl SlurmExecutor {
         );
         Ok(id)
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `arg` in single quotes for `sh`.

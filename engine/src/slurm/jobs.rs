@@ -48,14 +48,24 @@ pub fn write_record(store: &Store, record: &JobRecord) -> std::io::Result<()> {
 }
 
 /// The job's state while the queue has it (`PENDING`, `RUNNING`,
-/// `COMPLETING`, ...); None once it has left the queue.
+/// `COMPLETING`, ...); None once it has left the queue. An error is squeue
+/// failing for another reason (the controller busy or down): the job's
+/// fate is unknown, not settled.
 pub fn queue_state(job_id: &str) -> std::io::Result<Option<String>> {
     let out = Command::new("squeue")
         .args(["--noheader", "--jobs", job_id, "--format=%T"])
         .output()?;
-    // squeue refuses a job id it no longer knows ("Invalid job id").
     if !out.status.success() {
-        return Ok(None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A job id the controller has forgotten is a job that left.
+        if stderr.contains("Invalid job id") {
+            return Ok(None);
+        }
+        return Err(std::io::Error::other(format!(
+            "squeue failed ({}): {}",
+            out.status,
+            stderr.trim()
+        )));
     }
     let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
     Ok((!state.is_empty()).then_some(state))

@@ -33,6 +33,7 @@ pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
     /// More `sbatch` options, each one argument: `["--qos=high", "--constraint=a100"]`.
+    /// A level that gives this list replaces the lower levels' list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sbatch: Option<Vec<String>>,
 }
@@ -123,9 +124,26 @@ impl Resources {
         {
             out.push(("time".into(), format!("`{time}` is not a Slurm time: write `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM` or `D-HH:MM:SS`")));
         }
+        for (field, value) in [
+            ("mem", &self.mem),
+            ("time", &self.time),
+            ("partition", &self.partition),
+            ("account", &self.account),
+        ] {
+            if let Some(v) = value
+                && v.chars().any(char::is_control)
+            {
+                out.push((field.into(), format!("{v:?} holds a control character")));
+            }
+        }
         for (i, arg) in self.sbatch.iter().flatten().enumerate() {
             let name = arg.split('=').next().unwrap_or_default();
-            if !arg.starts_with('-') {
+            if arg.chars().any(char::is_control) {
+                out.push((
+                    format!("sbatch.{i}"),
+                    format!("{arg:?} holds a control character"),
+                ));
+            } else if !arg.starts_with('-') {
                 out.push((
                     format!("sbatch.{i}"),
                     format!("`{arg}` is not an option: each item is one `--name=value`"),
@@ -155,11 +173,7 @@ fn valid_time(time: &str) -> bool {
         return false;
     }
     let parts: Vec<&str> = rest.split(':').collect();
-    parts.iter().all(|p| number(p))
-        && match days {
-            Some(_) => (1..=3).contains(&parts.len()),
-            None => (1..=3).contains(&parts.len()),
-        }
+    parts.iter().all(|p| number(p)) && (1..=3).contains(&parts.len())
 }
 
 /// Reads a `resources:` mapping (a stage's, or one level of `slurm:`).
