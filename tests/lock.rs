@@ -191,13 +191,15 @@ fn stages_added_or_removed_and_overrides_are_mismatches() {
     ]);
     assert!(out.status.success());
     assert_eq!(
-        lock(&ws)["overrides"],
+        lock(&ws)["stages"]["joined"]["overrides"],
         serde_json::json!(["stages.joined.with.separator=+"])
     );
     let (code, stdout) = locked(&ws, &[]);
     assert_eq!(code, 1);
     assert!(
-        stdout.contains("the lock was written with `--set stages.joined.with.separator=+`, this check has no overrides"),
+        stdout.contains(
+            "joined: locked with `--set stages.joined.with.separator=+`, checked with no overrides"
+        ),
         "{stdout}"
     );
     let (code, stdout) = locked(&ws, &["--set", "stages.joined.with.separator=+"]);

@@ -477,3 +477,66 @@ fn the_config_file_names_the_remote_and_its_mistakes_are_shown_in_it() {
     );
     assert!(stderr.contains("did you mean `executor`?"), "{stderr}");
 }
+
+/// A file larger than one part goes to S3 in parts under a staging name and
+/// is copied to its content name only once its digest is known.
+#[test]
+fn a_large_file_goes_to_s3_in_parts_and_a_changed_one_never_arrives() {
+    let Some(server) = moto() else { return };
+    let remote = RemoteUnderTest::s3(server);
+    // 24,000 characters written 1,000 times: 24 MB, two parts.
+    let large = format!(
+        "name: large\nstages:\n  big:\n    op: emit\n    with: {{ text: \"{}\", repeat: 1000 }}\n",
+        "0123456789abcdef".repeat(1500)
+    );
+    let a = Workspace::new();
+    a.write("recipe.yaml", &large);
+    assert!(remote.run(&a, &["run", "recipe.yaml"]).status.success());
+    let key = a.key_of("recipe.yaml", "big");
+    let output = a.store().join("store").join(&key).join("out/out.txt");
+    assert_eq!(std::fs::metadata(&output).unwrap().len(), 24_000_000);
+
+    // Changed after it was stored: refused, and nothing reaches the remote.
+    let original = std::fs::read(&output).unwrap();
+    let mut changed = original.clone();
+    changed[12_345_678] ^= 1;
+    std::fs::write(&output, &changed).unwrap();
+    let push = remote.run(
+        &a,
+        &["cache", "push", "recipe.yaml", "--remote", &remote.url],
+    );
+    assert_eq!(push.status.code(), Some(1), "{}", text(&push.stderr));
+    assert!(text(&push.stderr).contains("no longer matches its manifest"));
+    let b = Workspace::new();
+    b.write("recipe.yaml", &large);
+    let pull = remote.run(
+        &b,
+        &[
+            "cache",
+            "pull",
+            "recipe.yaml",
+            "big",
+            "--remote",
+            &remote.url,
+        ],
+    );
+    assert!(
+        text(&pull.stderr).contains("big: not in the remote"),
+        "{}",
+        text(&pull.stderr)
+    );
+
+    // Restored, it goes through and comes back whole.
+    std::fs::write(&output, &original).unwrap();
+    let push = remote.run(
+        &a,
+        &["cache", "push", "recipe.yaml", "--remote", &remote.url],
+    );
+    assert!(push.status.success(), "{}", text(&push.stderr));
+    let pull = remote.run(
+        &b,
+        &["cache", "pull", "recipe.yaml", "--remote", &remote.url],
+    );
+    assert!(pull.status.success(), "{}", text(&pull.stderr));
+    assert_eq!(entries(&a), entries(&b));
+}

@@ -13,7 +13,7 @@
 
 use crate::key::{self, KeyChange, KeyMaterial};
 use crate::outcome::{RunReport, StageOutcome};
-use crate::plan::Plan;
+use crate::plan::{Plan, selects};
 use crate::store::{OutputFile, Store};
 use crate::validate::Pipeline;
 use serde::{Deserialize, Serialize};
@@ -27,15 +27,16 @@ pub const LOCK_VERSION: u32 = 1;
 pub struct Lock {
     pub lock_version: u32,
     pub recipe: String,
-    /// The `--set` flags of the run that wrote the lock, if any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub overrides: Vec<String>,
     pub stages: BTreeMap<String, LockedStage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockedStage {
     pub key: String,
+    /// The `--set` flags of the run that locked this stage, if any (per
+    /// stage: a run with `--until` refreshes only some stages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     /// The stages each input slot reads, by name (their keys are in
     /// `material.inputs`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -156,6 +157,7 @@ impl Lock {
                 stage.name.clone(),
                 LockedStage {
                     key: stage.key.clone(),
+                    overrides: plan.overrides.clone(),
                     reads,
                     material: plan.stage(index).material.clone(),
                     outputs: manifest.outputs,
@@ -165,18 +167,28 @@ impl Lock {
         Lock {
             lock_version: LOCK_VERSION,
             recipe: plan.recipe.clone(),
-            overrides: plan.overrides.clone(),
             stages,
         }
+    }
+}
+
+/// `--set` flags as a check's message shows them.
+fn show_overrides(flags: &[String]) -> String {
+    if flags.is_empty() {
+        "no overrides".to_string()
+    } else {
+        flags
+            .iter()
+            .map(|f| format!("`--set {f}`"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
 /// One way the recipe (or the store) no longer matches its lock.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LockProblem {
-    /// The stage concerned; None for the recipe as a whole.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
+    pub stage: String,
     pub problem: String,
     /// For a changed key: the fields that differ, lock first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -188,36 +200,13 @@ pub struct LockProblem {
 /// digests. With no stage named, stages only the lock has are problems too.
 pub fn check(lock: &Lock, plan: &Plan, store: &Store, stages: &[String]) -> Vec<LockProblem> {
     let mut problems = Vec::new();
-    let recipe_problem = |problem: String| LockProblem {
-        stage: None,
-        problem,
-        changes: Vec::new(),
-    };
-    if lock.overrides != plan.overrides {
-        let show = |flags: &[String]| {
-            if flags.is_empty() {
-                "no overrides".to_string()
-            } else {
-                flags
-                    .iter()
-                    .map(|f| format!("`--set {f}`"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            }
-        };
-        problems.push(recipe_problem(format!(
-            "the lock was written with {}, this check has {}",
-            show(&lock.overrides),
-            show(&plan.overrides)
-        )));
-    }
     let checked = plan
         .stages
         .iter()
-        .filter(|s| stages.is_empty() || stages.contains(&s.name));
+        .filter(|s| stages.is_empty() || stages.iter().any(|n| selects(n, &s.name)));
     for planned in checked {
         let problem = |problem: String, changes: Vec<KeyChange>| LockProblem {
-            stage: Some(planned.name.clone()),
+            stage: planned.name.clone(),
             problem,
             changes,
         };
@@ -228,6 +217,17 @@ pub fn check(lock: &Lock, plan: &Plan, store: &Store, stages: &[String]) -> Vec<
             ));
             continue;
         };
+        if locked.overrides != plan.overrides {
+            problems.push(problem(
+                format!(
+                    "locked with {}, checked with {}",
+                    show_overrides(&locked.overrides),
+                    show_overrides(&plan.overrides)
+                ),
+                Vec::new(),
+            ));
+            continue;
+        }
         if locked.key != planned.key {
             let changes = key::diff(&locked.material, &planned.material);
             let fields: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
@@ -262,7 +262,7 @@ pub fn check(lock: &Lock, plan: &Plan, store: &Store, stages: &[String]) -> Vec<
         for name in lock.stages.keys() {
             if !plan.stages.iter().any(|s| &s.name == name) {
                 problems.push(LockProblem {
-                    stage: Some(name.clone()),
+                    stage: name.clone(),
                     problem: "in the lock, but the recipe no longer has this stage".into(),
                     changes: Vec::new(),
                 });

@@ -88,6 +88,13 @@ pub struct Plan {
     position: Vec<usize>,
 }
 
+impl PlannedStage {
+    /// Whether `--force` named it: it runs even though it may be stored.
+    pub fn is_forced(&self) -> bool {
+        self.state == StageState::Run(RunReason::Forced)
+    }
+}
+
 impl Plan {
     /// The plan of the pipeline's stage `index` (`Pipeline::stages[index]`).
     pub fn stage(&self, index: usize) -> &PlannedStage {
@@ -177,7 +184,7 @@ pub fn plan(
         let key = material.key();
         keys[i] = key.clone();
         let forced = selected.contains(&i)
-            && (force_all || selection.force.iter().any(|f| names(f, &stage.name)));
+            && (force_all || selection.force.iter().any(|f| selects(f, &stage.name)));
         let state = if forced {
             StageState::Run(RunReason::Forced)
         } else if store.contains(&key) {
@@ -222,9 +229,10 @@ pub fn plan(
     Ok(plan)
 }
 
-/// Whether `selector` (from `--until`, `--force`, ...) names `stage`: its
-/// own name, or the written name of the `matrix` stage it expands.
-fn names(selector: &str, stage: &str) -> bool {
+/// Whether `selector` (from `--until`, `--force`, a stage named on the
+/// command line) names `stage`: its own name, or the written name of the
+/// `matrix` stage it expands.
+pub fn selects(selector: &str, stage: &str) -> bool {
     stage
         .strip_prefix(selector)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
@@ -247,7 +255,7 @@ fn reason(store: &Store, recipe: &str, stage: &str, material: &KeyMaterial) -> R
 fn select(pipeline: &Pipeline, selection: &Selection) -> Result<BTreeSet<usize>, PlanError> {
     let indices = |name: &String| -> Result<Vec<usize>, PlanError> {
         let named: Vec<usize> = (0..pipeline.stages.len())
-            .filter(|&i| names(name, &pipeline.stages[i].name))
+            .filter(|&i| selects(name, &pipeline.stages[i].name))
             .collect();
         if !named.is_empty() {
             return Ok(named);

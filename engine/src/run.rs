@@ -160,7 +160,7 @@ pub fn execute(
                         read_through(plan, store, i, options, observer).unwrap_or_else(|| {
                             match &options.slurm {
                                 Some(slurm) => slurm.compute(pipeline, plan, store, i, observer),
-                                None => compute(pipeline, plan, store, i, options, observer),
+                                None => compute_stage(pipeline, plan, store, i, options, observer),
                             }
                         });
                     write_back(plan, store, i, &outcome, options, observer);
@@ -214,21 +214,9 @@ pub fn execute(
     })
 }
 
-/// Computes the planned stage `index` in this process, as a run would: the
-/// `run-stage` command of a Slurm job uses it.
+/// Computes the planned stage `index` in this process under its key lock,
+/// as a local run does; the `run-stage` command of a Slurm job uses it too.
 pub fn compute_stage(
-    pipeline: &Pipeline,
-    plan: &Plan,
-    store: &Store,
-    index: usize,
-    options: &RunOptions,
-    observer: &dyn RunObserver,
-) -> StageOutcome {
-    compute(pipeline, plan, store, index, options, observer)
-}
-
-/// Computes one stage under its key lock.
-fn compute(
     pipeline: &Pipeline,
     plan: &Plan,
     store: &Store,
@@ -239,7 +227,7 @@ fn compute(
     let device = options.device;
     let planned = plan.stage(index);
     let stage = &pipeline.stages[index];
-    let forced = planned.state == StageState::Run(crate::plan::RunReason::Forced);
+    let forced = planned.is_forced();
     let result = (|| -> anyhow::Result<StageOutcome> {
         let lock = store.lock_stage(&planned.key)?;
         if !forced && store.contains(&planned.key) {
@@ -327,10 +315,16 @@ fn read_through(
 ) -> Option<StageOutcome> {
     let remote = options.remote.as_deref()?;
     let planned = plan.stage(index);
-    if planned.state == StageState::Run(crate::plan::RunReason::Forced) {
+    if planned.is_forced() {
         return None;
     }
     let pulled = (|| -> Result<Option<Transfer>, RemoteError> {
+        // Slurm jobs on other machines may be computing it into the same
+        // store: their lock is the shared one.
+        let _across_machines = match options.slurm {
+            Some(_) => Some(store.lock_stage_across_machines(&planned.key)?),
+            None => None,
+        };
         let lock = store.lock_stage(&planned.key)?;
         if store.contains(&planned.key) || !remote.contains(&planned.key)? {
             return Ok(None);

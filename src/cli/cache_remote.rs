@@ -7,7 +7,7 @@ use super::run::prepare;
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, OverrideArgs, StoreArgs, output, pipeline};
 use clap::Args;
 use distillery_engine::Store;
-use distillery_engine::plan::{PlannedStage, Selection};
+use distillery_engine::plan::{self, PlannedStage, Selection};
 use distillery_engine::remote::{Remote, RemoteError, Transfer};
 use distillery_ops::report::format::format_bytes;
 use serde::Serialize;
@@ -81,16 +81,8 @@ pub fn transfer(args: TransferArgs, direction: Direction) -> u8 {
         .stages
         .iter()
         .filter(|s| {
-            if args.stages.is_empty() {
-                true
-            } else {
-                // A stage named, or an expansion of a `matrix` stage named.
-                args.stages.iter().any(|n| {
-                    s.name
-                        .strip_prefix(n.as_str())
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
-                })
-            }
+            // A stage named, or an expansion of a `matrix` stage named.
+            args.stages.is_empty() || args.stages.iter().any(|n| plan::selects(n, &s.name))
         })
         .collect();
     let mut results = Vec::new();
@@ -142,9 +134,7 @@ fn push_one(remote: &Remote, store: &Store, stage: &PlannedStage) -> StageTransf
         return outcome(stage, "unavailable", Transfer::default(), None);
     }
     match remote.push(store, &stage.key) {
-        Ok(t) if t.files == 0 && t.skipped == 1 && t.bytes == 0 => {
-            outcome(stage, "present", t, None)
-        }
+        Ok(t) if t.entry_present => outcome(stage, "present", t, None),
         Ok(t) => outcome(stage, "pushed", t, None),
         Err(e) => failed(stage, e),
     }
@@ -159,7 +149,7 @@ fn pull_one(remote: &Remote, store: &Store, recipe: &str, stage: &PlannedStage) 
         Err(e) => return failed(stage, e.into()),
     };
     match remote.pull(store, &stage.key, &lock) {
-        Ok(t) if t.skipped == 1 => outcome(stage, "present", t, None),
+        Ok(t) if t.entry_present => outcome(stage, "present", t, None),
         Ok(t) => {
             // Recorded like a run's stage, so that `status` knows it.
             if let Err(e) = store.record_stage(recipe, &stage.name, &stage.material) {

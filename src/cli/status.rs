@@ -9,7 +9,7 @@ use distillery_engine::Pipeline;
 use distillery_engine::Store;
 use distillery_engine::key::KeyChange;
 use distillery_engine::lock::{self, Lock};
-use distillery_engine::plan::{Plan, RunReason, Selection, StageState};
+use distillery_engine::plan::{self, Plan, RunReason, Selection, StageState};
 use distillery_engine::slurm::jobs;
 use distillery_engine::validate::Stage;
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ pub fn status(args: StatusArgs) -> u8 {
     let shown: Vec<_> = plan
         .stages
         .iter()
-        .filter(|s| args.stages.is_empty() || args.stages.contains(&s.name))
+        .filter(|s| args.stages.is_empty() || args.stages.iter().any(|n| plan::selects(n, &s.name)))
         .collect();
     if args.json {
         output::print_json(&shown);
@@ -131,15 +131,13 @@ fn check_lock(args: &StatusArgs, plan: &Plan, store: &Store) -> u8 {
             path.display(),
             plan.stages
                 .iter()
-                .filter(|s| args.stages.is_empty() || args.stages.contains(&s.name))
+                .filter(|s| args.stages.is_empty()
+                    || args.stages.iter().any(|n| plan::selects(n, &s.name)))
                 .count()
         );
     } else {
         for p in &problems {
-            match &p.stage {
-                Some(stage) => println!("{stage}: {}", p.problem),
-                None => println!("{}", p.problem),
-            }
+            println!("{}: {}", p.stage, p.problem);
             for change in &p.changes {
                 println!("    {change}");
             }

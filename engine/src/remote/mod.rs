@@ -80,9 +80,11 @@ pub struct Transfer {
     /// Files sent or received.
     pub files: usize,
     pub bytes: u64,
-    /// Files not sent because the remote had them already (push), or the
-    /// whole entry when it was there (push) or already stored (pull).
+    /// Files not sent because the remote had them already (push).
     pub skipped: usize,
+    /// The whole entry was there already (in the remote for a push, in the
+    /// local store for a pull): nothing moved.
+    pub entry_present: bool,
     pub seconds: f64,
 }
 
@@ -159,19 +161,27 @@ impl Remote {
     /// is written. An entry the remote has is skipped.
     pub fn push(&self, store: &Store, key: &str) -> Result<Transfer, RemoteError> {
         let started = Instant::now();
-        let Some(manifest) = store.manifest(key) else {
-            return Err(RemoteError::NotStored {
-                key: key.to_string(),
-            });
+        // One read: the manifest sent is the one whose files are sent, even
+        // if a forced rerun replaces the entry meanwhile.
+        let manifest_bytes = match std::fs::read(store.manifest_path(key)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RemoteError::NotStored {
+                    key: key.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
         };
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+            std::io::Error::other(format!("the local manifest of {key} is not valid: {e}"))
+        })?;
         if self.contains(key)? {
             return Ok(Transfer {
-                skipped: 1,
+                entry_present: true,
                 seconds: started.elapsed().as_secs_f64(),
                 ..Transfer::default()
             });
         }
-        let manifest_bytes = std::fs::read(store.manifest_path(key))?;
         let out_dir = store.output_dir(key);
         let mut transfer = self.runtime.block_on(async {
             use futures::{StreamExt, TryStreamExt};
@@ -188,19 +198,34 @@ impl Remote {
                         }
                         let sent = match &self.directory {
                             Some(dir) => {
-                                transfer::copy_into(dir, target.as_ref(), &source, &file.blake3)
+                                let (dir, object) = (dir.clone(), target.to_string());
+                                let (source, expected) = (source.clone(), file.blake3.clone());
+                                // The copy and its hash block: off the
+                                // runtime's threads, so files move at once.
+                                tokio::task::spawn_blocking(move || {
+                                    transfer::copy_into(&dir, &object, &source, &expected)
+                                })
+                                .await
+                                .unwrap_or_else(|e| {
+                                    Err(transfer::TransferError::Io(std::io::Error::other(e)))
+                                })
                             }
-                            None => transfer::upload(objects.as_ref(), &target, &source).await,
+                            None => {
+                                let staging = self.path(&["tmp", &transfer::unique_name()]);
+                                transfer::upload(
+                                    objects.as_ref(),
+                                    &target,
+                                    &staging,
+                                    &source,
+                                    &file.blake3,
+                                )
+                                .await
+                            }
                         }
                         .map_err(|e| self.transfer_error(e, key, path))?;
                         if sent.blake3 != file.blake3 || sent.size != file.size {
-                            // Someone changed the file after it was stored.
-                            // An object store has it under this digest's
-                            // name, which it must not keep; a directory
-                            // never published it.
-                            if self.directory.is_none() {
-                                let _ = objects.delete(&target).await;
-                            }
+                            // Someone changed the file after it was stored;
+                            // the remote never got it under this name.
                             return Err(RemoteError::LocalChanged {
                                 key: key.to_string(),
                                 path: path.clone(),
@@ -245,7 +270,7 @@ impl Remote {
         let started = Instant::now();
         if store.contains(key) {
             return Ok(Transfer {
-                skipped: 1,
+                entry_present: true,
                 seconds: started.elapsed().as_secs_f64(),
                 ..Transfer::default()
             });
@@ -293,8 +318,8 @@ impl Remote {
         Ok(Transfer {
             files: sizes.len(),
             bytes: sizes.iter().sum(),
-            skipped: 0,
             seconds: started.elapsed().as_secs_f64(),
+            ..Transfer::default()
         })
     }
 

@@ -36,11 +36,19 @@ pub struct Moved {
     pub size: u64,
 }
 
-/// Sends the file at `source` to `target`.
+/// Sends the file at `source` to `target`, which the remote gets only when
+/// the bytes sent hash to `expected` (the object's name): a file changed
+/// since it was stored must never appear under another content's name,
+/// not even for a moment. A small file is hashed in memory before its one
+/// request; a large one goes in parts to `staging` first, and is copied to
+/// `target` inside the store (S3's server-side copy) once its digest is
+/// known, then `staging` is deleted.
 pub async fn upload(
     objects: &dyn ObjectStore,
     target: &ObjectPath,
+    staging: &ObjectPath,
     source: &Path,
+    expected: &str,
 ) -> Result<Moved, TransferError> {
     let mut file = std::fs::File::open(source)?;
     let size = file.metadata()?.len();
@@ -49,14 +57,16 @@ pub async fn upload(
         let mut bytes = Vec::with_capacity(size as usize);
         file.read_to_end(&mut bytes)?;
         hasher.update(&bytes);
-        let sent = bytes.len() as u64;
-        objects.put(target, bytes.into()).await?;
-        return Ok(Moved {
+        let moved = Moved {
             blake3: hasher.finalize().to_hex().to_string(),
-            size: sent,
-        });
+            size: bytes.len() as u64,
+        };
+        if moved.blake3 == expected {
+            objects.put(target, bytes.into()).await?;
+        }
+        return Ok(moved);
     }
-    let upload = objects.put_multipart(target).await?;
+    let upload = objects.put_multipart(staging).await?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
     let mut sent = 0u64;
     loop {
@@ -81,10 +91,18 @@ pub async fn upload(
         writer.put(part.into());
     }
     writer.finish().await?;
-    Ok(Moved {
+    let moved = Moved {
         blake3: hasher.finalize().to_hex().to_string(),
         size: sent,
-    })
+    };
+    let published = if moved.blake3 == expected {
+        objects.copy(staging, target).await
+    } else {
+        Ok(())
+    };
+    let _ = objects.delete(staging).await;
+    published?;
+    Ok(moved)
 }
 
 /// Sends the file at `source` to the directory remote `dir` as `object`
@@ -103,15 +121,9 @@ pub fn copy_into(
     let folder = target.parent().expect("an object path has a folder");
     std::fs::create_dir_all(folder)?;
     let name = target.file_name().expect("an object path has a name");
-    // A name per process and thread: concurrent pushes of the same object
-    // never write the same temporary file. The `#` form is the one that
-    // object_store's directory listing skips.
-    let staging = folder.join(format!(
-        "{}#{}{:?}",
-        name.to_string_lossy(),
-        std::process::id(),
-        std::thread::current().id()
-    ));
+    // A name no other push uses, on any machine sharing the directory. The
+    // `#` form is the one that object_store's directory listing skips.
+    let staging = folder.join(format!("{}#{}", name.to_string_lossy(), unique_name()));
     let result = (|| {
         let size = std::fs::copy(source, &staging)?;
         let blake3 = crate::fsutil::hash_file(&staging)?;
@@ -171,6 +183,22 @@ pub async fn download(
             })
         }
     }
+}
+
+/// A name unique to this moment, process and machine: for temporary files
+/// and objects that concurrent pushes from several machines must not share.
+pub fn unique_name() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}.{}.{nanos}.{}",
+        host.trim(),
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
 }
 
 /// Reads until `buffer` is full or the file ends; returns the bytes read.

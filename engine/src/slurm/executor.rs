@@ -8,7 +8,7 @@
 use super::jobs::{self, JobRecord};
 use super::resources::SlurmSettings;
 use crate::outcome::{RunObserver, StageOutcome};
-use crate::plan::{Plan, StageState};
+use crate::plan::Plan;
 use crate::store::Store;
 use crate::validate::Pipeline;
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ impl SlurmExecutor {
         observer: &dyn RunObserver,
     ) -> StageOutcome {
         let planned = plan.stage(index);
-        let forced = planned.state == StageState::Run(crate::plan::RunReason::Forced);
+        let forced = planned.is_forced();
         if !forced && store.contains(&planned.key) {
             return StageOutcome::Reused;
         }
