@@ -86,7 +86,8 @@ pub struct RunArgs {
     push: bool,
     /// Where stages run: `local` (threads of this process) or `slurm` (one
     /// `sbatch` job per stage; the store must be on a filesystem the nodes
-    /// share). Default: the recipe's `executor:`, else local.
+    /// share). Default: the recipe's `executor:`, else the config file's,
+    /// else local.
     #[arg(long, value_name = "local|slurm", env = "DISTILLERY_EXECUTOR", value_parser = ["local", "slurm"])]
     executor: Option<String>,
     /// Slurm: seconds between two looks at the queue.
