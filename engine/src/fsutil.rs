@@ -1,6 +1,6 @@
 //! Filesystem helpers that the store and the file hasher share: a write that
-//! readers see whole or not at all, the list of files under a folder, and a
-//! file's blake3 digest.
+//! readers see whole or not at all, the list of files under a folder, a
+//! file's blake3 digest, and names no other process uses.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -58,4 +58,28 @@ pub fn hash_file(path: &Path) -> io::Result<String> {
         hasher.update(&fs::read(path)?);
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// This machine's host name (for lock owners and temporary names).
+pub fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A name unique to this machine, process and moment: for temporary files,
+/// objects and lock tokens that processes on several machines sharing a
+/// filesystem must never share.
+pub fn unique_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}.{}.{nanos}.{}",
+        host_name(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }

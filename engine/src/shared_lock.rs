@@ -19,6 +19,7 @@
 //! On the holder's own machine a holder whose process is gone is stale at
 //! once.
 
+use crate::fsutil::{host_name, unique_name};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -75,7 +76,7 @@ impl SharedLock {
     }
 
     fn hold(path: &Path, timing: Timing) -> io::Result<Self> {
-        let token = format!("{} {} {}", host_name(), std::process::id(), unique());
+        let token = format!("{} {} {}", host_name(), std::process::id(), unique_name());
         fs::write(path.join(OWNER), format!("{token}\n"))?;
         fs::write(path.join(HEARTBEAT), b"")?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -122,15 +123,6 @@ fn owner_token(path: &Path) -> Option<String> {
     fs::read_to_string(path.join(OWNER))
         .ok()
         .map(|t| t.trim().to_string())
-}
-
-/// A string no other holder has: the time in nanoseconds and a counter.
-fn unique() -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{nanos}-{}", COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Whether the lock's holder is gone: its process ended (same machine), or
@@ -185,7 +177,7 @@ fn break_if_stale(path: &Path, timing: Timing) -> io::Result<bool> {
             return Ok(false);
         }
         let mut aside = path.as_os_str().to_owned();
-        aside.push(format!(".stale.{}", unique()));
+        aside.push(format!(".stale.{}", unique_name()));
         match fs::rename(path, &aside) {
             Ok(()) => fs::remove_dir_all(&aside).map(|()| true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
@@ -208,12 +200,6 @@ fn filesystem_now(dir: &Path) -> io::Result<SystemTime> {
     let now = fs::metadata(&probe)?.modified();
     let _ = fs::remove_file(&probe);
     now
-}
-
-fn host_name() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]

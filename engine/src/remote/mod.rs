@@ -211,7 +211,7 @@ impl Remote {
                                 })
                             }
                             None => {
-                                let staging = self.path(&["tmp", &transfer::unique_name()]);
+                                let staging = self.path(&["tmp", &crate::fsutil::unique_name()]);
                                 transfer::upload(
                                     objects.as_ref(),
                                     &target,

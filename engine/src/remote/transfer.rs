@@ -123,7 +123,11 @@ pub fn copy_into(
     let name = target.file_name().expect("an object path has a name");
     // A name no other push uses, on any machine sharing the directory. The
     // `#` form is the one that object_store's directory listing skips.
-    let staging = folder.join(format!("{}#{}", name.to_string_lossy(), unique_name()));
+    let staging = folder.join(format!(
+        "{}#{}",
+        name.to_string_lossy(),
+        crate::fsutil::unique_name()
+    ));
     let result = (|| {
         let size = std::fs::copy(source, &staging)?;
         let blake3 = crate::fsutil::hash_file(&staging)?;
@@ -183,22 +187,6 @@ pub async fn download(
             })
         }
     }
-}
-
-/// A name unique to this moment, process and machine: for temporary files
-/// and objects that concurrent pushes from several machines must not share.
-pub fn unique_name() -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{}.{}.{nanos}.{}",
-        host.trim(),
-        std::process::id(),
-        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    )
 }
 
 /// Reads until `buffer` is full or the file ends; returns the bytes read.
