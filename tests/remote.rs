@@ -1,9 +1,10 @@
 //! The remote cache, for real: store A runs a recipe and pushes; an empty
 //! store B runs the same recipe with `--remote` and computes nothing, ending
 //! with byte-identical entries; a flipped byte in the remote is refused on
-//! pull and never enters a store. Against a directory and against an
-//! S3-compatible server (moto's server mode, started here on a free port of
-//! 127.0.0.1; under CI=true a missing `moto_server` fails the test).
+//! pull and never enters a store. Against a directory, an S3-compatible
+//! server (moto's server mode) and Azure's emulator (Azurite), each started
+//! here on a free port of 127.0.0.1; under CI=true a missing `moto_server`
+//! or `azurite-blob` fails the test.
 
 mod common;
 
@@ -95,6 +96,24 @@ impl RemoteUnderTest {
         }
     }
 
+    fn azure(server: Server) -> Self {
+        let port = server.port;
+        Self {
+            url: "az://distillery-test/cache".into(),
+            env: vec![
+                ("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()),
+                (
+                    "AZURITE_BLOB_STORAGE_URL".into(),
+                    format!("http://127.0.0.1:{port}"),
+                ),
+            ],
+            corrupt: Box::new(move |object: &str, bytes: &[u8]| {
+                azurite_put(port, &format!("distillery-test/cache/{object}"), bytes);
+            }),
+            _server: Some(server),
+        }
+    }
+
     fn run(&self, ws: &Workspace, args: &[&str]) -> std::process::Output {
         let mut cmd = ws.cmd(args);
         for (k, v) in &self.env {
@@ -148,6 +167,77 @@ fn moto() -> Option<Server> {
     let status = http(port, "PUT", "/distillery-test", b"");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     Some(server)
+}
+
+/// Azurite on a free port, with the container the test uses.
+fn azurite() -> Option<Server> {
+    let Some(program) = which("azurite-blob") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "azurite-blob is missing: `npm install -g azurite` (.ci/run installs it)"
+        );
+        eprintln!("skipped: the Azure half needs azurite-blob (npm install -g azurite)");
+        return None;
+    };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(program)
+        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+        .args(["--inMemoryPersistence", "--silent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, port };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "azurite-blob did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    azurite_put(port, "distillery-test?restype=container", b"");
+    Some(server)
+}
+
+/// A request Azurite accepts: signed with the emulator's well-known account
+/// key (Shared Key), by Python's standard library. `path` is
+/// `CONTAINER?restype=container` to make a container, else a blob to write.
+fn azurite_put(port: u16, path: &str, body: &[u8]) {
+    const SIGN: &str = r#"
+import base64, email.utils, hashlib, hmac, sys, urllib.request
+account = "devstoreaccount1"
+key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+port, path = sys.argv[1], sys.argv[2]
+body = sys.stdin.buffer.read()
+resource, _, query = path.partition("?")
+headers = {"x-ms-date": email.utils.formatdate(usegmt=True), "x-ms-version": "2021-08-06",
+           "Content-Type": "application/octet-stream"}
+if not query:
+    headers["x-ms-blob-type"] = "BlockBlob"
+canonical = "".join(f"{k}:{v}\n" for k, v in sorted(headers.items()) if k.startswith("x-ms-"))
+canonical += f"/{account}/{account}/{resource}"
+for pair in filter(None, query.split("&")):
+    k, _, v = pair.partition("=")
+    canonical += f"\n{k}:{v}"
+length = str(len(body)) if body else ""
+to_sign = "\n".join(["PUT", "", "", length, "", headers["Content-Type"]] + [""] * 6) + "\n" + canonical
+signature = hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()
+headers["Authorization"] = f"SharedKey {account}:{base64.b64encode(signature).decode()}"
+url = f"http://127.0.0.1:{port}/{account}/{path}"
+urllib.request.urlopen(urllib.request.Request(url, data=body, method="PUT", headers=headers))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", SIGN, &port.to_string(), path])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "Azurite refused PUT {path}"
+    );
 }
 
 /// One plain HTTP/1.1 request to 127.0.0.1; returns the status line.
@@ -344,6 +434,12 @@ fn a_directory_remote_round_trips_and_refuses_a_corrupted_object() {
 fn an_s3_remote_round_trips_and_refuses_a_corrupted_object() {
     let Some(server) = moto() else { return };
     round_trip(&RemoteUnderTest::s3(server));
+}
+
+#[test]
+fn an_azure_remote_round_trips_and_refuses_a_corrupted_object() {
+    let Some(server) = azurite() else { return };
+    round_trip(&RemoteUnderTest::azure(server));
 }
 
 #[test]
