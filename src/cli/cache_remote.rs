@@ -144,6 +144,12 @@ fn pull_one(remote: &Remote, store: &Store, recipe: &str, stage: &PlannedStage) 
     if store.contains(&stage.key) {
         return outcome(stage, "present", Transfer::default(), None);
     }
+    // Both locks: the store may be shared with Slurm jobs on other machines
+    // (see `shared_lock`), where the flock alone does not hold.
+    let _across_machines = match store.lock_stage_across_machines(&stage.key) {
+        Ok(l) => l,
+        Err(e) => return failed(stage, e.into()),
+    };
     let lock = match store.lock_stage(&stage.key) {
         Ok(l) => l,
         Err(e) => return failed(stage, e.into()),
