@@ -252,6 +252,26 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
     let status = text(&status.stdout);
     assert!(status.contains("    slurm job"), "{status}");
     assert!(status.contains("FAILED (log "), "{status}");
+    let status = ws
+        .cmd(&[
+            "status",
+            "recipe.yaml",
+            "--json",
+            "--set",
+            "stages.broken.with.fail_at=2",
+        ])
+        .env("SLURM_CONF", cluster.conf())
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let broken = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "broken")
+        .unwrap();
+    assert_eq!(broken["slurm_job"]["state"], "FAILED", "{broken}");
+    assert!(broken["slurm_job"]["job_id"].as_str().is_some(), "{broken}");
 
     // A job cancelled from outside: no entry, a checkpoint, and a rerun
     // that resumes from it.

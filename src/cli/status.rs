@@ -55,7 +55,21 @@ pub fn status(args: StatusArgs) -> u8 {
         .filter(|s| args.stages.is_empty() || args.stages.iter().any(|n| plan::selects(n, &s.name)))
         .collect();
     if args.json {
-        output::print_json(&shown);
+        // Each stage as `plan --json` has it, with its Slurm job (id, last
+        // state seen) when it is not stored and had one.
+        let stages: Vec<serde_json::Value> = shown
+            .iter()
+            .map(|s| {
+                let mut value = serde_json::to_value(s).expect("a planned stage is JSON");
+                if matches!(s.state, StageState::Run(_))
+                    && let Some(job) = jobs::read_record(&store, &s.name, &s.key)
+                {
+                    value["slurm_job"] = serde_json::to_value(job).expect("a job record is JSON");
+                }
+                value
+            })
+            .collect();
+        output::print_json(&stages);
         return EXIT_OK;
     }
     print_overrides(&plan);
