@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Workspace, text};
+use common::{Workspace, stage_fields, text};
 
 const RECIPE: &str = "\
 name: overrides
@@ -26,18 +26,7 @@ stages:
 fn keys(ws: &Workspace, args: &[&str]) -> Vec<(String, String)> {
     let out = ws.run(args);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    plan["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["key"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    stage_fields(&serde_json::from_slice(&out.stdout).unwrap(), "key")
 }
 
 #[test]

@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::{Workspace, text};
+use common::{Workspace, free_port, stage_fields, text};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -123,7 +123,7 @@ impl RemoteUnderTest {
     }
 }
 
-/// A moto server on a free port, stopped when dropped.
+/// A test server on a free port, stopped when dropped.
 struct Server {
     child: Child,
     port: u16,
@@ -136,23 +136,21 @@ impl Drop for Server {
     }
 }
 
-fn moto() -> Option<Server> {
-    let program = which("moto_server");
-    let Some(program) = program else {
+/// Starts `program` (found on PATH) with the arguments `args` gives for a
+/// free port of 127.0.0.1, and waits until it listens there. Without the
+/// program the test is skipped, except under CI=true, where it fails.
+fn start_server(program: &str, install: &str, args: impl Fn(u16) -> Vec<String>) -> Option<Server> {
+    let Some(path) = which(program) else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "moto_server is missing: `pip install \"moto[server]\"` (.ci/run installs it)"
+            "{program} is missing: `{install}` (.ci/run installs it)"
         );
-        eprintln!("skipped: the S3 half needs moto_server (pip install \"moto[server]\")");
+        eprintln!("skipped: this remote needs {program} ({install})");
         return None;
     };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(program)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let port = free_port();
+    let child = Command::new(path)
+        .args(args(port))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -160,44 +158,40 @@ fn moto() -> Option<Server> {
     let server = Server { child, port };
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
+        assert!(Instant::now() < deadline, "{program} did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
+    Some(server)
+}
+
+/// moto's S3 server, with the bucket the test uses.
+fn moto() -> Option<Server> {
+    let server = start_server("moto_server", "pip install \"moto[server]\"", |port| {
+        ["-H", "127.0.0.1", "-p", &port.to_string()]
+            .map(String::from)
+            .to_vec()
+    })?;
     // moto accepts unsigned requests: make the bucket.
-    let status = http(port, "PUT", "/distillery-test", b"");
+    let status = http(server.port, "PUT", "/distillery-test", b"");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     Some(server)
 }
 
-/// Azurite on a free port, with the container the test uses.
+/// Azurite, with the container the test uses.
 fn azurite() -> Option<Server> {
-    let Some(program) = which("azurite-blob") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "azurite-blob is missing: `npm install -g azurite` (.ci/run installs it)"
-        );
-        eprintln!("skipped: the Azure half needs azurite-blob (npm install -g azurite)");
-        return None;
-    };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(program)
-        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-        .args(["--inMemoryPersistence", "--silent"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "azurite-blob did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    azurite_put(port, "distillery-test?restype=container", b"");
+    let server = start_server("azurite-blob", "npm install -g azurite", |port| {
+        [
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            &port.to_string(),
+            "--inMemoryPersistence",
+            "--silent",
+        ]
+        .map(String::from)
+        .to_vec()
+    })?;
+    azurite_put(server.port, "distillery-test?restype=container", b"");
     Some(server)
 }
 
@@ -300,17 +294,7 @@ fn outputs(ws: &Workspace) -> Vec<(String, String)> {
 fn outcomes(out: &std::process::Output) -> Vec<(String, String)> {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
-    report["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["outcome"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    stage_fields(&report, "outcome")
 }
 
 fn round_trip(remote: &RemoteUnderTest) {

@@ -9,8 +9,7 @@
 
 mod common;
 
-use common::{Workspace, repo_root, text};
-use std::net::TcpListener;
+use common::{Workspace, free_port, repo_root, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -63,14 +62,6 @@ impl Drop for Cluster {
 
 fn script() -> PathBuf {
     repo_root().join("scripts/slurm/local-cluster.sh")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_cluster() -> Option<Cluster> {
@@ -140,6 +131,42 @@ fn span(ws: &Workspace, stage: &str) -> (usize, usize) {
             .unwrap_or_else(|| panic!("no `{word} {stage}` in {log:?}"))
     };
     (at("start-at-0"), at("finish"))
+}
+
+/// Starts `run --until STAGE` (with `slurm`, the executor's flags) in the
+/// background and returns once the stage's job has written a checkpoint:
+/// the running engine and the stage's key.
+fn run_until_checkpointed(
+    ws: &Workspace,
+    cluster: &Cluster,
+    stage: &str,
+    slurm: &[&str],
+) -> (std::process::Child, String) {
+    let mut args = vec!["run", "recipe.yaml", "--until", stage];
+    args.extend(slurm);
+    let engine = ws
+        .cmd(&args)
+        .env("SLURM_CONF", cluster.conf())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let key = ws.key_of("recipe.yaml", stage);
+    let checkpoint = ws
+        .store()
+        .join("scratch")
+        .join(&key)
+        .join("checkpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !checkpoint.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "`{stage}` never checkpointed: {:?}",
+            ws.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (engine, key)
 }
 
 fn job_id(store: &Path, stage: &str) -> Option<String> {
@@ -239,30 +266,30 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
     assert_eq!(outcome(&first, "after_broken")["outcome"], "skipped");
 
     // `status` names the failed stage's job and its log.
-    let status = ws
-        .cmd(&[
+    let status = run(
+        &ws,
+        &cluster,
+        &[
             "status",
             "recipe.yaml",
             "--set",
             "stages.broken.with.fail_at=2",
-        ])
-        .env("SLURM_CONF", cluster.conf())
-        .output()
-        .unwrap();
+        ],
+    );
     let status = text(&status.stdout);
     assert!(status.contains("    slurm job"), "{status}");
     assert!(status.contains("FAILED (log "), "{status}");
-    let status = ws
-        .cmd(&[
+    let status = run(
+        &ws,
+        &cluster,
+        &[
             "status",
             "recipe.yaml",
             "--json",
             "--set",
             "stages.broken.with.fail_at=2",
-        ])
-        .env("SLURM_CONF", cluster.conf())
-        .output()
-        .unwrap();
+        ],
+    );
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let broken = status
         .as_array()
@@ -275,30 +302,8 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
 
     // A job cancelled from outside: no entry, a checkpoint, and a rerun
     // that resumes from it.
-    let mut args = vec!["run", "recipe.yaml", "--until", "long"];
-    args.extend(slurm);
-    let engine = ws
-        .cmd(&args)
-        .env("SLURM_CONF", cluster.conf())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (engine, long_key) = run_until_checkpointed(&ws, &cluster, "long", &slurm);
     let store = ws.store();
-    let long_key = ws.key_of("recipe.yaml", "long");
-    let checkpoint = store
-        .join("scratch")
-        .join(&long_key)
-        .join("checkpoint.json");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !checkpoint.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "`long` never checkpointed: {:?}",
-            ws.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let id = job_id(&store, "long").expect("a job record for `long`");
     let cancelled = Command::new("scancel")
         .arg(&id)
@@ -318,29 +323,7 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
     assert!(!store.join("store").join(&long_key).exists());
 
     // Interrupting the run (Ctrl-C) cancels its job.
-    let mut args = vec!["run", "recipe.yaml", "--until", "longer"];
-    args.extend(slurm);
-    let engine = ws
-        .cmd(&args)
-        .env("SLURM_CONF", cluster.conf())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let longer_key = ws.key_of("recipe.yaml", "longer");
-    let checkpoint = store
-        .join("scratch")
-        .join(&longer_key)
-        .join("checkpoint.json");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !checkpoint.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "`longer` never checkpointed: {:?}",
-            ws.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (engine, longer_key) = run_until_checkpointed(&ws, &cluster, "longer", &slurm);
     let interrupted = Command::new("kill")
         .args(["-INT", &engine.id().to_string()])
         .status()

@@ -13,7 +13,7 @@
 
 use crate::key::{self, KeyChange, KeyMaterial};
 use crate::outcome::{RunReport, StageOutcome};
-use crate::plan::{Plan, selects};
+use crate::plan::{Plan, selects_any};
 use crate::store::{OutputFile, Store};
 use crate::validate::Pipeline;
 use serde::{Deserialize, Serialize};
@@ -142,17 +142,7 @@ impl Lock {
             let (true, Some(index), Some(manifest)) = (stored, index, manifest) else {
                 continue;
             };
-            let reads = pipeline.stages[index]
-                .inputs
-                .iter()
-                .map(|(slot, producers)| {
-                    let names = producers
-                        .iter()
-                        .map(|&j| pipeline.stages[j].name.clone())
-                        .collect();
-                    (slot.clone(), names)
-                })
-                .collect();
+            let reads = pipeline.input_names(index);
             stages.insert(
                 stage.name.clone(),
                 LockedStage {
@@ -200,10 +190,7 @@ pub struct LockProblem {
 /// digests. With no stage named, stages only the lock has are problems too.
 pub fn check(lock: &Lock, plan: &Plan, store: &Store, stages: &[String]) -> Vec<LockProblem> {
     let mut problems = Vec::new();
-    let checked = plan
-        .stages
-        .iter()
-        .filter(|s| stages.is_empty() || stages.iter().any(|n| selects(n, &s.name)));
+    let checked = plan.stages.iter().filter(|s| selects_any(stages, &s.name));
     for planned in checked {
         let problem = |problem: String, changes: Vec<KeyChange>| LockProblem {
             stage: planned.name.clone(),

@@ -229,6 +229,12 @@ pub fn plan(
     Ok(plan)
 }
 
+/// Whether stages named on a command line (none: every stage) include
+/// `stage`, by [`selects`].
+pub fn selects_any(selectors: &[String], stage: &str) -> bool {
+    selectors.is_empty() || selectors.iter().any(|s| selects(s, stage))
+}
+
 /// Whether `selector` (from `--until`, `--force`, a stage named on the
 /// command line) names `stage`: its own name, or the written name of the
 /// `matrix` stage it expands.

@@ -246,17 +246,7 @@ pub fn compute_stage(
                 (slot.clone(), dirs)
             })
             .collect();
-        let input_stages = stage
-            .inputs
-            .iter()
-            .map(|(slot, producers)| {
-                let names = producers
-                    .iter()
-                    .map(|&j| pipeline.stages[j].name.clone())
-                    .collect();
-                (slot.clone(), names)
-            })
-            .collect();
+        let input_stages = pipeline.input_names(index);
         let progress = observer.started(&planned.name, &planned.key);
         let ctx = RunContext {
             stage: &planned.name,
@@ -326,10 +316,14 @@ fn read_through(
             None => None,
         };
         let lock = store.lock_stage(&planned.key)?;
-        if store.contains(&planned.key) || !remote.contains(&planned.key)? {
+        if store.contains(&planned.key) {
             return Ok(None);
         }
-        remote.pull(store, &planned.key, &lock).map(Some)
+        match remote.pull(store, &planned.key, &lock) {
+            Ok(transfer) => Ok(Some(transfer)),
+            Err(RemoteError::NotInRemote { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     })();
     match pulled {
         Ok(Some(transfer)) => {

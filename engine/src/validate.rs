@@ -26,6 +26,21 @@ impl Pipeline {
     pub fn stage_index(&self, name: &str) -> Option<usize> {
         self.stages.iter().position(|s| s.name == name)
     }
+
+    /// The stages stage `index` reads, by name, for each input slot.
+    pub fn input_names(&self, index: usize) -> BTreeMap<String, Vec<String>> {
+        self.stages[index]
+            .inputs
+            .iter()
+            .map(|(slot, producers)| {
+                let names = producers
+                    .iter()
+                    .map(|&j| self.stages[j].name.clone())
+                    .collect();
+                (slot.clone(), names)
+            })
+            .collect()
+    }
 }
 
 /// A stage ready to be keyed and run.

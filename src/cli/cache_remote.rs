@@ -80,10 +80,7 @@ pub fn transfer(args: TransferArgs, direction: Direction) -> u8 {
     let chosen: Vec<&PlannedStage> = plan
         .stages
         .iter()
-        .filter(|s| {
-            // A stage named, or an expansion of a `matrix` stage named.
-            args.stages.is_empty() || args.stages.iter().any(|n| plan::selects(n, &s.name))
-        })
+        .filter(|s| plan::selects_any(&args.stages, &s.name))
         .collect();
     let mut results = Vec::new();
     for stage in chosen {

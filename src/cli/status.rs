@@ -52,7 +52,7 @@ pub fn status(args: StatusArgs) -> u8 {
     let shown: Vec<_> = plan
         .stages
         .iter()
-        .filter(|s| args.stages.is_empty() || args.stages.iter().any(|n| plan::selects(n, &s.name)))
+        .filter(|s| plan::selects_any(&args.stages, &s.name))
         .collect();
     if args.json {
         // Each stage as `plan --json` has it, with its Slurm job (id, last
@@ -145,8 +145,7 @@ fn check_lock(args: &StatusArgs, plan: &Plan, store: &Store) -> u8 {
             path.display(),
             plan.stages
                 .iter()
-                .filter(|s| args.stages.is_empty()
-                    || args.stages.iter().any(|n| plan::selects(n, &s.name)))
+                .filter(|s| plan::selects_any(&args.stages, &s.name))
                 .count()
         );
     } else {

@@ -118,3 +118,27 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// `(name, field)` of each stage in a plan or run report (`--json`).
+pub fn stage_fields(report: &serde_json::Value, field: &str) -> Vec<(String, String)> {
+    report["stages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stages in {report}"))
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s[field].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A TCP port of 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
