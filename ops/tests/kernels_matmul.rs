@@ -8,6 +8,11 @@
 //! arithmetic), within `2^-15` of the terms' magnitudes (the activations'
 //! two-part bf16 keeps about 16 bits); elsewhere the bf16 request must give
 //! exactly the f32 result.
+//!
+//! Training: under autodiff, the product and both gradients, every operand
+//! rounded once to bf16 where the CPU has AMX (mixed-precision training's
+//! arithmetic), within f32 summation error of the float64 product of the
+//! rounded operands; f32 everywhere else.
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
@@ -151,4 +156,107 @@ fn a_new_weight_is_never_served_another_weights_packing() {
             );
         }
     }
+}
+
+/// `a [m, k]` times `b [k, n]`, both given by element functions (after any
+/// rounding): `(product, sum of |terms|)` per output, in f64.
+fn exact(
+    (m, k, n): (usize, usize, usize),
+    a: impl Fn(usize, usize) -> f32,
+    b: impl Fn(usize, usize) -> f32,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![0.0; m * n];
+    let mut mag = vec![0.0; m * n];
+    for i in 0..m {
+        for l in 0..k {
+            let ail = a(i, l) as f64;
+            for j in 0..n {
+                let term = ail * b(l, j) as f64;
+                out[i * n + j] += term;
+                mag[i * n + j] += term.abs();
+            }
+        }
+    }
+    (out, mag)
+}
+
+/// A training step's product under autodiff, in `precision`: the output,
+/// and the gradients of `sum(y * r)` (so `dy = r`) for `x` and the weight.
+fn trained_product(
+    x: &[f32],
+    w: &[f32],
+    r: &[f32],
+    (m, k, n): (usize, usize, usize),
+    layout: WeightLayout,
+    precision: Precision,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    type B = burn::backend::Autodiff<Flex>;
+    let device = Default::default();
+    let xt = Tensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [m, k]), &device).require_grad();
+    let dims = match layout {
+        WeightLayout::InOut => [k, n],
+        WeightLayout::OutIn => [n, k],
+    };
+    let wt = Tensor::<B, 2>::from_data(TensorData::new(w.to_vec(), dims), &device).require_grad();
+    let rt = Tensor::<B, 2>::from_data(TensorData::new(r.to_vec(), [m, n]), &device);
+    let y = linear_matmul(xt.clone(), wt.clone(), layout, precision);
+    let grads = (y.clone() * rt).sum().backward();
+    let vec = |t: Tensor<Flex, 2>| t.into_data().to_vec::<f32>().unwrap();
+    (
+        vec(y.inner()),
+        vec(xt.grad(&grads).expect("x's gradient")),
+        vec(wt.grad(&grads).expect("the weight's gradient")),
+    )
+}
+
+#[test]
+fn training_products_and_gradients_match_the_float64_oracle() {
+    // The SHAPES, plus reductions over several chunks of 512 (`k` in the
+    // forward and `dx`, the rows in `dw`).
+    let shapes = SHAPES
+        .iter()
+        .copied()
+        .chain([(40, 1100, 50), (600, 70, 33)]);
+    let mut rng = SplitMix64::new(23);
+    for shape in shapes {
+        let (m, k, n) = shape;
+        let x = random(&mut rng, m * k);
+        let w = random(&mut rng, k * n);
+        let r = random(&mut rng, m * n);
+        for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+            // `w (l, j)` as the product's `[k, n]` operand.
+            let wk = |l: usize, j: usize| match layout {
+                WeightLayout::InOut => w[l * n + j],
+                WeightLayout::OutIn => w[j * k + l],
+            };
+            for precision in [Precision::F32, Precision::Bf16] {
+                let what = format!("{shape:?} {layout:?} {precision:?}");
+                let rounded = precision == Precision::Bf16 && bf16_on_cpu();
+                let q = |v: f32| if rounded { round_bf16(v) } else { v };
+                let (y, dx, dw) = trained_product(&x, &w, &r, shape, layout, precision);
+
+                let (want, mag) = exact(shape, |i, l| q(x[i * k + l]), |l, j| q(wk(l, j)));
+                let rel = |terms: usize| 2.0 * terms as f64 * 2f64.powi(-24);
+                assert_within(&format!("{what}: y"), &y, &want, &mag, rel(k));
+                // dx = dy w^T: [m, k], summed over n.
+                let (want, mag) = exact((m, n, k), |i, j| q(r[i * n + j]), |j, l| q(wk(l, j)));
+                assert_within(&format!("{what}: dx"), &dx, &want, &mag, rel(n));
+                // dw = x^T dy ([k, n]), summed over m; stored in the weight's
+                // layout.
+                let (want, mag) = exact((k, m, n), |l, i| q(x[i * k + l]), |i, j| q(r[i * n + j]));
+                let (want, mag) = match layout {
+                    WeightLayout::InOut => (want, mag),
+                    WeightLayout::OutIn => (transpose(&want, k, n), transpose(&mag, k, n)),
+                };
+                assert_within(&format!("{what}: dw"), &dw, &want, &mag, rel(m));
+            }
+        }
+    }
+}
+
+/// `[rows, cols]` -> `[cols, rows]`.
+fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..cols)
+        .flat_map(|j| (0..rows).map(move |i| v[i * cols + j]))
+        .collect()
 }

@@ -1,44 +1,46 @@
 //! Matrix products on Intel AMX tiles: bf16 operands, f32 accumulation.
 //!
-//! `C [m, n] = A [m, k] B [k, n]` with f32 `A` (activations) and `B`
-//! (weights) of any strides, and f32 `C`. Each product of 16 x 32 by 32 x 16
-//! bf16 tiles is one `tdpbf16ps`, which sums its 32 products per output in
-//! f32.
+//! `C [m, n] = A [m, k] B [k, n]` with f32 `A`, `B` of any strides (packed
+//! to bf16 by `amx_pack`, which says how each is rounded) and f32 `C`. Each
+//! product of 16 x 32 by 32 x 16 bf16 tiles is one `tdpbf16ps`, which sums
+//! its 32 products per output in f32.
 //!
-//! `B` is rounded to bf16 (nearest even). `A` is carried as two bf16 parts
-//! `A = hi + lo` (`hi` its rounding, `lo` what that left out), both
-//! multiplied by `B`: about 16 bits of mantissa for the activations, for
-//! twice the tile products (the `B` tiles are loaded once for both parts).
-//! On SmolLM2-135M, rounding the activations once moved the logits by
-//! 1.3e-2 of the largest (over the 1e-2 tolerance), and carrying only the
-//! inputs of some products wide (`down_proj`; `down_proj` and `o_proj`)
-//! 1.0e-2 and 1.4e-2; with every product's wide, 0.8e-2.
+//! `A` is rounded once (mixed-precision training's arithmetic) or carried
+//! as two bf16 parts `hi + lo`, both multiplied by the same `B` tiles:
+//! about 16 bits of mantissa for twice the tile products. On SmolLM2-135M,
+//! rounding the activations once moved the logits by 1.3e-2 of the largest
+//! (over inference's 1e-2 tolerance), and carrying only the inputs of some
+//! products wide (`down_proj`; `down_proj` and `o_proj`) 1.0e-2 and 1.4e-2;
+//! with every product's wide, 0.8e-2: inference splits every `A`.
 //!
-//! Packing: `A` row-major as `[hi | lo]` rows of `2 k_pad` (`k` padded to
-//! a multiple of 32, `m` to a multiple of 32, zeros); `B` in panels of 16 columns, each the rows-of-pairs layout
-//! `tdpbf16ps` reads (row `r` holds `B[2r, j]`, `B[2r + 1, j]` for the
-//! panel's 16 `j`), zeros past `k` and `n`.
+//! Work: each block of 32 x 32 outputs keeps its four 16 x 16 accumulator
+//! tiles in `tmm0-3` while the reduction walks one chunk of `k` (`tmm4-5`
+//! rows of `A`, `tmm6-7` panels of `B`), then adds them to `C`. Rayon tasks
+//! take the blocks of the larger operand (32 rows of `A`, or 32 columns of
+//! `B`), so that it streams through once, chunk by chunk, while the chunk
+//! of the smaller one stays in cache for every block of the task. Tiles
+//! that lie wholly inside `C` are loaded and stored in place, edge tiles
+//! through a scratch tile.
 //!
-//! Work: rayon tasks over blocks of 32 columns; in each, every block of 32
-//! rows keeps its four 16 x 16 accumulator tiles in `tmm0-3` while the
-//! reduction walks `k_pad` 32 at a time (`tmm4-5` rows of `A`, `tmm6-7`
-//! panels of `B`). Tiles that lie wholly inside `C` are stored to it
-//! directly, edge tiles through a scratch tile.
-//!
-//! AMX needs the CPU (`amx-tile`, `amx-bf16`) and the kernel's permission
-//! for the process's tile data (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM)`);
-//! [`available`] checks both once. The tile instructions are written as
-//! inline assembly, since their intrinsics are not stable Rust.
+//! AMX needs the CPU (`amx-tile`, `amx-bf16`, and AVX-512 with BF16 for
+//! the packing) and the kernel's permission for the process's tile data
+//! (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`available`] checks both
+//! once. The tile instructions are written as inline assembly, since their
+//! intrinsics are not stable Rust.
 
+pub use super::amx_pack::{PackedA, PackedB, Rounding};
 use rayon::prelude::*;
 use std::arch::asm;
 
 /// Rows and columns of one accumulator tile (f32).
-const TILE: usize = 16;
+pub(super) const TILE: usize = 16;
 /// bf16 values a tile row holds: the reduction step.
-const K_STEP: usize = 32;
+pub(super) const K_STEP: usize = 32;
 /// Rows and columns of `C` one block of four tiles covers.
-const BLOCK: usize = 2 * TILE;
+pub(super) const BLOCK: usize = 2 * TILE;
+/// Reduction steps per chunk: 16 (512 of `k`), so that a block's chunk of
+/// `A` or `B` (32 x 512 bf16, 32 KiB) stays in the first-level cache.
+const CHUNK_STEPS: usize = 16;
 
 /// An f32 matrix in memory: element `(i, j)` at `data[i * row + j * col]`.
 #[derive(Clone, Copy)]
@@ -48,18 +50,15 @@ pub struct MatRef<'a> {
     pub col: usize,
 }
 
-impl MatRef<'_> {
-    #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[i * self.row + j * self.col]
-    }
-}
-
 /// Whether this CPU and kernel run AMX bf16 tiles (checked once; the first
 /// call asks the kernel for the tile-data permission).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| cpu_has_amx_bf16() && request_tile_permission())
+    *AVAILABLE.get_or_init(|| {
+        use std::arch::is_x86_feature_detected as has;
+        let packing = has!("avx512f") && has!("avx512bw") && has!("avx512bf16");
+        cpu_has_amx_bf16() && packing && request_tile_permission()
+    })
 }
 
 fn cpu_has_amx_bf16() -> bool {
@@ -87,16 +86,6 @@ fn request_tile_permission() -> bool {
     false
 }
 
-/// f32 to bf16, rounding to nearest even (NaN stays NaN); branch-free, so
-/// that the packing loops vectorize.
-#[inline(always)]
-fn bf16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-    let quiet_nan = ((bits >> 16) | 0x40) as u16;
-    if x.is_nan() { quiet_nan } else { rounded }
-}
-
 /// The tile configuration: palette 1, tiles 0-7 all 16 rows of 64 bytes.
 #[repr(C, align(64))]
 struct TileConfig {
@@ -115,73 +104,6 @@ const CONFIG: TileConfig = TileConfig {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
-/// `A` packed: `[m_pad, 2 k_pad]` bf16, rows of the values rounded to
-/// bf16 followed by what the rounding left out (also in bf16).
-fn pack_a(a: MatRef, m: usize, k: usize, m_pad: usize, k_pad: usize) -> Vec<u16> {
-    let mut packed = vec![0u16; m_pad * 2 * k_pad];
-    packed
-        .par_chunks_mut(2 * k_pad)
-        .take(m)
-        .enumerate()
-        .for_each(|(i, row)| {
-            let (hi, lo) = row.split_at_mut(k_pad);
-            if a.col == 1 {
-                simd::split_row(&a.data[i * a.row..][..k], &mut hi[..k], &mut lo[..k]);
-            } else {
-                for j in 0..k {
-                    let x = a.at(i, j);
-                    hi[j] = bf16(x);
-                    lo[j] = bf16(x - widen(hi[j]));
-                }
-            }
-        });
-    packed
-}
-
-/// bf16 to f32 (exact).
-#[inline(always)]
-fn widen(x: u16) -> f32 {
-    f32::from_bits((x as u32) << 16)
-}
-
-/// `hi[j] = bf16(src[j])`, `lo[j] = bf16(src[j] - hi[j])`.
-#[inline(always)]
-fn split_row(src: &[f32], hi: &mut [u16], lo: &mut [u16]) {
-    for ((h, l), &x) in hi.iter_mut().zip(lo.iter_mut()).zip(src) {
-        *h = bf16(x);
-        *l = bf16(x - widen(*h));
-    }
-}
-
-/// The packing loops compiled for the CPU's vector tier.
-mod simd {
-    use crate::kernels::cpu_dispatch::dispatch;
-
-    dispatch! {
-        /// [`super::split_row`].
-        fn split_row(src: &[f32], hi: &mut [u16], lo: &mut [u16]) -> () = super::split_row;
-    }
-}
-
-/// `B` packed in panels of 16 columns, each `[k_pad / 2, 16, 2]` bf16.
-fn pack_b(b: MatRef, k: usize, n: usize, k_pad: usize, n_pad: usize) -> Vec<u16> {
-    let panel = k_pad * TILE;
-    let mut packed = vec![0u16; n_pad / TILE * panel];
-    packed
-        .par_chunks_mut(panel)
-        .enumerate()
-        .for_each(|(p, out)| {
-            let cols = p * TILE..((p + 1) * TILE).min(n);
-            for i in 0..k {
-                let row = &mut out[(i / 2) * 2 * TILE + i % 2..];
-                for (jj, j) in cols.clone().enumerate() {
-                    row[jj * 2] = bf16(b.at(i, j));
-                }
-            }
-        });
-    packed
-}
-
 /// A pointer that rayon tasks share; each writes its own columns.
 #[derive(Clone, Copy)]
 struct Shared(*mut f32);
@@ -197,41 +119,28 @@ impl Shared {
     }
 }
 
-/// `B` packed once for any number of products: the weights.
-pub struct PackedB {
-    data: Vec<u16>,
-    k: usize,
-    n: usize,
-}
-
-impl PackedB {
-    /// Packs `b: [k, n]`.
-    pub fn new(b: MatRef, k: usize, n: usize) -> Self {
-        let data = pack_b(
-            b,
-            k,
-            n,
-            k.next_multiple_of(K_STEP),
-            n.next_multiple_of(BLOCK),
-        );
-        Self { data, k, n }
-    }
-
-    /// Columns of the product.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-}
-
-/// `c = a b` with `b` packed; `a` is `[m, b.k]`, `c` `[m, b.n]` row-major.
+/// `c = a b` with `a` split in two bf16 parts (inference's arithmetic, see
+/// the module docs); `a` is `[m, b.k]`, `c` `[m, b.n]` row-major.
 ///
 /// Panics unless [`available`].
 pub fn gemm_bf16_packed(m: usize, a: MatRef, b: &PackedB, c: &mut [f32]) {
-    let (k, n) = (b.k, b.n);
     assert!(
         available(),
         "AMX bf16 tiles are not available on this machine"
     );
+    gemm(&PackedA::new(a, m, b.k, Rounding::Split), b, c);
+}
+
+/// `c = a b`, `c` `[a.m, b.n]` row-major (overwritten).
+///
+/// Panics unless [`available`] and the shapes agree.
+pub fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32]) {
+    assert!(
+        available(),
+        "AMX bf16 tiles are not available on this machine"
+    );
+    assert_eq!(a.k, b.k, "AMX gemm: A has {} columns, B {} rows", a.k, b.k);
+    let (m, n) = (a.m, b.n);
     assert_eq!(
         c.len(),
         m * n,
@@ -241,111 +150,170 @@ pub fn gemm_bf16_packed(m: usize, a: MatRef, b: &PackedB, c: &mut [f32]) {
     if m == 0 || n == 0 {
         return;
     }
-    if k == 0 {
+    if a.k == 0 {
         c.fill(0.0);
         return;
     }
-    let (m_pad, k_pad, n_pad) = (
-        m.next_multiple_of(BLOCK),
-        k.next_multiple_of(K_STEP),
-        n.next_multiple_of(BLOCK),
-    );
-    let a = pack_a(a, m, k, m_pad, k_pad);
+    let chunks = a.k_steps.div_ceil(CHUNK_STEPS);
+    let chunk_steps = a.k_steps.div_ceil(chunks);
+    let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
+    let by_rows = m >= n; // A is the larger operand: tasks take its blocks
+    let (outer, inner) = if by_rows {
+        (row_blocks, col_blocks)
+    } else {
+        (col_blocks, row_blocks)
+    };
     let out = Shared(c.as_mut_ptr());
-    (0..n_pad / BLOCK).into_par_iter().for_each(|cb| {
-        // SAFETY: AMX is available (asserted above); every tile load reads
-        // inside the packed buffers, and the tile stores write only elements
-        // of `c` in this task's columns.
-        unsafe { column_block(&a, &b.data, k_pad, m_pad, cb, out.get(), m, n) };
+    let shape = Shape { m, n };
+    let blocks = Blocks {
+        by_rows,
+        inner,
+        chunks,
+        chunk_steps,
+    };
+    (0..outer).into_par_iter().for_each(|o| {
+        // SAFETY: AMX is available (asserted above); `out` is `[m, n]`, and
+        // a task writes only its own blocks.
+        unsafe { task(a, b, o, blocks, out.get(), shape) };
     });
 }
 
-/// One block of 32 columns, every row block.
+/// How [`gemm`] splits the output among tasks.
+#[derive(Clone, Copy)]
+struct Blocks {
+    /// Whether a task takes a block of rows (else of columns).
+    by_rows: bool,
+    /// Blocks of the other axis each task walks.
+    inner: usize,
+    chunks: usize,
+    chunk_steps: usize,
+}
+
+/// One task of [`gemm`]: the output blocks in row (or column) block `o`.
 ///
 /// # Safety
-/// AMX must be available; `out` is `[m, n]`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn column_block(
-    a: &[u16],
-    b: &[u16],
-    k_pad: usize,
-    m_pad: usize,
-    cb: usize,
-    out: *mut f32,
-    m: usize,
-    n: usize,
-) {
-    let a_width = 2 * k_pad; // bf16 per packed row of A: [hi | lo]
-    let a_stride = a_width * 2; // bytes
-    let panel = k_pad * TILE; // bf16 per panel of B
-    let b0 = b[2 * cb * panel..].as_ptr();
-    let b1 = b[(2 * cb + 1) * panel..].as_ptr();
-    let mut scratch = [0f32; TILE * TILE];
+/// AMX is available; `out` is `[m, n]`.
+#[inline(never)]
+unsafe fn task(a: &PackedA, b: &PackedB, o: usize, blocks: Blocks, out: *mut f32, shape: Shape) {
+    // SAFETY: every tile load reads inside the packed buffers
+    // (`PackedA::tile`, `PackedB::tile` check their spans), and the stores
+    // write only the elements of `c` in this task's blocks.
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
-        for rb in 0..m_pad / BLOCK {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
-            let a0 = a[rb * BLOCK * a_width..].as_ptr();
-            let a1 = a[(rb * BLOCK + TILE) * a_width..].as_ptr();
-            for kk in (0..k_pad).step_by(K_STEP) {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0.add(kk),
-                    a1 = in(reg) a1.add(kk),
-                    b0 = in(reg) b0.add(kk * TILE),
-                    b1 = in(reg) b1.add(kk * TILE),
-                    sa = in(reg) a_stride,
-                    sb = in(reg) 2 * TILE * 2,
-                    options(nostack, readonly),
-                );
-                // The low parts against the same B tiles, still loaded.
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0.add(k_pad + kk),
-                    a1 = in(reg) a1.add(k_pad + kk),
-                    sa = in(reg) a_stride,
-                    options(nostack, readonly),
-                );
+        for chunk in 0..blocks.chunks {
+            let steps =
+                chunk * blocks.chunk_steps..((chunk + 1) * blocks.chunk_steps).min(a.k_steps);
+            for i in 0..blocks.inner {
+                let (rb, cb) = if blocks.by_rows { (o, i) } else { (i, o) };
+                block(a, b, rb, cb, steps.clone(), chunk > 0, out, shape);
             }
-            let (row, col) = (rb * BLOCK, cb * BLOCK);
-            macro_rules! store {
-                ($tile:literal, $r:expr, $c:expr) => {{
-                    let (r, c) = ($r, $c);
-                    if r + TILE <= m && c + TILE <= n {
-                        asm!(concat!("tilestored [{p} + {s}*1], tmm", $tile), p = in(reg) out.add(r * n + c), s = in(reg) n * 4, options(nostack));
-                    } else if r < m && c < n {
-                        asm!(concat!("tilestored [{p} + {s}*1], tmm", $tile), p = in(reg) scratch.as_mut_ptr(), s = in(reg) TILE * 4, options(nostack));
-                        for i in 0..TILE.min(m - r) {
-                            for j in 0..TILE.min(n - c) {
-                                *out.add((r + i) * n + c + j) = scratch[i * TILE + j];
-                            }
-                        }
-                    }
-                }};
-            }
-            store!("0", row, col);
-            store!("1", row, col + TILE);
-            store!("2", row + TILE, col);
-            store!("3", row + TILE, col + TILE);
         }
         asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+/// The output's shape.
+#[derive(Clone, Copy)]
+struct Shape {
+    m: usize,
+    n: usize,
+}
+
+/// The 32 x 32 block `(rb, cb)` of `c` over reduction steps `steps`, added
+/// to what `c` holds when `accumulate`, else written.
+///
+/// # Safety
+/// AMX is available and the tile configuration loaded; `out` is `[m, n]`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    a: &PackedA,
+    b: &PackedB,
+    rb: usize,
+    cb: usize,
+    steps: std::ops::Range<usize>,
+    accumulate: bool,
+    out: *mut f32,
+    Shape { m, n }: Shape,
+) {
+    let mut scratch = [0f32; TILE * TILE];
+    let (row, col) = (rb * BLOCK, cb * BLOCK);
+    // A tile of `c` at (r, c): in place when whole, else through `scratch`.
+    macro_rules! load {
+        ($tile:literal, $r:expr, $c:expr) => {{
+            let (r, c) = ($r, $c);
+            if !accumulate || r >= m || c >= n {
+                asm!(concat!("tilezero tmm", $tile), options(nostack, nomem));
+            } else if r + TILE <= m && c + TILE <= n {
+                asm!(concat!("tileloadd tmm", $tile, ", [{p} + {s}*1]"), p = in(reg) out.add(r * n + c), s = in(reg) n * 4, options(nostack, readonly));
+            } else {
+                scratch.fill(0.0);
+                for i in 0..TILE.min(m - r) {
+                    for j in 0..TILE.min(n - c) {
+                        scratch[i * TILE + j] = *out.add((r + i) * n + c + j);
+                    }
+                }
+                asm!(concat!("tileloadd tmm", $tile, ", [{p} + {s}*1]"), p = in(reg) scratch.as_ptr(), s = in(reg) TILE * 4, options(nostack, readonly));
+            }
+        }};
+    }
+    macro_rules! store {
+        ($tile:literal, $r:expr, $c:expr) => {{
+            let (r, c) = ($r, $c);
+            if r + TILE <= m && c + TILE <= n {
+                asm!(concat!("tilestored [{p} + {s}*1], tmm", $tile), p = in(reg) out.add(r * n + c), s = in(reg) n * 4, options(nostack));
+            } else if r < m && c < n {
+                asm!(concat!("tilestored [{p} + {s}*1], tmm", $tile), p = in(reg) scratch.as_mut_ptr(), s = in(reg) TILE * 4, options(nostack));
+                for i in 0..TILE.min(m - r) {
+                    for j in 0..TILE.min(n - c) {
+                        *out.add((r + i) * n + c + j) = scratch[i * TILE + j];
+                    }
+                }
+            }
+        }};
+    }
+    // SAFETY: the caller's contract; tile pointers come from the packed
+    // operands' own bounds-checked accessors.
+    unsafe {
+        load!("0", row, col);
+        load!("1", row, col + TILE);
+        load!("2", row + TILE, col);
+        load!("3", row + TILE, col + TILE);
+        for step in steps {
+            asm!(
+                "tileloadd tmm4, [{a0} + {s}*1]",
+                "tileloadd tmm5, [{a1} + {s}*1]",
+                "tileloadd tmm6, [{b0} + {s}*1]",
+                "tileloadd tmm7, [{b1} + {s}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a.tile(2 * rb, step, 0),
+                a1 = in(reg) a.tile(2 * rb + 1, step, 0),
+                b0 = in(reg) b.tile(2 * cb, step),
+                b1 = in(reg) b.tile(2 * cb + 1, step),
+                s = in(reg) 2 * K_STEP,
+                options(nostack, readonly),
+            );
+            if a.parts == 2 {
+                // The low parts against the same B tiles, still loaded.
+                asm!(
+                    "tileloadd tmm4, [{a0} + {s}*1]",
+                    "tileloadd tmm5, [{a1} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a.tile(2 * rb, step, 1),
+                    a1 = in(reg) a.tile(2 * rb + 1, step, 1),
+                    s = in(reg) 2 * K_STEP,
+                    options(nostack, readonly),
+                );
+            }
+        }
+        store!("0", row, col);
+        store!("1", row, col + TILE);
+        store!("2", row + TILE, col);
+        store!("3", row + TILE, col + TILE);
     }
 }

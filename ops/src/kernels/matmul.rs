@@ -4,8 +4,11 @@
 //!
 //! Only the CPU backend has a bf16 path so far: Intel AMX tiles
 //! (`kernels::amx`), taken when [`Precision::Bf16`] is asked for and the CPU
-//! and kernel offer AMX; everywhere else, and under autodiff (training
-//! computes its products in f32), the product is Burn's f32 `matmul`.
+//! and kernel offer AMX; everywhere else the product is Burn's f32
+//! `matmul`. Under autodiff a bf16 product is an op of its own, whose
+//! backward runs on AMX too (`dx = dy w^T`, `dw = x^T dy`, every operand
+//! rounded once, as mixed-precision training does); an f32 one stays
+//! Burn's matmul and its backward.
 
 use burn::tensor::Tensor;
 use burn::tensor::TensorPrimitive;
@@ -76,12 +79,76 @@ pub trait MatmulOps: Backend {
         precision: Precision,
     ) -> FloatTensor<Self> {
         let _ = precision;
-        let weight = match layout {
-            WeightLayout::InOut => weight,
-            WeightLayout::OutIn => Self::float_transpose(weight),
-        };
-        Self::float_matmul(x, weight)
+        f32_product::<Self>(x, weight, layout)
     }
+
+    /// The same product in a training step, whose arithmetic may differ
+    /// from inference's: bf16 on AMX rounds `x` once, as mixed-precision
+    /// training does, where inference carries it in two parts.
+    fn linear_matmul_trained(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        layout: WeightLayout,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        Self::linear_matmul(x, weight, layout, precision)
+    }
+
+    /// The gradients of [`MatmulOps::linear_matmul_trained`] given the
+    /// output's, `dy: [rows, out]`: `(dx, dweight)` (the latter in the
+    /// weight's own layout), each computed only when `want` says so.
+    fn linear_matmul_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        layout: WeightLayout,
+        precision: Precision,
+        dy: FloatTensor<Self>,
+        want: Wanted,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        let _ = precision;
+        f32_backward::<Self>(x, weight, layout, dy, want)
+    }
+}
+
+/// Which gradients of a product a backward pass needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    pub x: bool,
+    pub weight: bool,
+}
+
+/// `x w` (or `x w^T`) with the backend's own f32 matmul.
+fn f32_product<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    layout: WeightLayout,
+) -> FloatTensor<B> {
+    let weight = match layout {
+        WeightLayout::InOut => weight,
+        WeightLayout::OutIn => B::float_transpose(weight),
+    };
+    B::float_matmul(x, weight)
+}
+
+/// The gradients of [`f32_product`]: for `y = x w`, `dx = dy w^T` and
+/// `dw = x^T dy`; for `y = x w^T`, `dx = dy w` and `dw = dy^T x`.
+fn f32_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    layout: WeightLayout,
+    dy: FloatTensor<B>,
+    want: Wanted,
+) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+    let t = B::float_transpose;
+    let dx = want.x.then(|| match layout {
+        WeightLayout::InOut => B::float_matmul(dy.clone(), t(weight.clone())),
+        WeightLayout::OutIn => B::float_matmul(dy.clone(), weight.clone()),
+    });
+    let dw = want.weight.then(|| match layout {
+        WeightLayout::InOut => B::float_matmul(t(x), dy),
+        WeightLayout::OutIn => B::float_matmul(t(dy), x),
+    });
+    (dx, dw)
 }
 
 /// `x [rows, in]` times `weight` (stored as `layout` says) in `precision`.
@@ -110,10 +177,80 @@ pub fn linear_matmul<B: MatmulOps>(
     )))
 }
 
-/// Training runs its products in f32 (Burn's matmul and its backward).
-impl<B: MatmulOps, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> MatmulOps
-    for burn::backend::Autodiff<B, C>
-{
+/// Under autodiff, an f32 product is Burn's own matmul and its backward
+/// (as it always was); any other precision is one op whose forward and
+/// backward are the inner backend's [`MatmulOps::linear_matmul_trained`]
+/// and [`MatmulOps::linear_matmul_backward`].
+mod on_autodiff {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+
+    #[derive(Debug)]
+    struct LinearBackward {
+        layout: WeightLayout,
+        precision: Precision,
+    }
+
+    impl<B: MatmulOps> Backward<B, 2> for LinearBackward {
+        /// The product's inputs: `x` and the weight.
+        type State = (FloatTensor<B>, FloatTensor<B>);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 2>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [node_x, node_w] = ops.parents;
+            let dy = grads.consume::<B>(&ops.node);
+            let (x, weight) = ops.state;
+            let want = Wanted {
+                x: node_x.is_some(),
+                weight: node_w.is_some(),
+            };
+            let (dx, dw) =
+                B::linear_matmul_backward(x, weight, self.layout, self.precision, dy, want);
+            for (node, grad) in [(node_x, dx), (node_w, dw)] {
+                if let (Some(node), Some(grad)) = (node, grad) {
+                    grads.register::<B>(node.id, grad);
+                }
+            }
+        }
+    }
+
+    impl<B: MatmulOps, C: CheckpointStrategy> MatmulOps for Autodiff<B, C> {
+        fn linear_matmul(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            layout: WeightLayout,
+            precision: Precision,
+        ) -> FloatTensor<Self> {
+            if precision == Precision::F32 {
+                return f32_product::<Self>(x, weight, layout);
+            }
+            let prep = LinearBackward { layout, precision }
+                .prepare::<C>([x.node.clone(), weight.node.clone()])
+                .compute_bound()
+                .stateful();
+            match prep {
+                OpsKind::Tracked(prep) => {
+                    let (x, weight) = (x.primitive, weight.primitive);
+                    let y = B::linear_matmul_trained(x.clone(), weight.clone(), layout, precision);
+                    prep.finish((x, weight), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::linear_matmul_trained(
+                    x.primitive,
+                    weight.primitive,
+                    layout,
+                    precision,
+                )),
+            }
+        }
+    }
 }
 
 /// The CubeCL backends compute in f32 for now.
@@ -145,11 +282,120 @@ mod flex {
             if precision.on_cpu() == Precision::Bf16 {
                 return amx_linear(x, weight, layout);
             }
-            let weight = match layout {
-                WeightLayout::InOut => weight,
-                WeightLayout::OutIn => Flex::float_transpose(weight),
+            f32_product::<Self>(x, weight, layout)
+        }
+
+        fn linear_matmul_trained(
+            x: FlexTensor,
+            weight: FlexTensor,
+            layout: WeightLayout,
+            precision: Precision,
+        ) -> FlexTensor {
+            #[cfg(target_arch = "x86_64")]
+            if precision.on_cpu() == Precision::Bf16 {
+                return trained::forward(x, weight, layout);
+            }
+            f32_product::<Self>(x, weight, layout)
+        }
+
+        fn linear_matmul_backward(
+            x: FlexTensor,
+            weight: FlexTensor,
+            layout: WeightLayout,
+            precision: Precision,
+            dy: FlexTensor,
+            want: Wanted,
+        ) -> (Option<FlexTensor>, Option<FlexTensor>) {
+            #[cfg(target_arch = "x86_64")]
+            if precision.on_cpu() == Precision::Bf16 {
+                return trained::backward(x, weight, layout, dy, want);
+            }
+            f32_backward::<Self>(x, weight, layout, dy, want)
+        }
+    }
+
+    /// A training step's products on AMX: every operand rounded once to
+    /// bf16, f32 sums; packed afresh for each product (the weights change
+    /// every step, and each is used once in each direction).
+    #[cfg(target_arch = "x86_64")]
+    mod trained {
+        use super::super::super::amx::{MatRef, PackedA, PackedB, Rounding, gemm};
+        use super::*;
+
+        /// `a b` for strided views `a: [m, k]`, `b: [k, n]`.
+        fn product(a: MatRef, b: MatRef, m: usize, k: usize, n: usize) -> FlexTensor {
+            let a = PackedA::new(a, m, k, Rounding::Once);
+            let b = PackedB::new(b, k, n);
+            let mut out = Vec::with_capacity(m * n);
+            // SAFETY: `gemm` writes every element before anything reads
+            // one (f32 has no invalid bit patterns either way).
+            #[allow(clippy::uninit_vec)]
+            unsafe {
+                out.set_len(m * n)
             };
-            Flex::float_matmul(x, weight)
+            gemm(&a, &b, &mut out);
+            FlexTensor::from_data(TensorData::new(out, [m, n]))
+        }
+
+        fn transposed(v: MatRef) -> MatRef {
+            MatRef {
+                data: v.data,
+                row: v.col,
+                col: v.row,
+            }
+        }
+
+        /// The result in the dtype of the tensor it stands for.
+        fn like(out: FlexTensor, dtype: DType) -> FlexTensor {
+            if dtype == DType::F32 {
+                out
+            } else {
+                Flex::float_cast(out, dtype.into())
+            }
+        }
+
+        /// See [`MatmulOps::linear_matmul_trained`].
+        pub fn forward(x: FlexTensor, weight: FlexTensor, layout: WeightLayout) -> FlexTensor {
+            let dtype = x.dtype();
+            let (x, weight) = (f32_matrix(x), f32_matrix(weight));
+            let ((m, k), xv) = view(&x);
+            let ((rows, cols), wv) = view(&weight);
+            let out = match layout {
+                WeightLayout::InOut => product(xv, wv, m, k, cols),
+                WeightLayout::OutIn => product(xv, transposed(wv), m, k, rows),
+            };
+            like(out, dtype)
+        }
+
+        /// See [`MatmulOps::linear_matmul_backward`] (and [`f32_backward`]
+        /// for the formulas).
+        pub fn backward(
+            x: FlexTensor,
+            weight: FlexTensor,
+            layout: WeightLayout,
+            dy: FlexTensor,
+            want: Wanted,
+        ) -> (Option<FlexTensor>, Option<FlexTensor>) {
+            let (x_dtype, w_dtype) = (x.dtype(), weight.dtype());
+            let (x, weight, dy) = (f32_matrix(x), f32_matrix(weight), f32_matrix(dy));
+            let ((m, d_in), xv) = view(&x);
+            let (_, wv) = view(&weight);
+            let ((_, d_out), dyv) = view(&dy);
+            let dx = want.x.then(|| {
+                let w = match layout {
+                    WeightLayout::InOut => transposed(wv),
+                    WeightLayout::OutIn => wv,
+                };
+                like(product(dyv, w, m, d_out, d_in), x_dtype)
+            });
+            let dw = want.weight.then(|| {
+                let dw = match layout {
+                    WeightLayout::InOut => product(transposed(xv), dyv, d_in, m, d_out),
+                    WeightLayout::OutIn => product(transposed(dyv), xv, d_out, m, d_in),
+                };
+                like(dw, w_dtype)
+            });
+            (dx, dw)
         }
     }
 

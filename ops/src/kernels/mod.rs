@@ -18,6 +18,8 @@
 pub mod adamw;
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod amx_pack;
 pub mod attention;
 mod attention_flex;
 pub mod bandwidth;
@@ -53,7 +55,7 @@ pub use importance::{
 pub use importance_flex::{channel_sums_host, cosine_distance_sum_host};
 pub use kd::{KdLoss, KdOps, KdSpec, SparseTeacher, kd_loss, kd_loss_sparse};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
-pub use matmul::{MatmulOps, Precision, WeightLayout, linear_matmul};
+pub use matmul::{MatmulOps, Precision, Wanted, WeightLayout, linear_matmul};
 pub use rows::{RowOps, rms_norm, rope, swiglu};
 
 /// A tensor's primitive, for a backend op's arguments.

@@ -97,8 +97,8 @@ impl<B: ModelBackend> Llama<B> {
         linear_matmul(rows, head, WeightLayout::OutIn, self.precision).reshape([batch, seq, vocab])
     }
 
-    /// The model with every matrix product in `precision` (inference; the
-    /// products of a training step stay f32 whatever it says).
+    /// The model with every matrix product in `precision` (in training
+    /// too: see [`crate::kernels::matmul`] for each one's arithmetic).
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         for layer in &mut self.layers {

@@ -291,6 +291,7 @@ impl OnBackend for Task<'_, '_> {
             return publish::<B>(&p, &objective, &name, &data, sv, Some(top_k), ctx, &device);
         }
         let (teacher, _) = Llama::<B>::load_hf(ctx.input("teacher")?, &device)?;
+        let teacher = teacher.with_precision(p.train.precision);
         let tv = teacher.config.vocab_size;
         if tv != sv && !p.truncate_vocab {
             bail!(

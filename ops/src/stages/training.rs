@@ -34,7 +34,8 @@ pub fn train_and_publish<B: ComputeBackend>(
     let folder = read_hf_folder(model_dir)?;
     let config = LlamaConfig::from_json(&folder.config).context("invalid model config")?;
     let student = Llama::<Autodiff<B>>::from_state_dict(config, folder.tensors, device)
-        .with_context(|| format!("building the model of {}", model_dir.display()))?;
+        .with_context(|| format!("building the model of {}", model_dir.display()))?
+        .with_precision(params.precision);
     let job = TrainJob {
         params,
         data,

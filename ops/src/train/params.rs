@@ -1,6 +1,7 @@
 //! The `train:` block every training op shares: budget, batch, optimizer,
 //! schedule, evaluation and checkpoint cadence.
 
+use crate::kernels::Precision;
 use distillery_engine::ParamIssue;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,14 @@ pub struct TrainParams {
     /// Write a checkpoint every this many steps (0: only when interrupted).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
+    /// The arithmetic of the matrix products (the model's and, in
+    /// `distill`, its live teacher's): `f32`, or `bf16` where the CPU has
+    /// AMX tiles (bf16 operands rounded once, f32 sums, as mixed-precision
+    /// training does; f32 on other devices, so a store shared across
+    /// machines should not mix them). Norms, attention, the loss and the
+    /// optimizer stay f32.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 fn default_micro_batch() -> usize {
@@ -125,6 +134,7 @@ impl Default for TrainParams {
             eval_every: default_eval_every(),
             eval_rows: default_eval_rows(),
             checkpoint_every: default_checkpoint_every(),
+            precision: Precision::F32,
         }
     }
 }

@@ -34,6 +34,10 @@ pub struct DistillArgs {
     steps: usize,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
+    /// The matrix products' arithmetic, teacher and student: `f32`, or
+    /// `bf16` on AMX tiles where the CPU has them.
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    precision: distillery_ops::kernels::Precision,
     /// The device's peak rate in TFLOP/s, to print the model FLOPs
     /// utilization against (e.g. its dense bf16 figure).
     #[arg(long)]
@@ -97,11 +101,12 @@ fn forward_flops_per_token(config: &LlamaConfig, seq: usize) -> f64 {
 
 fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyhow::Result<()> {
     let sync = |device: &B::Device| B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"));
-    let teacher = bench_model::<B>(&args.teacher, &device)?;
+    let teacher = bench_model::<B>(&args.teacher, &device)?.with_precision(args.precision);
     let student: Llama<Autodiff<B>> = match &args.student {
         Some(path) => bench_model(path, &device)?,
         None => Llama::from_state_dict(teacher.config.clone(), teacher.to_state_dict(), &device)?,
-    };
+    }
+    .with_precision(args.precision);
     let vocab = teacher.config.vocab_size;
     anyhow::ensure!(
         student.config.vocab_size == vocab,
@@ -110,11 +115,16 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
     );
     let cpu = is_cpu::<B>();
     println!(
-        "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; {}",
+        "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; products in {}; {}",
         teacher.config.num_parameters() as f64 / 1e6,
         student.config.num_parameters() as f64 / 1e6,
         args.rows,
         args.seq,
+        if cpu {
+            format!("{:?}", args.precision.on_cpu()).to_lowercase()
+        } else {
+            "f32".to_string()
+        },
         if cpu {
             format!("{} threads", rayon::current_num_threads())
         } else {
