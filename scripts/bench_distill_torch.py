@@ -1,5 +1,5 @@
 """PyTorch baseline for `distillery bench distill`: the same distillation
-step with transformers' Llama, fp32, on the CPU or a CUDA device: the teacher's forward under
+step with transformers' Llama, fp32 (or bf16 autocast), on the CPU or a CUDA device: the teacher's forward under
 no_grad, the student's forward, forward KL on the logits
 (`F.kl_div(log_softmax(s), log_softmax(t), log_target=True)`, mean over
 tokens), backward, and an AdamW step. Same token ids as the Rust bench.
@@ -7,7 +7,7 @@ tokens), backward, and an AdamW step. Same token ids as the Rust bench.
     python3 scripts/bench_distill_torch.py TEACHER_DIR --student STUDENT_DIR --rows 4 --seq 256 --steps 3
 
 Both are Hugging Face model folders (e.g. `distillery export` of the GGUF
-teacher in f32, and a `prune` stage's output) or `config.json` files (random
+teacher, and of a `prune` stage's output, in f32) or `config.json` files (random
 weights, as the Rust bench takes them: speed does not depend on them).
 """
 
@@ -16,15 +16,18 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 
-def load(path: str, device: torch.device) -> LlamaForCausalLM:
+def load(path: str, device: torch.device) -> torch.nn.Module:
     if path.endswith(".json"):
         torch.manual_seed(1)
         model = LlamaForCausalLM(LlamaConfig.from_json_file(path))
     else:
-        model = LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        # Any class the folder declares: `distillery export` writes a pruned
+        # student whose hidden size is not a multiple of its heads as
+        # MistralForCausalLM (the same computation, which LlamaConfig refuses).
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model.to(device, torch.float32)
 
 
@@ -36,6 +39,13 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: the forwards under torch.autocast in bfloat16 (mixed precision; weights, "
+        "gradients and optimizer stay fp32)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -57,16 +67,17 @@ def main() -> None:
     print(
         f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M, "
         f"student {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters; "
-        f"{args.rows} rows x {args.seq} tokens per step; "
+        f"{args.rows} rows x {args.seq} tokens per step; {args.precision}; "
         + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads")
     )
     times = []
     for step in range(args.steps + 1):
         sync()
         start = time.perf_counter()
-        with torch.no_grad():
-            t = teacher(inputs).logits.float()
-        s = student(inputs).logits.float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            with torch.no_grad():
+                t = teacher(inputs).logits.float()
+            s = student(inputs).logits.float()
         v = t.shape[-1]
         loss = F.kl_div(
             F.log_softmax(s.reshape(-1, v), -1),

@@ -3,7 +3,8 @@
 //! decay on matrices only, global-norm clipping) over two steps; the
 //! optimizer state surviving a checkpoint round trip bit for bit; and the
 //! step the training loop runs ([`TrainStep`]): micro-batches adding up to
-//! the whole batch, and its phase timer leaving the arithmetic alone.
+//! the whole batch, and its phase timer leaving the arithmetic alone; and
+//! bf16 training following f32's loss curve.
 
 mod model_support;
 
@@ -11,6 +12,8 @@ use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
+use distillery_ops::kernels::Precision;
+use distillery_ops::kernels::matmul::bf16_on_cpu;
 use distillery_ops::model::Llama;
 use distillery_ops::train::data::{MicroBatch, TrainRow};
 use distillery_ops::train::{
@@ -408,5 +411,83 @@ fn timing_a_train_step_leaves_its_arithmetic_unchanged() {
     assert!(
         timings.forward_s > 0.0 && timings.backward_s > 0.0 && timings.optimizer_s > 0.0,
         "{timings:?}"
+    );
+}
+
+#[test]
+fn bf16_training_follows_the_f32_loss_curve() {
+    // A tied-embedding model (the head's gradient and the embedding's land
+    // on one parameter) learns a deterministic successor rule, 60 steps in
+    // f32 and in bf16 from the same weights on the same rows. Where the
+    // CPU has AMX the bf16 run rounds every product's operands once; the
+    // curves must still agree, and both must learn.
+    let c = model_support::cfg_odd_tied();
+    let vocab = c.vocab_size;
+    let mut rng = Rng::new(41);
+    let sd = random_weights(&c, &mut rng);
+    let batches: Vec<_> = (0..60)
+        .map(|_| {
+            let rows: Vec<Vec<u32>> = (0..4)
+                .map(|_| {
+                    let mut t = rng.below(vocab) as u32;
+                    (0..16)
+                        .map(|_| {
+                            let now = t;
+                            t = (3 * t + 7) % vocab as u32;
+                            now
+                        })
+                        .collect()
+                })
+                .collect();
+            rows_of(&rows, &[None, None, None, None])
+        })
+        .collect();
+    let run = |precision: Precision| {
+        let mut model = Llama::<A>::from_state_dict(c.clone(), sd.clone(), &device())
+            .unwrap()
+            .with_precision(precision);
+        let mut adam = AdamW::<B>::new(step_config());
+        let step = TrainStep {
+            objective: &CrossEntropy,
+            micro_batch: 4,
+            device: &device(),
+        };
+        let mut losses = Vec::new();
+        for (i, owned) in batches.iter().enumerate() {
+            let rows = train_rows(owned);
+            let (next, outcome) = step
+                .run(model, &mut adam, i as u64, &rows, 3e-3, None)
+                .unwrap();
+            model = next;
+            losses.push(outcome.loss);
+        }
+        (losses, collect(&model, None))
+    };
+    let (f32_losses, f32_weights) = run(Precision::F32);
+    let (bf16_losses, bf16_weights) = run(Precision::Bf16);
+    let (first, last) = (f32_losses[0], f32_losses[59]);
+    assert!(last < 0.5 * first, "f32 did not learn: {first} -> {last}");
+    // The mean of the last 10 steps' losses, so that one step's noise does
+    // not decide.
+    let tail = |l: &[f64]| l[50..].iter().sum::<f64>() / 10.0;
+    let (a, b) = (tail(&f32_losses), tail(&bf16_losses));
+    assert!(
+        (a - b).abs() <= 0.03 * a,
+        "the last 10 steps' mean loss: f32 {a}, bf16 {b}\nf32 {f32_losses:?}\nbf16 {bf16_losses:?}"
+    );
+    assert!(
+        (f32_losses[0] - bf16_losses[0]).abs() <= 1e-2 * f32_losses[0],
+        "the first losses: {} and {}",
+        f32_losses[0],
+        bf16_losses[0]
+    );
+    let same = f32_weights
+        .iter()
+        .zip(&bf16_weights)
+        .all(|((x, _, _), (y, _, _))| x == y);
+    assert_eq!(
+        same,
+        !bf16_on_cpu(),
+        "bf16 training must differ from f32 exactly where the CPU has a bf16 path"
     );
 }

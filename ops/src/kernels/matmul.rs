@@ -26,9 +26,11 @@ pub enum Precision {
     #[default]
     F32,
     /// bf16 tiles with f32 sums, where the device has a fast path for them
-    /// (AMX on the CPU); f32 elsewhere. Weights are rounded to bf16,
-    /// activations carried as two bf16 parts (about 16 bits): SmolLM2-135M's
-    /// logits then stay within 0.8e-2 of the largest f32 logit.
+    /// (AMX on the CPU); f32 elsewhere. Weights are rounded to bf16; in
+    /// inference the activations are carried as two bf16 parts (about 16
+    /// bits), so that SmolLM2-135M's logits stay within 0.8e-2 of the
+    /// largest f32 logit; in a training step every operand (activations and
+    /// gradients too) is rounded once, as mixed-precision training does.
     Bf16,
 }
 
