@@ -116,13 +116,24 @@ def main():
     )
 
     # Short against longer: both from the runs' own last held-out
-    # evaluation, on the same rows.
+    # evaluation, on the same rows. `longer[rank=N]` distils the candidate
+    # that `top[rank=N]` selected; `longer[AXES]` the candidate of AXES.
+    longer_of = {}
+    for stage, out in dirs.items():
+        key = axes(stage)
+        if not stage.startswith("longer[") or key is None:
+            continue
+        if key.startswith("rank="):
+            selection = out and os.path.join(dirs.get(f"top[{key}]") or "", "selection.json")
+            if not selection or not os.path.exists(selection):
+                continue
+            with open(selection) as f:
+                key = axes(json.load(f)["continued_from"])
+        longer_of[key] = last_heldout_loss(out)
     longer = []
     for r in rows:
-        short, long = (
-            last_heldout_loss(dirs.get(f"{stage}[{r['axes']}]"))
-            for stage in ("short", "longer")
-        )
+        short = last_heldout_loss(dirs.get(f"short[{r['axes']}]"))
+        long = longer_of.get(r["axes"])
         if short is not None and long is not None:
             longer.append((r["axes"], short, long))
     if len(longer) >= 2:

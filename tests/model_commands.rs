@@ -592,6 +592,33 @@ fn search_space_lists_the_shapes_near_a_budget_as_a_matrix_a_recipe_takes() {
 }
 
 #[test]
+fn select_checks_its_rank_and_pairing_when_validated() {
+    let Some(gguf) = teacher_gguf() else { return };
+    let ws = Workspace::new();
+    let candidates = "  short:\n    op: distill\n    matrix: { lr: [1e-4, 2e-4] }\n    inputs: { teacher: teacher, student: teacher, data: corpus }\n    with: { train: { steps: 1, lr: \"${matrix.lr}\" } }\n";
+    let corpus = "  corpus:\n    op: dataset\n    inputs: { tokenizer: teacher }\n    with: { files: [t.txt], seq_len: 16 }\n";
+    ws.write("t.txt", "some text to tokenize\n");
+    ws.write(
+        "r.yaml",
+        &format!(
+            "{}{corpus}{candidates}  best:\n    op: select\n    inputs: {{ models: [short], continue_from: [teacher] }}\n    with: {{ rank: 3 }}\n",
+            teacher_recipe(&gguf)
+        ),
+    );
+    let out = ws.run(&["validate", "r.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("`rank` 3 asks for more places than the 2 candidates"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`continue_from` binds 1 models and `models` 2"),
+        "{err}"
+    );
+}
+
+#[test]
 fn select_refuses_candidates_that_record_no_training() {
     let Some(gguf) = teacher_gguf() else { return };
     let ws = Workspace::new();

@@ -135,6 +135,10 @@ stages:
   chosen:
     op: select
     inputs: {{ models: [distilled, aligned] }}
+  runner_up:
+    op: select
+    inputs: {{ models: [distilled, aligned], continue_from: [teacher, student] }}
+    with: {{ rank: 2 }}
   scratch:
     op: random_init
     inputs: {{ model: student }}

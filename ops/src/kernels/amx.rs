@@ -28,27 +28,14 @@
 //! once. The tile instructions are written as inline assembly, since their
 //! intrinsics are not stable Rust.
 
-pub use super::amx_pack::{PackedA, PackedB, Rounding};
+use super::amx_pack::{BLOCK, K_STEP, TILE};
+pub use super::amx_pack::{MatRef, PackedA, PackedB, Rounding};
 use rayon::prelude::*;
 use std::arch::asm;
 
-/// Rows and columns of one accumulator tile (f32).
-pub(super) const TILE: usize = 16;
-/// bf16 values a tile row holds: the reduction step.
-pub(super) const K_STEP: usize = 32;
-/// Rows and columns of `C` one block of four tiles covers.
-pub(super) const BLOCK: usize = 2 * TILE;
 /// Reduction steps per chunk: 16 (512 of `k`), so that a block's chunk of
 /// `A` or `B` (32 x 512 bf16, 32 KiB) stays in the first-level cache.
 const CHUNK_STEPS: usize = 16;
-
-/// An f32 matrix in memory: element `(i, j)` at `data[i * row + j * col]`.
-#[derive(Clone, Copy)]
-pub struct MatRef<'a> {
-    pub data: &'a [f32],
-    pub row: usize,
-    pub col: usize,
-}
 
 /// Whether this CPU and kernel run AMX bf16 tiles (checked once; the first
 /// call asks the kernel for the tile-data permission).

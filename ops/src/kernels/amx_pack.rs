@@ -21,9 +21,23 @@
 //! denormal inputs taken as zero (values below 1.2e-38, far under bf16's
 //! own precision at any scale a model reaches).
 
-use super::amx::{BLOCK, K_STEP, MatRef, TILE};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
+
+/// Rows and columns of one accumulator tile (f32).
+pub(super) const TILE: usize = 16;
+/// bf16 values a tile row holds: the reduction step.
+pub(super) const K_STEP: usize = 32;
+/// Rows and columns of `C` one block of four tiles covers.
+pub(super) const BLOCK: usize = 2 * TILE;
+
+/// An f32 matrix in memory: element `(i, j)` at `data[i * row + j * col]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub row: usize,
+    pub col: usize,
+}
 
 /// How `A` is rounded to bf16.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
