@@ -28,6 +28,7 @@
 //! once. The tile instructions are written as inline assembly, since their
 //! intrinsics are not stable Rust.
 
+pub use super::amx_cpu::available;
 use super::amx_pack::{BLOCK, K_STEP, TILE};
 pub use super::amx_pack::{MatRef, PackedA, PackedB, Rounding};
 use rayon::prelude::*;
@@ -36,42 +37,6 @@ use std::arch::asm;
 /// Reduction steps per chunk: 16 (512 of `k`), so that a block's chunk of
 /// `A` or `B` (32 x 512 bf16, 32 KiB) stays in the first-level cache.
 const CHUNK_STEPS: usize = 16;
-
-/// Whether this CPU and kernel run AMX bf16 tiles (checked once; the first
-/// call asks the kernel for the tile-data permission).
-pub fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        use std::arch::is_x86_feature_detected as has;
-        let packing = has!("avx512f") && has!("avx512bw") && has!("avx512bf16");
-        cpu_has_amx_bf16() && packing && request_tile_permission()
-    })
-}
-
-fn cpu_has_amx_bf16() -> bool {
-    // CPUID leaf 7, sub-leaf 0: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
-    let leaf = std::arch::x86_64::__cpuid_count(7, 0);
-    leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0
-}
-
-#[cfg(target_os = "linux")]
-fn request_tile_permission() -> bool {
-    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-    const XFEATURE_XTILEDATA: libc::c_long = 18;
-    // SAFETY: a plain system call with integer arguments.
-    unsafe {
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            ARCH_REQ_XCOMP_PERM,
-            XFEATURE_XTILEDATA,
-        ) == 0
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn request_tile_permission() -> bool {
-    false
-}
 
 /// The tile configuration: palette 1, tiles 0-7 all 16 rows of 64 bytes.
 #[repr(C, align(64))]
@@ -91,7 +56,7 @@ const CONFIG: TileConfig = TileConfig {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
-/// A pointer that rayon tasks share; each writes its own columns.
+/// A pointer that rayon tasks share; each writes its own blocks.
 #[derive(Clone, Copy)]
 struct Shared(*mut f32);
 // SAFETY: the tasks write disjoint elements.

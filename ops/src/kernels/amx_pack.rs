@@ -71,7 +71,10 @@ pub struct PackedA {
 
 impl PackedA {
     /// Packs `a: [m, k]`, rounded as `rounding` says.
+    ///
+    /// Panics unless [`super::amx_cpu::available`].
     pub fn new(a: MatRef, m: usize, k: usize, rounding: Rounding) -> Self {
+        assert_packing_runs();
         check_extent(a, m, k, "A");
         let parts = rounding.parts();
         let k_steps = k.div_ceil(K_STEP);
@@ -82,9 +85,9 @@ impl PackedA {
             .enumerate()
             .for_each(|(t, out)| {
                 let rows = (t * TILE).min(m)..((t + 1) * TILE).min(m);
-                // SAFETY: `super::amx::available` (which every caller checks)
-                // found AVX-512 with BF16 on this CPU; `check_extent` bounds
-                // every element read.
+                // SAFETY: `super::amx_cpu::available` (asserted above) found
+                // AVX-512 with BF16 on this CPU; `check_extent` bounds every
+                // element read.
                 unsafe { pack_a_tile_row(a, rows, k, k_steps, rounding, out) };
             });
         Self {
@@ -116,7 +119,10 @@ pub struct PackedB {
 
 impl PackedB {
     /// Packs `b: [k, n]`.
+    ///
+    /// Panics unless [`super::amx_cpu::available`].
     pub fn new(b: MatRef, k: usize, n: usize) -> Self {
+        assert_packing_runs();
         check_extent(b, k, n, "B");
         let k_steps = k.div_ceil(K_STEP);
         let panels = n.next_multiple_of(BLOCK) / TILE;
@@ -148,6 +154,15 @@ impl PackedB {
         let index = (panel * self.k_steps + step) * TILE_ELEMS;
         self.data[index..index + TILE_ELEMS].as_ptr()
     }
+}
+
+/// The packers' instructions (AVX-512 with BF16) exist on every CPU that
+/// [`super::amx_cpu::available`] accepts, and only there.
+fn assert_packing_runs() {
+    assert!(
+        super::amx_cpu::available(),
+        "AMX bf16 tiles are not available on this machine"
+    );
 }
 
 /// A buffer of `len` values the packers then write in full, padding

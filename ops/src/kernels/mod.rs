@@ -19,6 +19,8 @@ pub mod adamw;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
+mod amx_cpu;
+#[cfg(target_arch = "x86_64")]
 mod amx_pack;
 pub mod attention;
 mod attention_flex;
