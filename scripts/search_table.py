@@ -124,7 +124,8 @@ def main():
         if not stage.startswith("longer[") or key is None:
             continue
         if key.startswith("rank="):
-            selection = out and os.path.join(dirs.get(f"top[{key}]") or "", "selection.json")
+            top = dirs.get(f"top[{key}]")
+            selection = top and os.path.join(top, "selection.json")
             if not selection or not os.path.exists(selection):
                 continue
             with open(selection) as f:

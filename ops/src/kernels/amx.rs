@@ -71,22 +71,26 @@ impl Shared {
     }
 }
 
-/// `c = a b` with `a` split in two bf16 parts (inference's arithmetic, see
-/// the module docs); `a` is `[m, b.k]`, `c` `[m, b.n]` row-major.
+/// `a b`, a new row-major `[a.m, b.n]` buffer.
 ///
-/// Panics unless [`available`].
-pub fn gemm_bf16_packed(m: usize, a: MatRef, b: &PackedB, c: &mut [f32]) {
-    assert!(
-        available(),
-        "AMX bf16 tiles are not available on this machine"
-    );
-    gemm(&PackedA::new(a, m, b.k, Rounding::Split), b, c);
+/// Panics unless [`available`] and the shapes agree.
+pub fn product(a: &PackedA, b: &PackedB) -> Vec<f32> {
+    let len = a.m * b.n;
+    let mut c = Vec::with_capacity(len);
+    // SAFETY: `gemm` writes every element before anything reads one (and
+    // f32 has no invalid bit patterns either way), so no pass zeroes it.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        c.set_len(len)
+    };
+    gemm(a, b, &mut c);
+    c
 }
 
 /// `c = a b`, `c` `[a.m, b.n]` row-major (overwritten).
 ///
 /// Panics unless [`available`] and the shapes agree.
-pub fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32]) {
+fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32]) {
     assert!(
         available(),
         "AMX bf16 tiles are not available on this machine"

@@ -143,6 +143,11 @@ impl PackedB {
         }
     }
 
+    /// Rows of `B`: the product's reduction.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// Columns of the product.
     pub fn n(&self) -> usize {
         self.n
@@ -265,26 +270,28 @@ unsafe fn pack_a_tile_row(
     // same 32 cache lines of a step, which stay in the first-level cache
     // for the tile's 16 rows.
     for step in 0..k_steps {
-        for part in 0..parts {
-            for r in 0..TILE {
-                for half in 0..2 {
-                    let j0 = step * K_STEP + half * TILE;
-                    let at = ((step * parts + part) * TILE + r) * K_STEP + half * TILE;
-                    let i = rows.start + r;
-                    let values = if i < rows.end && j0 < k {
-                        // SAFETY: row `i` and column `j0` exist.
-                        let x = unsafe { load_row16(a, i, j0, k - j0) };
-                        let hi = round16(x);
-                        if part == 0 {
-                            hi
-                        } else {
-                            round16(_mm512_sub_ps(x, widen16(hi)))
-                        }
-                    } else {
-                        _mm256_setzero_si256() // padding
-                    };
-                    // SAFETY: 16 bf16 at `at` lie inside this tile row's span.
-                    unsafe { _mm256_storeu_si256(out[at..at + TILE].as_mut_ptr().cast(), values) };
+        for r in 0..TILE {
+            for half in 0..2 {
+                let j0 = step * K_STEP + half * TILE;
+                let at = (step * parts * TILE + r) * K_STEP + half * TILE;
+                let i = rows.start + r;
+                // The row's 16 values, or the padding's zeros.
+                let x = if i < rows.end && j0 < k {
+                    // SAFETY: row `i` and column `j0` exist.
+                    unsafe { load_row16(a, i, j0, k - j0) }
+                } else {
+                    _mm512_setzero_ps()
+                };
+                let hi = round16(x);
+                // SAFETY: 16 bf16 at `at` (and, for `lo`, one tile further)
+                // lie inside this tile row's span.
+                unsafe {
+                    _mm256_storeu_si256(out[at..at + TILE].as_mut_ptr().cast(), hi);
+                    if rounding == Rounding::Split {
+                        let lo = round16(_mm512_sub_ps(x, widen16(hi)));
+                        let at = at + TILE_ELEMS;
+                        _mm256_storeu_si256(out[at..at + TILE].as_mut_ptr().cast(), lo);
+                    }
                 }
             }
         }

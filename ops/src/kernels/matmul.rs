@@ -321,22 +321,14 @@ mod flex {
     /// every step, and each is used once in each direction).
     #[cfg(target_arch = "x86_64")]
     mod trained {
-        use super::super::super::amx::{MatRef, PackedA, PackedB, Rounding, gemm};
+        use super::super::super::amx::{self, MatRef, PackedA, PackedB, Rounding};
         use super::*;
 
         /// `a b` for strided views `a: [m, k]`, `b: [k, n]`.
         fn product(a: MatRef, b: MatRef, m: usize, k: usize, n: usize) -> FlexTensor {
             let a = PackedA::new(a, m, k, Rounding::Once);
             let b = PackedB::new(b, k, n);
-            let mut out = Vec::with_capacity(m * n);
-            // SAFETY: `gemm` writes every element before anything reads
-            // one (f32 has no invalid bit patterns either way).
-            #[allow(clippy::uninit_vec)]
-            unsafe {
-                out.set_len(m * n)
-            };
-            gemm(&a, &b, &mut out);
-            FlexTensor::from_data(TensorData::new(out, [m, n]))
+            FlexTensor::from_data(TensorData::new(amx::product(&a, &b), [m, n]))
         }
 
         fn transposed(v: MatRef) -> MatRef {
@@ -344,15 +336,6 @@ mod flex {
                 data: v.data,
                 row: v.col,
                 col: v.row,
-            }
-        }
-
-        /// The result in the dtype of the tensor it stands for.
-        fn like(out: FlexTensor, dtype: DType) -> FlexTensor {
-            if dtype == DType::F32 {
-                out
-            } else {
-                Flex::float_cast(out, dtype.into())
             }
         }
 
@@ -412,16 +395,23 @@ mod flex {
         }
     }
 
+    /// The product in inference's arithmetic: the weights packed once,
+    /// the activations split in two bf16 parts (see `kernels::amx`).
     #[cfg(target_arch = "x86_64")]
     fn amx_linear(x: FlexTensor, weight: FlexTensor, layout: WeightLayout) -> FlexTensor {
-        use super::super::amx::gemm_bf16_packed;
+        use super::super::amx::{PackedA, Rounding, product};
         let dtype = x.dtype();
         let x = f32_matrix(x);
         let ((m, _), a) = view(&x);
         let packed = packed_weights::get(weight, layout);
-        let mut out = vec![0.0f32; m * packed.n()];
-        gemm_bf16_packed(m, a, &packed, &mut out);
-        let out = FlexTensor::from_data(TensorData::new(out, [m, packed.n()]));
+        let a = PackedA::new(a, m, packed.k(), Rounding::Split);
+        let out = TensorData::new(product(&a, &packed), [m, packed.n()]);
+        like(FlexTensor::from_data(out), dtype)
+    }
+
+    /// A product's result in the dtype of the tensor it stands for.
+    #[cfg(target_arch = "x86_64")]
+    fn like(out: FlexTensor, dtype: DType) -> FlexTensor {
         if dtype == DType::F32 {
             out
         } else {
