@@ -32,6 +32,10 @@ stages:
   after_broken:
     op: concat
     inputs: { parts: [broken] }
+  without_broken:
+    op: gather
+    inputs: { parts: [left, broken] }
+    with: { separator: \"|\" }
   long:
     op: count
     with: { steps: 400, step_ms: 50 }
@@ -247,8 +251,17 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
     .unwrap();
     assert!(script.contains("# sbatch --time=10:00\n"), "{script}");
 
-    // A failing job: reported with its log's tail; what needs it is skipped.
-    let mut args = vec!["run", "recipe.yaml", "--until", "after_broken"];
+    // A failing job: reported with its log's tail; what needs it is
+    // skipped, and what binds it in a partial slot runs without it, as a
+    // job that plans the same key (`run-stage --absent`).
+    let mut args = vec![
+        "run",
+        "recipe.yaml",
+        "--until",
+        "after_broken",
+        "--until",
+        "without_broken",
+    ];
     args.extend(slurm);
     args.extend(["--set", "stages.broken.with.fail_at=2"]);
     let out = run(&ws, &cluster, &args);
@@ -264,6 +277,16 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
         "the log tail is missing: {error}"
     );
     assert_eq!(outcome(&first, "after_broken")["outcome"], "skipped");
+    let without = outcome(&first, "without_broken");
+    assert_eq!(without["outcome"], "ran", "{first}");
+    let gathered = std::fs::read_to_string(
+        ws.store()
+            .join("store")
+            .join(without["key"].as_str().unwrap())
+            .join("out/out.txt"),
+    )
+    .unwrap();
+    assert!(gathered.ends_with("|<no broken>"), "{gathered}");
 
     // `status` names the failed stage's job and its log.
     let status = run(
@@ -370,7 +393,7 @@ fn stages_run_as_slurm_jobs_fail_cancel_resume_and_cache() {
         assert!(step > 0, "`{stage}` started over: {resumed}");
     }
     let full = report(&out);
-    for stage in ["broken", "after_broken", "long", "longer"] {
+    for stage in ["broken", "after_broken", "without_broken", "long", "longer"] {
         assert_eq!(outcome(&full, stage)["outcome"], "ran", "{full}");
     }
 

@@ -19,6 +19,11 @@ pub struct KeyMaterial {
     pub params: serde_json::Value,
     /// Upstream stage keys by slot, in the order written.
     pub inputs: BTreeMap<String, Vec<String>>,
+    /// Positions in a partial slot (`Slot::partial`) whose stage failed in
+    /// the run that computed this one; empty, and left out of the encoding,
+    /// for every stage that had all its inputs, so their keys are as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub absent_inputs: BTreeMap<String, Vec<usize>>,
     /// Content digests of external files, by path as written in the recipe.
     pub files: BTreeMap<String, String>,
     pub seed: u64,
@@ -150,6 +155,7 @@ mod tests {
             op_version: 1,
             params: json!({"hidden": 384, "ffn": 1024}),
             inputs: BTreeMap::from([("model".into(), vec!["abc".into()])]),
+            absent_inputs: BTreeMap::new(),
             files: BTreeMap::new(),
             seed: 1,
         }
@@ -180,6 +186,18 @@ mod tests {
         let mut m = material();
         m.files.insert("x".into(), "d".into());
         assert_ne!(m.key(), base);
+        let mut m = material();
+        m.absent_inputs.insert("model".into(), vec![0]);
+        assert_ne!(m.key(), base);
+    }
+
+    #[test]
+    fn no_absent_inputs_encode_as_before_they_existed() {
+        // Keys of stages with all their inputs must not move.
+        let encoded = serde_json::to_value(material()).unwrap();
+        assert!(encoded.get("absent_inputs").is_none());
+        let old: KeyMaterial = serde_json::from_value(encoded).unwrap();
+        assert_eq!(old, material());
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub struct Slot {
     /// A list slot takes one or more stages (`models: [a, b]`).
     pub list: bool,
     pub optional: bool,
+    /// A list slot whose stages may fail without stopping this one: it runs
+    /// on those that finished ([`RunContext::absent`] names the others), and
+    /// its key records which were absent (`KeyMaterial::absent_inputs`), so
+    /// a rerun in which they finish computes it again.
+    pub partial: bool,
 }
 
 impl Slot {
@@ -57,6 +62,7 @@ impl Slot {
             kind,
             list: false,
             optional: false,
+            partial: false,
         }
     }
 
@@ -66,11 +72,19 @@ impl Slot {
             kind,
             list: true,
             optional: false,
+            partial: false,
         }
     }
 
     pub const fn optional(mut self) -> Self {
         self.optional = true;
+        self
+    }
+
+    /// See [`Slot::partial`]; for list slots.
+    pub const fn partial(mut self) -> Self {
+        assert!(self.list, "only a list slot can be partial");
+        self.partial = true;
         self
     }
 }
@@ -147,6 +161,9 @@ pub struct RunContext<'a> {
     pub inputs: BTreeMap<String, Vec<PathBuf>>,
     /// Names of those stages, in the same order (for reports and tables).
     pub input_stages: BTreeMap<String, Vec<String>>,
+    /// Positions in a partial slot's lists whose stage failed or was
+    /// skipped in this run: their directories hold nothing.
+    pub absent: BTreeMap<String, Vec<usize>>,
     /// A fresh, empty directory; published atomically when `run` returns Ok.
     pub output_dir: PathBuf,
     /// Survives interruptions of this stage (same key): checkpoints go here.
@@ -165,6 +182,12 @@ impl RunContext<'_> {
             .and_then(|dirs| dirs.first())
             .map(PathBuf::as_path)
             .ok_or_else(|| anyhow::anyhow!("stage `{}` has no input on slot `{slot}`", self.stage))
+    }
+
+    /// Whether position `at` of list slot `slot` has no artifact (its stage
+    /// failed; see [`Slot::partial`]).
+    pub fn is_absent(&self, slot: &str, at: usize) -> bool {
+        self.absent.get(slot).is_some_and(|a| a.contains(&at))
     }
 
     /// A path from the recipe, resolved against the recipe's folder.

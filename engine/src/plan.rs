@@ -20,6 +20,10 @@ pub struct Selection {
     /// Stages to recompute even when stored (`--force`); `all` forces every
     /// selected stage.
     pub force: Vec<String>,
+    /// Stages that failed in the run this plan continues (a Slurm job's
+    /// `run-stage --absent`): the selected stages that bind them in partial
+    /// slots go without them, as that run's plan did ([`Plan::without`]).
+    pub absent: Vec<String>,
 }
 
 /// Why a stage will run.
@@ -159,16 +163,8 @@ pub fn plan(
             op: stage.op.name().to_string(),
             op_version: stage.op.version(),
             params: stage.params.clone(),
-            inputs: stage
-                .inputs
-                .iter()
-                .map(|(slot, producers)| {
-                    (
-                        slot.clone(),
-                        producers.iter().map(|&j| keys[j].clone()).collect(),
-                    )
-                })
-                .collect(),
+            inputs: input_keys(stage, |j| keys[j].clone()),
+            absent_inputs: BTreeMap::new(),
             files: stage
                 .external_files
                 .iter()
@@ -207,17 +203,35 @@ pub fn plan(
     for (at, s) in stages.iter().enumerate() {
         position[s.index] = at;
     }
-    let plan = Plan {
+    let mut plan = Plan {
         recipe: pipeline.recipe.name.clone(),
         overrides: pipeline.recipe.overrides.flags(),
         stages,
         position,
     };
+    let mut absent = BTreeSet::new();
+    for name in &selection.absent {
+        absent.extend(stage_indices(pipeline, name)?);
+    }
+    if !absent.is_empty() {
+        for i in selected.iter().copied() {
+            if pipeline
+                .graph
+                .producers(i)
+                .iter()
+                .any(|p| absent.contains(p))
+            {
+                plan = plan.without(pipeline, store, i, &absent);
+            }
+        }
+    }
     if !selection.only.is_empty() {
         for s in plan.stages.iter().filter(|s| s.selected) {
+            let stage = &pipeline.stages[s.index];
             for &j in &pipeline.graph.producers(s.index) {
                 let producer = plan.stage(j);
-                if !producer.selected && !store.contains(&producer.key) {
+                let gone = absent.contains(&j) && stage.can_run_without(j);
+                if !gone && !producer.selected && !store.contains(&producer.key) {
                     return Err(PlanError::InputNotStored {
                         stage: s.name.clone(),
                         input: producer.name.clone(),
@@ -227,6 +241,84 @@ pub fn plan(
         }
     }
     Ok(plan)
+}
+
+impl Plan {
+    /// This plan as a run goes on after the stages in `failed` failed or
+    /// were skipped: stage `index` runs without those of them bound in its
+    /// partial slots, so its key records their positions
+    /// (`KeyMaterial::absent_inputs`), and the keys and states of every
+    /// stage downstream of it follow. What the complete inputs give stays
+    /// stored under the old key; a later run in which they all finish finds
+    /// it there.
+    pub fn without(
+        &self,
+        pipeline: &Pipeline,
+        store: &Store,
+        index: usize,
+        failed: &BTreeSet<usize>,
+    ) -> Plan {
+        let spec = &pipeline.stages[index];
+        let absent_inputs: BTreeMap<String, Vec<usize>> = spec
+            .inputs
+            .iter()
+            .filter(|(slot, _)| spec.is_partial(slot))
+            .map(|(slot, producers)| {
+                let gone = (0..producers.len())
+                    .filter(|&at| failed.contains(&producers[at]))
+                    .collect();
+                (slot.clone(), gone)
+            })
+            .filter(|(_, gone): &(String, Vec<usize>)| !gone.is_empty())
+            .collect();
+        let mut plan = self.clone();
+        let mut rekeyed: BTreeSet<usize> = BTreeSet::new();
+        for at in 0..plan.stages.len() {
+            let i = plan.stages[at].index;
+            let stage = &pipeline.stages[i];
+            let upstream_rekeyed = pipeline
+                .graph
+                .producers(i)
+                .iter()
+                .any(|p| rekeyed.contains(p));
+            if i != index && !upstream_rekeyed {
+                continue;
+            }
+            let mut material = plan.stages[at].material.clone();
+            material.inputs = input_keys(stage, |j| plan.stage(j).key.clone());
+            if i == index {
+                material.absent_inputs = absent_inputs.clone();
+            }
+            let key = material.key();
+            let planned = &mut plan.stages[at];
+            if key == planned.key {
+                continue;
+            }
+            rekeyed.insert(i);
+            if !planned.is_forced() {
+                planned.state = if store.contains(&key) {
+                    StageState::Cached
+                } else {
+                    StageState::Run(reason(store, &self.recipe, &planned.name, &material))
+                };
+            }
+            planned.key = key;
+            planned.material = material;
+        }
+        plan
+    }
+}
+
+/// A stage's upstream keys by slot, in the order written.
+fn input_keys(
+    stage: &crate::validate::Stage,
+    key_of: impl Fn(usize) -> String,
+) -> BTreeMap<String, Vec<String>> {
+    stage
+        .inputs
+        .iter()
+        .map(|(slot, producers)| (slot.clone(), producers.iter().map(|&j| key_of(j)).collect()))
+        .collect()
 }
 
 /// Whether stages named on a command line (none: every stage) include
@@ -254,26 +346,29 @@ fn reason(store: &Store, recipe: &str, stage: &str, material: &KeyMaterial) -> R
     }
 }
 
+/// The stages a name on a command line selects (by [`selects`]).
+fn stage_indices(pipeline: &Pipeline, name: &str) -> Result<Vec<usize>, PlanError> {
+    let named: Vec<usize> = (0..pipeline.stages.len())
+        .filter(|&i| selects(name, &pipeline.stages[i].name))
+        .collect();
+    if !named.is_empty() {
+        return Ok(named);
+    }
+    let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+    Err(PlanError::UnknownStage {
+        name: name.to_string(),
+        hint: crate::diagnostic::did_you_mean(name, &names)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default(),
+    })
+}
+
 /// The stage indices a selection covers. Stages a selected stage needs are
 /// included (they are cache hits when stored), except with `--only`. A
 /// stage's name selects that stage; a `matrix` stage's name as written
 /// selects all its expansions (`name[...]`).
 fn select(pipeline: &Pipeline, selection: &Selection) -> Result<BTreeSet<usize>, PlanError> {
-    let indices = |name: &String| -> Result<Vec<usize>, PlanError> {
-        let named: Vec<usize> = (0..pipeline.stages.len())
-            .filter(|&i| selects(name, &pipeline.stages[i].name))
-            .collect();
-        if !named.is_empty() {
-            return Ok(named);
-        }
-        let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-        Err(PlanError::UnknownStage {
-            name: name.clone(),
-            hint: crate::diagnostic::did_you_mean(name, &names)
-                .map(|h| format!("; {h}"))
-                .unwrap_or_default(),
-        })
-    };
+    let indices = |name: &String| stage_indices(pipeline, name);
     for name in &selection.force {
         if name != "all" {
             indices(name)?;

@@ -1,8 +1,10 @@
 //! Running a plan: independent stages run concurrently up to `jobs`, at most
 //! one accelerator stage at a time, and a failed stage stops its descendants
-//! but not its siblings. Each stage is computed under its key's lock, so two
-//! processes sharing a store never compute the same key twice: the second
-//! waits and then finds the entry published.
+//! but not its siblings, except where they bind it in a partial slot
+//! ([`crate::Slot::partial`]): those run without it, under a key that says
+//! so. Each stage is computed under its key's lock, so two processes sharing
+//! a store never compute the same key twice: the second waits and then
+//! finds the entry published.
 
 use crate::op::{Device, RunContext};
 pub use crate::outcome::{Quiet, RunObserver, RunReport, StageOutcome, StageReport};
@@ -81,6 +83,9 @@ pub fn execute(
         }
     }
 
+    // Replaced by a re-keyed plan when a stage goes on without a failed
+    // input; stages already started keep the one they started with.
+    let mut plan: Arc<Plan> = Arc::new(plan.clone());
     let jobs = options.jobs.max(1);
     // In this process one accelerator is shared; Slurm gives each job its own.
     let accelerator = options.device != Device::Cpu && options.slurm.is_none();
@@ -89,17 +94,25 @@ pub fn execute(
         let mut running: BTreeSet<usize> = BTreeSet::new();
         let mut accelerator_busy = false;
         loop {
-            // Stages whose producers all succeeded are ready; those with a
-            // failed producer are skipped.
+            // Stages whose producers all finished are ready; those with a
+            // failed producer are skipped, unless they can run without it.
             let mut progressed = true;
             while progressed {
                 progressed = false;
                 for &i in pending.clone().iter() {
                     let producers = pipeline.graph.producers(i);
-                    if let Some(&bad) = producers
+                    let failed: Vec<usize> = producers
                         .iter()
-                        .find(|p| outcomes.get(p).is_some_and(StageOutcome::is_failure))
-                    {
+                        .copied()
+                        .filter(|p| outcomes.get(p).is_some_and(StageOutcome::is_failure))
+                        .collect();
+                    if !failed.is_empty() && !goes_on_without(pipeline, &outcomes, i, &failed) {
+                        let stage = &pipeline.stages[i];
+                        let bad = failed
+                            .iter()
+                            .copied()
+                            .find(|&p| !stage.can_run_without(p))
+                            .unwrap_or(failed[0]);
                         let failed_upstream = match &outcomes[&bad] {
                             StageOutcome::Skipped { failed_upstream } => failed_upstream.clone(),
                             _ => pipeline.stages[bad].name.clone(),
@@ -142,11 +155,39 @@ pub fn execute(
                 pending.clear();
             }
             let ready: Vec<usize> = ready.into_iter().filter(|i| pending.contains(i)).collect();
+            // A stage found stored once re-keyed finishes without a thread:
+            // then its consumers may be ready, so look again before waiting.
+            let mut finished_here = false;
             for i in ready {
                 if running.len() >= jobs {
                     break;
                 }
+                let failed: BTreeSet<usize> = pipeline
+                    .graph
+                    .producers(i)
+                    .into_iter()
+                    .filter(|p| outcomes.get(p).is_some_and(StageOutcome::is_failure))
+                    .collect();
+                if !failed.is_empty() {
+                    plan = Arc::new(plan.without(pipeline, store, i, &failed));
+                }
                 let planned = plan.stage(i);
+                // Re-keyed (above, or as a descendant of such a stage) onto
+                // what an earlier run that lacked the same inputs stored.
+                if planned.state == StageState::Cached && store.contains(&planned.key) {
+                    pending.remove(&i);
+                    observer.finished(&StageReport {
+                        name: planned.name.clone(),
+                        key: planned.key.clone(),
+                        outcome: StageOutcome::Cached,
+                    });
+                    store
+                        .record_stage(&plan.recipe, &planned.name, &planned.material)
+                        .ok();
+                    outcomes.insert(i, StageOutcome::Cached);
+                    finished_here = true;
+                    continue;
+                }
                 let needs_device = accelerator && planned.uses_accelerator;
                 if needs_device && accelerator_busy {
                     continue;
@@ -155,7 +196,9 @@ pub fn execute(
                 pending.remove(&i);
                 running.insert(i);
                 let sender = sender.clone();
+                let plan = Arc::clone(&plan);
                 scope.spawn(move || {
+                    let plan = &*plan;
                     let outcome =
                         read_through(plan, store, i, options, observer).unwrap_or_else(|| {
                             match &options.slurm {
@@ -166,6 +209,9 @@ pub fn execute(
                     write_back(plan, store, i, &outcome, options, observer);
                     let _ = sender.send((i, outcome));
                 });
+            }
+            if finished_here {
+                continue;
             }
             if running.is_empty() {
                 // Nothing runs and nothing can start: what is left waits for
@@ -214,6 +260,25 @@ pub fn execute(
     })
 }
 
+/// Whether pending stage `index` runs although its producers `failed` did
+/// not finish: it binds each only in partial slots, and none of its
+/// descendants was taken from the store at the start of the run (those
+/// hold what the complete inputs give, which this run would contradict).
+fn goes_on_without(
+    pipeline: &Pipeline,
+    outcomes: &BTreeMap<usize, StageOutcome>,
+    index: usize,
+    failed: &[usize],
+) -> bool {
+    let stage = &pipeline.stages[index];
+    failed.iter().all(|&p| stage.can_run_without(p))
+        && !pipeline
+            .graph
+            .descendants_of(index)
+            .iter()
+            .any(|d| outcomes.contains_key(d))
+}
+
 /// Computes the planned stage `index` in this process under its key lock,
 /// as a local run does; the `run-stage` command of a Slurm job uses it too.
 pub fn compute_stage(
@@ -247,11 +312,13 @@ pub fn compute_stage(
             })
             .collect();
         let input_stages = pipeline.input_names(index);
+        let absent = planned.material.absent_inputs.clone();
         let progress = observer.started(&planned.name, &planned.key);
         let ctx = RunContext {
             stage: &planned.name,
             inputs,
             input_stages,
+            absent,
             output_dir: staging.out_dir(),
             scratch_dir: store.scratch_dir(&planned.key),
             recipe_dir: pipeline.recipe.dir(),

@@ -150,11 +150,16 @@ pub fn reference_markdown(registry: &OpRegistry) -> String {
                 .iter()
                 .map(|s| {
                     format!(
-                        "`{}` ({}{}{})",
+                        "`{}` ({}{}{}{})",
                         s.name,
                         s.kind,
                         if s.list { ", one or more" } else { "" },
-                        if s.optional { ", optional" } else { "" }
+                        if s.optional { ", optional" } else { "" },
+                        if s.partial {
+                            "; goes on without those that fail"
+                        } else {
+                            ""
+                        }
                     )
                 })
                 .collect();

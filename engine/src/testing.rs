@@ -4,7 +4,9 @@
 //! the workspace's tests (see [`IN_TEST_BUILD`]).
 //!
 //! When `DISTILLERY_TEST_LOG` names a file, each op appends a line per start
-//! and finish to it, so a test can see what actually ran.
+//! and finish to it, so a test can see what actually ran. When
+//! `DISTILLERY_TEST_FAIL` lists a stage (comma-separated names), `emit` fails
+//! there: a failure that a rerun without it does not repeat.
 
 use crate::op::{ArtifactKind, CheckContext, OpRegistry, ParamIssue, RunContext, Slot, TypedOp};
 use schemars::JsonSchema;
@@ -27,6 +29,7 @@ pub fn register(registry: &mut OpRegistry) {
     registry
         .register(Emit)
         .register(Concat)
+        .register(Gather)
         .register(Count)
         .register(ReadFile)
         .register(MockModel)
@@ -96,6 +99,11 @@ impl TypedOp for Emit {
     }
     fn run(&self, p: EmitParams, ctx: &RunContext) -> anyhow::Result<()> {
         log(ctx, "start");
+        let told_to_fail = std::env::var("DISTILLERY_TEST_FAIL")
+            .is_ok_and(|list| list.split(',').any(|name| name == ctx.stage));
+        if told_to_fail {
+            anyhow::bail!("failing as DISTILLERY_TEST_FAIL asks");
+        }
         std::fs::write(
             ctx.output_dir.join("out.txt"),
             p.text.repeat(p.repeat as usize),
@@ -133,6 +141,43 @@ impl TypedOp for Concat {
             .iter()
             .map(|d| std::fs::read_to_string(d.join("out.txt")))
             .collect::<Result<_, _>>()?;
+        std::fs::write(ctx.output_dir.join("out.txt"), parts.join(&p.separator))?;
+        log(ctx, "finish");
+        Ok(())
+    }
+}
+
+/// Joins the texts of the inputs that finished, and names those that did
+/// not: the engine's partial slot.
+pub struct Gather;
+
+impl TypedOp for Gather {
+    type Params = ConcatParams;
+    const NAME: &'static str = "gather";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str =
+        "Joins the texts of the inputs that finished, naming the others (engine test op).";
+
+    fn slots(&self) -> Vec<Slot> {
+        vec![Slot::list("parts", ArtifactKind::Files).partial()]
+    }
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Files
+    }
+    fn run(&self, p: ConcatParams, ctx: &RunContext) -> anyhow::Result<()> {
+        log(ctx, "start");
+        let mut parts = Vec::new();
+        for (at, (dir, stage)) in ctx.inputs["parts"]
+            .iter()
+            .zip(&ctx.input_stages["parts"])
+            .enumerate()
+        {
+            parts.push(if ctx.is_absent("parts", at) {
+                format!("<no {stage}>")
+            } else {
+                std::fs::read_to_string(dir.join("out.txt"))?
+            });
+        }
         std::fs::write(ctx.output_dir.join("out.txt"), parts.join(&p.separator))?;
         log(ctx, "finish");
         Ok(())

@@ -62,6 +62,22 @@ pub struct Stage {
     pub resources: Resources,
 }
 
+impl Stage {
+    /// Whether `slot` is a partial list slot of its op ([`crate::Slot::partial`]).
+    pub fn is_partial(&self, slot: &str) -> bool {
+        self.op.slots().iter().any(|s| s.name == slot && s.partial)
+    }
+
+    /// Whether this stage can run without `producer`'s artifact: every slot
+    /// that binds it is partial.
+    pub fn can_run_without(&self, producer: usize) -> bool {
+        self.inputs
+            .iter()
+            .filter(|(_, producers)| producers.contains(&producer))
+            .all(|(slot, _)| self.is_partial(slot))
+    }
+}
+
 /// Reads and validates a recipe file.
 pub fn load(path: &Path, registry: &OpRegistry) -> Result<Pipeline, LoadError> {
     load_with_overrides(path, &[], registry)

@@ -107,6 +107,7 @@ impl Workspace {
             stage: "corpus",
             inputs: BTreeMap::from([("tokenizer".to_string(), vec![tokenizer.to_path_buf()])]),
             input_stages: BTreeMap::from([("tokenizer".to_string(), vec!["teacher".to_string()])]),
+            absent: BTreeMap::new(),
             output_dir: out.clone(),
             scratch_dir: scratch,
             recipe_dir: self.recipe_dir(),

@@ -900,6 +900,7 @@ fn evaluate_writes_metrics_and_a_side_by_side_table() {
             vec!["teacher".into(), "student".into()],
         )]
         .into(),
+        absent: Default::default(),
         output_dir: out.clone(),
         scratch_dir: dir.path().join("scratch"),
         recipe_dir: recipe_dir.clone(),

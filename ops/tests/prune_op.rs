@@ -137,6 +137,7 @@ impl Fixture {
                 .map(|slot| (slot.clone(), vec![slot.clone()]))
                 .collect(),
             inputs,
+            absent: BTreeMap::new(),
             output_dir: out.clone(),
             scratch_dir: self.root.join("scratch"),
             recipe_dir: self.root.clone(),

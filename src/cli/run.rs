@@ -39,6 +39,7 @@ impl SelectionArgs {
             only: self.only.clone(),
             from: self.from.clone(),
             force: self.force.clone(),
+            absent: Vec::new(),
         }
     }
 }

@@ -26,6 +26,10 @@ pub struct RunStageArgs {
     /// Recompute it even when stored.
     #[arg(long)]
     force: bool,
+    /// A stage that failed in the run that submitted this job, which this
+    /// one goes without (in a partial slot); repeated for each.
+    #[arg(long = "absent", value_name = "STAGE")]
+    absent: Vec<String>,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -43,6 +47,7 @@ pub fn run_stage(args: RunStageArgs) -> u8 {
         } else {
             Vec::new()
         },
+        absent: args.absent.clone(),
         ..Selection::default()
     };
     let (pipeline, store, plan) =

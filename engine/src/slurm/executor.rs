@@ -185,6 +185,14 @@ impl SlurmExecutor {
         if forced {
             command.push("--force".into());
         }
+        // Inputs that failed in this run: the job plans the stage without
+        // them, as this run did, or its key would not match.
+        for (slot, positions) in &planned.material.absent_inputs {
+            for &at in positions {
+                let producer = stage.inputs[slot][at];
+                command.extend(["--absent".into(), pipeline.stages[producer].name.clone()]);
+            }
+        }
         if let Some(bad) = options
             .iter()
             .chain(&command)

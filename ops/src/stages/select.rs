@@ -8,6 +8,11 @@
 //! top N, one stage each), and `continue_from` names the models to continue
 //! from in place of the ranked ones, paired in order: the pruned candidate
 //! whose short distillation ranked best, to distill again at length.
+//!
+//! Both slots are partial: a candidate whose training failed (or its
+//! partner in `continue_from`) is not ranked, and the search goes on with
+//! the others; the stage's key records which were missing, so a rerun in
+//! which they finish selects again among all of them.
 
 use crate::io::hf_folder::CONFIG_FILE;
 use crate::train::TrainSummary;
@@ -76,10 +81,12 @@ impl TypedOp for Select {
 
     fn slots(&self) -> Vec<Slot> {
         vec![
-            Slot::list("models", ArtifactKind::Model),
+            Slot::list("models", ArtifactKind::Model).partial(),
             // Paired in order with `models`: the selected position's model
             // here becomes the output.
-            Slot::list("continue_from", ArtifactKind::Model).optional(),
+            Slot::list("continue_from", ArtifactKind::Model)
+                .optional()
+                .partial(),
         ]
     }
 
@@ -134,10 +141,24 @@ impl TypedOp for Select {
     fn run(&self, p: SelectParams, ctx: &RunContext) -> anyhow::Result<()> {
         let dirs = ctx.inputs.get("models").cloned().unwrap_or_default();
         let names = ctx.input_stages.get("models").cloned().unwrap_or_default();
+        let partners = ctx.input_stages.get("continue_from");
         let scored: Vec<Scored> = names
             .iter()
             .zip(&dirs)
-            .map(|(stage, dir)| score(stage, dir, p.metric))
+            .enumerate()
+            .map(|(at, (stage, dir))| {
+                if ctx.is_absent("models", at) {
+                    unscored(stage, "its stage failed in this run".into())
+                } else if ctx.is_absent("continue_from", at) {
+                    let partner = partners.and_then(|p| p.get(at)).map_or("?", String::as_str);
+                    unscored(
+                        stage,
+                        format!("`{partner}`, to continue from, failed in this run"),
+                    )
+                } else {
+                    score(stage, dir, p.metric)
+                }
+            })
             .collect();
         let winner = pick(&scored, p.rank)?;
         for s in &scored {
@@ -215,11 +236,7 @@ impl TypedOp for Select {
 /// A candidate's metric from its `training.json`; a missing or non-finite
 /// value (a diverged run) is a problem, not a score.
 fn score(stage: &str, dir: &Path, metric: SelectMetric) -> Scored {
-    let problem = |why: String| Scored {
-        stage: stage.to_string(),
-        score: None,
-        problem: Some(why),
-    };
+    let problem = |why: String| unscored(stage, why);
     let summary: TrainSummary = match std::fs::read(dir.join(TRAINING_FILE))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -239,6 +256,15 @@ fn score(stage: &str, dir: &Path, metric: SelectMetric) -> Scored {
         },
         Some(v) => problem(format!("its loss is {v} (the run diverged)")),
         None => problem("its training recorded no held-out loss".to_string()),
+    }
+}
+
+/// A candidate that cannot be ranked, and why.
+fn unscored(stage: &str, why: String) -> Scored {
+    Scored {
+        stage: stage.to_string(),
+        score: None,
+        problem: Some(why),
     }
 }
 
@@ -400,6 +426,133 @@ mod tests {
         let err = pick(&scored(&[("a", None), ("b", None)]), 1).unwrap_err();
         assert!(err.to_string().contains("a: diverged") && err.to_string().contains("b: diverged"));
         assert!(pick(&[], 1).is_err());
+    }
+
+    /// A trained candidate's folder: a config and a `training.json` whose
+    /// last held-out loss is `loss`.
+    fn candidate(dir: &Path, loss: f64) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(CONFIG_FILE), format!("{{\"loss\": {loss}}}")).unwrap();
+        let eval = |step| serde_json::json!({ "step": step, "loss": loss, "perplexity": loss.exp(), "tokens": 10 });
+        let summary = serde_json::json!({
+            "objective": "kd", "steps": 2, "tokens": 20, "seq_len": 5, "batch_rows": 2,
+            "micro_batch": 2, "elapsed_s": 1.0, "tokens_per_s": 20.0, "resumed_from": null,
+            "first_eval": eval(0), "last_eval": eval(2), "final_train_loss": loss,
+        });
+        std::fs::write(dir.join(TRAINING_FILE), summary.to_string()).unwrap();
+    }
+
+    /// Runs `select` on candidates with these losses (None: its stage
+    /// failed, so its folder is empty), marked absent as the run marks
+    /// them; its `selection.json` with the output's config under `config`,
+    /// or the error.
+    fn run_select(
+        root: &Path,
+        losses: &[Option<f64>],
+        continue_from_absent: &[usize],
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut inputs = std::collections::BTreeMap::new();
+        let mut names = std::collections::BTreeMap::new();
+        let mut absent = std::collections::BTreeMap::new();
+        let dirs: Vec<_> = (0..losses.len())
+            .map(|i| root.join(format!("short{i}")))
+            .collect();
+        for (dir, loss) in dirs.iter().zip(losses) {
+            if let Some(loss) = loss {
+                candidate(dir, *loss);
+            }
+        }
+        let gone: Vec<usize> = (0..losses.len()).filter(|&i| losses[i].is_none()).collect();
+        if !gone.is_empty() {
+            absent.insert("models".to_string(), gone);
+        }
+        inputs.insert("models".to_string(), dirs);
+        names.insert(
+            "models".to_string(),
+            (0..losses.len()).map(|i| format!("short[{i}]")).collect(),
+        );
+        if !continue_from_absent.is_empty() {
+            let from: Vec<_> = (0..losses.len())
+                .map(|i| root.join(format!("cand{i}")))
+                .collect();
+            for (i, dir) in from.iter().enumerate() {
+                if !continue_from_absent.contains(&i) {
+                    candidate(dir, 100.0 + i as f64);
+                }
+            }
+            inputs.insert("continue_from".to_string(), from);
+            names.insert(
+                "continue_from".to_string(),
+                (0..losses.len()).map(|i| format!("cand[{i}]")).collect(),
+            );
+            absent.insert("continue_from".to_string(), continue_from_absent.to_vec());
+        }
+        let out = root.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let ctx = RunContext {
+            stage: "winner",
+            inputs,
+            input_stages: names,
+            absent,
+            output_dir: out.clone(),
+            scratch_dir: root.join("scratch"),
+            recipe_dir: root.to_path_buf(),
+            seed: 0,
+            device: distillery_engine::Device::Cpu,
+            progress: &distillery_engine::progress::NoProgress,
+        };
+        let params = SelectParams {
+            metric: SelectMetric::HeldoutLoss,
+            rank: 1,
+        };
+        Select.run(params, &ctx)?;
+        let selection = std::fs::read(out.join(SELECTION_FILE)).unwrap();
+        let mut record: serde_json::Value = serde_json::from_slice(&selection).unwrap();
+        record["config"] =
+            serde_json::from_slice(&std::fs::read(out.join(CONFIG_FILE)).unwrap()).unwrap();
+        Ok(record)
+    }
+
+    #[test]
+    fn a_candidate_whose_stage_failed_is_not_ranked_and_the_others_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = run_select(dir.path(), &[Some(3.0), None, Some(2.0)], &[]).unwrap();
+        assert_eq!(record["selected"], "short[2]");
+        assert_eq!(record["config"]["loss"], 2.0);
+        let failed = &record["candidates"][1];
+        assert_eq!(failed["stage"], "short[1]");
+        assert!(failed["score"].is_null());
+        assert!(
+            failed["problem"]
+                .as_str()
+                .unwrap()
+                .contains("failed in this run")
+        );
+    }
+
+    #[test]
+    fn a_candidate_whose_continue_from_partner_failed_is_not_ranked() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = run_select(dir.path(), &[Some(3.0), Some(1.0), Some(2.0)], &[1]).unwrap();
+        // short[1] has the best loss, but cand[1] is not there to continue from.
+        assert_eq!(record["selected"], "short[2]");
+        assert_eq!(record["continued_from"], "cand[2]");
+        assert_eq!(record["config"]["loss"], 102.0);
+        let problem = record["candidates"][1]["problem"].as_str().unwrap();
+        assert!(problem.contains("`cand[1]`"), "{problem}");
+    }
+
+    #[test]
+    fn every_candidate_failed_is_an_error_that_says_so_for_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = run_select(dir.path(), &[None, None], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("short[0]: its stage failed in this run")
+                && err.contains("short[1]: its stage failed in this run"),
+            "{err}"
+        );
     }
 
     fn upstream(stage: &str) -> UpstreamInfo {

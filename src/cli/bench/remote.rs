@@ -171,6 +171,7 @@ fn make_entry(dir: &std::path::Path, bytes: u64) -> anyhow::Result<(Store, Strin
         op_version: 1,
         params: serde_json::json!({ "bytes": bytes, "nonce": std::process::id() }),
         inputs: Default::default(),
+        absent_inputs: Default::default(),
         files: Default::default(),
         seed: 0,
     };
