@@ -50,7 +50,16 @@ impl std::fmt::Display for RunReason {
             }
             Self::Forced => f.write_str("forced"),
             Self::Changed { changes } => {
-                let fields: Vec<String> = changes.iter().map(|c| c.field.clone()).collect();
+                let fields: Vec<String> = changes
+                    .iter()
+                    .map(|c| {
+                        if c.field.starts_with("absent_inputs") {
+                            format!("{} (its last run went without failed inputs)", c.field)
+                        } else {
+                            c.field.clone()
+                        }
+                    })
+                    .collect();
                 write!(f, "changed: {}", fields.join(", "))
             }
         }

@@ -993,6 +993,40 @@ fn evaluate_writes_metrics_and_a_side_by_side_table() {
         .find(|l| l.starts_with("| mc acc (n=5)"))
         .unwrap();
     assert_eq!(acc_row.matches('±').count(), 2, "{acc_row}");
+
+    // The teacher's stage failed in this run: the student alone, with the
+    // same figures, and the table says who is missing.
+    let out = dir.path().join("out-partial");
+    std::fs::create_dir_all(&out).unwrap();
+    let ctx = distillery_engine::RunContext {
+        absent: [("models".to_string(), vec![0])].into(),
+        output_dir: out.clone(),
+        ..ctx
+    };
+    op.run(&params, &ctx).unwrap();
+    let partial: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(partial["absent"], serde_json::json!(["teacher"]));
+    assert_eq!(partial["models"].as_array().unwrap().len(), 1);
+    let (alone, beside) = (&partial["models"][0], &metrics["models"][1]);
+    assert_eq!(alone["stage"], "student");
+    assert_eq!(alone["tasks"]["mc"]["acc"], beside["tasks"]["mc"]["acc"]);
+    assert_eq!(
+        alone["texts"]["held"]["ppl"],
+        beside["texts"]["held"]["ppl"]
+    );
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.starts_with("| | student |"), "{table}");
+    assert!(
+        table.contains("Not evaluated (their stages failed in this run): teacher"),
+        "{table}"
+    );
+    let ctx = distillery_engine::RunContext {
+        absent: [("models".to_string(), vec![0, 1])].into(),
+        ..ctx
+    };
+    let err = op.run(&params, &ctx).unwrap_err().to_string();
+    assert!(err.contains("no model to evaluate"), "{err}");
 }
 
 #[test]

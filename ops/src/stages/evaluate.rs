@@ -162,7 +162,8 @@ impl TypedOp for Evaluate {
 
     fn slots(&self) -> Vec<Slot> {
         vec![
-            Slot::list("models", ArtifactKind::Model),
+            // Partial: a search's table goes on without a failed candidate.
+            Slot::list("models", ArtifactKind::Model).partial(),
             Slot::one("data", ArtifactKind::Dataset).optional(),
         ]
     }
@@ -318,11 +319,19 @@ impl OnBackend for Job<'_, '_> {
 
         let names = ctx.input_stages.get("models").cloned().unwrap_or_default();
         let mut results = Vec::new();
+        let mut absent = Vec::new();
         for (i, dir) in ctx.inputs["models"].iter().enumerate() {
             let stage = names
                 .get(i)
                 .cloned()
                 .unwrap_or_else(|| format!("model {i}"));
+            if ctx.is_absent("models", i) {
+                ctx.progress.log(&format!(
+                    "{stage}: not evaluated, its stage failed in this run"
+                ));
+                absent.push(stage);
+                continue;
+            }
             let (model, _) = Llama::<B>::load_hf(dir, &device)?;
             let model = model.with_precision(p.precision);
             let mut m = ModelMetrics {
@@ -412,7 +421,20 @@ impl OnBackend for Job<'_, '_> {
             }
             results.push(m);
         }
-        let table = table(&results);
+        if results.is_empty() {
+            bail!(
+                "no model to evaluate: the stages of all {} failed in this run",
+                absent.len()
+            );
+        }
+        let mut table = table(&results);
+        if !absent.is_empty() {
+            table.push_str(&format!(
+                "\nNot evaluated (their stages failed in this run): {}\n",
+                absent.join(", ")
+            ));
+            summary.insert("absent".into(), serde_json::to_value(&absent)?);
+        }
         ctx.progress.log(&format!("\n{table}"));
         summary.insert("models".into(), serde_json::to_value(&results)?);
         std::fs::write(
