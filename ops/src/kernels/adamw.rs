@@ -116,17 +116,6 @@ pub fn composite<B: Backend>(
     (f(p), f(m), f(v))
 }
 
-/// The CubeCL backends run the composition.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl<R, F, I, BT> AdamWOps for burn_cubecl::CubeBackend<R, F, I, BT>
-where
-    R: burn_cubecl::CubeRuntime,
-    F: burn_cubecl::FloatElement,
-    I: burn_cubecl::IntElement,
-    BT: burn_cubecl::BoolElement,
-{
-}
-
 /// One update on the CPU: rayon tasks over blocks of elements, in place
 /// wherever a buffer is not shared.
 mod flex {

@@ -4,7 +4,8 @@
 //! attention has only the CPU kernel (the CubeCL backends run its composite
 //! of Burn's tensor ops).
 //!
-//! - [`adamw`]: one AdamW update of a parameter in one pass.
+//! - [`adamw`]: one AdamW update of a parameter in one pass (one launch on
+//!   the CubeCL backends, `adamw_cube`).
 //! - [`attention`]: causal grouped-query attention, forward and backward.
 //! - [`matmul`]: the model's matrix products in f32, or in bf16 on AMX tiles.
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
@@ -16,6 +17,8 @@
 //!   bandwidth, for `distillery bench importance`.
 
 pub mod adamw;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod adamw_cube;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
