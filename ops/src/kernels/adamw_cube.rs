@@ -64,7 +64,7 @@ fn adamw_vectors<N: Size>(
         for l in 0..N::value() {
             let mut g = g_in[l];
             if comptime!(scaled) {
-                g = g * scalars.grad_scale;
+                g *= scalars.grad_scale;
             }
             let m = m_prev[l] * scalars.beta1 + g * scalars.one_minus_beta1;
             let v = v_prev[l] * scalars.beta2 + (g * g) * scalars.one_minus_beta2;
@@ -72,7 +72,7 @@ fn adamw_vectors<N: Size>(
                 (m / scalars.correction1) / (f32::sqrt(v / scalars.correction2) + scalars.eps);
             let mut p = p_in[l];
             if comptime!(decays) {
-                p = p * scalars.keep;
+                p *= scalars.keep;
             }
             p_new[l] = p - update * scalars.lr;
             m_new[l] = m;
