@@ -16,15 +16,16 @@ use distillery_ops::kernels::rows::composite as rows_composite;
 use distillery_ops::kernels::{causal_attention, rms_norm, rope, swiglu};
 use distillery_ops::rng::SplitMix64;
 
+mod attention_support;
+
+use attention_support::{
+    ATTENTION_SHAPES, Shape, attention_inputs, attention_oracle, attention_oracle_grads, dot,
+    random,
+};
+
 type Ad = Autodiff<Flex>;
 
 const TOL: f64 = 2e-5;
-
-fn random(rng: &mut SplitMix64, n: usize, scale: f64) -> Vec<f64> {
-    (0..n)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) * scale)
-        .collect()
-}
 
 fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
     values: &[f64],
@@ -87,158 +88,7 @@ fn check_by_differences(what: &str, x: &[f64], grad: &[f64], f: impl Fn(&[f64]) 
     }
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 // ---------------------------------------------------------------- attention
-
-#[derive(Clone, Copy, Debug)]
-struct Shape {
-    batch: usize,
-    seq: usize,
-    past: usize,
-    heads: usize,
-    kv_heads: usize,
-    d: usize,
-}
-
-impl Shape {
-    fn keys(&self) -> usize {
-        self.past + self.seq
-    }
-    fn q_len(&self) -> usize {
-        self.batch * self.seq * self.heads * self.d
-    }
-    fn kv_len(&self) -> usize {
-        self.batch * self.keys() * self.kv_heads * self.d
-    }
-    fn q_at(&self, b: usize, i: usize, h: usize) -> usize {
-        ((b * self.seq + i) * self.heads + h) * self.d
-    }
-    fn kv_at(&self, b: usize, j: usize, h: usize) -> usize {
-        let g = h / (self.heads / self.kv_heads);
-        ((b * self.keys() + j) * self.kv_heads + g) * self.d
-    }
-}
-
-/// Float64 attention: the output `[batch, seq, heads, d]`.
-fn attention_oracle(s: Shape, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
-    let scale = 1.0 / (s.d as f64).sqrt();
-    let mut out = vec![0.0; s.q_len()];
-    for b in 0..s.batch {
-        for h in 0..s.heads {
-            for i in 0..s.seq {
-                let qa = s.q_at(b, i, h);
-                let seen = s.past + i + 1;
-                let scores: Vec<f64> = (0..seen)
-                    .map(|j| scale * dot(&q[qa..qa + s.d], &k[s.kv_at(b, j, h)..][..s.d]))
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let w: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
-                let sum: f64 = w.iter().sum();
-                for (j, wj) in w.iter().enumerate() {
-                    let va = s.kv_at(b, j, h);
-                    for c in 0..s.d {
-                        out[qa + c] += wj / sum * v[va + c];
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Float64 gradients of `sum(out * g)` with respect to q, k and v.
-fn attention_oracle_grads(s: Shape, q: &[f64], k: &[f64], v: &[f64], g: &[f64]) -> [Vec<f64>; 3] {
-    let scale = 1.0 / (s.d as f64).sqrt();
-    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-    for b in 0..s.batch {
-        for h in 0..s.heads {
-            for i in 0..s.seq {
-                let qa = s.q_at(b, i, h);
-                let seen = s.past + i + 1;
-                let scores: Vec<f64> = (0..seen)
-                    .map(|j| scale * dot(&q[qa..qa + s.d], &k[s.kv_at(b, j, h)..][..s.d]))
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                let p: Vec<f64> = e.iter().map(|x| x / sum).collect();
-                let gi = &g[qa..qa + s.d];
-                // dL/dp_j = g . v_j; softmax backward.
-                let dp: Vec<f64> = (0..seen)
-                    .map(|j| dot(gi, &v[s.kv_at(b, j, h)..][..s.d]))
-                    .collect();
-                let mean = dot(&p, &dp);
-                for j in 0..seen {
-                    let ka = s.kv_at(b, j, h);
-                    let ds = p[j] * (dp[j] - mean) * scale;
-                    for c in 0..s.d {
-                        dv[ka + c] += p[j] * gi[c];
-                        dq[qa + c] += ds * k[ka + c];
-                        dk[ka + c] += ds * q[qa + c];
-                    }
-                }
-            }
-        }
-    }
-    [dq, dk, dv]
-}
-
-fn attention_inputs(s: Shape, seed: u64) -> [Vec<f64>; 4] {
-    let mut rng = SplitMix64::new(seed);
-    // Scale 1.5: scores of a few units, softmaxes neither flat nor one-hot.
-    [
-        random(&mut rng, s.q_len(), 1.5),
-        random(&mut rng, s.kv_len(), 1.5),
-        random(&mut rng, s.kv_len(), 1.0),
-        random(&mut rng, s.q_len(), 1.0),
-    ]
-}
-
-const ATTENTION_SHAPES: [Shape; 5] = [
-    Shape {
-        batch: 2,
-        seq: 5,
-        past: 0,
-        heads: 6,
-        kv_heads: 2,
-        d: 8,
-    },
-    Shape {
-        batch: 1,
-        seq: 70,
-        past: 0,
-        heads: 3,
-        kv_heads: 1,
-        d: 16,
-    },
-    Shape {
-        batch: 2,
-        seq: 130,
-        past: 0,
-        heads: 4,
-        kv_heads: 4,
-        d: 64,
-    },
-    Shape {
-        batch: 2,
-        seq: 3,
-        past: 9,
-        heads: 6,
-        kv_heads: 3,
-        d: 8,
-    },
-    Shape {
-        batch: 1,
-        seq: 1,
-        past: 40,
-        heads: 9,
-        kv_heads: 3,
-        d: 64,
-    },
-];
 
 #[test]
 fn attention_oracle_gradients_match_finite_differences() {

@@ -17,7 +17,8 @@
 //! textbook computation with tensor ops (keys and values repeated per query
 //! head, a `[batch, heads, seq, keys]` score tensor). The CPU backend runs
 //! `attention_flex`, which repeats nothing and materializes no score matrix
-//! beyond one block of queries.
+//! beyond one block of queries; the CubeCL backends run `attention_cube`'s
+//! forward, which makes none at all, and the composite backward.
 
 use super::{float, tensor};
 use burn::tensor::backend::Backend;
@@ -219,17 +220,6 @@ pub mod composite {
         };
         (dq, fold(dk), fold(dv))
     }
-}
-
-/// The CubeCL backends run the composite.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl<R, F, I, BT> AttentionOps for burn_cubecl::CubeBackend<R, F, I, BT>
-where
-    R: burn_cubecl::CubeRuntime,
-    F: burn_cubecl::FloatElement,
-    I: burn_cubecl::IntElement,
-    BT: burn_cubecl::BoolElement,
-{
 }
 
 /// Under autodiff the op runs on the inner backend with its log-sum-exp;

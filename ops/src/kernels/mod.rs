@@ -1,12 +1,13 @@
 //! Custom kernels. Each is a backend extension with a CubeCL kernel for the
 //! CubeCL backends (features `wgpu`, `cuda`) and a rayon twin for the CPU
 //! backend, both checked against the float64 oracles in [`reference`];
-//! attention has only the CPU kernel (the CubeCL backends run its composite
-//! of Burn's tensor ops).
+//! attention has a CPU kernel both ways and a CubeCL forward (the CubeCL
+//! backward is the composite of Burn's tensor ops).
 //!
 //! - [`adamw`]: one AdamW update of a parameter in one pass (one launch on
 //!   the CubeCL backends, `adamw_cube`).
-//! - [`attention`]: causal grouped-query attention, forward and backward.
+//! - [`attention`]: causal grouped-query attention, forward and backward
+//!   (`attention_flex` on the CPU, `attention_cube` for the CubeCL forward).
 //! - [`matmul`]: the model's matrix products in f32, or in bf16 on AMX tiles.
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
 //!   backward (a CPU kernel each; the CubeCL backends run the compositions).
@@ -26,6 +27,8 @@ mod amx_cpu;
 #[cfg(target_arch = "x86_64")]
 mod amx_pack;
 pub mod attention;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod attention_cube;
 mod attention_flex;
 pub mod bandwidth;
 mod cpu_dispatch;

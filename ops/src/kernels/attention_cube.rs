@@ -1,0 +1,209 @@
+//! The causal grouped-query attention forward as one CubeCL kernel:
+//! [`AttentionOps::causal_attention`] for every `CubeBackend<R, ..>`.
+//!
+//! One unit per (batch, query head, query) keeps its query and an output
+//! accumulator of `d` values in registers and walks its keys once with the
+//! online softmax (running max `m`, running sum `l`, the accumulator rescaled
+//! whenever `m` moves), so no `[batch, heads, seq, keys]` score matrix, no
+//! mask and no repeated keys or values are made: query head `h` reads
+//! key/value head `h / (heads / kv_heads)` in place, in the projections'
+//! `[batch, positions, heads, d]` layout. The units of a cube are
+//! consecutive queries of one head, which read the same keys in the same
+//! order, so the cache serves most of those reads. The log-sum-exp
+//! `m + ln l` is written for the backward when asked.
+//!
+//! The backward stays the composition of tensor ops (it recomputes the
+//! weights from this log-sum-exp, so it agrees with this forward).
+//!
+//! Portability (DESIGN.md, Compute): no shared memory, no barrier, no plane
+//! ops; the head size is a compile-time constant, so the per-unit arrays
+//! live in registers.
+
+use super::attention::AttentionOps;
+use super::cube_common::{empty_f32, floor_pow2, vector_width};
+use super::kd_cube_common::LOWEST;
+use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::kernel::{cast, into_contiguous};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::*;
+
+/// Units per cube: consecutive queries of one head.
+const UNITS: u32 = 64;
+
+/// `out[b, i, h, :]` and `lse[b, i, h]` for every query.
+///
+/// `q: [batch, seq, heads, d]`, `k, v: [batch, keys, kv_heads, d]`, all
+/// contiguous f32 read as vectors of `N` (`d_vectors = d / N`); `out` like
+/// `q`, `lse: [batch, seq, heads]`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn attention_rows<N: Size>(
+    q: &Tensor<Vector<f32, N>>,
+    k: &Tensor<Vector<f32, N>>,
+    v: &Tensor<Vector<f32, N>>,
+    out: &mut Tensor<Vector<f32, N>>,
+    lse: &mut Tensor<f32>,
+    seq: u32,
+    keys: u32,
+    heads: u32,
+    kv_heads: u32,
+    queries: u32,
+    scale: f32,
+    #[comptime] d_vectors: usize,
+    #[comptime] with_lse: bool,
+) {
+    let unit = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X;
+    if unit >= queries {
+        terminate!();
+    }
+    // Units run over queries fastest, then heads, then batch rows.
+    let i = unit % seq;
+    let head_row = unit / seq;
+    let h = head_row % heads;
+    let b = head_row / heads;
+    let kv = h / (heads / kv_heads);
+    let row = ((b * seq + i) * heads + h) as usize;
+    let q_base = row * d_vectors;
+    let scale_v = Vector::<f32, N>::empty().fill(scale);
+    let zero_v = Vector::<f32, N>::empty().fill(f32::new(0.0));
+    let mut query = Array::<Vector<f32, N>>::new(d_vectors);
+    let mut acc = Array::<Vector<f32, N>>::new(d_vectors);
+    #[unroll]
+    for t in 0..d_vectors {
+        query[t] = q[q_base + t] * scale_v;
+        acc[t] = zero_v;
+    }
+    let mut m = f32::new(LOWEST);
+    let mut l = f32::new(0.0);
+    // Keys 0 ..= keys - seq + i: the cache, then the queries' own up to i.
+    let visible = keys - seq + i + 1;
+    let key_stride = (kv_heads as usize) * d_vectors;
+    let mut kv_at = (b as usize * keys as usize * kv_heads as usize + kv as usize) * d_vectors;
+    for _ in 0..visible {
+        let mut dot = zero_v;
+        #[unroll]
+        for t in 0..d_vectors {
+            dot += query[t] * k[kv_at + t];
+        }
+        let mut s = f32::new(0.0);
+        #[unroll]
+        for lane in 0..N::value() {
+            s += dot[lane];
+        }
+        if s > m {
+            // The accumulator and the sum were relative to the old max.
+            let c = f32::exp(m - s);
+            let c_v = Vector::<f32, N>::empty().fill(c);
+            #[unroll]
+            for t in 0..d_vectors {
+                acc[t] *= c_v;
+            }
+            l *= c;
+            m = s;
+        }
+        let p = f32::exp(s - m);
+        l += p;
+        let p_v = Vector::<f32, N>::empty().fill(p);
+        #[unroll]
+        for t in 0..d_vectors {
+            acc[t] += v[kv_at + t] * p_v;
+        }
+        kv_at += key_stride;
+    }
+    let inv_v = Vector::<f32, N>::empty().fill(f32::new(1.0) / l);
+    #[unroll]
+    for t in 0..d_vectors {
+        out[q_base + t] = acc[t] * inv_v;
+    }
+    if comptime!(with_lse) {
+        lse[row] = m + f32::ln(l);
+    }
+}
+
+fn f32_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    let t = if t.dtype == DType::F32 {
+        t
+    } else {
+        cast(t, DType::F32)
+    };
+    into_contiguous(t)
+}
+
+/// See [`AttentionOps::causal_attention`]; the shapes were checked by
+/// [`super::causal_attention`] or the caller.
+pub(super) fn causal_attention<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    scale: f32,
+    with_lse: bool,
+) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+    let dtype = q.dtype;
+    let [batch, seq, heads, d]: [usize; 4] = q.shape().dims();
+    let [_, keys, kv_heads, _]: [usize; 4] = k.shape().dims();
+    let (q, k, v) = (f32_contiguous(q), f32_contiguous(k), f32_contiguous(v));
+    let out = empty_f32(&q, Shape::new([batch, seq, heads, d]));
+    let lse = empty_f32(&q, Shape::new([batch, seq, heads]));
+    let queries = batch * seq * heads;
+    if queries > 0 && d > 0 {
+        let client = q.client.clone();
+        let hardware = &client.properties().hardware;
+        let width = vector_width(&client, DType::F32, d);
+        let cube = floor_pow2(
+            UNITS
+                .min(hardware.max_units_per_cube)
+                .min(hardware.max_cube_dim.0),
+        );
+        let cubes = queries.div_ceil(cube as usize) as u32;
+        let grid_x = cubes.min(hardware.max_cube_count.0);
+        let grid_y = cubes.div_ceil(grid_x);
+        assert!(
+            grid_y <= hardware.max_cube_count.1,
+            "attention over {queries} queries exceeds the device's grid"
+        );
+        attention_rows::launch::<R>(
+            &client,
+            CubeCount::Static(grid_x, grid_y, 1),
+            CubeDim::new_1d(cube),
+            width,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            seq as u32,
+            keys as u32,
+            heads as u32,
+            kv_heads as u32,
+            queries as u32,
+            scale,
+            d / width,
+            with_lse,
+        );
+    }
+    let out = if dtype == DType::F32 {
+        out
+    } else {
+        cast(out, dtype)
+    };
+    (out, with_lse.then_some(lse))
+}
+
+impl<R, F, I, BT> AttentionOps for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn causal_attention(
+        q: CubeTensor<R>,
+        k: CubeTensor<R>,
+        v: CubeTensor<R>,
+        scale: f32,
+        with_lse: bool,
+    ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+        causal_attention(q, k, v, scale, with_lse)
+    }
+}

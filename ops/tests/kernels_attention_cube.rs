@@ -1,0 +1,152 @@
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+//! The CubeCL causal attention forward on `Cuda` in a cuda build (a GPU
+//! machine), else on `Wgpu` (Mesa's lavapipe), against the float64 oracle
+//! on random inputs: the output and the log-sum-exp, grouped-query ratios
+//! 1, 2, 3 and 4, head sizes 8 to 128, odd sequence lengths, caches of
+//! earlier keys, one query; and, under autodiff, the gradients of its
+//! inputs (the composite backward from this forward's log-sum-exp).
+//!
+//! Tolerance: within 2e-5 of the largest oracle entry of each tensor, as
+//! for the CPU kernel (f32 sums of up to a few hundred terms of size ~1).
+
+use burn::backend::Autodiff;
+use burn::tensor::{Tensor, TensorData};
+use distillery_ops::kernels::{AttentionOps, causal_attention};
+
+mod attention_support;
+mod cube_support;
+
+use attention_support::{
+    ATTENTION_SHAPES, Shape, attention_inputs, attention_oracle, attention_oracle_grads,
+    attention_oracle_lse,
+};
+use cube_support::{Cube, device, device_present};
+
+const TOL: f64 = 2e-5;
+
+/// Beyond the CPU tests' shapes: grouped-query ratio 4, head sizes 128 and
+/// 64 with odd sequence lengths.
+const MORE_SHAPES: [Shape; 2] = [
+    Shape {
+        batch: 2,
+        seq: 33,
+        past: 5,
+        heads: 8,
+        kv_heads: 2,
+        d: 128,
+    },
+    Shape {
+        batch: 1,
+        seq: 77,
+        past: 0,
+        heads: 9,
+        kv_heads: 3,
+        d: 64,
+    },
+];
+
+fn shapes() -> impl Iterator<Item = Shape> {
+    ATTENTION_SHAPES.into_iter().chain(MORE_SHAPES)
+}
+
+fn tensor<
+    B: burn::tensor::backend::Backend<Device = burn::tensor::Device<Cube>>,
+    const D: usize,
+>(
+    values: &[f64],
+    dims: [usize; D],
+) -> Tensor<B, D> {
+    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(v, dims), &device())
+}
+
+fn read<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Fails unless `got` is within `TOL` of `want`'s largest magnitude.
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let unit = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
+    let (i, err) = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .enumerate()
+        .fold(
+            (0, 0.0),
+            |best, (i, e)| if e > best.1 { (i, e) } else { best },
+        );
+    assert!(
+        err <= TOL * unit,
+        "{what}: entry {i} is {} against {} (error {err:.3e}, {:.3e} of the largest {unit:.3e})",
+        got[i],
+        want[i],
+        err / unit
+    );
+}
+
+#[test]
+fn the_cube_forward_and_its_log_sum_exp_match_the_oracle() {
+    if !device_present() {
+        return;
+    }
+    for (n, s) in shapes().enumerate() {
+        let [q, k, v, _] = attention_inputs(s, 300 + n as u64);
+        let prim = |x: &[f64], dims| tensor::<Cube, 4>(x, dims).into_primitive().tensor();
+        let (out, lse) = Cube::causal_attention(
+            prim(&q, [s.batch, s.seq, s.heads, s.d]),
+            prim(&k, [s.batch, s.keys(), s.kv_heads, s.d]),
+            prim(&v, [s.batch, s.keys(), s.kv_heads, s.d]),
+            1.0 / (s.d as f32).sqrt(),
+            true,
+        );
+        let out = Tensor::<Cube, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(out));
+        assert_close(
+            &format!("{s:?} output"),
+            &read(out),
+            &attention_oracle(s, &q, &k, &v),
+        );
+        let lse = Tensor::<Cube, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(
+            lse.expect("asked for"),
+        ));
+        assert_close(
+            &format!("{s:?} log-sum-exp"),
+            &read(lse),
+            &attention_oracle_lse(s, &q, &k),
+        );
+    }
+}
+
+#[test]
+fn the_cube_attention_trains_with_the_oracle_gradients() {
+    if !device_present() {
+        return;
+    }
+    type Ad = Autodiff<Cube>;
+    for (n, s) in shapes().enumerate() {
+        let [q, k, v, g] = attention_inputs(s, 400 + n as u64);
+        let qt = tensor::<Ad, 4>(&q, [s.batch, s.seq, s.heads, s.d]).require_grad();
+        let kt = tensor::<Ad, 4>(&k, [s.batch, s.keys(), s.kv_heads, s.d]).require_grad();
+        let vt = tensor::<Ad, 4>(&v, [s.batch, s.keys(), s.kv_heads, s.d]).require_grad();
+        let out = causal_attention(qt.clone(), kt.clone(), vt.clone());
+        assert_close(
+            &format!("{s:?} output"),
+            &read(out.clone().inner()),
+            &attention_oracle(s, &q, &k, &v),
+        );
+        let loss = (out * tensor::<Ad, 4>(&g, [s.batch, s.seq, s.heads, s.d])).sum();
+        let grads = loss.backward();
+        let want = attention_oracle_grads(s, &q, &k, &v, &g);
+        for ((name, t), want) in [("dq", qt), ("dk", kt), ("dv", vt)].into_iter().zip(want) {
+            let got = read(t.grad(&grads).expect("a gradient"));
+            assert_close(&format!("{s:?} {name}"), &got, &want);
+        }
+    }
+}
