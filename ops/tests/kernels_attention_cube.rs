@@ -1,10 +1,10 @@
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
-//! The CubeCL causal attention forward on `Cuda` in a cuda build (a GPU
+//! The CubeCL causal attention kernels on `Cuda` in a cuda build (a GPU
 //! machine), else on `Wgpu` (Mesa's lavapipe), against the float64 oracle
 //! on random inputs: the output and the log-sum-exp, grouped-query ratios
 //! 1, 2, 3 and 4, head sizes 8 to 128, odd sequence lengths, caches of
-//! earlier keys, one query; and, under autodiff, the gradients of its
-//! inputs (the composite backward from this forward's log-sum-exp).
+//! earlier keys, one query; and, under autodiff, the gradients of the
+//! queries, keys and values (the backward kernels).
 //!
 //! Tolerance: within 2e-5 of the largest oracle entry of each tensor, as
 //! for the CPU kernel (f32 sums of up to a few hundred terms of size ~1).

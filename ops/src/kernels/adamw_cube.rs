@@ -15,9 +15,8 @@
 //! the device's grid.
 
 use super::adamw::{AdamWOps, AdamWStep};
-use super::cube_common::{empty_f32, floor_pow2, vector_width};
+use super::cube_common::{empty_f32, f32_contiguous, floor_pow2, vector_width};
 use burn::tensor::{DType, TensorMetadata};
-use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
@@ -98,15 +97,6 @@ pub struct AdamWArgs {
     eps: f32,
     keep: f32,
     lr: f32,
-}
-
-fn f32_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    let t = if t.dtype == DType::F32 {
-        t
-    } else {
-        cast(t, DType::F32)
-    };
-    into_contiguous(t)
 }
 
 fn adamw_update<R: CubeRuntime>(

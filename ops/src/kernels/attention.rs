@@ -17,8 +17,8 @@
 //! textbook computation with tensor ops (keys and values repeated per query
 //! head, a `[batch, heads, seq, keys]` score tensor). The CPU backend runs
 //! `attention_flex`, which repeats nothing and materializes no score matrix
-//! beyond one block of queries; the CubeCL backends run `attention_cube`'s
-//! forward, which makes none at all, and the composite backward.
+//! beyond one block of queries; the CubeCL backends run `attention_cube`,
+//! which makes none at all, forward or backward.
 
 use super::{float, tensor};
 use burn::tensor::backend::Backend;

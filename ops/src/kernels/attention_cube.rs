@@ -1,5 +1,5 @@
 //! The causal grouped-query attention forward as one CubeCL kernel:
-//! [`AttentionOps::causal_attention`] for every `CubeBackend<R, ..>`.
+//! [`AttentionOps`] for every `CubeBackend<R, ..>`.
 //!
 //! One unit per (batch, query head, query) keeps its query and an output
 //! accumulator of `d` values in registers and walks its keys once with the
@@ -12,24 +12,23 @@
 //! order, so the cache serves most of those reads. The log-sum-exp
 //! `m + ln l` is written for the backward when asked.
 //!
-//! The backward stays the composition of tensor ops (it recomputes the
-//! weights from this log-sum-exp, so it agrees with this forward).
+//! The backward (`attention_cube_backward`) recomputes the weights from
+//! this log-sum-exp.
 //!
 //! Portability (DESIGN.md, Compute): no shared memory, no barrier, no plane
 //! ops; the head size is a compile-time constant, so the per-unit arrays
 //! live in registers.
 
 use super::attention::AttentionOps;
-use super::cube_common::{empty_f32, floor_pow2, vector_width};
+use super::cube_common::{empty_f32, f32_contiguous, row_grid, row_unit, to_dtype, vector_width};
 use super::kd_cube_common::LOWEST;
 use burn::tensor::{DType, Shape, TensorMetadata};
-use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
 /// Units per cube: consecutive queries of one head.
-const UNITS: u32 = 64;
+pub(super) const UNITS: u32 = 64;
 
 /// `out[b, i, h, :]` and `lse[b, i, h]` for every query.
 ///
@@ -53,7 +52,7 @@ fn attention_rows<N: Size>(
     #[comptime] d_vectors: usize,
     #[comptime] with_lse: bool,
 ) {
-    let unit = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X;
+    let unit = row_unit();
     if unit >= queries {
         terminate!();
     }
@@ -121,15 +120,6 @@ fn attention_rows<N: Size>(
     }
 }
 
-fn f32_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    let t = if t.dtype == DType::F32 {
-        t
-    } else {
-        cast(t, DType::F32)
-    };
-    into_contiguous(t)
-}
-
 /// See [`AttentionOps::causal_attention`]; the shapes were checked by
 /// [`super::causal_attention`] or the caller.
 pub(super) fn causal_attention<R: CubeRuntime>(
@@ -148,24 +138,12 @@ pub(super) fn causal_attention<R: CubeRuntime>(
     let queries = batch * seq * heads;
     if queries > 0 && d > 0 {
         let client = q.client.clone();
-        let hardware = &client.properties().hardware;
         let width = vector_width(&client, DType::F32, d);
-        let cube = floor_pow2(
-            UNITS
-                .min(hardware.max_units_per_cube)
-                .min(hardware.max_cube_dim.0),
-        );
-        let cubes = queries.div_ceil(cube as usize) as u32;
-        let grid_x = cubes.min(hardware.max_cube_count.0);
-        let grid_y = cubes.div_ceil(grid_x);
-        assert!(
-            grid_y <= hardware.max_cube_count.1,
-            "attention over {queries} queries exceeds the device's grid"
-        );
+        let (count, dim) = row_grid(&client, queries, UNITS, "attention");
         attention_rows::launch::<R>(
             &client,
-            CubeCount::Static(grid_x, grid_y, 1),
-            CubeDim::new_1d(cube),
+            count,
+            dim,
             width,
             q.into_tensor_arg(),
             k.into_tensor_arg(),
@@ -182,12 +160,7 @@ pub(super) fn causal_attention<R: CubeRuntime>(
             with_lse,
         );
     }
-    let out = if dtype == DType::F32 {
-        out
-    } else {
-        cast(out, dtype)
-    };
-    (out, with_lse.then_some(lse))
+    (to_dtype(out, dtype), with_lse.then_some(lse))
 }
 
 impl<R, F, I, BT> AttentionOps for CubeBackend<R, F, I, BT>
@@ -205,5 +178,19 @@ where
         with_lse: bool,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
         causal_attention(q, k, v, scale, with_lse)
+    }
+
+    fn causal_attention_backward(
+        q: CubeTensor<R>,
+        k: CubeTensor<R>,
+        v: CubeTensor<R>,
+        out: CubeTensor<R>,
+        lse: CubeTensor<R>,
+        grad_out: CubeTensor<R>,
+        scale: f32,
+    ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
+        super::attention_cube_backward::causal_attention_backward(
+            q, k, v, out, lse, grad_out, scale,
+        )
     }
 }

@@ -1,10 +1,11 @@
 //! Pieces the CubeCL kernels share: a shared-memory tree sum, a one-cube
-//! sum kernel, and the
-//! host-side choices of cube size, vector width and output buffers.
+//! sum kernel, a unit's index in a grid of rows, and the host-side choices
+//! of cube size, grid, vector width and buffers.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeRuntime;
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::kernel::{cast, into_contiguous};
+use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
@@ -81,4 +82,55 @@ pub fn vector_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, len
 /// An uninitialized contiguous f32 tensor on `like`'s device.
 pub fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
+}
+
+/// An all-zero contiguous f32 tensor on `like`'s device.
+pub fn zeros_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
+    zeros_client(like.client.clone(), like.device.clone(), shape, DType::F32)
+}
+
+/// `t` as a contiguous f32 tensor (cast and copied only where needed).
+pub fn f32_contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    let t = if t.dtype == DType::F32 {
+        t
+    } else {
+        cast(t, DType::F32)
+    };
+    into_contiguous(t)
+}
+
+/// `t` (f32) cast to `dtype`, for a result in its input's dtype.
+pub fn to_dtype<R: CubeRuntime>(t: CubeTensor<R>, dtype: DType) -> CubeTensor<R> {
+    if t.dtype == dtype { t } else { cast(t, dtype) }
+}
+
+/// This unit's index in a [`row_grid`]: one unit per row.
+#[cube]
+pub fn row_unit() -> u32 {
+    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X
+}
+
+/// A 2-D grid of 1-D cubes of at most `units_per_cube` units (a power of
+/// two the device allows) with one unit per row, for `rows` rows. Panics
+/// when the rows exceed the device's grid.
+pub fn row_grid<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    rows: usize,
+    units_per_cube: u32,
+    what: &str,
+) -> (CubeCount, CubeDim) {
+    let hardware = &client.properties().hardware;
+    let cube = floor_pow2(
+        units_per_cube
+            .min(hardware.max_units_per_cube)
+            .min(hardware.max_cube_dim.0),
+    );
+    let cubes = rows.div_ceil(cube as usize) as u32;
+    let grid_x = cubes.min(hardware.max_cube_count.0);
+    let grid_y = cubes.div_ceil(grid_x);
+    assert!(
+        grid_y <= hardware.max_cube_count.1,
+        "{what} over {rows} rows exceeds the device's grid"
+    );
+    (CubeCount::Static(grid_x, grid_y, 1), CubeDim::new_1d(cube))
 }

@@ -1,13 +1,14 @@
 //! Custom kernels. Each is a backend extension with a CubeCL kernel for the
 //! CubeCL backends (features `wgpu`, `cuda`) and a rayon twin for the CPU
 //! backend, both checked against the float64 oracles in [`reference`];
-//! attention has a CPU kernel both ways and a CubeCL forward (the CubeCL
-//! backward is the composite of Burn's tensor ops).
+//! the row ops (`rows`) and the matrix products (`matmul`) have CPU
+//! kernels only.
 //!
 //! - [`adamw`]: one AdamW update of a parameter in one pass (one launch on
 //!   the CubeCL backends, `adamw_cube`).
 //! - [`attention`]: causal grouped-query attention, forward and backward
-//!   (`attention_flex` on the CPU, `attention_cube` for the CubeCL forward).
+//!   (`attention_flex` on the CPU; `attention_cube` and
+//!   `attention_cube_backward` on the CubeCL backends).
 //! - [`matmul`]: the model's matrix products in f32, or in bf16 on AMX tiles.
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
 //!   backward (a CPU kernel each; the CubeCL backends run the compositions).
@@ -29,6 +30,8 @@ mod amx_pack;
 pub mod attention;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod attention_cube;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod attention_cube_backward;
 mod attention_flex;
 pub mod bandwidth;
 mod cpu_dispatch;
