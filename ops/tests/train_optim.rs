@@ -3,8 +3,9 @@
 //! decay on matrices only, global-norm clipping) over two steps; the
 //! optimizer state surviving a checkpoint round trip bit for bit; and the
 //! step the training loop runs ([`TrainStep`]): micro-batches adding up to
-//! the whole batch, and its phase timer leaving the arithmetic alone; and
-//! bf16 training following f32's loss curve.
+//! the whole batch, and its phase timer leaving the arithmetic alone; bf16
+//! training following f32's loss curve; and distillation with the heads and
+//! the loss in chunks of positions taking the steps it takes without.
 
 mod model_support;
 
@@ -13,11 +14,12 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use distillery_ops::kernels::Precision;
+use distillery_ops::kernels::kd::{KdLoss, KdSpec};
 use distillery_ops::kernels::matmul::bf16_on_cpu;
 use distillery_ops::model::Llama;
 use distillery_ops::train::data::{MicroBatch, TrainRow};
 use distillery_ops::train::{
-    AdamW, AdamWConfig, CrossEntropy, GradientSum, Objective, StepTimings, TrainStep,
+    AdamW, AdamWConfig, CrossEntropy, Distillation, GradientSum, Objective, StepTimings, TrainStep,
 };
 use model_support::{B, Rng, cfg_bias_llama3, device, random_weights, reference_forward};
 
@@ -490,4 +492,66 @@ fn bf16_training_follows_the_f32_loss_curve() {
         !bf16_on_cpu(),
         "bf16 training must differ from f32 exactly where the CPU has a bf16 path"
     );
+}
+
+#[test]
+fn distilling_with_the_heads_in_chunks_takes_the_same_steps() {
+    // A tied-embedding student (the head's gradient and the embedding's
+    // land on one parameter) and a teacher of the same shape, three steps
+    // of two micro-batches with the cross-entropy mixed in: chunks of 5
+    // positions (a short last chunk of each micro-batch's 30) against all
+    // at once. Each step's loss and gradient norm depend on the weights the
+    // steps before made, so the whole run is compared.
+    let c = model_support::cfg_odd_tied();
+    let mut rng = Rng::new(43);
+    let student_sd = random_weights(&c, &mut rng);
+    let teacher =
+        Llama::<B>::from_state_dict(c.clone(), random_weights(&c, &mut rng), &device()).unwrap();
+    let batches: Vec<_> = (0..3).map(|_| step_batch(&mut rng, c.vocab_size)).collect();
+    let run = |head_chunk_rows: Option<usize>| {
+        let objective = Distillation {
+            teacher: teacher.clone(),
+            spec: KdSpec {
+                loss: KdLoss::ForwardKl,
+                temperature: 1.5,
+                tau_squared: true,
+            },
+            ce_weight: 0.2,
+            vocab: c.vocab_size,
+            head_chunk_rows,
+        };
+        let mut model =
+            Llama::<A>::from_state_dict(c.clone(), student_sd.clone(), &device()).unwrap();
+        let mut adam = AdamW::<B>::new(step_config());
+        let step = TrainStep {
+            objective: &objective,
+            micro_batch: 2,
+            device: &device(),
+        };
+        let mut outcomes = Vec::new();
+        for (i, owned) in batches.iter().enumerate() {
+            let rows = train_rows(owned);
+            let (next, outcome) = step
+                .run(model, &mut adam, i as u64, &rows, 1e-2, None)
+                .unwrap();
+            model = next;
+            outcomes.push(outcome);
+        }
+        outcomes
+    };
+    let (whole, chunked) = (run(None), run(Some(5)));
+    for (i, (a, b)) in whole.iter().zip(&chunked).enumerate() {
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * a.loss,
+            "step {i}: loss {} in chunks, {} whole",
+            b.loss,
+            a.loss
+        );
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() <= 1e-4 * a.grad_norm,
+            "step {i}: gradient norm {} in chunks, {} whole",
+            b.grad_norm,
+            a.grad_norm
+        );
+    }
 }

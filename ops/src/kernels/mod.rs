@@ -15,6 +15,9 @@
 //! - [`importance`]: the width statistics and block importance reductions.
 //! - [`kd`]: the fused knowledge-distillation loss and its gradient, against
 //!   a full teacher distribution or a sparse (top-K) one.
+//! - [`linear_kd`]: the student's head and the KD loss in chunks of rows,
+//!   never holding the whole `[rows, vocab]` logits (composed of the KD and
+//!   matrix-product ops, so every backend has it).
 //! - [`bandwidth`]: timings of the CPU twin against the machine's memory
 //!   bandwidth, for `distillery bench importance`.
 
@@ -52,6 +55,7 @@ mod kd_flex_common;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod kd_sparse_cube;
 mod kd_sparse_flex;
+pub mod linear_kd;
 pub mod matmul;
 pub mod reference;
 pub mod rows;
@@ -66,6 +70,7 @@ pub use importance::{
 pub use importance_flex::{channel_sums_host, cosine_distance_sum_host};
 pub use kd::{KdLoss, KdOps, KdSpec, SparseTeacher, kd_loss, kd_loss_sparse};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
+pub use linear_kd::{LinearKd, LinearKdOps, TeacherRows, linear_kd_loss};
 pub use matmul::{MatmulOps, Precision, Wanted, WeightLayout, linear_matmul};
 pub use rows::{RowOps, rms_norm, rope, swiglu};
 

@@ -88,10 +88,15 @@ impl<B: ModelBackend> Llama<B> {
         self.run(tokens, None, &Capture::NONE).0
     }
 
+    /// The `lm_head`'s weights `[vocab, hidden]`: the embedding when tied.
+    pub fn head_weight(&self) -> Tensor<B, 2> {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens).val()
+    }
+
     /// The `lm_head`: `hidden: [batch, seq, hidden]` -> `[batch, seq, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, d] = hidden.dims();
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).val();
+        let head = self.head_weight();
         let vocab = head.dims()[0];
         let rows = hidden.reshape([batch * seq, d]);
         linear_matmul(rows, head, WeightLayout::OutIn, self.precision).reshape([batch, seq, vocab])

@@ -74,6 +74,15 @@ pub struct DistillParams {
     /// The dtype the student is written in.
     #[serde(default)]
     pub dtype: DiskDtype,
+    /// Run the student's head, the teacher's and the loss this many token
+    /// positions at a time, so that the `[positions, vocabulary]` logits
+    /// (both models' and their gradient) are never held whole: for large
+    /// vocabularies, where they are a step's largest tensors (128k columns
+    /// at 8 x 1024 positions: 4 GiB each in f32). Unset: all at once. The
+    /// loss is the same up to the order of the head gradient's sums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub head_chunk_rows: Option<usize>,
 }
 
 fn one() -> f32 {
@@ -137,6 +146,12 @@ impl TypedOp for Distill {
             issues.push(ParamIssue::at(
                 &["ce_weight"],
                 "`ce_weight` must be 0 or more",
+            ));
+        }
+        if p.head_chunk_rows == Some(0) {
+            issues.push(ParamIssue::at(
+                &["head_chunk_rows"],
+                "`head_chunk_rows` must be at least 1 (leave it out to run all positions at once)",
             ));
         }
         let vocab = |slot: &str| bound_vocab(ctx.inputs, slot, ctx.recipe_dir);
@@ -274,6 +289,9 @@ impl OnBackend for Task<'_, '_> {
                 String::new()
             }
         );
+        if let Some(rows) = p.head_chunk_rows {
+            name = format!("{name}, heads and loss {rows} positions at a time");
+        }
         let sv = student_config.vocab_size;
         if ctx
             .inputs
@@ -287,6 +305,7 @@ impl OnBackend for Task<'_, '_> {
                 store,
                 spec,
                 ce_weight: p.ce_weight,
+                head_chunk_rows: p.head_chunk_rows,
             };
             return publish::<B>(&p, &objective, &name, &data, sv, Some(top_k), ctx, &device);
         }
@@ -311,6 +330,7 @@ impl OnBackend for Task<'_, '_> {
             spec,
             ce_weight: p.ce_weight,
             vocab,
+            head_chunk_rows: p.head_chunk_rows,
         };
         publish::<B>(&p, &objective, &name, &data, vocab, None, ctx, &device)
     }

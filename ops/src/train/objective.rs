@@ -11,6 +11,7 @@ use burn::tensor::{Int, Tensor};
 use super::data::MicroBatch;
 use crate::backend::ComputeBackend;
 use crate::kernels::kd::{KdSpec, kd_loss, kd_loss_sparse};
+use crate::kernels::linear_kd::{LinearKd, TeacherRows, linear_kd_loss};
 use crate::model::Llama;
 use crate::teacher_logits::TeacherLogitsStore;
 use crate::teacher_logits::batch::sparse_teacher;
@@ -81,6 +82,37 @@ fn with_cross_entropy<B: ComputeBackend>(
     kd + ce.mul_scalar(ce_weight)
 }
 
+/// The KD loss (plus `ce_weight` times the cross-entropy) of the student's
+/// head on its final hidden states against `teacher`, `chunk_rows`
+/// positions at a time ([`crate::kernels::linear_kd`]).
+fn chunked<B: ComputeBackend>(
+    student: &Llama<Autodiff<B>>,
+    batch: &MicroBatch<B>,
+    teacher: TeacherRows<B>,
+    spec: KdSpec,
+    vocab: usize,
+    ce_weight: f64,
+    chunk_rows: usize,
+) -> Tensor<Autodiff<B>, 1> {
+    let hidden = student.hidden_states(Tensor::from_inner(batch.inputs.clone()));
+    let [rows, seq, width] = hidden.dims();
+    let n = rows * seq;
+    let job = LinearKd {
+        teacher,
+        weights: batch.weights.clone(),
+        spec,
+        vocab,
+        cross_entropy: (ce_weight > 0.0).then(|| (ce_weight, batch.targets.clone().reshape([n]))),
+        chunk_rows,
+    };
+    linear_kd_loss(
+        hidden.reshape([n, width]),
+        student.head_weight(),
+        student.precision,
+        job,
+    )
+}
+
 /// Knowledge distillation from a frozen teacher (run without autodiff), with
 /// an optional cross-entropy term: `kd + ce_weight * ce`.
 pub struct Distillation<B: ComputeBackend> {
@@ -90,6 +122,9 @@ pub struct Distillation<B: ComputeBackend> {
     /// Logit columns both models share: a teacher with a padded vocabulary
     /// is cut to the student's.
     pub vocab: usize,
+    /// Run both heads and the loss this many positions at a time
+    /// ([`crate::kernels::linear_kd`]); `None`: all at once.
+    pub head_chunk_rows: Option<usize>,
 }
 
 impl<B: ComputeBackend> Objective<B> for Distillation<B> {
@@ -98,6 +133,24 @@ impl<B: ComputeBackend> Objective<B> for Distillation<B> {
         student: &Llama<Autodiff<B>>,
         batch: &MicroBatch<B>,
     ) -> Result<Tensor<Autodiff<B>, 1>> {
+        if let Some(chunk_rows) = self.head_chunk_rows {
+            let hidden = self.teacher.hidden_states(batch.inputs.clone());
+            let [rows, seq, width] = hidden.dims();
+            let teacher = TeacherRows::Head {
+                hidden: hidden.reshape([rows * seq, width]),
+                head: self.teacher.head_weight(),
+                precision: self.teacher.precision,
+            };
+            return Ok(chunked(
+                student,
+                batch,
+                teacher,
+                self.spec,
+                self.vocab,
+                self.ce_weight,
+                chunk_rows,
+            ));
+        }
         let teacher_logits = self.teacher.forward(batch.inputs.clone());
         let [rows, seq, teacher_vocab] = teacher_logits.dims();
         let n = rows * seq;
@@ -135,6 +188,8 @@ pub struct StoredDistillation {
     /// Its temperature is the store's.
     pub spec: KdSpec,
     pub ce_weight: f64,
+    /// As in [`Distillation::head_chunk_rows`].
+    pub head_chunk_rows: Option<usize>,
 }
 
 impl<B: ComputeBackend> Objective<B> for StoredDistillation {
@@ -145,6 +200,20 @@ impl<B: ComputeBackend> Objective<B> for StoredDistillation {
     ) -> Result<Tensor<Autodiff<B>, 1>> {
         let [_, positions] = batch.inputs.dims();
         let device = batch.inputs.device();
+        if let Some(chunk_rows) = self.head_chunk_rows {
+            let teacher = sparse_teacher::<B>(&self.store, &batch.rows, positions, &device)?;
+            let vocab = student.config.vocab_size;
+            let teacher = TeacherRows::Sparse(teacher);
+            return Ok(chunked(
+                student,
+                batch,
+                teacher,
+                self.spec,
+                vocab,
+                self.ce_weight,
+                chunk_rows,
+            ));
+        }
         let teacher = sparse_teacher::<Autodiff<B>>(&self.store, &batch.rows, positions, &device)?;
         let student_logits = student.forward(Tensor::from_inner(batch.inputs.clone()));
         let [rows, seq, vocab] = student_logits.dims();

@@ -42,6 +42,10 @@ pub struct DistillArgs {
     /// utilization against (e.g. its dense bf16 figure).
     #[arg(long)]
     peak_tflops: Option<f64>,
+    /// Run the heads and the loss this many positions at a time (the
+    /// `distill` op's `head_chunk_rows`); default: all at once.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    head_chunk_rows: Option<u64>,
 }
 
 /// The learning rate of the timed steps (its value does not change their
@@ -143,6 +147,7 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
         },
         ce_weight: 0.0,
         vocab,
+        head_chunk_rows: args.head_chunk_rows.map(|n| n as usize),
     };
     let tokens = deterministic_tokens(args.rows, args.seq, vocab);
     let rows: Vec<TrainRow> = tokens
