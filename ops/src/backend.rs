@@ -7,6 +7,7 @@
 use crate::kernels::adamw::AdamWOps;
 use crate::kernels::importance::ImportanceOps;
 use crate::kernels::kd::KdOps;
+use crate::memory::MemoryOps;
 use crate::model::ModelBackend;
 use distillery_engine::Device;
 
@@ -15,10 +16,10 @@ pub type Cpu = burn::backend::Flex;
 
 /// What a backend must offer for every stage: Burn's tensor ops plus our
 /// kernels (the model's fused ops, the importance reductions, the fused KD
-/// loss and the AdamW update).
-pub trait ComputeBackend: ModelBackend + ImportanceOps + KdOps + AdamWOps {}
+/// loss and the AdamW update), and its memory figure for the benches.
+pub trait ComputeBackend: ModelBackend + ImportanceOps + KdOps + AdamWOps + MemoryOps {}
 
-impl<B: ModelBackend + ImportanceOps + KdOps + AdamWOps> ComputeBackend for B {}
+impl<B: ModelBackend + ImportanceOps + KdOps + AdamWOps + MemoryOps> ComputeBackend for B {}
 
 /// A computation generic over the backend.
 pub trait OnBackend {

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod io;
 pub mod kernels;
 pub mod loader;
+pub mod memory;
 pub mod model;
 pub mod prune;
 pub mod report;

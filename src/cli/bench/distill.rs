@@ -235,5 +235,8 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
         ),
         None => println!(),
     }
+    if let Some(memory) = B::memory_figure(&device) {
+        println!("memory: {memory}");
+    }
     Ok(())
 }
