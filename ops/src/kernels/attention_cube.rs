@@ -20,15 +20,14 @@
 //! live in registers.
 
 use super::attention::AttentionOps;
-use super::cube_common::{empty_f32, f32_contiguous, row_grid, row_unit, to_dtype, vector_width};
+use super::cube_common::{
+    ROW_UNITS, empty_f32, f32_contiguous, row_grid, row_unit, to_dtype, vector_width,
+};
 use super::kd_cube_common::LOWEST;
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
-
-/// Units per cube: consecutive queries of one head.
-pub(super) const UNITS: u32 = 64;
 
 /// `out[b, i, h, :]` and `lse[b, i, h]` for every query.
 ///
@@ -139,7 +138,7 @@ pub(super) fn causal_attention<R: CubeRuntime>(
     if queries > 0 && d > 0 {
         let client = q.client.clone();
         let width = vector_width(&client, DType::F32, d);
-        let (count, dim) = row_grid(&client, queries, UNITS, "attention");
+        let (count, dim) = row_grid(&client, queries, ROW_UNITS, "attention");
         attention_rows::launch::<R>(
             &client,
             count,

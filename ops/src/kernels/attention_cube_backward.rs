@@ -18,9 +18,8 @@
 //! `seq x keys` is made. Same portability rules as the forward: no shared
 //! memory, no barrier, no plane ops.
 
-use super::attention_cube::UNITS;
 use super::cube_common::{
-    empty_f32, f32_contiguous, row_grid, row_unit, to_dtype, vector_width, zeros_f32,
+    ROW_UNITS, empty_f32, f32_contiguous, row_grid, row_unit, to_dtype, vector_width, zeros_f32,
 };
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::CubeRuntime;
@@ -258,7 +257,7 @@ pub(super) fn causal_attention_backward<R: CubeRuntime>(
         let width = vector_width(&client, DType::F32, d);
         let d_vectors = d / width;
         let delta = empty_f32(&q, Shape::new([queries]));
-        let (count, dim) = row_grid(&client, queries, UNITS, "attention's backward");
+        let (count, dim) = row_grid(&client, queries, ROW_UNITS, "attention's backward");
         attention_delta::launch::<R>(
             &client,
             count.clone(),
@@ -290,7 +289,7 @@ pub(super) fn causal_attention_backward<R: CubeRuntime>(
             scale,
             d_vectors,
         );
-        let (count, dim) = row_grid(&client, key_rows, UNITS, "attention's backward");
+        let (count, dim) = row_grid(&client, key_rows, ROW_UNITS, "attention's backward");
         attention_dkv::launch::<R>(
             &client,
             count,

@@ -104,6 +104,11 @@ pub fn to_dtype<R: CubeRuntime>(t: CubeTensor<R>, dtype: DType) -> CubeTensor<R>
     if t.dtype == dtype { t } else { cast(t, dtype) }
 }
 
+/// Units per cube of the kernels with one unit per row (the attention's):
+/// enough to fill a warp twice over, few enough that the rows of a cube
+/// (consecutive positions of one head) share their cache lines.
+pub const ROW_UNITS: u32 = 64;
+
 /// This unit's index in a [`row_grid`]: one unit per row.
 #[cube]
 pub fn row_unit() -> u32 {
