@@ -61,25 +61,11 @@ pub fn execute(
     let mut outcomes: BTreeMap<usize, StageOutcome> = BTreeMap::new();
     let mut pending: BTreeSet<usize> = BTreeSet::new();
     for &i in &selected {
-        let planned = plan.stage(i);
         // An entry removed since planning (`cache gc`) is computed again.
-        let still_cached = planned.state == StageState::Cached && store.contains(&planned.key);
-        match planned.state {
-            StageState::Cached if still_cached => {
-                let report = StageReport {
-                    name: planned.name.clone(),
-                    key: planned.key.clone(),
-                    outcome: StageOutcome::Cached,
-                };
-                observer.finished(&report);
-                store
-                    .record_stage(&plan.recipe, &planned.name, &planned.material)
-                    .ok();
-                outcomes.insert(i, StageOutcome::Cached);
-            }
-            _ => {
-                pending.insert(i);
-            }
+        if is_stored(plan, store, i) {
+            outcomes.insert(i, take_stored(plan, store, i, observer));
+        } else {
+            pending.insert(i);
         }
     }
 
@@ -171,23 +157,15 @@ pub fn execute(
                 if !failed.is_empty() {
                     plan = Arc::new(plan.without(pipeline, store, i, &failed));
                 }
-                let planned = plan.stage(i);
                 // Re-keyed (above, or as a descendant of such a stage) onto
                 // what an earlier run that lacked the same inputs stored.
-                if planned.state == StageState::Cached && store.contains(&planned.key) {
+                if is_stored(&plan, store, i) {
                     pending.remove(&i);
-                    observer.finished(&StageReport {
-                        name: planned.name.clone(),
-                        key: planned.key.clone(),
-                        outcome: StageOutcome::Cached,
-                    });
-                    store
-                        .record_stage(&plan.recipe, &planned.name, &planned.material)
-                        .ok();
-                    outcomes.insert(i, StageOutcome::Cached);
+                    outcomes.insert(i, take_stored(&plan, store, i, observer));
                     finished_here = true;
                     continue;
                 }
+                let planned = plan.stage(i);
                 let needs_device = accelerator && planned.uses_accelerator;
                 if needs_device && accelerator_busy {
                     continue;
@@ -258,6 +236,32 @@ pub fn execute(
         recipe: plan.recipe.clone(),
         stages,
     })
+}
+
+/// Whether the plan found stage `index` stored and it still is.
+fn is_stored(plan: &Plan, store: &Store, index: usize) -> bool {
+    let planned = plan.stage(index);
+    planned.state == StageState::Cached && store.contains(&planned.key)
+}
+
+/// A stored stage as this run's: reported cached and recorded as the
+/// recipe's last run of it.
+fn take_stored(
+    plan: &Plan,
+    store: &Store,
+    index: usize,
+    observer: &dyn RunObserver,
+) -> StageOutcome {
+    let planned = plan.stage(index);
+    observer.finished(&StageReport {
+        name: planned.name.clone(),
+        key: planned.key.clone(),
+        outcome: StageOutcome::Cached,
+    });
+    store
+        .record_stage(&plan.recipe, &planned.name, &planned.material)
+        .ok();
+    StageOutcome::Cached
 }
 
 /// Whether pending stage `index` runs although its producers `failed` did

@@ -17,12 +17,10 @@ mod attention_support;
 mod cube_support;
 
 use attention_support::{
-    ATTENTION_SHAPES, Shape, attention_inputs, attention_oracle, attention_oracle_grads,
-    attention_oracle_lse,
+    ATTENTION_SHAPES, Shape, assert_close, attention_inputs, attention_oracle,
+    attention_oracle_grads, attention_oracle_lse, read,
 };
 use cube_support::{Cube, device, device_present};
-
-const TOL: f64 = 2e-5;
 
 /// Beyond the CPU tests' shapes: grouped-query ratio 4, head sizes 128 and
 /// 64 with odd sequence lengths.
@@ -58,38 +56,6 @@ fn tensor<
 ) -> Tensor<B, D> {
     let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
     Tensor::from_data(TensorData::new(v, dims), &device())
-}
-
-fn read<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
-}
-
-/// Fails unless `got` is within `TOL` of `want`'s largest magnitude.
-fn assert_close(what: &str, got: &[f64], want: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    let unit = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
-    let (i, err) = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs())
-        .enumerate()
-        .fold(
-            (0, 0.0),
-            |best, (i, e)| if e > best.1 { (i, e) } else { best },
-        );
-    assert!(
-        err <= TOL * unit,
-        "{what}: entry {i} is {} against {} (error {err:.3e}, {:.3e} of the largest {unit:.3e})",
-        got[i],
-        want[i],
-        err / unit
-    );
 }
 
 #[test]

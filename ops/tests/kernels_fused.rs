@@ -19,13 +19,11 @@ use distillery_ops::rng::SplitMix64;
 mod attention_support;
 
 use attention_support::{
-    ATTENTION_SHAPES, Shape, attention_inputs, attention_oracle, attention_oracle_grads, dot,
-    random,
+    ATTENTION_SHAPES, Shape, assert_close, attention_inputs, attention_oracle,
+    attention_oracle_grads, dot, random, read,
 };
 
 type Ad = Autodiff<Flex>;
-
-const TOL: f64 = 2e-5;
 
 fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
     values: &[f64],
@@ -33,38 +31,6 @@ fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
 ) -> Tensor<B, D> {
     let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
     Tensor::from_data(TensorData::new(v, dims), &Default::default())
-}
-
-fn read<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
-}
-
-/// Fails unless `got` is within `TOL` of `want`'s largest magnitude.
-fn assert_close(what: &str, got: &[f64], want: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    let unit = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
-    let (i, err) = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs())
-        .enumerate()
-        .fold(
-            (0, 0.0),
-            |best, (i, e)| if e > best.1 { (i, e) } else { best },
-        );
-    assert!(
-        err <= TOL * unit,
-        "{what}: entry {i} is {} against {} (error {err:.3e}, {:.3e} of the largest entry {unit:.3e})",
-        got[i],
-        want[i],
-        err / unit
-    );
 }
 
 /// Central finite differences of `f` at a few coordinates of `x` against

@@ -21,7 +21,7 @@
 
 use super::attention::AttentionOps;
 use super::cube_common::{
-    ROW_UNITS, empty_f32, f32_contiguous, row_grid, row_unit, to_dtype, vector_width,
+    ROW_UNITS, dot_registers, empty_f32, f32_contiguous, row_grid, row_unit, to_dtype, vector_width,
 };
 use super::kd_cube_common::LOWEST;
 use burn::tensor::{DType, Shape, TensorMetadata};
@@ -79,16 +79,7 @@ fn attention_rows<N: Size>(
     let key_stride = (kv_heads as usize) * d_vectors;
     let mut kv_at = (b as usize * keys as usize * kv_heads as usize + kv as usize) * d_vectors;
     for _ in 0..visible {
-        let mut dot = zero_v;
-        #[unroll]
-        for t in 0..d_vectors {
-            dot += query[t] * k[kv_at + t];
-        }
-        let mut s = f32::new(0.0);
-        #[unroll]
-        for lane in 0..N::value() {
-            s += dot[lane];
-        }
+        let s = dot_registers(&query, k, kv_at, d_vectors);
         if s > m {
             // The accumulator and the sum were relative to the old max.
             let c = f32::exp(m - s);

@@ -19,7 +19,8 @@
 //! memory, no barrier, no plane ops.
 
 use super::cube_common::{
-    ROW_UNITS, empty_f32, f32_contiguous, row_grid, row_unit, to_dtype, vector_width, zeros_f32,
+    ROW_UNITS, dot_registers, empty_f32, f32_contiguous, lane_sum, row_grid, row_unit, to_dtype,
+    vector_width, zeros_f32,
 };
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::CubeRuntime;
@@ -40,12 +41,7 @@ fn dot<N: Size>(
     for t in 0..d_vectors {
         acc += a[a_at + t] * b[b_at + t];
     }
-    let mut s = f32::new(0.0);
-    #[unroll]
-    for lane in 0..N::value() {
-        s += acc[lane];
-    }
-    s
+    lane_sum(acc)
 }
 
 /// `delta[row] = dO[row, :] . O[row, :]` for every query row.
@@ -110,16 +106,7 @@ fn attention_dq<N: Size>(
     let key_stride = (kv_heads as usize) * d_vectors;
     let mut kv_at = (b as usize * keys as usize * kv_heads as usize + kv as usize) * d_vectors;
     for _ in 0..visible {
-        let mut s_v = Vector::<f32, N>::empty().fill(f32::new(0.0));
-        #[unroll]
-        for t in 0..d_vectors {
-            s_v += query[t] * k[kv_at + t];
-        }
-        let mut s = f32::new(0.0);
-        #[unroll]
-        for lane in 0..N::value() {
-            s += s_v[lane];
-        }
+        let s = dot_registers(&query, k, kv_at, d_vectors);
         let p = f32::exp(s - row_lse);
         let dp = dot(grad_out, q_at, v, kv_at, d_vectors);
         let ds = Vector::<f32, N>::empty().fill(p * (dp - row_delta));
@@ -197,13 +184,7 @@ fn attention_dkv<N: Size>(
                 s_v += (q[q_at + t] * scale_v) * key[t];
                 dp_v += grad_out[q_at + t] * value[t];
             }
-            let mut s = f32::new(0.0);
-            let mut dp = f32::new(0.0);
-            #[unroll]
-            for lane in 0..N::value() {
-                s += s_v[lane];
-                dp += dp_v[lane];
-            }
+            let (s, dp) = (lane_sum(s_v), lane_sum(dp_v));
             let p = f32::exp(s - lse[row]);
             let p_v = Vector::<f32, N>::empty().fill(p);
             let ds_v = Vector::<f32, N>::empty().fill(p * (dp - delta[row]));

@@ -84,6 +84,34 @@ pub fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTens
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
 }
 
+/// The sum of a vector's lanes.
+#[cube]
+pub fn lane_sum<N: Size>(v: Vector<f32, N>) -> f32 {
+    let mut s = f32::new(0.0);
+    #[unroll]
+    for lane in 0..N::value() {
+        s += v[lane];
+    }
+    s
+}
+
+/// The dot product of `d_vectors` vectors held in registers (`row`) and
+/// the same number stored at `t[at..]`.
+#[cube]
+pub fn dot_registers<N: Size>(
+    row: &Array<Vector<f32, N>>,
+    t: &Tensor<Vector<f32, N>>,
+    at: usize,
+    #[comptime] d_vectors: usize,
+) -> f32 {
+    let mut acc = Vector::<f32, N>::empty().fill(f32::new(0.0));
+    #[unroll]
+    for i in 0..d_vectors {
+        acc += row[i] * t[at + i];
+    }
+    lane_sum(acc)
+}
+
 /// An all-zero contiguous f32 tensor on `like`'s device.
 pub fn zeros_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
     zeros_client(like.client.clone(), like.device.clone(), shape, DType::F32)

@@ -1,5 +1,6 @@
-//! Causal grouped-query attention in float64: the oracle the attention
-//! kernels' tests (CPU and CubeCL) share, with its shapes and inputs.
+//! Causal grouped-query attention in float64: the oracle the fused kernels'
+//! tests (CPU and CubeCL) share, with its shapes and inputs, and how those
+//! tests read results and compare them.
 #![allow(dead_code)]
 
 use distillery_ops::rng::SplitMix64;
@@ -43,25 +44,35 @@ impl Shape {
     }
 }
 
+/// Query `(b, i, h)`'s scaled scores against the keys it sees.
+fn scores(s: Shape, q: &[f64], k: &[f64], b: usize, i: usize, h: usize) -> Vec<f64> {
+    let scale = 1.0 / (s.d as f64).sqrt();
+    let qa = s.q_at(b, i, h);
+    (0..s.past + i + 1)
+        .map(|j| scale * dot(&q[qa..qa + s.d], &k[s.kv_at(b, j, h)..][..s.d]))
+        .collect()
+}
+
+/// The softmax weights of `scores` and their log-sum-exp.
+fn softmax(scores: &[f64]) -> (Vec<f64>, f64) {
+    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    (e.iter().map(|x| x / sum).collect(), max + sum.ln())
+}
+
 /// Float64 attention: the output `[batch, seq, heads, d]`.
 pub fn attention_oracle(s: Shape, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
-    let scale = 1.0 / (s.d as f64).sqrt();
     let mut out = vec![0.0; s.q_len()];
     for b in 0..s.batch {
         for h in 0..s.heads {
             for i in 0..s.seq {
                 let qa = s.q_at(b, i, h);
-                let seen = s.past + i + 1;
-                let scores: Vec<f64> = (0..seen)
-                    .map(|j| scale * dot(&q[qa..qa + s.d], &k[s.kv_at(b, j, h)..][..s.d]))
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let w: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
-                let sum: f64 = w.iter().sum();
-                for (j, wj) in w.iter().enumerate() {
+                let (p, _) = softmax(&scores(s, q, k, b, i, h));
+                for (j, pj) in p.iter().enumerate() {
                     let va = s.kv_at(b, j, h);
                     for c in 0..s.d {
-                        out[qa + c] += wj / sum * v[va + c];
+                        out[qa + c] += pj * v[va + c];
                     }
                 }
             }
@@ -84,21 +95,14 @@ pub fn attention_oracle_grads(
         for h in 0..s.heads {
             for i in 0..s.seq {
                 let qa = s.q_at(b, i, h);
-                let seen = s.past + i + 1;
-                let scores: Vec<f64> = (0..seen)
-                    .map(|j| scale * dot(&q[qa..qa + s.d], &k[s.kv_at(b, j, h)..][..s.d]))
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                let p: Vec<f64> = e.iter().map(|x| x / sum).collect();
+                let (p, _) = softmax(&scores(s, q, k, b, i, h));
                 let gi = &g[qa..qa + s.d];
                 // dL/dp_j = g . v_j; softmax backward.
-                let dp: Vec<f64> = (0..seen)
+                let dp: Vec<f64> = (0..p.len())
                     .map(|j| dot(gi, &v[s.kv_at(b, j, h)..][..s.d]))
                     .collect();
                 let mean = dot(&p, &dp);
-                for j in 0..seen {
+                for j in 0..p.len() {
                     let ka = s.kv_at(b, j, h);
                     let ds = p[j] * (dp[j] - mean) * scale;
                     for c in 0..s.d {
@@ -169,19 +173,53 @@ pub const ATTENTION_SHAPES: [Shape; 5] = [
 
 /// Float64 log-sum-exp of each query's scaled scores, `[batch, seq, heads]`.
 pub fn attention_oracle_lse(s: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
-    let scale = 1.0 / (s.d as f64).sqrt();
     let mut lse = Vec::with_capacity(s.batch * s.seq * s.heads);
     for b in 0..s.batch {
         for i in 0..s.seq {
             for h in 0..s.heads {
-                let qa = s.q_at(b, i, h);
-                let scores: Vec<f64> = (0..s.past + i + 1)
-                    .map(|j| scale * dot(&q[qa..qa + s.d], &k[s.kv_at(b, j, h)..][..s.d]))
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                lse.push(max + scores.iter().map(|x| (x - max).exp()).sum::<f64>().ln());
+                lse.push(softmax(&scores(s, q, k, b, i, h)).1);
             }
         }
     }
     lse
+}
+
+/// A tensor's values in f64.
+pub fn read<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> Vec<f64> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Outputs and gradients within this share of the largest oracle entry of
+/// their tensor (f32 arithmetic over sums of up to a few hundred terms of
+/// magnitude ~1).
+pub const TOL: f64 = 2e-5;
+
+/// Fails unless `got` is within [`TOL`] of `want`'s largest magnitude.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let unit = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
+    let (i, err) = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .enumerate()
+        .fold(
+            (0, 0.0),
+            |best, (i, e)| if e > best.1 { (i, e) } else { best },
+        );
+    assert!(
+        err <= TOL * unit,
+        "{what}: entry {i} is {} against {} (error {err:.3e}, {:.3e} of the largest entry {unit:.3e})",
+        got[i],
+        want[i],
+        err / unit
+    );
 }
