@@ -158,12 +158,21 @@ pub fn row_grid<R: CubeRuntime>(
             .min(hardware.max_units_per_cube)
             .min(hardware.max_cube_dim.0),
     );
-    let cubes = rows.div_ceil(cube as usize) as u32;
+    let cubes = rows.div_ceil(cube as usize);
+    (cube_grid(client, cubes, what), CubeDim::new_1d(cube))
+}
+
+/// A 2-D grid of at least `cubes` cubes, x first: the cube's index is
+/// `CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X` (cubes past `cubes` have no
+/// work). Panics when the cubes exceed the device's grid.
+pub fn cube_grid<R: CubeRuntime>(client: &ComputeClient<R>, cubes: usize, what: &str) -> CubeCount {
+    let hardware = &client.properties().hardware;
+    let cubes = u32::try_from(cubes).unwrap_or(u32::MAX);
     let grid_x = cubes.min(hardware.max_cube_count.0);
-    let grid_y = cubes.div_ceil(grid_x);
+    let grid_y = cubes.div_ceil(grid_x.max(1));
     assert!(
         grid_y <= hardware.max_cube_count.1,
-        "{what} over {rows} rows exceeds the device's grid"
+        "{what} over {cubes} cubes exceeds the device's grid"
     );
-    (CubeCount::Static(grid_x, grid_y, 1), CubeDim::new_1d(cube))
+    CubeCount::Static(grid_x, grid_y, 1)
 }

@@ -1,8 +1,7 @@
 //! Custom kernels. Each is a backend extension with a CubeCL kernel for the
 //! CubeCL backends (features `wgpu`, `cuda`) and a rayon twin for the CPU
 //! backend, both checked against the float64 oracles in [`reference`];
-//! the row ops (`rows`) and the matrix products (`matmul`) have CPU
-//! kernels only.
+//! the matrix products (`matmul`) have CPU kernels only.
 //!
 //! - [`adamw`]: one AdamW update of a parameter in one pass (one launch on
 //!   the CubeCL backends, `adamw_cube`).
@@ -11,7 +10,7 @@
 //!   `attention_cube_backward` on the CubeCL backends).
 //! - [`matmul`]: the model's matrix products in f32, or in bf16 on AMX tiles.
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
-//!   backward (a CPU kernel each; the CubeCL backends run the compositions).
+//!   backward (`rows_flex` on the CPU, `rows_cube` on the CubeCL backends).
 //! - [`importance`]: the width statistics and block importance reductions.
 //! - [`kd`]: the fused knowledge-distillation loss and its gradient, against
 //!   a full teacher distribution or a sparse (top-K) one.
@@ -59,6 +58,8 @@ pub mod linear_kd;
 pub mod matmul;
 pub mod reference;
 pub mod rows;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod rows_cube;
 mod rows_flex;
 
 pub use adamw::{AdamWOps, AdamWStep};

@@ -4,8 +4,8 @@
 //! Composed of tensor ops, each is several passes over memory and, under
 //! autodiff, several saved intermediates; fused, it is one pass that keeps
 //! only its inputs for the backward. The default methods are those
-//! compositions (the CubeCL backends run them, and the tests compare the
-//! CPU kernels of `rows_flex` against them).
+//! compositions (the tests compare the CPU kernels of `rows_flex` and the
+//! CubeCL kernels of `rows_cube` against them and against float64).
 //!
 //! - `rms_norm(x, w) = x / sqrt(mean(x^2) + eps) * w` over the last axis,
 //!   statistics in f32 (transformers' LlamaRMSNorm).
@@ -306,15 +306,4 @@ mod on_autodiff {
             }
         }
     }
-}
-
-/// The CubeCL backends run the compositions.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl<R, F, I, BT> RowOps for burn_cubecl::CubeBackend<R, F, I, BT>
-where
-    R: burn_cubecl::CubeRuntime,
-    F: burn_cubecl::FloatElement,
-    I: burn_cubecl::IntElement,
-    BT: burn_cubecl::BoolElement,
-{
 }

@@ -1,0 +1,584 @@
+//! RMSNorm, rotary embedding and SwiGLU as CubeCL kernels: [`RowOps`] for
+//! every `CubeBackend<R, ..>` (Burn's `Wgpu` and `Cuda` without `fusion`).
+//!
+//! Composed of tensor ops (`rows::composite`), RMSNorm's forward is about
+//! six launches and its backward about fifteen, each a pass over memory
+//! with a buffer of its own; RoPE is four (two narrows, a concatenation,
+//! the products) and SwiGLU's backward eight. Here each is one pass:
+//!
+//! - `rms_norm_rows`: one cube per row holds the row in registers, sums its
+//!   squares across the cube, and writes `x r w`.
+//! - the backward, three launches: `rms_norm_backward_rows` (a cube per row:
+//!   both row sums, `dx`, and the row's `r` for the next pass),
+//!   `weighted_column_partials` (a unit per column vector and chunk of rows:
+//!   the chunk's `sum g x r`) and `sum_partials` (a unit per column vector:
+//!   the chunks' sum, `dw`). `dw` is a sum over rows, which no cube holds
+//!   whole; the chunks keep the work parallel without float atomics, which
+//!   wgpu lacks.
+//! - `rope_vectors`, `swiglu_vectors`, `swiglu_backward_vectors`:
+//!   elementwise over vectors, in a grid-strided loop.
+//!
+//! Inputs of any float dtype are cast to f32 (statistics and arithmetic in
+//! f32, as the composition and transformers do), results cast back to the
+//! input's dtype. Portability (DESIGN.md, Compute): the barriers of the row
+//! sums sit in straight-line code (the tree sum is unrolled at compile
+//! time) that every unit of a cube reaches; no plane ops.
+
+use super::cube_common::{
+    cube_grid, empty_f32, f32_contiguous, floor_pow2, lane_sum, to_dtype, tree_sum_scalars,
+    vector_width,
+};
+use super::rows::RowOps;
+use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::*;
+
+/// Fewest and most units per cube of the row kernels: a row of `v` vectors
+/// gets the power of two in between nearest above `v`, so short rows do not
+/// leave most of a cube idle and long ones loop a few times per unit.
+const ROW_CUBE_MIN: u32 = 32;
+const ROW_CUBE_MAX: u32 = 256;
+/// Rows per chunk of RMSNorm's weight gradient.
+const DW_CHUNK_ROWS: u32 = 64;
+/// Units per cube, and most cubes per launch, of the elementwise kernels
+/// (their units loop over the rest).
+const ELEMENT_UNITS: u32 = 256;
+const MAX_CUBES: u32 = 4096;
+
+/// This cube's index in a [`cube_grid`].
+#[cube]
+fn cube_index() -> u32 {
+    CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X
+}
+
+/// `y[row] = x[row] r w`, `r = 1 / sqrt(mean(x[row]^2) + eps)`, a cube per
+/// row of `row_vectors` vectors, each unit holding `per_unit` of them.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn rms_norm_rows<N: Size>(
+    x: &Tensor<Vector<f32, N>>,
+    w: &Tensor<Vector<f32, N>>,
+    y: &mut Tensor<Vector<f32, N>>,
+    rows: u32,
+    hidden: f32,
+    eps: f32,
+    #[comptime] row_vectors: u32,
+    #[comptime] per_unit: usize,
+    #[comptime] levels: u32,
+) {
+    let row = cube_index();
+    // Every unit reaches the barriers; only a live cube's units load and
+    // store.
+    let live = row < rows;
+    let base = row * row_vectors;
+    let zero = Vector::<f32, N>::empty().fill(f32::new(0.0));
+    let mut values = Array::<Vector<f32, N>>::new(per_unit);
+    let mut squares = zero;
+    #[unroll]
+    for k in 0..per_unit {
+        let i = UNIT_POS_X + (k as u32) * CUBE_DIM_X;
+        values[k] = zero;
+        if live && i < row_vectors {
+            let v = x[(base + i) as usize];
+            values[k] = v;
+            squares += v * v;
+        }
+    }
+    let mut smem = SharedMemory::<f32>::new(comptime!((1u32 << levels) as usize));
+    smem[UNIT_POS_X as usize] = lane_sum(squares);
+    sync_cube();
+    tree_sum_scalars(&mut smem, UNIT_POS_X, 0, 1, true, levels);
+    let r = f32::new(1.0) / f32::sqrt(smem[0] / hidden + eps);
+    let r_v = Vector::<f32, N>::empty().fill(r);
+    #[unroll]
+    for k in 0..per_unit {
+        let i = UNIT_POS_X + (k as u32) * CUBE_DIM_X;
+        if live && i < row_vectors {
+            y[(base + i) as usize] = values[k] * r_v * w[i as usize];
+        }
+    }
+}
+
+/// RMSNorm's `dx` for a row, a cube per row as in the forward:
+/// `dx = r w g - x r^3 / n sum(x w g)`; writes the row's `r` to `inv_rms`
+/// for the weight gradient's pass.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn rms_norm_backward_rows<N: Size>(
+    x: &Tensor<Vector<f32, N>>,
+    w: &Tensor<Vector<f32, N>>,
+    g: &Tensor<Vector<f32, N>>,
+    dx: &mut Tensor<Vector<f32, N>>,
+    inv_rms: &mut Tensor<f32>,
+    rows: u32,
+    hidden: f32,
+    eps: f32,
+    #[comptime] row_vectors: u32,
+    #[comptime] per_unit: usize,
+    #[comptime] levels: u32,
+) {
+    let row = cube_index();
+    let live = row < rows;
+    let base = row * row_vectors;
+    let zero = Vector::<f32, N>::empty().fill(f32::new(0.0));
+    let mut xs = Array::<Vector<f32, N>>::new(per_unit);
+    let mut gws = Array::<Vector<f32, N>>::new(per_unit);
+    let mut squares = zero;
+    let mut dots = zero;
+    #[unroll]
+    for k in 0..per_unit {
+        let i = UNIT_POS_X + (k as u32) * CUBE_DIM_X;
+        xs[k] = zero;
+        gws[k] = zero;
+        if live && i < row_vectors {
+            let v = x[(base + i) as usize];
+            let gw = g[(base + i) as usize] * w[i as usize];
+            xs[k] = v;
+            gws[k] = gw;
+            squares += v * v;
+            dots += v * gw;
+        }
+    }
+    let cube = comptime!(1u32 << levels);
+    let mut smem = SharedMemory::<f32>::new(comptime!((2 * cube) as usize));
+    smem[UNIT_POS_X as usize] = lane_sum(squares);
+    smem[(cube + UNIT_POS_X) as usize] = lane_sum(dots);
+    sync_cube();
+    tree_sum_scalars(&mut smem, UNIT_POS_X, 0, 1, true, levels);
+    tree_sum_scalars(&mut smem, UNIT_POS_X, cube, 1, true, levels);
+    let r = f32::new(1.0) / f32::sqrt(smem[0] / hidden + eps);
+    let c = r * r * r / hidden * smem[cube as usize];
+    let r_v = Vector::<f32, N>::empty().fill(r);
+    let c_v = Vector::<f32, N>::empty().fill(c);
+    #[unroll]
+    for k in 0..per_unit {
+        let i = UNIT_POS_X + (k as u32) * CUBE_DIM_X;
+        if live && i < row_vectors {
+            dx[(base + i) as usize] = gws[k] * r_v - xs[k] * c_v;
+        }
+    }
+    if live && UNIT_POS_X == 0 {
+        inv_rms[row as usize] = r;
+    }
+}
+
+/// `partials[chunk, cv] = sum over the chunk's rows of g x r`: a unit per
+/// (column vector, chunk), consecutive units on consecutive columns.
+#[cube(launch)]
+fn weighted_column_partials<N: Size>(
+    x: &Tensor<Vector<f32, N>>,
+    g: &Tensor<Vector<f32, N>>,
+    inv_rms: &Tensor<f32>,
+    partials: &mut Tensor<Vector<f32, N>>,
+    rows: u32,
+    row_vectors: u32,
+    chunk_rows: u32,
+) {
+    let cv = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+    let chunk = CUBE_POS_Y;
+    if cv >= row_vectors {
+        terminate!();
+    }
+    let begin = chunk * chunk_rows;
+    let end = min(begin + chunk_rows, rows);
+    let mut acc = Vector::<f32, N>::empty().fill(f32::new(0.0));
+    let mut row = begin;
+    while row < end {
+        let at = (row * row_vectors + cv) as usize;
+        let r = Vector::<f32, N>::empty().fill(inv_rms[row as usize]);
+        acc += g[at] * x[at] * r;
+        row += 1;
+    }
+    partials[(chunk * row_vectors + cv) as usize] = acc;
+}
+
+/// `out[cv] = sum_k partials[k, cv]`: a unit per column vector.
+#[cube(launch)]
+fn sum_partials<N: Size>(
+    partials: &Tensor<Vector<f32, N>>,
+    out: &mut Tensor<Vector<f32, N>>,
+    chunks: u32,
+    row_vectors: u32,
+) {
+    let cv = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+    if cv >= row_vectors {
+        terminate!();
+    }
+    let mut acc = Vector::<f32, N>::empty().fill(f32::new(0.0));
+    for k in 0..chunks {
+        acc += partials[(k * row_vectors + cv) as usize];
+    }
+    out[cv as usize] = acc;
+}
+
+/// `y = x cos + swap_halves(x) sin` per head; `x: [batch, seq, heads, d]`
+/// and the tables `[seq, d]` as vectors (`d_vectors` per head, the vector
+/// width dividing `d / 2`, so a vector's partner is a whole vector).
+#[cube(launch)]
+fn rope_vectors<N: Size>(
+    x: &Tensor<Vector<f32, N>>,
+    cos: &Tensor<Vector<f32, N>>,
+    sin: &Tensor<Vector<f32, N>>,
+    y: &mut Tensor<Vector<f32, N>>,
+    vectors: u32,
+    seq: u32,
+    heads: u32,
+    d_vectors: u32,
+) {
+    let half = d_vectors / 2;
+    let stride = CUBE_COUNT_X * CUBE_DIM_X;
+    let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+    while i < vectors {
+        let j = i % d_vectors;
+        let pos = (i / d_vectors / heads) % seq;
+        let mut partner = i + half;
+        if j >= half {
+            partner = i - half;
+        }
+        let t = (pos * d_vectors + j) as usize;
+        y[i as usize] = x[i as usize] * cos[t] + x[partner as usize] * sin[t];
+        i += stride;
+    }
+}
+
+#[cube]
+fn sigmoid(x: f32) -> f32 {
+    f32::new(1.0) / (f32::new(1.0) + f32::exp(-x))
+}
+
+/// `y = silu(gate) up`.
+#[cube(launch)]
+fn swiglu_vectors<N: Size>(
+    gate: &Tensor<Vector<f32, N>>,
+    up: &Tensor<Vector<f32, N>>,
+    y: &mut Tensor<Vector<f32, N>>,
+    vectors: u32,
+) {
+    let stride = CUBE_COUNT_X * CUBE_DIM_X;
+    let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+    while i < vectors {
+        let at = i as usize;
+        let g = gate[at];
+        let mut s = Vector::<f32, N>::empty();
+        #[unroll]
+        for l in 0..N::value() {
+            s[l] = sigmoid(g[l]);
+        }
+        y[at] = g * s * up[at];
+        i += stride;
+    }
+}
+
+/// `dgate = dy up silu'(gate)`, `dup = dy silu(gate)`, with
+/// `silu'(x) = s (1 + x (1 - s))`, `s = sigmoid(x)`.
+#[cube(launch)]
+fn swiglu_backward_vectors<N: Size>(
+    gate: &Tensor<Vector<f32, N>>,
+    up: &Tensor<Vector<f32, N>>,
+    dy: &Tensor<Vector<f32, N>>,
+    dgate: &mut Tensor<Vector<f32, N>>,
+    dup: &mut Tensor<Vector<f32, N>>,
+    vectors: u32,
+) {
+    let stride = CUBE_COUNT_X * CUBE_DIM_X;
+    let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+    while i < vectors {
+        let at = i as usize;
+        let g = gate[at];
+        let grad = dy[at];
+        let mut s = Vector::<f32, N>::empty();
+        let mut ds = Vector::<f32, N>::empty();
+        #[unroll]
+        for l in 0..N::value() {
+            let sl = sigmoid(g[l]);
+            s[l] = sl;
+            ds[l] = sl * (f32::new(1.0) + g[l] * (f32::new(1.0) - sl));
+        }
+        dgate[at] = grad * up[at] * ds;
+        dup[at] = grad * g * s;
+        i += stride;
+    }
+}
+
+/// The cube size and per-unit count of a row kernel over rows of
+/// `row_vectors` vectors: `(cube, per_unit, levels)`.
+fn row_cube<R: CubeRuntime>(client: &ComputeClient<R>, row_vectors: usize) -> (u32, usize, u32) {
+    let hardware = &client.properties().hardware;
+    let wanted = (row_vectors as u32)
+        .next_power_of_two()
+        .clamp(ROW_CUBE_MIN, ROW_CUBE_MAX);
+    let cube = floor_pow2(
+        wanted
+            .min(hardware.max_units_per_cube)
+            .min(hardware.max_cube_dim.0),
+    );
+    (
+        cube,
+        row_vectors.div_ceil(cube as usize),
+        cube.trailing_zeros(),
+    )
+}
+
+/// Grid and cube of an elementwise kernel over `vectors` vectors.
+fn element_grid<R: CubeRuntime>(client: &ComputeClient<R>, vectors: usize) -> (CubeCount, CubeDim) {
+    let hardware = &client.properties().hardware;
+    let cube = floor_pow2(
+        ELEMENT_UNITS
+            .min(hardware.max_units_per_cube)
+            .min(hardware.max_cube_dim.0),
+    );
+    let cubes = (vectors.div_ceil(cube as usize) as u32)
+        .clamp(1, MAX_CUBES)
+        .min(hardware.max_cube_count.0);
+    (CubeCount::new_1d(cubes), CubeDim::new_1d(cube))
+}
+
+/// The vector count of a launch as the kernels' `u32` index.
+fn as_index(n: usize, what: &str) -> u32 {
+    u32::try_from(n).unwrap_or_else(|_| panic!("{what}: {n} elements exceed a u32 index"))
+}
+
+fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, eps: f32) -> CubeTensor<R> {
+    let dtype = x.dtype;
+    let [rows, hidden]: [usize; 2] = x.shape().dims();
+    let (x, weight) = (f32_contiguous(x), f32_contiguous(weight));
+    let y = empty_f32(&x, Shape::new([rows, hidden]));
+    if rows > 0 && hidden > 0 {
+        as_index(rows * hidden, "RMSNorm");
+        let client = x.client.clone();
+        let width = vector_width(&client, DType::F32, hidden);
+        let row_vectors = hidden / width;
+        let (cube, per_unit, levels) = row_cube(&client, row_vectors);
+        rms_norm_rows::launch::<R>(
+            &client,
+            cube_grid(&client, rows, "RMSNorm"),
+            CubeDim::new_1d(cube),
+            width,
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            rows as u32,
+            hidden as f32,
+            eps,
+            row_vectors as u32,
+            per_unit,
+            levels,
+        );
+    }
+    to_dtype(y, dtype)
+}
+
+fn rms_norm_backward<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    grad: CubeTensor<R>,
+    eps: f32,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (x_dtype, w_dtype) = (x.dtype, weight.dtype);
+    let [rows, hidden]: [usize; 2] = x.shape().dims();
+    assert_eq!(
+        grad.shape().dims::<2>(),
+        [rows, hidden],
+        "RMSNorm backward: the gradient's shape differs from the input's"
+    );
+    let (x, weight, grad) = (
+        f32_contiguous(x),
+        f32_contiguous(weight),
+        f32_contiguous(grad),
+    );
+    let dx = empty_f32(&x, Shape::new([rows, hidden]));
+    let dw = empty_f32(&x, Shape::new([hidden]));
+    if hidden == 0 {
+        return (to_dtype(dx, x_dtype), to_dtype(dw, w_dtype));
+    }
+    if rows == 0 {
+        let dw = super::cube_common::zeros_f32(&x, Shape::new([hidden]));
+        return (to_dtype(dx, x_dtype), to_dtype(dw, w_dtype));
+    }
+    as_index(rows * hidden, "RMSNorm backward");
+    let client = x.client.clone();
+    let width = vector_width(&client, DType::F32, hidden);
+    let row_vectors = hidden / width;
+    let (cube, per_unit, levels) = row_cube(&client, row_vectors);
+    let inv_rms = empty_f32(&x, Shape::new([rows]));
+    rms_norm_backward_rows::launch::<R>(
+        &client,
+        cube_grid(&client, rows, "RMSNorm backward"),
+        CubeDim::new_1d(cube),
+        width,
+        x.clone().into_tensor_arg(),
+        weight.into_tensor_arg(),
+        grad.clone().into_tensor_arg(),
+        dx.clone().into_tensor_arg(),
+        inv_rms.clone().into_tensor_arg(),
+        rows as u32,
+        hidden as f32,
+        eps,
+        row_vectors as u32,
+        per_unit,
+        levels,
+    );
+    let chunks = rows.div_ceil(DW_CHUNK_ROWS as usize);
+    let partials = empty_f32(&x, Shape::new([chunks, hidden]));
+    let (_, column_dim) = element_grid(&client, row_vectors);
+    let column_cubes = (row_vectors as u32).div_ceil(column_dim.x);
+    let hardware = &client.properties().hardware;
+    assert!(
+        chunks as u32 <= hardware.max_cube_count.1,
+        "RMSNorm backward over {rows} rows exceeds the device's grid"
+    );
+    weighted_column_partials::launch::<R>(
+        &client,
+        CubeCount::Static(column_cubes, chunks as u32, 1),
+        column_dim,
+        width,
+        x.into_tensor_arg(),
+        grad.into_tensor_arg(),
+        inv_rms.into_tensor_arg(),
+        partials.clone().into_tensor_arg(),
+        rows as u32,
+        row_vectors as u32,
+        DW_CHUNK_ROWS,
+    );
+    sum_partials::launch::<R>(
+        &client,
+        CubeCount::new_1d(column_cubes),
+        column_dim,
+        width,
+        partials.into_tensor_arg(),
+        dw.clone().into_tensor_arg(),
+        chunks as u32,
+        row_vectors as u32,
+    );
+    (to_dtype(dx, x_dtype), to_dtype(dw, w_dtype))
+}
+
+fn rope<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>) -> CubeTensor<R> {
+    let dtype = x.dtype;
+    let shape = x.shape();
+    let [_, seq, heads, d]: [usize; 4] = shape.dims();
+    let (x, cos, sin) = (f32_contiguous(x), f32_contiguous(cos), f32_contiguous(sin));
+    let n = shape.num_elements();
+    let y = empty_f32(&x, shape);
+    if n > 0 {
+        let client = x.client.clone();
+        // A vector and its partner half a head away must both be whole.
+        let width = vector_width(&client, DType::F32, d / 2);
+        let vectors = as_index(n / width, "rope");
+        let (count, dim) = element_grid(&client, vectors as usize);
+        rope_vectors::launch::<R>(
+            &client,
+            count,
+            dim,
+            width,
+            x.into_tensor_arg(),
+            cos.into_tensor_arg(),
+            sin.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            vectors,
+            seq as u32,
+            heads as u32,
+            (d / width) as u32,
+        );
+    }
+    to_dtype(y, dtype)
+}
+
+fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
+    let dtype = gate.dtype;
+    let shape = gate.shape();
+    let (gate, up) = (f32_contiguous(gate), f32_contiguous(up));
+    let n = shape.num_elements();
+    let y = empty_f32(&gate, shape);
+    if n > 0 {
+        let client = gate.client.clone();
+        let width = vector_width(&client, DType::F32, n);
+        let vectors = as_index(n / width, "SwiGLU");
+        let (count, dim) = element_grid(&client, vectors as usize);
+        swiglu_vectors::launch::<R>(
+            &client,
+            count,
+            dim,
+            width,
+            gate.into_tensor_arg(),
+            up.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            vectors,
+        );
+    }
+    to_dtype(y, dtype)
+}
+
+fn swiglu_backward<R: CubeRuntime>(
+    gate: CubeTensor<R>,
+    up: CubeTensor<R>,
+    grad: CubeTensor<R>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (gate_dtype, up_dtype) = (gate.dtype, up.dtype);
+    let shape = gate.shape();
+    let (gate, up, grad) = (
+        f32_contiguous(gate),
+        f32_contiguous(up),
+        f32_contiguous(grad),
+    );
+    let n = shape.num_elements();
+    let dgate = empty_f32(&gate, shape.clone());
+    let dup = empty_f32(&gate, shape);
+    if n > 0 {
+        let client = gate.client.clone();
+        let width = vector_width(&client, DType::F32, n);
+        let vectors = as_index(n / width, "SwiGLU backward");
+        let (count, dim) = element_grid(&client, vectors as usize);
+        swiglu_backward_vectors::launch::<R>(
+            &client,
+            count,
+            dim,
+            width,
+            gate.into_tensor_arg(),
+            up.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            dgate.clone().into_tensor_arg(),
+            dup.clone().into_tensor_arg(),
+            vectors,
+        );
+    }
+    (to_dtype(dgate, gate_dtype), to_dtype(dup, up_dtype))
+}
+
+impl<R, F, I, BT> RowOps for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn rms_norm(x: CubeTensor<R>, weight: CubeTensor<R>, eps: f32) -> CubeTensor<R> {
+        rms_norm(x, weight, eps)
+    }
+
+    fn rms_norm_backward(
+        x: CubeTensor<R>,
+        weight: CubeTensor<R>,
+        grad: CubeTensor<R>,
+        eps: f32,
+    ) -> (CubeTensor<R>, CubeTensor<R>) {
+        rms_norm_backward(x, weight, grad, eps)
+    }
+
+    fn rope(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>) -> CubeTensor<R> {
+        rope(x, cos, sin)
+    }
+
+    fn swiglu(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
+        swiglu(gate, up)
+    }
+
+    fn swiglu_backward(
+        gate: CubeTensor<R>,
+        up: CubeTensor<R>,
+        grad: CubeTensor<R>,
+    ) -> (CubeTensor<R>, CubeTensor<R>) {
+        swiglu_backward(gate, up, grad)
+    }
+}
