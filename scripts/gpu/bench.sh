@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "CUDA_PATH=$CUDA_PATH"
 run() { echo; echo "\$ $*"; local t=$SECONDS; timeout 120 "$@"; echo "[exit $? in $((SECONDS - t)) s]"; }
 # CI=true: a kernel test that finds no CUDA device fails instead of skipping.
-for t in kernels_kd_cube kernels_kd_sparse_cube kernels_importance kernels_attention_cube kernels_adamw_cube kernels_rows_cube; do
+for t in kernels_kd_cube kernels_kd_sparse_cube kernels_importance kernels_attention_cube kernels_adamw_cube kernels_rows_cube kernels_matmul_cube; do
     [ -x "$BIN/$t" ] && CI=true run "$BIN/$t" --test-threads 4
 done
 run distillery bench kd --device cuda --check --repeats 20 --top-k 64

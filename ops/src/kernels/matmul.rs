@@ -2,13 +2,14 @@
 //! ([`MatmulOps`]): f32 throughout, or bf16 operands with f32 accumulation
 //! where the hardware has a fast path for them.
 //!
-//! Only the CPU backend has a bf16 path so far: Intel AMX tiles
-//! (`kernels::amx`), taken when [`Precision::Bf16`] is asked for and the CPU
-//! and kernel offer AMX; everywhere else the product is Burn's f32
-//! `matmul`. Under autodiff a bf16 product is an op of its own, whose
-//! backward runs on AMX too (`dx = dy w^T`, `dw = x^T dy`, every operand
-//! rounded once, as mixed-precision training does); an f32 one stays
-//! Burn's matmul and its backward.
+//! The bf16 paths: Intel AMX tiles on the CPU (`kernels::amx`), and the
+//! CubeCL backends on a device with bf16 arithmetic (`matmul_cube`: CUDA's
+//! tensor cores); everywhere else the product is Burn's f32 `matmul`
+//! ([`MatmulOps::product_precision`] says which runs). Under autodiff a
+//! bf16 product is an op of its own, whose backward runs in bf16 too
+//! (`dx = dy w^T`, `dw = x^T dy`, every operand rounded once, as
+//! mixed-precision training does); an f32 one stays Burn's matmul and its
+//! backward.
 
 use burn::tensor::Tensor;
 use burn::tensor::TensorPrimitive;
@@ -25,8 +26,8 @@ pub enum Precision {
     /// f32 operands and accumulation.
     #[default]
     F32,
-    /// bf16 tiles with f32 sums, where the device has a fast path for them
-    /// (AMX on the CPU); f32 elsewhere. Weights are rounded to bf16; in
+    /// bf16 operands with f32 sums, where the device has a fast path for
+    /// them (AMX on the CPU, tensor cores on CUDA); f32 elsewhere. Weights are rounded to bf16; in
     /// inference the activations are carried as two bf16 parts (about 16
     /// bits), so that SmolLM2-135M's logits stay within 0.8e-2 of the
     /// largest f32 logit; in a training step every operand (activations and
@@ -73,6 +74,14 @@ pub enum WeightLayout {
 }
 
 pub trait MatmulOps: Backend {
+    /// The arithmetic a product asked for in `precision` runs in on
+    /// `device`: `precision` where the device has a fast path for it, f32
+    /// otherwise.
+    fn product_precision(device: &Self::Device, precision: Precision) -> Precision {
+        let _ = (device, precision);
+        Precision::F32
+    }
+
     /// `x: [rows, in]` times the weight, `[rows, out]`.
     fn linear_matmul(
         x: FloatTensor<Self>,
@@ -112,6 +121,16 @@ pub trait MatmulOps: Backend {
     }
 }
 
+/// How products asked for in `precision` run on `device`, in words for
+/// logs and benches (said, so that nobody mistakes an f32 run for bf16).
+pub fn arithmetic<B: MatmulOps>(device: &B::Device, precision: Precision) -> &'static str {
+    match (precision, B::product_precision(device, precision)) {
+        (Precision::F32, _) => "f32",
+        (_, Precision::Bf16) => "bf16 operands with f32 sums",
+        (_, Precision::F32) => "f32 (this device has no bf16 fast path)",
+    }
+}
+
 /// Which gradients of a product a backward pass needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Wanted {
@@ -120,7 +139,7 @@ pub struct Wanted {
 }
 
 /// `x w` (or `x w^T`) with the backend's own f32 matmul.
-fn f32_product<B: Backend>(
+pub(super) fn f32_product<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     layout: WeightLayout,
@@ -134,7 +153,7 @@ fn f32_product<B: Backend>(
 
 /// The gradients of [`f32_product`]: for `y = x w`, `dx = dy w^T` and
 /// `dw = x^T dy`; for `y = x w^T`, `dx = dy w` and `dw = dy^T x`.
-fn f32_backward<B: Backend>(
+pub(super) fn f32_backward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     layout: WeightLayout,
@@ -225,6 +244,10 @@ mod on_autodiff {
     }
 
     impl<B: MatmulOps, C: CheckpointStrategy> MatmulOps for Autodiff<B, C> {
+        fn product_precision(device: &Self::Device, precision: Precision) -> Precision {
+            B::product_precision(device, precision)
+        }
+
         fn linear_matmul(
             x: FloatTensor<Self>,
             weight: FloatTensor<Self>,
@@ -255,17 +278,6 @@ mod on_autodiff {
     }
 }
 
-/// The CubeCL backends compute in f32 for now.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl<R, F, I, BT> MatmulOps for burn_cubecl::CubeBackend<R, F, I, BT>
-where
-    R: burn_cubecl::CubeRuntime,
-    F: burn_cubecl::FloatElement,
-    I: burn_cubecl::IntElement,
-    BT: burn_cubecl::BoolElement,
-{
-}
-
 mod flex {
     use super::*;
     use burn::backend::Flex;
@@ -274,6 +286,10 @@ mod flex {
     use burn::tensor::{DType, TensorData};
 
     impl MatmulOps for Flex {
+        fn product_precision(_: &Self::Device, precision: Precision) -> Precision {
+            precision.on_cpu()
+        }
+
         fn linear_matmul(
             x: FlexTensor,
             weight: FlexTensor,

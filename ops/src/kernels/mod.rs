@@ -1,14 +1,14 @@
 //! Custom kernels. Each is a backend extension with a CubeCL kernel for the
 //! CubeCL backends (features `wgpu`, `cuda`) and a rayon twin for the CPU
-//! backend, both checked against the float64 oracles in [`reference`];
-//! the matrix products (`matmul`) have CPU kernels only.
+//! backend, both checked against the float64 oracles in [`reference`].
 //!
 //! - [`adamw`]: one AdamW update of a parameter in one pass (one launch on
 //!   the CubeCL backends, `adamw_cube`).
 //! - [`attention`]: causal grouped-query attention, forward and backward
 //!   (`attention_flex` on the CPU; `attention_cube` and
 //!   `attention_cube_backward` on the CubeCL backends).
-//! - [`matmul`]: the model's matrix products in f32, or in bf16 on AMX tiles.
+//! - [`matmul`]: the model's matrix products in f32, or with bf16 operands
+//!   (AMX tiles on the CPU, `matmul_cube` on the CubeCL backends).
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
 //!   backward (`rows_flex` on the CPU, `rows_cube` on the CubeCL backends).
 //! - [`importance`]: the width statistics and block importance reductions.
@@ -56,6 +56,8 @@ mod kd_sparse_cube;
 mod kd_sparse_flex;
 pub mod linear_kd;
 pub mod matmul;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod matmul_cube;
 pub mod reference;
 pub mod rows;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]

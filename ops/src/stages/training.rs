@@ -16,17 +16,6 @@ use crate::model::{Llama, LlamaConfig};
 use crate::train::metrics::{METRICS_FILE, TRAINING_FILE};
 use crate::train::{CrossEntropy, Objective, TrainJob, TrainParams, TrainSummary, train};
 
-/// What `precision: bf16` runs as on backend `B`: AMX products on a CPU
-/// that has them, f32 everywhere else (said, so that nobody mistakes it).
-fn arithmetic_note<B: ComputeBackend>() -> &'static str {
-    let cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::Cpu>();
-    if cpu && Precision::Bf16.on_cpu() == Precision::Bf16 {
-        "matrix products in bf16 on AMX tiles (f32 sums)"
-    } else {
-        "`precision: bf16` has no fast path on this device: the matrix products run in f32"
-    }
-}
-
 /// Trains the model in `model_dir` under `objective` and writes the result
 /// to the stage's output: the model folder (config, weights in `dtype`,
 /// tokenizer), `metrics.jsonl`, and `training.json` (the run's summary
@@ -49,7 +38,9 @@ pub fn train_and_publish<B: ComputeBackend>(
         .with_context(|| format!("building the model of {}", model_dir.display()))?
         .with_precision(params.precision);
     if params.precision == Precision::Bf16 {
-        ctx.progress.log(arithmetic_note::<B>());
+        let arithmetic = crate::kernels::matmul::arithmetic::<B>(device, params.precision);
+        ctx.progress
+            .log(&format!("matrix products in {arithmetic}"));
     }
     let job = TrainJob {
         params,

@@ -70,7 +70,7 @@ pub struct TrainParams {
     pub checkpoint_every: u64,
     /// The arithmetic of the matrix products (the model's and, in
     /// `distill`, its live teacher's): `f32`, or `bf16` where the CPU has
-    /// AMX tiles, with f32 sums: the trained model's operands rounded once,
+    /// AMX tiles or on CUDA, with f32 sums: the trained model's operands rounded once,
     /// as mixed-precision training does, the teacher's activations in two
     /// bf16 parts, as inference carries them. f32 on other devices, so a
     /// store shared across machines should not mix them. Norms, attention,

@@ -35,7 +35,7 @@ pub struct DistillArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
     /// The matrix products' arithmetic, teacher and student: `f32`, or
-    /// `bf16` on AMX tiles where the CPU has them.
+    /// `bf16` where the device has a fast path (AMX tiles, CUDA).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     precision: distillery_ops::kernels::Precision,
     /// The device's peak rate in TFLOP/s, to print the model FLOPs
@@ -124,11 +124,7 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
         student.config.num_parameters() as f64 / 1e6,
         args.rows,
         args.seq,
-        if cpu {
-            format!("{:?}", args.precision.on_cpu()).to_lowercase()
-        } else {
-            "f32".to_string()
-        },
+        distillery_ops::kernels::matmul::arithmetic::<B>(&device, args.precision),
         if cpu {
             format!("{} threads", rayon::current_num_threads())
         } else {
