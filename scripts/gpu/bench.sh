@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Call 1 on a GPU machine (carry .gpu/a): the CubeCL kernels against the
-# float64 oracle, then the KD loss, importance and distillation-step
-# figures beside PyTorch's on the same card. Writes the log to $OUT.
+# float64 oracle, then the distillation step's figures beside PyTorch's on
+# the same card, in the order of docs/BENCHMARKS.md: where the step's
+# device time goes (every launch profiled), tokens/s and MFU in f32 and
+# bf16, the step against PyTorch (fp32 eager, bf16 with SDPA and fused
+# AdamW, torch.compile), peak memory with a 128k vocabulary with and without
+# the fused linear KD, then the KD loss and importance reductions. Writes
+# the log, and each profile's table, to $OUT.
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/bench.log") 2>&1
@@ -11,26 +16,64 @@ source scripts/gpu/env.sh
 mkdir -p /tmp/gpu && cp .gpu/a/gguf.part1 /tmp/gpu/
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "CUDA_PATH=$CUDA_PATH"
-run() { echo; echo "\$ $*"; local t=$SECONDS; timeout 120 "$@"; echo "[exit $? in $((SECONDS - t)) s]"; }
+run() { echo; echo "\$ $*"; local t=$SECONDS; timeout "${LIMIT:-120}" "$@"; echo "[exit $? in $((SECONDS - t)) s]"; }
+cfg=.gpu/a
+teacher=$cfg/teacher_config.json
+student=$cfg/student_config.json
+# The dense bf16 peak of an H100 SXM and of an H200 (the datasheets').
+peak=989
+
 # CI=true: a kernel test that finds no CUDA device fails instead of skipping.
-for t in kernels_kd_cube kernels_kd_sparse_cube kernels_importance kernels_attention_cube kernels_adamw_cube kernels_rows_cube kernels_matmul_cube; do
+for t in kernels_matmul_cube kernels_rows_cube kernels_attention_cube kernels_adamw_cube \
+    kernels_kd_cube kernels_kd_sparse_cube kernels_importance; do
     [ -x "$BIN/$t" ] && CI=true run "$BIN/$t" --test-threads 4
 done
+
+# 1. Where the device time goes: CubeCL times every launch on its own
+# (3 steps: the bench's untimed one and 2 timed).
+for p in f32 bf16; do
+    CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=/tmp/profile-$p.log \
+        run distillery bench distill $teacher --student $student --device cuda \
+        --rows 8 --seq 512 --steps 2 --precision $p
+    python3 scripts/gpu/kernel_profile.py /tmp/profile-$p.log --steps 3 --kernels | tee "$OUT/profile-$p.md"
+done
+
+# 2. Tokens/s and MFU: 135M teacher -> 84M width student, 32 x 512.
+for p in f32 bf16; do
+    run distillery bench distill $teacher --student $student --device cuda \
+        --rows 32 --seq 512 --steps 4 --peak-tflops $peak --precision $p | tee /tmp/distill-$p.txt
+done
+# Call 2 sizes its run by the faster arithmetic's speed.
+grep -ho '[0-9.]* tokens/s' /tmp/distill-*.txt | sort -g | tail -1 | cut -d' ' -f1 >/tmp/gpu/tokens_per_s || true
+
+# 3. Against PyTorch, 135M -> 135M (transformers cannot load the pruned
+# config), 8 x 512, back to back.
+for p in f32 bf16; do
+    run distillery bench distill $teacher --device cuda --rows 8 --seq 512 --steps 4 \
+        --peak-tflops $peak --precision $p
+done
+torch_bench() { run python3 scripts/bench_distill_torch.py $teacher --device cuda --rows 8 --seq 512 --steps 4 "$@"; }
+torch_bench --precision fp32 --attn eager
+torch_bench --precision bf16 --attn sdpa --fused-adamw
+LIMIT=240 torch_bench --precision bf16 --attn sdpa --fused-adamw --compile
+
+# 4. Peak memory with a Llama-3 vocabulary (128,256, random weights), bf16,
+# 8 x 1024: the whole logits against the fused linear KD's chunks.
+for chunk in "" "--head-chunk-rows 1024"; do
+    run distillery bench distill $cfg/llama3_vocab_config.json --device cuda --rows 8 --seq 1024 \
+        --steps 2 --precision bf16 $chunk
+done
+run python3 scripts/bench_distill_torch.py $cfg/llama3_vocab_config.json --device cuda --rows 8 \
+    --seq 1024 --steps 2 --precision bf16 --attn sdpa --fused-adamw
+
+# 5. The fused KD loss and the importance reductions.
 run distillery bench kd --device cuda --check --repeats 20 --top-k 64
 run distillery bench kd --device cuda --check --repeats 20 --dtype bf16
-run distillery bench kd --device cuda --check --repeats 5 --loss jsd --beta 0.1 --temperature 2
 run python3 scripts/bench_kd_torch.py --device cuda --dtype fp32 --repeats 20
 run python3 scripts/bench_kd_torch.py --device cuda --dtype bf16 --repeats 20
 run distillery bench importance --device cuda --check --iters 200
 # One batch of 8 x 512 at widths 96 to 14,336: per-call time against bytes
-# separates a fixed cost per call from the per-byte cost (BENCHMARKS.md,
-# importance reduction on CUDA).
+# separates a fixed cost per call from the per-byte cost.
 run distillery bench importance --device cuda --iters 400 --shape 8x512x96 \
     --shape 8x512x576 --shape 8x512x1536 --shape 8x512x6144 --shape 8x512x14336
-cfg=.gpu/a
-run distillery bench distill $cfg/teacher_config.json --student $cfg/student_config.json \
-    --device cuda --rows 32 --seq 512 --steps 4 --peak-tflops 989 | tee /tmp/distill-bench.txt
-grep -o '[0-9.]* tokens/s' /tmp/distill-bench.txt | head -1 | cut -d' ' -f1 > /tmp/gpu/tokens_per_s || true
-run distillery bench distill $cfg/teacher_config.json --device cuda --rows 8 --seq 512 --steps 4 --peak-tflops 989
-run python3 scripts/bench_distill_torch.py $cfg/teacher_config.json --device cuda --rows 8 --seq 512 --steps 4
 echo "bench.sh done in $SECONDS s"

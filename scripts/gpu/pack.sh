@@ -28,6 +28,8 @@ python3 - "$assets/reference/config.json" .gpu/a <<'PY'
 import json, sys
 config = json.load(open(sys.argv[1]))
 json.dump(config, open(sys.argv[2] + "/teacher_config.json", "w"), indent=1)
+# Llama 3's vocabulary on SmolLM2's shape, for the memory of the logits.
+json.dump(dict(config, vocab_size=128256), open(sys.argv[2] + "/llama3_vocab_config.json", "w"), indent=1)
 # The width-pruned student of recipes/smollm2-distill-width*.yaml.
 config.update(hidden_size=448, intermediate_size=1024)
 json.dump(config, open(sys.argv[2] + "/student_config.json", "w"), indent=1)
