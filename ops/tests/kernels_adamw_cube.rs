@@ -4,7 +4,8 @@
 //! the same inputs, over several steps: with and without weight decay and
 //! gradient clipping, lengths that are and are not multiples of the vector
 //! width and of the cube, longer than one launch's grid, a 2-D parameter,
-//! and gradients across many magnitudes with exact zeros.
+//! and gradients across many magnitudes with exact zeros. And the sum of
+//! squares behind the global gradient norm, against float64.
 
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use distillery_ops::kernels::{AdamWOps, AdamWStep};
@@ -173,4 +174,55 @@ fn the_cube_update_leaves_its_inputs_as_they_were() {
     let (updated, _, _) = Cube::adamw_update(param.clone(), grad, None, step);
     assert_eq!(read(param), values, "the update wrote into its input");
     assert_ne!(read(updated), values, "the update changed nothing");
+}
+
+#[test]
+fn the_cube_sum_of_squares_matches_float64() {
+    if !device_present() {
+        return;
+    }
+    let mut rng = SplitMix64::new(29);
+    // One element; odd (vector width 1); a multiple of 4; empty; more
+    // vectors than 1024 cubes of 256 units cover; magnitudes over 1e-4..1e2.
+    let shapes = [[1, 1], [7, 143], [576, 40], [0, 8], [1536, 1000]];
+    let values: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|d| {
+            random(&mut rng, d[0] * d[1], 1.0)
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| x * 10f32.powi((i % 7) as i32 - 4))
+                .collect()
+        })
+        .collect();
+    // The tensors `which` of the list, summed in float64 and on the device.
+    let exact = |which: &[usize]| -> f64 {
+        which
+            .iter()
+            .flat_map(|&i| &values[i])
+            .map(|&x| (x as f64).powi(2))
+            .sum()
+    };
+    let on_cube = |which: &[usize]| -> f64 {
+        let tensors = which
+            .iter()
+            .map(|&i| on_device(&values[i], shapes[i]))
+            .collect();
+        let total = Tensor::<Cube, 1>::from_primitive(TensorPrimitive::Float(
+            Cube::sum_of_squares(tensors),
+        ));
+        assert_eq!(total.dims(), [1], "the sum of squares is one value");
+        total.into_data().to_vec::<f32>().unwrap()[0] as f64
+    };
+    // All at once, then each alone (the empty one included).
+    let all: Vec<usize> = (0..shapes.len()).collect();
+    let cases = std::iter::once(all).chain((0..shapes.len()).map(|i| vec![i]));
+    for which in cases {
+        let (want, got) = (exact(&which), on_cube(&which));
+        let err = (got - want).abs() / want.max(1e-30);
+        assert!(
+            err <= TOL,
+            "tensors {which:?}: sum of squares {got} against {want} (relative error {err:e})"
+        );
+    }
 }

@@ -83,6 +83,23 @@ pub trait AdamWOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composite::<Self>(param, grad, moments, step)
     }
+
+    /// The sum of the squares of every element of `tensors` (at least
+    /// one), the global gradient norm's square, as a one-element f32
+    /// tensor. The default is the composition of tensor ops (a squared
+    /// copy and a sum per tensor, then their sum, in order); the CubeCL
+    /// backends read each tensor once and launch one kernel per tensor and
+    /// one for the total.
+    fn sum_of_squares(tensors: Vec<FloatTensor<Self>>) -> FloatTensor<Self> {
+        let t = |x: FloatTensor<Self>| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(x));
+        tensors
+            .into_iter()
+            .map(|x| t(x).square().sum())
+            .reduce(|total, squares| total + squares)
+            .expect("the sum of squares of no tensor")
+            .into_primitive()
+            .tensor()
+    }
 }
 
 /// The update as a chain of Burn's tensor ops: the default, and the tests'

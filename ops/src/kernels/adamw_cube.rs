@@ -193,4 +193,8 @@ where
     ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
         adamw_update(param, grad, moments, step)
     }
+
+    fn sum_of_squares(tensors: Vec<CubeTensor<R>>) -> CubeTensor<R> {
+        super::norm_cube::sum_of_squares(tensors)
+    }
 }

@@ -3,7 +3,8 @@
 //! backend, both checked against the float64 oracles in [`reference`].
 //!
 //! - [`adamw`]: one AdamW update of a parameter in one pass (one launch on
-//!   the CubeCL backends, `adamw_cube`).
+//!   the CubeCL backends, `adamw_cube`), and the gradients' sum of squares
+//!   for the global norm (`norm_cube`: one pass).
 //! - [`attention`]: causal grouped-query attention, forward and backward
 //!   (`attention_flex` on the CPU; `attention_cube` and
 //!   `attention_cube_backward` on the CubeCL backends).
@@ -58,6 +59,8 @@ pub mod linear_kd;
 pub mod matmul;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod matmul_cube;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod norm_cube;
 pub mod reference;
 pub mod rows;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]

@@ -89,7 +89,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Accumulate<'_, B> {
     }
 }
 
-impl<B: Backend> GradientSum<B> {
+impl<B: AdamWOps> GradientSum<B> {
     /// Adds the gradients of one backward pass.
     pub fn add<A, M>(&mut self, module: &M, grads: &A::Gradients)
     where
@@ -105,15 +105,14 @@ impl<B: Backend> GradientSum<B> {
 
     /// The global L2 norm of all gradients (one read-back).
     pub fn norm(&self) -> f64 {
-        let mut total: Option<Tensor<B, 1>> = None;
-        for slot in self.slots.iter().flatten() {
-            let squares = tensor::<B, 1>(slot.clone()).square().sum();
-            total = Some(match total {
-                None => squares,
-                Some(t) => t + squares,
-            });
+        let slots: Vec<_> = self.slots.iter().flatten().cloned().collect();
+        if slots.is_empty() {
+            return 0.0;
         }
-        total.map_or(0.0, |t| t.into_scalar().elem::<f64>().sqrt())
+        tensor::<B, 1>(B::sum_of_squares(slots))
+            .into_scalar()
+            .elem::<f64>()
+            .sqrt()
     }
 }
 
