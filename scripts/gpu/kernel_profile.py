@@ -29,6 +29,7 @@ FAMILIES = [
     ("attention (ours)", ("Attention",)),
     ("RMSNorm, RoPE, SwiGLU (ours)", ("RmsNorm", "Rope", "Swiglu", "WeightedColumnPartials", "SumPartials")),
     ("AdamW (ours)", ("Adamw",)),
+    ("gradient norm (ours)", ("SquarePartials",)),
     ("KD loss (ours)", ("Kd", "SumToFirst")),
     ("importance (ours)", ("SeqPartialSums", "Channel", "Cosine", "Block")),
     ("elementwise (Burn)", ("KernelBinop", "KernelScalarBinop", "Unary", "Cast", "Mask", "Clamp", "Powf", "Full")),
