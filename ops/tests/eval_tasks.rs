@@ -843,6 +843,48 @@ fn evaluate_checks_its_parameters_at_plan_time() {
         op.external_files(&params),
         [PathBuf::from("t.jsonl"), "d.jsonl".into(), "x.txt".into()]
     );
+    // The reference is one of the models; a bootstrap has enough resamples.
+    let params = op
+        .normalize(serde_json::json!({
+            "texts": [{"path": "x.txt"}],
+            "reference": "teachr",
+            "resamples": 10,
+        }))
+        .unwrap();
+    let upstream = |stage: &str| distillery_engine::op::UpstreamInfo {
+        stage: stage.into(),
+        op: "load_model".into(),
+        params: serde_json::json!({}),
+        inputs: Default::default(),
+    };
+    let inputs = [(
+        "models".to_string(),
+        vec![upstream("teacher"), upstream("student")],
+    )]
+    .into();
+    let ctx = distillery_engine::CheckContext {
+        inputs: &inputs,
+        recipe_dir: Path::new("."),
+    };
+    let found: Vec<String> = op
+        .check(&params, &ctx)
+        .into_iter()
+        .map(|i| {
+            format!(
+                "{}: {} ({})",
+                i.path.join("."),
+                i.message,
+                i.help.unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "reference: `teachr` is not one of the evaluated models (name a stage bound to `models`: `teacher`, `student`)",
+            "resamples: `resamples` must be at least 100 for a 95% interval, found 10 ()",
+        ]
+    );
 }
 
 #[test]
@@ -887,6 +929,8 @@ fn evaluate_writes_metrics_and_a_side_by_side_table() {
             {"path": "bench/mc.jsonl.zst", "name": "mc_2shot", "shots": 2, "dev": "bench/mc.jsonl.zst"},
         ],
         "texts": [{"path": "held.txt", "seq_len": 8, "windows": 3}],
+        "reference": "teacher",
+        "resamples": 200,
     });
     let op = evaluate_op();
     let params = op.normalize(with).unwrap();
@@ -994,6 +1038,91 @@ fn evaluate_writes_metrics_and_a_side_by_side_table() {
         .unwrap();
     assert_eq!(acc_row.matches('±').count(), 2, "{acc_row}");
 
+    // Each item's and window's outcome per model, consistent with the
+    // metrics.
+    let items: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("items.json")).unwrap()).unwrap();
+    for (m, model) in items["models"].as_array().unwrap().iter().zip(models_json) {
+        assert_eq!(m["stage"], model["stage"]);
+        let right: Vec<f64> = m["tasks"]["mc"]["acc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(right.len(), 5);
+        assert_eq!(
+            right.iter().sum::<f64>() / 5.0,
+            model["tasks"]["mc"]["acc"].as_f64().unwrap()
+        );
+        assert_eq!(
+            m["tasks"]["mc"]["chance"],
+            serde_json::json!(vec![1.0 / 3.0; 5])
+        );
+        let windows = m["texts"]["held"].as_array().unwrap();
+        assert_eq!(windows.len(), 3);
+        let (nll, tokens) = windows.iter().fold((0.0, 0.0), |(n, t), w| {
+            (n + w[0].as_f64().unwrap(), t + w[1].as_f64().unwrap())
+        });
+        assert_eq!(tokens, 21.0);
+        let ppl = model["texts"]["held"]["ppl"].as_f64().unwrap();
+        assert!(
+            ((nll / tokens).exp() - ppl).abs() < 1e-12 * ppl,
+            "{nll} {ppl}"
+        );
+    }
+    // The student against the teacher: the estimates are the differences
+    // of the metrics, inside their intervals.
+    let paired = &metrics["paired"];
+    assert_eq!(paired["reference"], "teacher");
+    assert_eq!(paired["resamples"], 200);
+    let comparison = &paired["comparisons"][0];
+    assert_eq!(comparison["model"], "student");
+    let differences: std::collections::BTreeMap<String, serde_json::Value> =
+        comparison["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d[0].as_str().unwrap().to_string(), d[1].clone()))
+            .collect();
+    let figure = |m: usize, path: &[&str]| {
+        path.iter()
+            .fold(&models_json[m], |v, k| &v[*k])
+            .as_f64()
+            .unwrap()
+    };
+    let want = [
+        (
+            "mc acc",
+            figure(1, &["tasks", "mc", "acc"]) - figure(0, &["tasks", "mc", "acc"]),
+        ),
+        (
+            "mc_2shot acc_norm",
+            figure(1, &["tasks", "mc_2shot", "acc_norm"])
+                - figure(0, &["tasks", "mc_2shot", "acc_norm"]),
+        ),
+        (
+            "held loss",
+            figure(1, &["texts", "held", "ppl"]).ln() - figure(0, &["texts", "held", "ppl"]).ln(),
+        ),
+    ];
+    for (name, want) in want {
+        let d = &differences[name];
+        let (estimate, low, high) = (
+            d["estimate"].as_f64().unwrap(),
+            d["low"].as_f64().unwrap(),
+            d["high"].as_f64().unwrap(),
+        );
+        assert!((estimate - want).abs() < 1e-9, "{name}: {d} against {want}");
+        assert!(low <= estimate && estimate <= high, "{name}: {d}");
+    }
+    assert!(
+        table.contains(
+            "Against `teacher`: differences with 95% paired bootstrap intervals (200 resamples"
+        ),
+        "{table}"
+    );
+
     // The teacher's stage failed in this run: the student alone, with the
     // same figures, and the table says who is missing.
     let out = dir.path().join("out-partial");
@@ -1019,6 +1148,10 @@ fn evaluate_writes_metrics_and_a_side_by_side_table() {
     assert!(table.starts_with("| | student |"), "{table}");
     assert!(
         table.contains("Not evaluated (their stages failed in this run): teacher"),
+        "{table}"
+    );
+    assert!(
+        table.contains("No comparison with `teacher`: its stage failed in this run."),
         "{table}"
     );
     let ctx = distillery_engine::RunContext {

@@ -51,6 +51,54 @@ pub fn next_token_nll<B: ModelBackend>(model: &Llama<B>, rows: &[&[u32]], batch:
     total
 }
 
+/// Each row's loss of predicting `row[t + 1]` from `row[..=t]` (as
+/// [`next_token_nll`] sums them), for paired comparisons over rows: rows
+/// are processed `batch` at a time and must share one length. Each
+/// position's NLL is read back and summed in f64.
+pub fn next_token_nll_rows<B: ModelBackend>(
+    model: &Llama<B>,
+    rows: &[&[u32]],
+    batch: usize,
+) -> Vec<NllSum> {
+    let device = model.device();
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(batch.max(1)) {
+        let seq = chunk[0].len();
+        assert!(
+            chunk.iter().all(|r| r.len() == seq),
+            "rows of one batch share a length"
+        );
+        if seq < 2 {
+            out.extend(chunk.iter().map(|_| NllSum::default()));
+            continue;
+        }
+        let inputs: Vec<&[u32]> = chunk.iter().map(|r| &r[..seq - 1]).collect();
+        let logits = model.forward(tokens_tensor(&inputs, &device));
+        let targets: Vec<&[u32]> = chunk.iter().map(|r| &r[1..]).collect();
+        let nll = nll_per_position(logits, tokens_tensor(&targets, &device));
+        out.extend(nll.chunks(seq - 1).map(|row| NllSum {
+            nll: row.iter().sum(),
+            tokens: row.len(),
+        }));
+    }
+    out
+}
+
+/// `logits: [batch, seq, vocab]`, `targets: [batch, seq]` -> each
+/// position's NLL, row-major.
+pub fn nll_per_position<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Vec<f64> {
+    let log_probs = log_softmax(logits, 2);
+    let picked = log_probs.gather(2, targets.unsqueeze_dim(2));
+    picked
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("float logits")
+        .into_iter()
+        .map(|x| -x)
+        .collect()
+}
+
 /// `logits: [batch, seq, vocab]`, `targets: [batch, seq]` -> summed NLL.
 pub fn nll_of_logits<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> NllSum {
     let [batch, seq, _] = logits.dims();

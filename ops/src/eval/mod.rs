@@ -3,6 +3,7 @@
 
 pub mod loss;
 pub mod multiple_choice;
+pub mod paired;
 pub mod results;
 pub mod tasks;
 pub mod text_perplexity;

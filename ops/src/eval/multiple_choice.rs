@@ -352,30 +352,57 @@ fn argmax(values: impl IntoIterator<Item = f64>) -> usize {
     best.0
 }
 
-/// The metrics of `items` from their candidates' scores (`scores[i][c]`).
+/// Each item's outcome, for paired comparisons between models.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemOutcomes {
+    /// Whether the item was answered right.
+    pub acc: Vec<bool>,
+    /// The same by `acc_norm`, for tasks that have it.
+    pub acc_norm: Option<Vec<bool>>,
+    /// The item's chance of being right by a uniform guess: one over its
+    /// candidates (0 for greedy match, which has no guess).
+    pub chance: Vec<f64>,
+}
+
+/// Each item's outcome from its candidates' scores (`scores[i][c]`).
 /// `acc_norm` divides each log-likelihood by the byte length of the
 /// continuation as the file gives it.
-pub fn task_scores(kind: TaskKind, items: &[TaskItem], scores: &[Vec<Scored>]) -> TaskScores {
+pub fn item_outcomes(kind: TaskKind, items: &[TaskItem], scores: &[Vec<Scored>]) -> ItemOutcomes {
     assert_eq!(items.len(), scores.len(), "one score list per item");
-    let n = items.len();
-    let mut right = 0usize;
-    let mut right_norm = 0usize;
+    let mut out = ItemOutcomes {
+        acc_norm: kind.has_acc_norm().then(Vec::new),
+        ..Default::default()
+    };
     for (item, s) in items.iter().zip(scores) {
         match kind {
-            TaskKind::Greedy => right += usize::from(s[0].greedy),
+            TaskKind::Greedy => {
+                out.acc.push(s[0].greedy);
+                out.chance.push(0.0);
+            }
             TaskKind::MultipleChoice | TaskKind::Partial => {
-                right += usize::from(argmax(s.iter().map(|x| x.logprob)) == item.gold);
+                out.acc
+                    .push(argmax(s.iter().map(|x| x.logprob)) == item.gold);
                 let norm = argmax(
                     s.iter()
                         .zip(&item.candidates)
                         .map(|(x, c)| x.logprob / c.continuation.len() as f64),
                 );
-                right_norm += usize::from(norm == item.gold);
+                if let Some(acc_norm) = &mut out.acc_norm {
+                    acc_norm.push(norm == item.gold);
+                }
+                out.chance.push(1.0 / item.candidates.len().max(1) as f64);
             }
         }
     }
-    let share = |k: usize| k as f64 / n.max(1) as f64;
-    let (acc, acc_norm) = (share(right), share(right_norm));
+    out
+}
+
+/// The metrics of `items` from their outcomes.
+pub fn task_scores(kind: TaskKind, outcomes: &ItemOutcomes) -> TaskScores {
+    let n = outcomes.acc.len();
+    let share = |right: &[bool]| right.iter().filter(|&&r| r).count() as f64 / n.max(1) as f64;
+    let acc = share(&outcomes.acc);
+    let acc_norm = outcomes.acc_norm.as_deref().map_or(0.0, share);
     let norm = kind.has_acc_norm();
     TaskScores {
         n,
@@ -398,6 +425,10 @@ pub struct TaskRun {
     pub seconds: f64,
     pub items_per_s: f64,
     pub tokens_per_s: f64,
+    /// Each item's outcome (for paired comparisons; stored in `items.json`,
+    /// not in the metrics).
+    #[serde(skip)]
+    pub outcomes: ItemOutcomes,
 }
 
 /// Where a task's candidates are scored.
@@ -452,8 +483,10 @@ pub fn run_task<B: ModelBackend>(
     }
     let seconds = started.elapsed().as_secs_f64();
     let tokens = requests.iter().map(Request::input_len).sum();
+    let outcomes = item_outcomes(kind, items, &scores);
     Ok(TaskRun {
-        scores: task_scores(kind, items, &scores),
+        scores: task_scores(kind, &outcomes),
+        outcomes,
         sequences: requests.len(),
         tokens,
         seconds,

@@ -1,6 +1,9 @@
-//! What an `evaluate` stage stores: every model's figures in `metrics.json`
-//! and the same figures side by side in `table.md`.
+//! What an `evaluate` stage stores: every model's figures in `metrics.json`,
+//! the same figures side by side in `table.md`, and every item's, row's and
+//! window's outcome per model in `items.json` (what paired comparisons are
+//! computed from).
 
+use super::loss::NllSum;
 use super::multiple_choice::TaskRun;
 use super::text_perplexity::TextRun;
 use serde::Serialize;
@@ -10,6 +13,10 @@ pub const RESULTS_FILE: &str = "metrics.json";
 /// The same figures as a Markdown table, one column (or row) per model, for
 /// people: `run` prints it and the report shows it.
 pub const TABLE_FILE: &str = "table.md";
+/// Per model: each benchmark item's outcomes (`acc`, `acc_norm`: 1 right,
+/// 0 wrong) and chance, and each data row's and text window's `[nll,
+/// tokens]`, in order.
+pub const ITEMS_FILE: &str = "items.json";
 
 /// One model's results.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +36,53 @@ pub struct ModelMetrics {
     /// By text name, in recipe order.
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
     pub texts: Vec<(String, TextRun)>,
+    /// Each `data` row's NLL, in order (stored in `items.json`).
+    #[serde(skip)]
+    pub data_rows: Vec<NllSum>,
+}
+
+fn nll_pairs(units: &[NllSum]) -> serde_json::Value {
+    units
+        .iter()
+        .map(|u| serde_json::json!([u.nll, u.tokens]))
+        .collect()
+}
+
+fn bits(right: &[bool]) -> serde_json::Value {
+    right.iter().map(|&r| u8::from(r)).collect()
+}
+
+/// The contents of [`ITEMS_FILE`].
+pub fn items_json(models: &[ModelMetrics]) -> serde_json::Value {
+    let models: Vec<serde_json::Value> = models
+        .iter()
+        .map(|m| {
+            let tasks: serde_json::Map<String, serde_json::Value> = m
+                .tasks
+                .iter()
+                .map(|(name, run)| {
+                    let o = &run.outcomes;
+                    let mut task = serde_json::json!({ "acc": bits(&o.acc), "chance": o.chance });
+                    if let Some(norm) = &o.acc_norm {
+                        task["acc_norm"] = bits(norm);
+                    }
+                    (name.clone(), task)
+                })
+                .collect();
+            let texts: serde_json::Map<String, serde_json::Value> = m
+                .texts
+                .iter()
+                .map(|(name, run)| (name.clone(), nll_pairs(&run.per_window)))
+                .collect();
+            serde_json::json!({
+                "stage": m.stage,
+                "data": nll_pairs(&m.data_rows),
+                "tasks": tasks,
+                "texts": texts,
+            })
+        })
+        .collect();
+    serde_json::json!({ "models": models })
 }
 
 fn as_map<S: serde::Serializer, T: Serialize>(
@@ -173,6 +227,7 @@ mod tests {
             tokens: Some(100),
             tasks: Vec::new(),
             texts: Vec::new(),
+            data_rows: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! tokens; bits per byte divide the NLL in bits by the UTF-8 bytes of the
 //! predicted tokens' decoded text.
 
-use super::loss::{NllSum, nll_of_logits};
+use super::loss::{NllSum, nll_per_position};
 use super::tokenize::EvalTokenizer;
 use crate::model::{Llama, ModelBackend, tokens_tensor};
 use crate::text::open_text;
@@ -90,8 +90,9 @@ pub fn text_windows(
 /// head's matrix product efficient.
 const HEAD_ROWS: usize = 128;
 
-/// Summed NLL of `rows[t + 1]` given `rows[..=t]`, rows of one length.
-fn windows_nll<B: ModelBackend>(model: &Llama<B>, rows: &[&[u32]]) -> NllSum {
+/// Each row's summed NLL of `rows[t + 1]` given `rows[..=t]`, rows of one
+/// length (positions' NLLs read back and summed in f64).
+fn windows_nll<B: ModelBackend>(model: &Llama<B>, rows: &[&[u32]]) -> Vec<NllSum> {
     let device = model.device();
     let seq = rows[0].len();
     let inputs: Vec<&[u32]> = rows.iter().map(|r| &r[..seq - 1]).collect();
@@ -102,7 +103,7 @@ fn windows_nll<B: ModelBackend>(model: &Llama<B>, rows: &[&[u32]]) -> NllSum {
         .iter()
         .flat_map(|r| r[1..].iter().map(|&t| t as i64))
         .collect();
-    let mut total = NllSum::default();
+    let mut per_row = vec![NllSum::default(); b];
     for start in (0..b * s).step_by(HEAD_ROWS) {
         let n = HEAD_ROWS.min(b * s - start);
         let logits = model.logits(flat.clone().narrow(0, start, n).reshape([1, n, d]));
@@ -110,9 +111,14 @@ fn windows_nll<B: ModelBackend>(model: &Llama<B>, rows: &[&[u32]]) -> NllSum {
             TensorData::new(targets[start..start + n].to_vec(), [1, n]),
             &device,
         );
-        total.add(nll_of_logits(logits, target));
+        // A slice of positions may span rows: each goes to its own.
+        for (i, nll) in nll_per_position(logits, target).into_iter().enumerate() {
+            let row = &mut per_row[(start + i) / s];
+            row.nll += nll;
+            row.tokens += 1;
+        }
     }
-    total
+    per_row
 }
 
 /// A text's scores and what scoring it cost.
@@ -130,6 +136,10 @@ pub struct TextRun {
     pub seconds: f64,
     /// Tokens through the model per second.
     pub tokens_per_s: f64,
+    /// Each window's NLL, in order (for paired comparisons; stored in
+    /// `items.json`, not in the metrics).
+    #[serde(skip)]
+    pub per_window: Vec<NllSum>,
 }
 
 /// Scores the windows, `batch` per forward pass; `done` hears how many
@@ -144,11 +154,15 @@ pub fn run_text<B: ModelBackend>(
         bail!("the text is shorter than one window");
     }
     let started = Instant::now();
-    let mut total = NllSum::default();
+    let mut per_window = Vec::with_capacity(text.windows.len());
     for chunk in text.windows.chunks(batch.max(1)) {
         let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        total.add(windows_nll(model, &rows));
+        per_window.extend(windows_nll(model, &rows));
         done(chunk.len());
+    }
+    let mut total = NllSum::default();
+    for w in &per_window {
+        total.add(*w);
     }
     let seconds = started.elapsed().as_secs_f64();
     let seq_len = text.windows[0].len();
@@ -162,5 +176,6 @@ pub fn run_text<B: ModelBackend>(
         bits_per_byte: total.nll / std::f64::consts::LN_2 / text.bytes.max(1) as f64,
         seconds,
         tokens_per_s: (text.windows.len() * (seq_len - 1)) as f64 / seconds.max(1e-9),
+        per_window,
     })
 }

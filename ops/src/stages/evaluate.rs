@@ -2,12 +2,19 @@
 //! benchmarks, as a Metrics artifact (`metrics.json`) with a table
 //! (`table.md`): loss and perplexity on a Dataset's rows, perplexity and
 //! bits per byte on raw text files, and log-likelihood benchmarks (multiple
-//! choice, partial scoring, greedy match; see [`crate::eval`]).
+//! choice, partial scoring, greedy match; see [`crate::eval`]). With a
+//! `reference` model, every other model's differences from it with paired
+//! bootstrap intervals, and the share of its above-chance benchmark margin
+//! each keeps ([`crate::eval::paired`]). Every item's, row's and window's
+//! outcome per model goes to `items.json`.
 
 use crate::backend::{ComputeBackend, OnBackend, on_device};
-use crate::eval::loss::next_token_nll;
+use crate::eval::loss::{NllSum, next_token_nll_rows};
 use crate::eval::multiple_choice::{ScoringSetup, run_task};
-use crate::eval::results::{ModelMetrics, RESULTS_FILE, TABLE_FILE, describe_task, table};
+use crate::eval::paired::{compare, paired_table};
+use crate::eval::results::{
+    ITEMS_FILE, ModelMetrics, RESULTS_FILE, TABLE_FILE, describe_task, items_json, table,
+};
 use crate::eval::tasks::{TaskItem, TaskKind, load_task_file, task_name, with_shots};
 use crate::eval::text_perplexity::{read_text_file, run_text, text_windows};
 use crate::eval::tokenize::EvalTokenizer;
@@ -60,6 +67,17 @@ pub struct EvaluateParams {
     /// benchmark item whose choices score within that of each other.
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// A model to compare the others against (the name of a stage bound to
+    /// `models`, e.g. the teacher): each other model's difference from it
+    /// on every task, text and the data loss, with a 95% paired bootstrap
+    /// interval over the items, rows and windows, and the share of its
+    /// above-chance accuracy each model keeps per task and on average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Bootstrap resamples of the comparison with `reference`.
+    #[serde(default = "default_resamples")]
+    #[schemars(range(min = 100))]
+    pub resamples: usize,
 }
 
 /// A benchmark file and how to score it.
@@ -135,6 +153,9 @@ fn default_shot_seed() -> u64 {
 fn default_text_seq_len() -> usize {
     512
 }
+fn default_resamples() -> usize {
+    1000
+}
 
 impl TaskSpec {
     pub fn name(&self) -> String {
@@ -158,7 +179,8 @@ impl TextSpec {
 impl TypedOp for Evaluate {
     type Params = EvaluateParams;
     const NAME: &'static str = "evaluate";
-    const VERSION: u32 = 2;
+    // 3: `items.json`; losses summed per row and window in f64.
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str = "Measures one or more models side by side: loss and perplexity on a dataset's rows, perplexity and bits per byte on text files, accuracy on log-likelihood benchmarks.";
 
     fn slots(&self) -> Vec<Slot> {
@@ -174,7 +196,12 @@ impl TypedOp for Evaluate {
     }
 
     fn check(&self, p: &EvaluateParams, ctx: &CheckContext) -> Vec<ParamIssue> {
-        check::params(p, ctx.inputs.contains_key("data"))
+        let models: Vec<&str> = ctx
+            .inputs
+            .get("models")
+            .map(|m| m.iter().map(|u| u.stage.as_str()).collect())
+            .unwrap_or_default();
+        check::params(p, ctx.inputs.contains_key("data"), &models)
     }
 
     fn external_files(&self, p: &EvaluateParams) -> Vec<PathBuf> {
@@ -343,6 +370,7 @@ impl OnBackend for Job<'_, '_> {
                 tokens: None,
                 tasks: Vec::new(),
                 texts: Vec::new(),
+                data_rows: Vec::new(),
             };
             if let Some(data) = &data {
                 if data.vocab_size() > model.config.vocab_size {
@@ -354,7 +382,11 @@ impl OnBackend for Job<'_, '_> {
                 }
                 ctx.progress.set_message(&format!("{stage}: data"));
                 ctx.progress.set_total(rows.len() as u64, "rows");
-                let nll = next_token_nll(&model, &rows, p.batch);
+                let per_row = next_token_nll_rows(&model, &rows, p.batch);
+                let mut nll = NllSum::default();
+                for row in &per_row {
+                    nll.add(*row);
+                }
                 ctx.progress.set_position(rows.len() as u64);
                 ctx.progress.log(&format!(
                     "{stage}: data: loss {:.4}, perplexity {:.2} on {} tokens",
@@ -365,6 +397,7 @@ impl OnBackend for Job<'_, '_> {
                 m.loss = Some(nll.mean());
                 m.perplexity = Some(nll.perplexity());
                 m.tokens = Some(nll.tokens);
+                m.data_rows = per_row;
             }
             if !tasks.is_empty() || !texts.is_empty() {
                 let tok = EvalTokenizer::from_dir(dir)?;
@@ -436,8 +469,27 @@ impl OnBackend for Job<'_, '_> {
             ));
             summary.insert("absent".into(), serde_json::to_value(&absent)?);
         }
+        if let Some(reference) = &p.reference {
+            match results.iter().position(|m| &m.stage == reference) {
+                Some(r) if results.len() > 1 => {
+                    let paired = compare(&results, r, p.resamples, ctx.seed);
+                    table.push_str(&paired_table(&paired));
+                    summary.insert("paired".into(), serde_json::to_value(&paired)?);
+                }
+                Some(_) => table.push_str(&format!(
+                    "\nNo comparison with `{reference}`: no other model was evaluated.\n"
+                )),
+                None => table.push_str(&format!(
+                    "\nNo comparison with `{reference}`: its stage failed in this run.\n"
+                )),
+            }
+        }
         ctx.progress.log(&format!("\n{table}"));
         summary.insert("models".into(), serde_json::to_value(&results)?);
+        std::fs::write(
+            ctx.output_dir.join(ITEMS_FILE),
+            serde_json::to_vec(&items_json(&results))?,
+        )?;
         std::fs::write(
             ctx.output_dir.join(RESULTS_FILE),
             serde_json::to_vec_pretty(&summary)?,

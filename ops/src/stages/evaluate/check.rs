@@ -1,14 +1,43 @@
 //! The plan-time checks of `evaluate`, each pointing at the parameter at
 //! fault: something to measure, sizes above zero, unique task and text
-//! names, shots with a file to draw them from.
+//! names, shots with a file to draw them from, a reference among the
+//! models.
 
 use super::EvaluateParams;
 use distillery_engine::ParamIssue;
 use std::collections::BTreeMap;
 
-/// Every problem of `p`; `has_data` when a dataset is bound to `data`.
-pub fn params(p: &EvaluateParams, has_data: bool) -> Vec<ParamIssue> {
+/// Every problem of `p`; `has_data` when a dataset is bound to `data`,
+/// `models` the stages bound to `models`.
+pub fn params(p: &EvaluateParams, has_data: bool, models: &[&str]) -> Vec<ParamIssue> {
     let mut issues = Vec::new();
+    if let Some(reference) = &p.reference
+        && !models.contains(&reference.as_str())
+    {
+        issues.push(
+            ParamIssue::at(
+                &["reference"],
+                format!("`{reference}` is not one of the evaluated models"),
+            )
+            .help(format!(
+                "name a stage bound to `models`: {}",
+                models
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        );
+    }
+    if p.resamples < 100 {
+        issues.push(ParamIssue::at(
+            &["resamples"],
+            format!(
+                "`resamples` must be at least 100 for a 95% interval, found {}",
+                p.resamples
+            ),
+        ));
+    }
     if !has_data && p.tasks.is_empty() && p.texts.is_empty() {
         issues.push(
             ParamIssue::at(&[], "nothing to evaluate: no `data` input, `tasks` or `texts`")
