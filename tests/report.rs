@@ -10,8 +10,8 @@ use distillery_ops::prune::Keep;
 use distillery_ops::prune::report::{ModelSizes, PruneMethod, PruningReport};
 use distillery_ops::report::format::escape;
 use distillery_ops::report::{
-    Report, StageStatus, StageView, dag_svg, loss_chart, lr_chart, markdown_table, nice_ticks,
-    perplexity_chart, render,
+    Report, StageStatus, StageView, dag_svg, heldout_comparison_chart, loss_chart, lr_chart,
+    markdown_table, nice_ticks, perplexity_chart, render,
 };
 use distillery_ops::train::metrics::{MetricsKind, MetricsLine, read_metrics};
 
@@ -153,6 +153,25 @@ fn charts_have_axes_ticks_labels_and_a_line_per_series() {
     assert!(lr.contains("Learning rate"));
     assert!(lr.contains("e-5") || lr.contains("0.0001"), "{lr}");
 
+    // Several stages on one chart: a line each for those with evaluations.
+    let train_only: Vec<MetricsLine> = lines
+        .iter()
+        .filter(|l| l.heldout_loss.is_none())
+        .cloned()
+        .collect();
+    let svg = heldout_comparison_chart(&[
+        ("distilled", &lines),
+        ("not evaluated", &train_only),
+        ("scratch", &lines[..1]),
+    ]);
+    check_balanced(&svg).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    assert!(
+        svg.contains(">distilled</text>") && svg.contains(">scratch</text>"),
+        "{svg}"
+    );
+    assert!(!svg.contains("not evaluated"), "{svg}");
+
     let empty = loss_chart(&[]);
     assert!(!empty.contains("<svg"));
     assert!(empty.contains("no data yet"));
@@ -268,6 +287,13 @@ fn the_page_shows_graph_models_curves_and_tables() {
         StageStatus::Partial { recent: true },
     );
     distilled.metrics = metrics();
+    let mut scratch = StageView::new(
+        "scratch",
+        "teacher_correction",
+        "31d61771eb27eeee",
+        StageStatus::Stored,
+    );
+    scratch.metrics = metrics();
     let mut compare = StageView::new(
         "compare",
         "evaluate",
@@ -281,8 +307,17 @@ fn the_page_shows_graph_models_curves_and_tables() {
         recipe_path: "recipes/x.yaml".into(),
         store: "/tmp/store".into(),
         generated: "2026-11-26 20:00 UTC".into(),
-        stages: vec![teacher, pruned, distilled, compare],
-        edges: vec![(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)],
+        stages: vec![teacher, pruned, distilled, scratch, compare],
+        edges: vec![
+            (0, 1),
+            (0, 2),
+            (1, 2),
+            (1, 3),
+            (0, 4),
+            (1, 4),
+            (2, 4),
+            (3, 4),
+        ],
     };
     let html = render(&report);
     check_balanced(&html).unwrap();
@@ -296,9 +331,10 @@ fn the_page_shows_graph_models_curves_and_tables() {
     assert_eq!(html.matches("<svg class=\"dag\"").count(), 1);
     assert_eq!(
         html.matches("<svg class=\"chart\"").count(),
-        4,
-        "loss, held-out loss, perplexity, lr"
+        9,
+        "both stages' loss, held-out loss, perplexity, lr, and their held-out losses together"
     );
+    assert!(html.contains("Held-out loss, every training stage"));
     assert!(
         html.contains("134.5M → 84.0M"),
         "parameters before and after pruning"

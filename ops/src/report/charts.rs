@@ -274,6 +274,35 @@ pub fn heldout_loss_chart(lines: &[MetricsLine]) -> String {
     )
 }
 
+/// Line colors of a chart with one line per stage, in order (repeating).
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
+
+/// Held-out cross-entropy of several training stages against tokens seen,
+/// one line per stage that has evaluations: distillation, cross-entropy
+/// and training from scratch side by side.
+pub fn heldout_comparison_chart(stages: &[(&str, &[MetricsLine])]) -> String {
+    let series: Vec<Series> = stages
+        .iter()
+        .map(|(name, lines)| (*name, eval_points(lines, |l| l.heldout_loss)))
+        .filter(|(_, points)| !points.is_empty())
+        .enumerate()
+        .map(|(i, (name, points))| Series {
+            name,
+            color: PALETTE[i % PALETTE.len()],
+            points,
+        })
+        .collect();
+    line_chart(
+        "Held-out loss, every training stage",
+        "tokens seen",
+        "cross-entropy (nats/token)",
+        &series,
+    )
+}
+
 /// Held-out perplexity against tokens seen.
 pub fn perplexity_chart(lines: &[MetricsLine]) -> String {
     line_chart(

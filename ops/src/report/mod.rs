@@ -17,7 +17,8 @@ mod page;
 mod tables;
 
 pub use charts::{
-    Series, heldout_loss_chart, line_chart, loss_chart, lr_chart, nice_ticks, perplexity_chart,
+    Series, heldout_comparison_chart, heldout_loss_chart, line_chart, loss_chart, lr_chart,
+    nice_ticks, perplexity_chart,
 };
 pub use collect::collect;
 pub use dag::dag_svg;

@@ -1,13 +1,16 @@
 //! The whole report page: summary cards, the stage graph and table, models,
 //! training curves and evaluation tables, with inline CSS.
 
-use super::charts::{heldout_loss_chart, loss_chart, lr_chart, perplexity_chart};
+use super::charts::{
+    heldout_comparison_chart, heldout_loss_chart, loss_chart, lr_chart, perplexity_chart,
+};
 use super::dag::{dag_svg, status_class};
 use super::format::{escape, format_bytes, format_duration};
 use super::tables::{markdown_table, model_row, progress_summary, training_summary};
 use super::{Report, StageStatus, StageView};
 use crate::stages::teacher_correction::TeacherCorrection;
 use crate::stages::{align::Align, distill::Distill, evaluate::Evaluate};
+use crate::train::metrics::MetricsLine;
 use distillery_engine::TypedOp;
 use std::fmt::Write;
 
@@ -182,6 +185,18 @@ pub fn render(report: &Report) -> String {
         .collect();
     if !training.is_empty() {
         s.push_str("<h2 id=\"training\">Training</h2>");
+        // Several trainings evaluated along the way: their held-out curves
+        // on one chart first.
+        let curves: Vec<(&str, &[MetricsLine])> = training
+            .iter()
+            .filter(|st| st.metrics.iter().any(|l| l.heldout_loss.is_some()))
+            .map(|st| (st.name.as_str(), st.metrics.as_slice()))
+            .collect();
+        if curves.len() >= 2 {
+            s.push_str("<div class=\"charts\">");
+            s.push_str(&heldout_comparison_chart(&curves));
+            s.push_str("</div>");
+        }
         for st in training {
             let _ = write!(
                 s,
