@@ -27,11 +27,12 @@ pub enum Precision {
     #[default]
     F32,
     /// bf16 operands with f32 sums, where the device has a fast path for
-    /// them (AMX on the CPU, tensor cores on CUDA); f32 elsewhere. Weights are rounded to bf16; in
-    /// inference the activations are carried as two bf16 parts (about 16
-    /// bits), so that SmolLM2-135M's logits stay within 0.8e-2 of the
-    /// largest f32 logit; in a training step every operand (activations and
-    /// gradients too) is rounded once, as mixed-precision training does.
+    /// them (AMX on the CPU, tensor cores on CUDA); f32 elsewhere. Weights
+    /// are rounded to bf16; in inference the activations are carried as two
+    /// bf16 parts (about 16 bits), so that SmolLM2-135M's logits stay within
+    /// 0.8e-2 of the largest f32 logit; in a training step every operand
+    /// (activations and gradients too) is rounded once, as mixed-precision
+    /// training does.
     Bf16,
 }
 

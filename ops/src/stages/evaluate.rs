@@ -62,9 +62,9 @@ pub struct EvaluateParams {
     /// The models' matrix products: `f32`, or `bf16` (bf16 operands with
     /// f32 sums, the activations carried as two bf16 parts) on CPUs with
     /// AMX (about 2 to 3 times as fast there) and on CUDA, and f32
-    /// elsewhere. bf16
-    /// moves logits by up to about 1e-2 of the largest, which can flip a
-    /// benchmark item whose choices score within that of each other.
+    /// elsewhere. bf16 moves logits by up to about 1e-2 of the largest,
+    /// which can flip a benchmark item whose choices score within that of
+    /// each other.
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
     /// A model to compare the others against (the name of a stage bound to
