@@ -76,4 +76,9 @@ run distillery bench importance --device cuda --check --iters 200
 # separates a fixed cost per call from the per-byte cost.
 run distillery bench importance --device cuda --iters 400 --shape 8x512x96 \
     --shape 8x512x576 --shape 8x512x1536 --shape 8x512x6144 --shape 8x512x14336
+# The narrow shape's device time per kernel: far below the wall time per
+# call means the fixed cost is on the host (launch path, buffers).
+CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=/tmp/profile-importance.log \
+    run distillery bench importance --device cuda --iters 100 --shape 8x512x1536
+python3 scripts/gpu/kernel_profile.py /tmp/profile-importance.log --kernels | tee "$OUT/profile-importance.md"
 echo "bench.sh done in $SECONDS s"

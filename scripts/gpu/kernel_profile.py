@@ -31,7 +31,7 @@ FAMILIES = [
     ("AdamW (ours)", ("Adamw",)),
     ("gradient norm (ours)", ("SquarePartials",)),
     ("KD loss (ours)", ("Kd", "SumToFirst")),
-    ("importance (ours)", ("SeqPartialSums", "Channel", "Cosine", "Block")),
+    ("importance (ours)", ("SeqPartialSums", "AccumulateRows", "Channel", "Cosine", "Block")),
     ("elementwise (Burn)", ("KernelBinop", "KernelScalarBinop", "Unary", "Cast", "Mask", "Clamp", "Powf", "Full")),
     ("reductions (Burn)", ("SharedSum", "Reduce", "Sum", "Mean", "Argmax", "Max")),
     ("copies, gathers, layout (Burn)", ("Copy", "Select", "Gather", "Scatter", "Slice", "Index", "Cat", "Repeat")),
