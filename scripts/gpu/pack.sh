@@ -35,6 +35,12 @@ config.update(hidden_size=448, intermediate_size=1024)
 json.dump(config, open(sys.argv[2] + "/student_config.json", "w"), indent=1)
 PY
 cp "$assets/corpus/distill_train.jsonl.zst" "$assets"/corpus/heldout_*.txt.zst .gpu/b/
+# The benchmarks recipes/minitron-claims.yaml evaluates on (7.5 MB).
+for name in hellaswag_validation piqa_validation arc_easy_test arc_challenge_test \
+    winogrande_xl_validation lambada_openai_test boolq_validation commonsense_qa_validation \
+    mmlu_test openbookqa_test sciq_validation social_iqa_validation copa_validation; do
+    cp "$assets/benchmarks/$name.jsonl.zst" ".gpu/b/bench-$name.jsonl.zst"
+done
 gguf=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf
 size() { du -cb "$@" | tail -1 | cut -f1; }
 rest_b=$((limit - $(size .gpu/b)))
