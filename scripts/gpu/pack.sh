@@ -3,9 +3,14 @@
 # CubeCL kernel tests, and packs what a GPU machine needs into two folders,
 # each under the 64 MiB one device call carries with the working tree:
 #   .gpu/a  binaries (xz), model configs, the first part of the teacher GGUF
-#   .gpu/b  the rest of the GGUF, the training corpus, the held-out texts
-# On the GPU machine: scripts/gpu/bench.sh (call 1, carries .gpu/a), then
-# scripts/gpu/distill.sh (call 2 on the same warm machine, carries .gpu/b).
+#   .gpu/b  the rest of the GGUF, the training corpus, the held-out texts,
+#           the benchmarks
+# On the GPU machine: scripts/gpu/bench.sh (call 1, carries .gpu/a), then,
+# on the same warm machine with .gpu/b carried, a recipe: issue 13's
+# numerics check `RECIPE=recipes/bf16-training.yaml scripts/gpu/experiments.sh
+# 300` (300 steps in bf16 and in f32), scripts/gpu/distill.sh, or
+# `RECIPE=recipes/minitron-claims.yaml scripts/gpu/experiments.sh 500
+# --set vars.tokens=N` (a later call resumes its store).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 assets=../shared/assets
