@@ -15,7 +15,7 @@ each point's residual, and how well a fit without the last point predicts
 the last point (what extrapolation is worth on this curve).
 
     python3 scripts/tokens_to_reach.py SCRATCH_METRICS.jsonl DISTILLED_METRICS.jsonl
-    python3 scripts/tokens_to_reach.py --recipe R --store S --slow scratch --fast distilled_width
+    python3 scripts/tokens_to_reach.py --recipe R --store S [--set PATH=VALUE ...] --slow scratch --fast distilled_width
     python3 scripts/tokens_to_reach.py --self-test
 """
 
@@ -145,6 +145,8 @@ def main():
     parser.add_argument("--store")
     parser.add_argument("--slow", help="stage name of the slow run (with --recipe, --store)")
     parser.add_argument("--fast", help="stage name of the fast run")
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                        help="the run's overrides (with --recipe), which its stage keys depend on")
     parser.add_argument("--distillery", default="distillery")
     parser.add_argument("--self-test", action="store_true")
     args = parser.parse_args()
@@ -155,7 +157,7 @@ def main():
         sys.path.insert(0, os.path.dirname(__file__))
         from store_stages import stage_dirs
 
-        dirs = stage_dirs(args.distillery, args.recipe, args.store)
+        dirs = stage_dirs(args.distillery, args.recipe, args.store, args.set)
         slow_path = os.path.join(dirs[args.slow], "metrics.jsonl")
         fast_path = os.path.join(dirs[args.fast], "metrics.jsonl")
         names = (args.slow, args.fast)
@@ -167,7 +169,10 @@ def main():
     slow, fast = eval_points(slow_path), eval_points(fast_path)
     if not fast:
         sys.exit(f"{fast_path}: no held-out evaluation after step 0")
-    text, _ = report(slow, fast, *names)
+    try:
+        text, _ = report(slow, fast, *names)
+    except ValueError as e:
+        sys.exit(f"{slow_path}: {e}")
     print(text)
 
 
