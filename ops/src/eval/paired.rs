@@ -19,7 +19,11 @@
 //!
 //! The interval is the 2.5th and 97.5th percentiles of the statistic over
 //! the resamples (linear interpolation between order statistics); the
-//! estimate is the statistic on the items as they are.
+//! estimate is the statistic on the items as they are. A margin has no
+//! value in a resample where the reference is not above chance: such
+//! resamples are left out and counted, and when they are more than the
+//! interval's tail (2.5% of them) there is no interval (too few items to
+//! tell).
 
 use super::loss::NllSum;
 use super::results::ModelMetrics;
@@ -33,8 +37,17 @@ pub const CONFIDENCE: f64 = 0.95;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Interval {
     pub estimate: f64,
-    pub low: f64,
-    pub high: f64,
+    /// `None` when too many resamples had no value (see `left_out`).
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    /// Resamples in which the statistic had no value (a margin whose
+    /// reference was not above chance), left out of the percentiles.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub left_out: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One model against the reference.
@@ -202,13 +215,18 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
 }
 
-fn interval(estimate: f64, mut samples: Vec<f64>) -> Interval {
-    samples.sort_by(f64::total_cmp);
+fn interval(estimate: f64, samples: Vec<Option<f64>>) -> Interval {
+    let total = samples.len();
+    let mut values: Vec<f64> = samples.into_iter().flatten().collect();
+    let left_out = total - values.len();
+    values.sort_by(f64::total_cmp);
     let tail = (1.0 - CONFIDENCE) / 2.0;
+    let enough = !values.is_empty() && left_out as f64 <= tail * total as f64;
     Interval {
         estimate,
-        low: quantile(&samples, tail),
-        high: quantile(&samples, 1.0 - tail),
+        low: enough.then(|| quantile(&values, tail)),
+        high: enough.then(|| quantile(&values, 1.0 - tail)),
+        left_out,
     }
 }
 
@@ -226,10 +244,12 @@ pub fn compare(models: &[ModelMetrics], reference: usize, resamples: usize, seed
     let difference = |x: &Measure, m: usize, w: &[u32]| {
         weighted_value(&x.units, m, w) - weighted_value(&x.units, r, w)
     };
+    // None where the reference is not above chance on the drawn items.
     let margin = |x: &Measure, m: usize, w: &[u32]| match &x.units {
         Units::Right(_, chance) => {
             let c = weighted_chance(chance, w);
-            (weighted_value(&x.units, m, w) - c) / (weighted_value(&x.units, r, w) - c)
+            let lead = weighted_value(&x.units, r, w) - c;
+            (lead > 0.0).then(|| (weighted_value(&x.units, m, w) - c) / lead)
         }
         Units::Nll(_) => unreachable!("margins are of tasks"),
     };
@@ -262,16 +282,17 @@ pub fn compare(models: &[ModelMetrics], reference: usize, resamples: usize, seed
         let weights: Vec<Vec<u32>> = measures.iter().map(|x| draw(&mut rng, x.count())).collect();
         for (o, &m) in others.iter().enumerate() {
             for (i, x) in measures.iter().enumerate() {
-                diff_samples[o][i].push(difference(x, m, &weights[i]));
+                diff_samples[o][i].push(Some(difference(x, m, &weights[i])));
             }
-            let mut sum = 0.0;
+            // The mean has a value where every task's share has one.
+            let mut sum = Some(0.0);
             for (k, &i) in margin_tasks.iter().enumerate() {
                 let share = margin(&measures[i], m, &weights[i]);
                 margin_samples[o][k].push(share);
-                sum += share;
+                sum = sum.zip(share).map(|(s, v)| s + v);
             }
             if !margin_tasks.is_empty() {
-                mean_samples[o].push(sum / margin_tasks.len() as f64);
+                mean_samples[o].push(sum.map(|s| s / margin_tasks.len() as f64));
             }
         }
     }
@@ -291,9 +312,10 @@ pub fn compare(models: &[ModelMetrics], reference: usize, resamples: usize, seed
                     )
                 })
                 .collect();
+            // Defined: these tasks' reference is above chance on all items.
             let estimates: Vec<f64> = margin_tasks
                 .iter()
-                .map(|&i| margin(&measures[i], m, &ones[i]))
+                .map(|&i| margin(&measures[i], m, &ones[i]).unwrap_or(f64::NAN))
                 .collect();
             let margin_kept = margin_tasks
                 .iter()
@@ -328,12 +350,32 @@ pub fn compare(models: &[ModelMetrics], reference: usize, resamples: usize, seed
     }
 }
 
-fn signed(v: f64, digits: usize) -> String {
-    format!("{v:+.digits$}")
+fn signed(v: f64) -> String {
+    format!("{v:+.4}")
 }
 
 fn share(v: f64) -> String {
     format!("{:.1}%", 100.0 * v)
+}
+
+/// `[low, high]` in `format`, with the resamples left out, or why there is
+/// no interval.
+fn bounds(i: &Interval, resamples: usize, format: fn(f64) -> String) -> String {
+    match (i.low, i.high) {
+        (Some(low), Some(high)) if i.left_out == 0 => {
+            format!("[{}, {}]", format(low), format(high))
+        }
+        (Some(low), Some(high)) => format!(
+            "[{}, {}] ({} of {resamples} resamples left out: the reference at chance)",
+            format(low),
+            format(high),
+            i.left_out
+        ),
+        _ => format!(
+            "none: the reference is at or below chance in {} of {resamples} resamples",
+            i.left_out
+        ),
+    }
 }
 
 /// The comparison as Markdown: a table of differences and one of margins.
@@ -348,11 +390,10 @@ pub fn paired_table(p: &Paired) -> String {
     for c in &p.comparisons {
         for (name, d) in &c.differences {
             s.push_str(&format!(
-                "| {} | {name} | {} | [{}, {}] |\n",
+                "| {} | {name} | {} | {} |\n",
                 c.model,
-                signed(d.estimate, 4),
-                signed(d.low, 4),
-                signed(d.high, 4)
+                signed(d.estimate),
+                bounds(d, p.resamples, signed)
             ));
         }
     }
@@ -365,21 +406,19 @@ pub fn paired_table(p: &Paired) -> String {
         for c in &p.comparisons {
             for (task, k) in &c.margin_kept {
                 s.push_str(&format!(
-                    "| {} | {task} | {} | [{}, {}] |\n",
+                    "| {} | {task} | {} | {} |\n",
                     c.model,
                     share(k.estimate),
-                    share(k.low),
-                    share(k.high)
+                    bounds(k, p.resamples, share)
                 ));
             }
-            if let Some(k) = c.mean_margin_kept {
+            if let Some(k) = &c.mean_margin_kept {
                 s.push_str(&format!(
-                    "| {} | **mean of {} tasks** | **{}** | [{}, {}] |\n",
+                    "| {} | **mean of {} tasks** | **{}** | {} |\n",
                     c.model,
                     c.margin_kept.len(),
                     share(k.estimate),
-                    share(k.low),
-                    share(k.high)
+                    bounds(k, p.resamples, share)
                 ));
             }
         }
@@ -483,10 +522,17 @@ mod tests {
         let c = &p.comparisons[0];
         assert_eq!(c.model, "student");
         for (name, d) in &c.differences {
-            assert_eq!((d.estimate, d.low, d.high), (0.0, 0.0, 0.0), "{name}");
+            assert_eq!(
+                (d.estimate, d.low, d.high),
+                (0.0, Some(0.0), Some(0.0)),
+                "{name}"
+            );
         }
         let kept = c.mean_margin_kept.expect("a margin");
-        assert_eq!((kept.estimate, kept.low, kept.high), (1.0, 1.0, 1.0));
+        assert_eq!(
+            (kept.estimate, kept.low, kept.high),
+            (1.0, Some(1.0), Some(1.0))
+        );
     }
 
     #[test]
@@ -532,7 +578,8 @@ mod tests {
         // Monte Carlo error of a 2.5% quantile over 4000 resamples is about
         // 0.05 standard errors; the percentile and normal intervals of a
         // mean over 400 items agree to about as much.
-        for (end, normal) in [(got.low, mean - 1.96 * se), (got.high, mean + 1.96 * se)] {
+        let (low, high) = (got.low.unwrap(), got.high.unwrap());
+        for (end, normal) in [(low, mean - 1.96 * se), (high, mean + 1.96 * se)] {
             assert!(
                 (end - normal).abs() < 0.2 * se,
                 "{got:?}: end {end} against {normal} (standard error {se})"
@@ -566,7 +613,10 @@ mod tests {
         assert_eq!(name, "x loss");
         let want = 66.0 / 33.0 - 100.0 / 33.0;
         assert!((d.estimate - want).abs() < 1e-12, "{d:?} against {want}");
-        assert!(d.low <= d.estimate && d.estimate <= d.high, "{d:?}");
+        assert!(
+            d.low.unwrap() <= d.estimate && d.estimate <= d.high.unwrap(),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -603,11 +653,48 @@ mod tests {
         let (task_name, kept) = &c.margin_kept[0];
         assert_eq!(task_name, "hard");
         assert!((kept.estimate - 0.5).abs() < 1e-12, "{kept:?}");
-        assert!(kept.low < 0.5 && 0.5 < kept.high, "{kept:?}");
+        assert!(
+            kept.low.unwrap() < 0.5 && 0.5 < kept.high.unwrap(),
+            "{kept:?}"
+        );
+        assert_eq!(kept.left_out, 0);
         assert_eq!(c.mean_margin_kept.unwrap().estimate, kept.estimate);
         let table = paired_table(&p);
         assert!(table.contains("| student | hard | 50.0% |"), "{table}");
         assert!(table.contains("No margin for coin"), "{table}");
+    }
+
+    #[test]
+    fn resamples_where_the_reference_is_at_chance_are_left_out_and_counted() {
+        // Ten items of two candidates, the reference right on six: many
+        // resamples put it at or below chance, where a margin has no value.
+        let reference: Vec<bool> = (0..10).map(|i| i < 6).collect();
+        let student: Vec<bool> = (0..10).map(|i| i % 2 == 0).collect();
+        let p = compare(
+            &[
+                model("reference", vec![("few", task(reference, 2))], vec![]),
+                model("student", vec![("few", task(student, 2))], vec![]),
+            ],
+            0,
+            1000,
+            3,
+        );
+        let c = &p.comparisons[0];
+        let (_, kept) = &c.margin_kept[0];
+        // (0.5 - 0.5) / (0.6 - 0.5) on the items as they are.
+        assert!(kept.estimate.abs() < 1e-12, "{kept:?}");
+        assert!(kept.left_out > 25, "{kept:?}");
+        assert_eq!((kept.low, kept.high), (None, None), "{kept:?}");
+        assert_eq!(c.mean_margin_kept.unwrap().left_out, kept.left_out);
+        let table = paired_table(&p);
+        assert!(!table.contains("NaN"), "{table}");
+        assert!(
+            table.contains("none: the reference is at or below chance in"),
+            "{table}"
+        );
+        // The difference itself always has an interval.
+        let (_, d) = &c.differences[0];
+        assert!(d.low.is_some() && d.left_out == 0, "{d:?}");
     }
 
     #[test]
