@@ -5,7 +5,8 @@
 #   .gpu/a  binaries (xz), model configs, the first part of the teacher GGUF
 #   .gpu/b  the rest of the GGUF, the training corpus, the held-out texts,
 #           the benchmarks
-# On the GPU machine: scripts/gpu/bench.sh (call 1, carries .gpu/a), then,
+# On the GPU machine: scripts/gpu/bench.sh (call 1, carries .gpu/a; its
+# arguments split its sections over two calls when they do not fit one), then,
 # on the same warm machine with .gpu/b carried, a recipe: issue 13's
 # numerics check `RECIPE=recipes/bf16-training.yaml scripts/gpu/experiments.sh
 # 300` (300 steps in bf16 and in f32), scripts/gpu/distill.sh, or
