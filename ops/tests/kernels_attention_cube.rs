@@ -10,7 +10,7 @@
 //! for the CPU kernel (f32 sums of up to a few hundred terms of size ~1).
 
 use burn::backend::Autodiff;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use distillery_ops::kernels::{AttentionOps, causal_attention};
 
 mod attention_support;
@@ -20,7 +20,7 @@ use attention_support::{
     ATTENTION_SHAPES, Shape, assert_close, attention_inputs, attention_oracle,
     attention_oracle_grads, attention_oracle_lse, read,
 };
-use cube_support::{Cube, device, device_present};
+use cube_support::{Cube, device_present, tensor};
 
 /// Beyond the CPU tests' shapes: grouped-query ratio 4, head sizes 128 and
 /// 64 with odd sequence lengths.
@@ -45,17 +45,6 @@ const MORE_SHAPES: [Shape; 2] = [
 
 fn shapes() -> impl Iterator<Item = Shape> {
     ATTENTION_SHAPES.into_iter().chain(MORE_SHAPES)
-}
-
-fn tensor<
-    B: burn::tensor::backend::Backend<Device = burn::tensor::Device<Cube>>,
-    const D: usize,
->(
-    values: &[f64],
-    dims: [usize; D],
-) -> Tensor<B, D> {
-    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-    Tensor::from_data(TensorData::new(v, dims), &device())
 }
 
 #[test]

@@ -12,7 +12,6 @@
 //! for the CPU kernels.
 
 use burn::backend::Autodiff;
-use burn::tensor::{Tensor, TensorData};
 use distillery_ops::kernels::{rms_norm, rope, swiglu};
 use distillery_ops::rng::SplitMix64;
 
@@ -21,23 +20,12 @@ mod cube_support;
 mod rows_support;
 
 use attention_support::{assert_close, random, read};
-use cube_support::{Cube, device, device_present};
+use cube_support::{Cube, device_present, tensor};
 use rows_support::{
     rms_oracle, rms_oracle_grads, rope_oracle, rope_tables, silu, swiglu_oracle_grads,
 };
 
 type Ad = Autodiff<Cube>;
-
-fn tensor<
-    B: burn::tensor::backend::Backend<Device = burn::tensor::Device<Cube>>,
-    const D: usize,
->(
-    values: &[f64],
-    dims: [usize; D],
-) -> Tensor<B, D> {
-    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-    Tensor::from_data(TensorData::new(v, dims), &device())
-}
 
 #[test]
 fn rms_norm_kernels_match_oracle() {

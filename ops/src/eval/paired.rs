@@ -312,10 +312,12 @@ pub fn compare(models: &[ModelMetrics], reference: usize, resamples: usize, seed
                     )
                 })
                 .collect();
-            // Defined: these tasks' reference is above chance on all items.
             let estimates: Vec<f64> = margin_tasks
                 .iter()
-                .map(|&i| margin(&measures[i], m, &ones[i]).unwrap_or(f64::NAN))
+                .map(|&i| {
+                    margin(&measures[i], m, &ones[i])
+                        .expect("a margin task's reference is above chance on all its items")
+                })
                 .collect();
             let margin_kept = margin_tasks
                 .iter()

@@ -15,7 +15,7 @@
 //! the device's grid.
 
 use super::adamw::{AdamWOps, AdamWStep};
-use super::cube_common::{empty_f32, f32_contiguous, floor_pow2, vector_width};
+use super::cube_common::{empty_f32, f32_contiguous, strided_grid, vector_width};
 use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -146,17 +146,9 @@ fn adamw_update<R: CubeRuntime>(
         s.lr,
     );
     let client = param.client.clone();
-    let hardware = &client.properties().hardware;
     let width = vector_width(&client, DType::F32, n);
     let vectors = n / width;
-    let cube = floor_pow2(
-        UNITS
-            .min(hardware.max_units_per_cube)
-            .min(hardware.max_cube_dim.0),
-    );
-    let cubes = (vectors.div_ceil(cube as usize) as u32)
-        .min(MAX_CUBES)
-        .min(hardware.max_cube_count.0);
+    let (cubes, cube) = strided_grid(&client, vectors, UNITS, MAX_CUBES);
     adamw_vectors::launch::<R>(
         &client,
         CubeCount::new_1d(cubes),

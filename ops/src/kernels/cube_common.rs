@@ -69,6 +69,33 @@ pub fn floor_pow2(n: u32) -> u32 {
     1 << (31 - n.max(1).leading_zeros())
 }
 
+/// Units of a 1-D cube: the largest power of two up to `wanted` that the
+/// device allows.
+pub fn units_per_cube<R: CubeRuntime>(client: &ComputeClient<R>, wanted: u32) -> u32 {
+    let hardware = &client.properties().hardware;
+    floor_pow2(
+        wanted
+            .min(hardware.max_units_per_cube)
+            .min(hardware.max_cube_dim.0),
+    )
+}
+
+/// A 1-D grid-strided launch over `items`: `(cubes, units per cube)`, at
+/// most `max_cubes` cubes of up to `units` units (its units loop over the
+/// rest), at least one cube.
+pub fn strided_grid<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    items: usize,
+    units: u32,
+    max_cubes: u32,
+) -> (u32, u32) {
+    let cube = units_per_cube(client, units);
+    let cubes = (items.div_ceil(cube as usize) as u32)
+        .clamp(1, max_cubes)
+        .min(client.properties().hardware.max_cube_count.0);
+    (cubes, cube)
+}
+
 /// The widest vector the runtime loads well for `dtype` (and for f32
 /// results) that divides `len`, the length of the contiguous dimension.
 pub fn vector_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, len: usize) -> usize {
@@ -143,21 +170,16 @@ pub fn row_unit() -> u32 {
     (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X
 }
 
-/// A 2-D grid of 1-D cubes of at most `units_per_cube` units (a power of
+/// A 2-D grid of 1-D cubes of at most `units` units (a power of
 /// two the device allows) with one unit per row, for `rows` rows. Panics
 /// when the rows exceed the device's grid.
 pub fn row_grid<R: CubeRuntime>(
     client: &ComputeClient<R>,
     rows: usize,
-    units_per_cube: u32,
+    units: u32,
     what: &str,
 ) -> (CubeCount, CubeDim) {
-    let hardware = &client.properties().hardware;
-    let cube = floor_pow2(
-        units_per_cube
-            .min(hardware.max_units_per_cube)
-            .min(hardware.max_cube_dim.0),
-    );
+    let cube = units_per_cube(client, units);
     let cubes = rows.div_ceil(cube as usize);
     (cube_grid(client, cubes, what), CubeDim::new_1d(cube))
 }

@@ -10,7 +10,8 @@
 //! one.
 
 use super::cube_common::{
-    empty_f32, f32_contiguous, floor_pow2, lane_sum, sum_to_first, tree_sum_scalars, vector_width,
+    empty_f32, f32_contiguous, lane_sum, strided_grid, sum_to_first, tree_sum_scalars,
+    units_per_cube, vector_width,
 };
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::CubeRuntime;
@@ -51,20 +52,6 @@ fn square_partials<N: Size>(
     }
 }
 
-/// Cubes and units of one tensor's launch: `(cubes, cube)`.
-fn tensor_grid<R: CubeRuntime>(client: &ComputeClient<R>, vectors: usize) -> (u32, u32) {
-    let hardware = &client.properties().hardware;
-    let cube = floor_pow2(
-        UNITS
-            .min(hardware.max_units_per_cube)
-            .min(hardware.max_cube_dim.0),
-    );
-    let cubes = (vectors.div_ceil(cube as usize) as u32)
-        .clamp(1, MAX_CUBES)
-        .min(hardware.max_cube_count.0);
-    (cubes, cube)
-}
-
 /// See [`super::AdamWOps::sum_of_squares`].
 pub(super) fn sum_of_squares<R: CubeRuntime>(tensors: Vec<CubeTensor<R>>) -> CubeTensor<R> {
     let first = tensors
@@ -83,7 +70,7 @@ pub(super) fn sum_of_squares<R: CubeRuntime>(tensors: Vec<CubeTensor<R>>) -> Cub
         .map(|t| {
             let n = t.shape().num_elements();
             let width = vector_width(&client, DType::F32, n);
-            let (cubes, cube) = tensor_grid(&client, n / width);
+            let (cubes, cube) = strided_grid(&client, n / width, UNITS, MAX_CUBES);
             (width, cubes, cube)
         })
         .collect();
@@ -106,12 +93,7 @@ pub(super) fn sum_of_squares<R: CubeRuntime>(tensors: Vec<CubeTensor<R>>) -> Cub
         );
         offset += cubes;
     }
-    let hardware = &client.properties().hardware;
-    let cube = floor_pow2(
-        TOTAL_UNITS
-            .min(hardware.max_units_per_cube)
-            .min(hardware.max_cube_dim.0),
-    );
+    let cube = units_per_cube(&client, TOTAL_UNITS);
     sum_to_first::launch::<R>(
         &client,
         CubeCount::new_1d(1),

@@ -1,10 +1,10 @@
 //! RMSNorm, rotary embedding and SwiGLU as CubeCL kernels: [`RowOps`] for
 //! every `CubeBackend<R, ..>` (Burn's `Wgpu` and `Cuda` without `fusion`).
 //!
-//! Composed of tensor ops (`rows::composite`), RMSNorm's forward is about
-//! six launches and its backward about fifteen, each a pass over memory
-//! with a buffer of its own; RoPE is four (two narrows, a concatenation,
-//! the products) and SwiGLU's backward eight. Here each is one pass:
+//! Composed of tensor ops (`rows::composite`), each is several launches,
+//! each a pass over memory with a buffer of its own (with the gradient
+//! norm's kernel, they took a distillation step from 7,682 launches to
+//! 2,906; docs/BENCHMARKS.md). Here each is one pass:
 //!
 //! - `rms_norm_rows`: one cube per row holds the row in registers, sums its
 //!   squares across the cube, and writes `x r w`.
@@ -25,8 +25,8 @@
 //! time) that every unit of a cube reaches; no plane ops.
 
 use super::cube_common::{
-    cube_grid, empty_f32, f32_contiguous, floor_pow2, lane_sum, to_dtype, tree_sum_scalars,
-    vector_width,
+    cube_grid, empty_f32, f32_contiguous, lane_sum, strided_grid, to_dtype, tree_sum_scalars,
+    units_per_cube, vector_width,
 };
 use super::rows::RowOps;
 use burn::tensor::{DType, Shape, TensorMetadata};
@@ -304,15 +304,10 @@ fn swiglu_backward_vectors<N: Size>(
 /// The cube size and per-unit count of a row kernel over rows of
 /// `row_vectors` vectors: `(cube, per_unit, levels)`.
 fn row_cube<R: CubeRuntime>(client: &ComputeClient<R>, row_vectors: usize) -> (u32, usize, u32) {
-    let hardware = &client.properties().hardware;
     let wanted = (row_vectors as u32)
         .next_power_of_two()
         .clamp(ROW_CUBE_MIN, ROW_CUBE_MAX);
-    let cube = floor_pow2(
-        wanted
-            .min(hardware.max_units_per_cube)
-            .min(hardware.max_cube_dim.0),
-    );
+    let cube = units_per_cube(client, wanted);
     (
         cube,
         row_vectors.div_ceil(cube as usize),
@@ -322,15 +317,7 @@ fn row_cube<R: CubeRuntime>(client: &ComputeClient<R>, row_vectors: usize) -> (u
 
 /// Grid and cube of an elementwise kernel over `vectors` vectors.
 fn element_grid<R: CubeRuntime>(client: &ComputeClient<R>, vectors: usize) -> (CubeCount, CubeDim) {
-    let hardware = &client.properties().hardware;
-    let cube = floor_pow2(
-        ELEMENT_UNITS
-            .min(hardware.max_units_per_cube)
-            .min(hardware.max_cube_dim.0),
-    );
-    let cubes = (vectors.div_ceil(cube as usize) as u32)
-        .clamp(1, MAX_CUBES)
-        .min(hardware.max_cube_count.0);
+    let (cubes, cube) = strided_grid(client, vectors, ELEMENT_UNITS, MAX_CUBES);
     (CubeCount::new_1d(cubes), CubeDim::new_1d(cube))
 }
 
@@ -421,7 +408,7 @@ fn rms_norm_backward<R: CubeRuntime>(
     );
     let chunks = rows.div_ceil(DW_CHUNK_ROWS as usize);
     let partials = empty_f32(&x, Shape::new([chunks, hidden]));
-    let (_, column_dim) = element_grid(&client, row_vectors);
+    let column_dim = CubeDim::new_1d(units_per_cube(&client, ELEMENT_UNITS));
     let column_cubes = (row_vectors as u32).div_ceil(column_dim.x);
     let hardware = &client.properties().hardware;
     assert!(

@@ -1,5 +1,8 @@
 //! The CubeCL backend the kernel tests run on: `Cuda` in a cuda build (a
 //! GPU machine), else `Wgpu` (Mesa's lavapipe on a CPU-only machine).
+#![allow(dead_code)]
+
+use burn::tensor::{Tensor, TensorData};
 
 /// The CubeCL backend under test.
 #[cfg(feature = "cuda")]
@@ -25,4 +28,17 @@ pub fn device_present() -> bool {
 
 pub fn device() -> burn::tensor::Device<Cube> {
     Default::default()
+}
+
+/// `values` (float64) as an f32 tensor of shape `dims` on the device, for
+/// the backend under test or its autodiff.
+pub fn tensor<
+    B: burn::tensor::backend::Backend<Device = burn::tensor::Device<Cube>>,
+    const D: usize,
+>(
+    values: &[f64],
+    dims: [usize; D],
+) -> Tensor<B, D> {
+    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(v, dims), &device())
 }
