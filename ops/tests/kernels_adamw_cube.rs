@@ -4,11 +4,14 @@
 //! the same inputs, over several steps: with and without weight decay and
 //! gradient clipping, lengths that are and are not multiples of the vector
 //! width and of the cube, longer than one launch's grid, a 2-D parameter,
-//! and gradients across many magnitudes with exact zeros. And the sum of
-//! squares behind the global gradient norm, against float64.
+//! and gradients across many magnitudes with exact zeros; and many
+//! parameters updated at once (several launches, mixed vector widths, with
+//! and without moments or decay, an empty one), each against its own
+//! oracle. And the sum of squares behind the global gradient norm, against
+//! float64, for one tensor and for more than one launch takes.
 
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use distillery_ops::kernels::{AdamWOps, AdamWStep};
+use distillery_ops::kernels::{AdamWOps, AdamWStep, ParamUpdate};
 use distillery_ops::rng::SplitMix64;
 
 mod cube_support;
@@ -154,6 +157,70 @@ fn the_cube_update_matches_the_float64_oracle() {
 }
 
 #[test]
+fn many_updates_at_once_each_match_their_oracle() {
+    if !device_present() {
+        return;
+    }
+    let mut rng = SplitMix64::new(23);
+    // 45 parameters: lengths of vector width 1, 2 and 4 (interleaved, so
+    // the launches regroup them), every third without moments (a first
+    // step), every other one decaying, and an empty one.
+    let dims: Vec<[usize; 2]> = (0..45)
+        .map(|i| match i {
+            20 => [0, 3],
+            _ => [[3, 5], [6, 7], [8, 4], [1, 1], [300, 4]][i % 5],
+        })
+        .collect();
+    let mut cases = Vec::new();
+    for (i, d) in dims.iter().enumerate() {
+        let n = d[0] * d[1];
+        let p = random(&mut rng, n, 0.5);
+        let g = random(&mut rng, n, 1.0);
+        let moments = (i % 3 != 0).then(|| {
+            let m = random(&mut rng, n, 0.1);
+            let v: Vec<f32> = random(&mut rng, n, 0.01).iter().map(|x| x.abs()).collect();
+            (m, v)
+        });
+        let step = AdamWStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            decay: if i % 2 == 0 { 0.1 } else { 0.0 },
+            t: 4,
+            grad_scale: 0.5,
+        };
+        cases.push((p, g, moments, step));
+    }
+    let updates = cases
+        .iter()
+        .zip(&dims)
+        .map(|((p, g, moments, step), &d)| ParamUpdate {
+            param: on_device(p, d),
+            grad: on_device(g, d),
+            moments: moments
+                .as_ref()
+                .map(|(m, v)| (on_device(m, d), on_device(v, d))),
+            step: *step,
+        })
+        .collect();
+    let results = Cube::adamw_update_many(updates);
+    assert_eq!(results.len(), cases.len(), "one result per update");
+    for (i, ((p, g, moments, step), (got_p, got_m, got_v))) in cases.iter().zip(results).enumerate()
+    {
+        let (want_p, want_m, want_v) = oracle(p, g, moments.as_ref(), step);
+        let (got_p, got_m, got_v) = (read(got_p), read(got_m), read(got_v));
+        assert_eq!(got_p.len(), p.len(), "parameter {i}: length");
+        let e = want_p.worst(&got_p);
+        assert!(e <= TOL, "parameter {i} {:?}: values off by {e:e}", dims[i]);
+        let e = want_m.worst(&got_m);
+        assert!(e <= TOL, "parameter {i}: first moments off by {e:e}");
+        let e = want_v.worst(&got_v);
+        assert!(e <= TOL, "parameter {i}: second moments off by {e:e}");
+    }
+}
+
+#[test]
 fn the_cube_update_leaves_its_inputs_as_they_were() {
     if !device_present() {
         return;
@@ -214,9 +281,13 @@ fn the_cube_sum_of_squares_matches_float64() {
         assert_eq!(total.dims(), [1], "the sum of squares is one value");
         total.into_data().to_vec::<f32>().unwrap()[0] as f64
     };
-    // All at once, then each alone (the empty one included).
+    // All at once, then each alone (the empty one included), then 150 of
+    // the small ones (more than one launch takes, the widths interleaved).
     let all: Vec<usize> = (0..shapes.len()).collect();
-    let cases = std::iter::once(all).chain((0..shapes.len()).map(|i| vec![i]));
+    let many: Vec<usize> = (0..150).map(|i| i % 4).collect();
+    let cases = std::iter::once(all)
+        .chain((0..shapes.len()).map(|i| vec![i]))
+        .chain(std::iter::once(many));
     for which in cases {
         let (want, got) = (exact(&which), on_cube(&which));
         let err = (got - want).abs() / want.max(1e-30);

@@ -1,36 +1,47 @@
-//! The AdamW update as one CubeCL kernel: [`AdamWOps`] for every
+//! The AdamW update as CubeCL kernels: [`AdamWOps`] for every
 //! `CubeBackend<R, ..>` (Burn's `Wgpu` and `Cuda` without `fusion`).
 //!
-//! One launch per parameter reads the parameter, its gradient and both
-//! moments once and writes the three results, where the composition of
-//! tensor ops ([`super::adamw::composite`]) launched about 15 kernels and
-//! made as many buffers. The arithmetic is the composition's, operation for
+//! One launch updates up to [`PARAMS_PER_LAUNCH`] parameters (a cube row
+//! per parameter): it reads each parameter, its gradient and both moments
+//! once and writes the three results, where the composition of tensor ops
+//! ([`super::adamw::composite`]) launched about 15 kernels per parameter
+//! and made as many buffers, and a launch per parameter cost a model 272
+//! launches per step. The arithmetic is the composition's, operation for
 //! operation, on the same f32 scalars ([`AdamWStep::f32_scalars`]); a GPU
 //! compiler may contract a product and a sum into one fused multiply-add,
 //! so the results match the composition within rounding, not always bit for
 //! bit (the tests bound both against the float64 oracle).
 //!
 //! Units walk the elements in vectors of the widest width that divides the
-//! parameter's length, over a grid-strided loop, so no parameter exceeds
-//! the device's grid.
+//! parameter's length (the parameters of one launch share a width), over a
+//! grid-strided loop, so no parameter exceeds the device's grid.
 
-use super::adamw::{AdamWOps, AdamWStep};
-use super::cube_common::{empty_f32, f32_contiguous, strided_grid, vector_width};
-use burn::tensor::{DType, TensorMetadata};
+use super::adamw::{AdamWOps, AdamWStep, ParamUpdate, Updated};
+use super::cube_common::{
+    empty_f32, f32_contiguous, group_by_width, items_per_launch, strided_grid,
+};
+use burn::tensor::TensorMetadata;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
 /// Units per cube.
 const UNITS: u32 = 256;
-/// Most cubes one launch asks for; the units loop over the rest.
+/// Most cubes per parameter; the units loop over the rest.
 const MAX_CUBES: u32 = 4096;
+/// Most parameters one launch updates (seven bindings each), fewer where
+/// the device binds fewer buffers. Each distinct count compiles its own
+/// kernel, so a model's launches reuse two or three.
+const PARAMS_PER_LAUNCH: usize = 16;
+/// The parameters the trainer hands over at once: two launches' worth.
+const BATCH: usize = 2 * PARAMS_PER_LAUNCH;
 
-/// One AdamW update of `vectors` vectors of `N` elements. Without
-/// `has_moments` (the first step) the moments start at zero and `m_in`,
-/// `v_in` are not read.
-#[cube(launch)]
-fn adamw_vectors<N: Size>(
+/// One AdamW update of one parameter of `vectors` vectors of `N` elements,
+/// by the units of cube row `CUBE_POS_Y`. Without `has_moments` (the first
+/// step) the moments start at zero and `m_in`, `v_in` are not read.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn update_parameter<N: Size>(
     param: &Tensor<Vector<f32, N>>,
     grad: &Tensor<Vector<f32, N>>,
     m_in: &Tensor<Vector<f32, N>>,
@@ -39,10 +50,10 @@ fn adamw_vectors<N: Size>(
     m_out: &mut Tensor<Vector<f32, N>>,
     v_out: &mut Tensor<Vector<f32, N>>,
     vectors: u32,
-    scalars: AdamWArgs,
+    keep: f32,
+    scalars: &AdamWArgs,
     #[comptime] has_moments: bool,
     #[comptime] scaled: bool,
-    #[comptime] decays: bool,
 ) {
     let stride = CUBE_COUNT_X * CUBE_DIM_X;
     let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
@@ -69,10 +80,9 @@ fn adamw_vectors<N: Size>(
             let v = v_prev[l] * scalars.beta2 + (g * g) * scalars.one_minus_beta2;
             let update =
                 (m / scalars.correction1) / (f32::sqrt(v / scalars.correction2) + scalars.eps);
-            let mut p = p_in[l];
-            if comptime!(decays) {
-                p *= scalars.keep;
-            }
+            // `keep` is exactly 1 for a parameter that does not decay, and
+            // a product with 1 rounds to itself: the composition skips it.
+            let p = p_in[l] * keep;
             p_new[l] = p - update * scalars.lr;
             m_new[l] = m;
             v_new[l] = v;
@@ -84,7 +94,50 @@ fn adamw_vectors<N: Size>(
     }
 }
 
-/// The update's f32 scalars as one kernel argument.
+/// The updates of the parameters of one launch: cube row `y` updates
+/// parameter `y` of each sequence (`vectors[y]` long, decay factor
+/// `keeps[y]`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn adamw_parameters<N: Size>(
+    params: &Sequence<Tensor<Vector<f32, N>>>,
+    grads: &Sequence<Tensor<Vector<f32, N>>>,
+    m_in: &Sequence<Tensor<Vector<f32, N>>>,
+    v_in: &Sequence<Tensor<Vector<f32, N>>>,
+    p_out: &mut Sequence<Tensor<Vector<f32, N>>>,
+    m_out: &mut Sequence<Tensor<Vector<f32, N>>>,
+    v_out: &mut Sequence<Tensor<Vector<f32, N>>>,
+    vectors: Sequence<u32>,
+    keeps: Sequence<f32>,
+    scalars: AdamWArgs,
+    #[comptime] has_moments: bool,
+    #[comptime] scaled: bool,
+) {
+    // The sequences are indexed at compile time: each parameter is a
+    // branch, and every unit of a cube takes the same one.
+    #[unroll]
+    for t in 0..params.len() {
+        if CUBE_POS_Y == comptime!(t as u32) {
+            update_parameter(
+                params.index(t),
+                grads.index(t),
+                m_in.index(t),
+                v_in.index(t),
+                p_out.index_mut(t),
+                m_out.index_mut(t),
+                v_out.index_mut(t),
+                *vectors.index(t),
+                *keeps.index(t),
+                &scalars,
+                has_moments,
+                scaled,
+            );
+        }
+    }
+}
+
+/// The update's f32 scalars that its parameters share, as one kernel
+/// argument (each parameter's decay factor travels on its own).
 #[derive(CubeLaunch, CubeType, Clone, Copy)]
 pub struct AdamWArgs {
     grad_scale: f32,
@@ -95,27 +148,51 @@ pub struct AdamWArgs {
     correction1: f32,
     correction2: f32,
     eps: f32,
-    keep: f32,
     lr: f32,
 }
 
-fn adamw_update<R: CubeRuntime>(
+/// A [`ParamUpdate`] of any `CubeBackend<R, ..>` (they share the tensor
+/// type).
+struct Inputs<R: CubeRuntime> {
     param: CubeTensor<R>,
     grad: CubeTensor<R>,
     moments: Option<(CubeTensor<R>, CubeTensor<R>)>,
     step: AdamWStep,
-) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    let shape = param.shape();
+}
+
+/// `(param, m, v)` after the update.
+type Outputs<R> = (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>);
+
+/// One parameter's update, ready to launch: contiguous f32 inputs and its
+/// new buffers.
+struct Prepared<R: CubeRuntime> {
+    /// Its place in the caller's list.
+    index: usize,
+    param: CubeTensor<R>,
+    grad: CubeTensor<R>,
+    /// The moments, or (not read) the gradient twice before the first step.
+    m_in: CubeTensor<R>,
+    v_in: CubeTensor<R>,
+    out: Outputs<R>,
+    keep: f32,
+}
+
+/// What the parameters of one launch must share: whether they have
+/// moments, and the bits of every scalar but the decay factor.
+type LaunchKey = (bool, [u32; 10]);
+
+fn prepare<R: CubeRuntime>(index: usize, u: Inputs<R>) -> (LaunchKey, Prepared<R>) {
+    let shape = u.param.shape();
     let n = shape.num_elements();
     assert_eq!(
-        grad.shape().num_elements(),
+        u.grad.shape().num_elements(),
         n,
         "AdamW: the gradient's shape differs from the parameter's"
     );
-    let param = f32_contiguous(param);
-    let grad = f32_contiguous(grad);
-    let has_moments = moments.is_some();
-    let (m_in, v_in) = match moments {
+    let param = f32_contiguous(u.param);
+    let grad = f32_contiguous(u.grad);
+    let has_moments = u.moments.is_some();
+    let (m_in, v_in) = match u.moments {
         Some((m, v)) => {
             assert!(
                 m.shape().num_elements() == n && v.shape().num_elements() == n,
@@ -123,51 +200,122 @@ fn adamw_update<R: CubeRuntime>(
             );
             (f32_contiguous(m), f32_contiguous(v))
         }
-        // Not read: the kernel starts from zeros.
         None => (grad.clone(), grad.clone()),
     };
-    let p_out = empty_f32(&param, shape.clone());
-    let m_out = empty_f32(&param, shape.clone());
-    let v_out = empty_f32(&param, shape);
-    if n == 0 {
-        return (p_out, m_out, v_out);
-    }
-    let s = step.f32_scalars();
-    let scalars = AdamWArgsLaunch::new(
-        s.grad_scale.unwrap_or(1.0),
-        s.beta1,
-        s.one_minus_beta1,
-        s.beta2,
-        s.one_minus_beta2,
-        s.correction1,
-        s.correction2,
-        s.eps,
-        s.keep.unwrap_or(1.0),
-        s.lr,
+    let out = (
+        empty_f32(&param, shape.clone()),
+        empty_f32(&param, shape.clone()),
+        empty_f32(&param, shape),
     );
-    let client = param.client.clone();
-    let width = vector_width(&client, DType::F32, n);
-    let vectors = n / width;
-    let (cubes, cube) = strided_grid(&client, vectors, UNITS, MAX_CUBES);
-    adamw_vectors::launch::<R>(
+    let s = u.step.f32_scalars();
+    let key = (
+        has_moments,
+        [
+            u32::from(s.grad_scale.is_some()),
+            s.grad_scale.unwrap_or(1.0).to_bits(),
+            s.beta1.to_bits(),
+            s.one_minus_beta1.to_bits(),
+            s.beta2.to_bits(),
+            s.one_minus_beta2.to_bits(),
+            s.correction1.to_bits(),
+            s.correction2.to_bits(),
+            s.eps.to_bits(),
+            s.lr.to_bits(),
+        ],
+    );
+    let prepared = Prepared {
+        index,
+        param,
+        grad,
+        m_in,
+        v_in,
+        out,
+        keep: s.keep.unwrap_or(1.0),
+    };
+    (key, prepared)
+}
+
+/// Launches the updates of parameters that share `key` and a vector width.
+fn launch<R: CubeRuntime>(key: LaunchKey, width: usize, params: &[Prepared<R>]) {
+    let (has_moments, bits) = key;
+    let f = |i: usize| f32::from_bits(bits[i]);
+    let scalars = AdamWArgsLaunch::new(f(1), f(2), f(3), f(4), f(5), f(6), f(7), f(8), f(9));
+    let client = params[0].param.client.clone();
+    let longest = params
+        .iter()
+        .map(|p| p.param.shape().num_elements() / width)
+        .max()
+        .unwrap_or(0);
+    let (cubes, cube) = strided_grid(&client, longest, UNITS, MAX_CUBES);
+    let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
+    let sequence =
+        |pick: &dyn Fn(&Prepared<R>) -> &CubeTensor<R>| -> SequenceArg<R, Tensor<Vector<f32, _>>> {
+            params.iter().map(|p| arg(pick(p))).collect()
+        };
+    adamw_parameters::launch::<R>(
         &client,
-        CubeCount::new_1d(cubes),
+        CubeCount::new_2d(cubes, params.len() as u32),
         CubeDim::new_1d(cube),
         width,
-        param.into_tensor_arg(),
-        grad.into_tensor_arg(),
-        m_in.into_tensor_arg(),
-        v_in.into_tensor_arg(),
-        p_out.clone().into_tensor_arg(),
-        m_out.clone().into_tensor_arg(),
-        v_out.clone().into_tensor_arg(),
-        vectors as u32,
+        sequence(&|p| &p.param),
+        sequence(&|p| &p.grad),
+        sequence(&|p| &p.m_in),
+        sequence(&|p| &p.v_in),
+        sequence(&|p| &p.out.0),
+        sequence(&|p| &p.out.1),
+        sequence(&|p| &p.out.2),
+        params
+            .iter()
+            .map(|p| {
+                u32::try_from(p.param.shape().num_elements() / width)
+                    .expect("a parameter of over 2^32 vectors")
+            })
+            .collect(),
+        params.iter().map(|p| p.keep).collect(),
         scalars,
         has_moments,
-        s.grad_scale.is_some(),
-        s.keep.is_some(),
+        bits[0] == 1,
     );
-    (p_out, m_out, v_out)
+}
+
+/// See [`AdamWOps::adamw_update_many`].
+fn adamw_update_many<R: CubeRuntime>(updates: Vec<Inputs<R>>) -> Vec<Outputs<R>> {
+    let count = updates.len();
+    // Grouped by what a launch shares, each group in the caller's order.
+    let mut groups: Vec<(LaunchKey, Vec<Prepared<R>>)> = Vec::new();
+    let mut results: Vec<Option<Outputs<R>>> = (0..count).map(|_| None).collect();
+    for (index, update) in updates.into_iter().enumerate() {
+        let (key, prepared) = prepare(index, update);
+        if prepared.param.shape().num_elements() == 0 {
+            results[index] = Some(prepared.out);
+            continue;
+        }
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push(prepared),
+            None => groups.push((key, vec![prepared])),
+        }
+    }
+    for (key, group) in groups {
+        let Some(first) = group.first() else { continue };
+        let client = first.param.client.clone();
+        let per_launch = items_per_launch(&client, PARAMS_PER_LAUNCH, 7, 0);
+        for (width, params) in group_by_width(
+            &client,
+            group,
+            |p| p.param.shape().num_elements(),
+            per_launch,
+        ) {
+            launch(key, width, &params);
+            // The inputs are dropped here, launch by launch.
+            for p in params {
+                results[p.index] = Some(p.out);
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every update has its result"))
+        .collect()
 }
 
 impl<R, F, I, BT> AdamWOps for CubeBackend<R, F, I, BT>
@@ -182,8 +330,34 @@ where
         grad: CubeTensor<R>,
         moments: Option<(CubeTensor<R>, CubeTensor<R>)>,
         step: AdamWStep,
-    ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-        adamw_update(param, grad, moments, step)
+    ) -> Updated<Self> {
+        let inputs = Inputs {
+            param,
+            grad,
+            moments,
+            step,
+        };
+        let [out] = adamw_update_many(vec![inputs])
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one update has one result"));
+        out
+    }
+
+    fn adamw_update_many(updates: Vec<ParamUpdate<Self>>) -> Vec<Updated<Self>> {
+        let inputs = updates
+            .into_iter()
+            .map(|u| Inputs {
+                param: u.param,
+                grad: u.grad,
+                moments: u.moments,
+                step: u.step,
+            })
+            .collect();
+        adamw_update_many(inputs)
+    }
+
+    fn adamw_batch() -> usize {
+        BATCH
     }
 
     fn sum_of_squares(tensors: Vec<CubeTensor<R>>) -> CubeTensor<R> {

@@ -106,6 +106,49 @@ pub fn vector_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, len
         .unwrap_or(1)
 }
 
+/// How many items (tensors, or groups of tensors) one launch can take:
+/// `wanted`, or fewer where the device binds fewer buffers, at least one.
+/// Each item takes `bindings_per_item` buffers, and the launch `shared`
+/// more plus CubeCL's metadata buffer.
+pub fn items_per_launch<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    wanted: usize,
+    bindings_per_item: usize,
+    shared: usize,
+) -> usize {
+    let bindings = client.properties().hardware.max_bindings as usize;
+    (bindings.saturating_sub(shared + 1) / bindings_per_item)
+        .min(wanted)
+        .max(1)
+}
+
+/// `items` in launches of at most `per_launch`, each of one vector width
+/// ([`vector_width`] of the item's length in elements, `len`): `(width,
+/// items)` per launch, the items in their order within each width.
+pub fn group_by_width<R: CubeRuntime, T>(
+    client: &ComputeClient<R>,
+    items: Vec<T>,
+    len: impl Fn(&T) -> usize,
+    per_launch: usize,
+) -> Vec<(usize, Vec<T>)> {
+    let mut by_width: Vec<(usize, Vec<T>)> = Vec::new();
+    for item in items {
+        let width = vector_width(client, DType::F32, len(&item));
+        match by_width.iter_mut().find(|(w, _)| *w == width) {
+            Some((_, list)) => list.push(item),
+            None => by_width.push((width, vec![item])),
+        }
+    }
+    let mut launches = Vec::new();
+    for (width, list) in by_width {
+        let mut list = list.into_iter().peekable();
+        while list.peek().is_some() {
+            launches.push((width, list.by_ref().take(per_launch.max(1)).collect()));
+        }
+    }
+    launches
+}
+
 /// An uninitialized contiguous f32 tensor on `like`'s device.
 pub fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)

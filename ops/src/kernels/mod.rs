@@ -2,9 +2,10 @@
 //! CubeCL backends (features `wgpu`, `cuda`) and a rayon twin for the CPU
 //! backend, both checked against the float64 oracles in [`reference`].
 //!
-//! - [`adamw`]: one AdamW update of a parameter in one pass (one launch on
-//!   the CubeCL backends, `adamw_cube`), and the gradients' sum of squares
-//!   for the global norm (`norm_cube`: one pass).
+//! - [`adamw`]: the AdamW update of a parameter in one pass (on the CubeCL
+//!   backends one launch for up to 16 parameters, `adamw_cube`), and the
+//!   gradients' sum of squares for the global norm (`norm_cube`: one pass,
+//!   one launch for up to 64 gradients).
 //! - [`attention`]: causal grouped-query attention, forward and backward
 //!   (`attention_flex` on the CPU; `attention_cube` and
 //!   `attention_cube_backward` on the CubeCL backends).
@@ -67,7 +68,7 @@ pub mod rows;
 mod rows_cube;
 mod rows_flex;
 
-pub use adamw::{AdamWOps, AdamWStep};
+pub use adamw::{AdamWOps, AdamWStep, ParamUpdate, Updated};
 pub use attention::{AttentionOps, causal_attention};
 pub use importance::{
     Aggregation, BlockDistance, ChannelStats, ImportanceOps, batch_aggregate,

@@ -8,6 +8,7 @@
 //! resume checks them.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -15,7 +16,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
 use crate::io::{HostTensor, StateDict};
-use crate::kernels::{AdamWOps, AdamWStep};
+use crate::kernels::{AdamWOps, AdamWStep, ParamUpdate};
 
 /// The hyper-parameters that do not change during a run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -168,20 +169,56 @@ where
         let Some(grad) = self.grads.slots.get_mut(i).and_then(Option::take) else {
             return Param::from_mapped_value(id, value, mapper);
         };
-        let c = self.adam.config;
-        let step = AdamWStep {
-            lr: self.lr,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            // Matrices decay; norms and biases (vectors) do not.
-            decay: if D >= 2 { c.weight_decay } else { 0.0 },
-            t: self.adam.steps as i32,
-            grad_scale: self.scale,
-        };
+        let step = self.adam.step_scalars(self.lr, self.scale, D);
         let moments = self.adam.moments.remove(&path).map(|s| (s.m, s.v));
         let (p, m, v) = A::InnerBackend::adamw_update(float(value.inner()), grad, moments, step);
         self.adam.moments.insert(path, Moments { m, v });
+        let p = tensor::<A::InnerBackend, D>(p);
+        Param::from_mapped_value(id, Tensor::from_inner(p).require_grad(), mapper)
+    }
+}
+
+/// The float parameters with an index in `range`: each one's index, path,
+/// value and rank, in visit order.
+struct Collect<B: Backend> {
+    range: Range<usize>,
+    index: usize,
+    path: PathStack,
+    found: Vec<(usize, String, FloatTensor<B>, usize)>,
+}
+
+impl<A: AutodiffBackend> ModuleVisitor<A> for Collect<A::InnerBackend> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        let i = self.index;
+        self.index += 1;
+        if self.range.contains(&i) {
+            let value = float(param.val().inner());
+            self.found.push((i, self.path.leaf(), value, D));
+        }
+    }
+}
+
+/// Puts new values in place of the float parameters at their indices.
+struct Replace<B: Backend> {
+    index: usize,
+    values: BTreeMap<usize, FloatTensor<B>>,
+}
+
+impl<A: AutodiffBackend> ModuleMapper<A> for Replace<A::InnerBackend> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<A, D>>) -> Param<Tensor<A, D>> {
+        let i = self.index;
+        self.index += 1;
+        let Some(p) = self.values.remove(&i) else {
+            return param;
+        };
+        let (id, _old, mapper) = param.consume();
         let p = tensor::<A::InnerBackend, D>(p);
         Param::from_mapped_value(id, Tensor::from_inner(p).require_grad(), mapper)
     }
@@ -212,14 +249,18 @@ impl<B: Backend> AdamW<B> {
             1.0
         };
         self.steps += 1;
-        let module = module.map(&mut Update::<B> {
-            adam: self,
-            grads,
-            lr,
-            scale: clip_scale,
-            index: 0,
-            path: PathStack::default(),
-        });
+        let module = if B::adamw_batch() > 1 {
+            self.update_in_batches(module, grads, lr, clip_scale)
+        } else {
+            module.map(&mut Update::<B> {
+                adam: self,
+                grads,
+                lr,
+                scale: clip_scale,
+                index: 0,
+                path: PathStack::default(),
+            })
+        };
         grads.slots.clear();
         (
             module,
@@ -228,6 +269,79 @@ impl<B: Backend> AdamW<B> {
                 clip_scale,
             },
         )
+    }
+
+    /// The scalars of this step's update of a parameter of rank `rank`.
+    fn step_scalars(&self, lr: f64, grad_scale: f64, rank: usize) -> AdamWStep {
+        let c = self.config;
+        AdamWStep {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            // Matrices decay; norms and biases (vectors) do not.
+            decay: if rank >= 2 { c.weight_decay } else { 0.0 },
+            t: self.steps as i32,
+            grad_scale,
+        }
+    }
+
+    /// The update of every parameter with a gradient, [`AdamWOps::adamw_batch`]
+    /// parameters at a time (in visit order): the same arithmetic as
+    /// [`Update`], in fewer launches. Each batch collects its parameters'
+    /// values, updates them in one [`AdamWOps::adamw_update_many`], and
+    /// puts the results in place, so at most one batch's old values are
+    /// held beside the new ones.
+    fn update_in_batches<A, M>(
+        &mut self,
+        mut module: M,
+        grads: &mut GradientSum<B>,
+        lr: f64,
+        scale: f64,
+    ) -> M
+    where
+        B: AdamWOps,
+        A: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<A>,
+    {
+        let batch = B::adamw_batch();
+        let mut start = 0;
+        loop {
+            let mut collect = Collect::<B> {
+                range: start..start + batch,
+                index: 0,
+                path: PathStack::default(),
+                found: Vec::new(),
+            };
+            module.visit(&mut collect);
+            let mut indices = Vec::new();
+            let mut updates = Vec::new();
+            for (i, path, param, rank) in collect.found {
+                let Some(grad) = grads.slots.get_mut(i).and_then(Option::take) else {
+                    continue;
+                };
+                let moments = self.moments.remove(&path).map(|s| (s.m, s.v));
+                updates.push(ParamUpdate {
+                    param,
+                    grad,
+                    moments,
+                    step: self.step_scalars(lr, scale, rank),
+                });
+                indices.push((i, path));
+            }
+            let mut values = BTreeMap::new();
+            for ((i, path), (p, m, v)) in indices.into_iter().zip(B::adamw_update_many(updates)) {
+                self.moments.insert(path, Moments { m, v });
+                values.insert(i, p);
+            }
+            if !values.is_empty() {
+                module = module.map(&mut Replace::<B> { index: 0, values });
+            }
+            start += batch;
+            if start >= collect.index {
+                return module;
+            }
+        }
     }
 
     /// The moments as host tensors named `m.<path>` and `v.<path>`.
