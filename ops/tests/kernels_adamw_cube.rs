@@ -107,7 +107,7 @@ fn the_cube_update_matches_the_float64_oracle() {
         ([1, 1], 0.1, 1.0),
         ([7, 143], 0.0, 1.0),
         ([576, 40], 0.1, 0.37),
-        ([1536, 1000], 0.05, 1.0),
+        ([2100, 2100], 0.05, 1.0),
     ] {
         let n = dims[0] * dims[1];
         let mut p = random(&mut rng, n, 0.5);

@@ -1,8 +1,8 @@
 //! The AdamW update as CubeCL kernels: [`AdamWOps`] for every
 //! `CubeBackend<R, ..>` (Burn's `Wgpu` and `Cuda` without `fusion`).
 //!
-//! One launch updates up to [`PARAMS_PER_LAUNCH`] parameters (a cube row
-//! per parameter): it reads each parameter, its gradient and both moments
+//! One launch updates up to [`PARAMS_PER_LAUNCH`] parameters (each by its
+//! own run of cubes, as many as its length needs): it reads each parameter, its gradient and both moments
 //! once and writes the three results, where the composition of tensor ops
 //! ([`super::adamw::composite`]) launched about 15 kernels per parameter
 //! and made as many buffers, and a launch per parameter cost a model 272
@@ -18,7 +18,8 @@
 
 use super::adamw::{AdamWOps, AdamWStep, ParamUpdate, Updated};
 use super::cube_common::{
-    empty_f32, f32_contiguous, group_by_width, items_per_launch, strided_grid,
+    cube_grid, empty_f32, f32_contiguous, group_by_width, items_per_launch, strided_grid,
+    units_per_cube,
 };
 use burn::tensor::TensorMetadata;
 use burn_cubecl::tensor::CubeTensor;
@@ -37,8 +38,9 @@ const PARAMS_PER_LAUNCH: usize = 16;
 const BATCH: usize = 2 * PARAMS_PER_LAUNCH;
 
 /// One AdamW update of one parameter of `vectors` vectors of `N` elements,
-/// by the units of cube row `CUBE_POS_Y`. Without `has_moments` (the first
-/// step) the moments start at zero and `m_in`, `v_in` are not read.
+/// by the units of its `cubes` cubes, of which this is cube `cube`. Without
+/// `has_moments` (the first step) the moments start at zero and `m_in`,
+/// `v_in` are not read.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn update_parameter<N: Size>(
@@ -50,13 +52,15 @@ fn update_parameter<N: Size>(
     m_out: &mut Tensor<Vector<f32, N>>,
     v_out: &mut Tensor<Vector<f32, N>>,
     vectors: u32,
+    cube: u32,
+    cubes: u32,
     keep: f32,
     scalars: &AdamWArgs,
     #[comptime] has_moments: bool,
     #[comptime] scaled: bool,
 ) {
-    let stride = CUBE_COUNT_X * CUBE_DIM_X;
-    let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+    let stride = cubes * CUBE_DIM_X;
+    let mut i = cube * CUBE_DIM_X + UNIT_POS_X;
     while i < vectors {
         let at = i as usize;
         let g_in = grad[at];
@@ -94,9 +98,9 @@ fn update_parameter<N: Size>(
     }
 }
 
-/// The updates of the parameters of one launch: cube row `y` updates
-/// parameter `y` of each sequence (`vectors[y]` long, decay factor
-/// `keeps[y]`).
+/// The updates of the parameters of one launch: parameter `t` of each
+/// sequence (`vectors[t]` long, decay factor `keeps[t]`) is updated by the
+/// cubes `first_cube[t] .. first_cube[t] + cubes[t]`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn adamw_parameters<N: Size>(
@@ -108,16 +112,21 @@ fn adamw_parameters<N: Size>(
     m_out: &mut Sequence<Tensor<Vector<f32, N>>>,
     v_out: &mut Sequence<Tensor<Vector<f32, N>>>,
     vectors: Sequence<u32>,
+    first_cube: Sequence<u32>,
+    cubes: Sequence<u32>,
     keeps: Sequence<f32>,
     scalars: AdamWArgs,
     #[comptime] has_moments: bool,
     #[comptime] scaled: bool,
 ) {
+    let c = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
     // The sequences are indexed at compile time: each parameter is a
     // branch, and every unit of a cube takes the same one.
     #[unroll]
     for t in 0..params.len() {
-        if CUBE_POS_Y == comptime!(t as u32) {
+        let first = *first_cube.index(t);
+        let own = *cubes.index(t);
+        if c >= first && c < first + own {
             update_parameter(
                 params.index(t),
                 grads.index(t),
@@ -127,6 +136,8 @@ fn adamw_parameters<N: Size>(
                 m_out.index_mut(t),
                 v_out.index_mut(t),
                 *vectors.index(t),
+                c - first,
+                own,
                 *keeps.index(t),
                 &scalars,
                 has_moments,
@@ -241,12 +252,28 @@ fn launch<R: CubeRuntime>(key: LaunchKey, width: usize, params: &[Prepared<R>]) 
     let f = |i: usize| f32::from_bits(bits[i]);
     let scalars = AdamWArgsLaunch::new(f(1), f(2), f(3), f(4), f(5), f(6), f(7), f(8), f(9));
     let client = params[0].param.client.clone();
-    let longest = params
+    let cube = units_per_cube(&client, UNITS);
+    let vectors: Vec<u32> = params
         .iter()
-        .map(|p| p.param.shape().num_elements() / width)
-        .max()
-        .unwrap_or(0);
-    let (cubes, cube) = strided_grid(&client, longest, UNITS, MAX_CUBES);
+        .map(|p| {
+            let n = p.param.shape().num_elements() / width;
+            u32::try_from(n).expect("a parameter of over 2^32 vectors")
+        })
+        .collect();
+    // Each parameter its own run of cubes, as many as its length needs.
+    let cubes: Vec<u32> = vectors
+        .iter()
+        .map(|&n| strided_grid(&client, n as usize, cube, MAX_CUBES).0)
+        .collect();
+    let first_cube: Vec<u32> = cubes
+        .iter()
+        .scan(0, |start, &c| {
+            let first = *start;
+            *start += c;
+            Some(first)
+        })
+        .collect();
+    let total: u32 = cubes.iter().sum();
     let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
     let sequence =
         |pick: &dyn Fn(&Prepared<R>) -> &CubeTensor<R>| -> SequenceArg<R, Tensor<Vector<f32, _>>> {
@@ -254,7 +281,7 @@ fn launch<R: CubeRuntime>(key: LaunchKey, width: usize, params: &[Prepared<R>]) 
         };
     adamw_parameters::launch::<R>(
         &client,
-        CubeCount::new_2d(cubes, params.len() as u32),
+        cube_grid(&client, total as usize, "AdamW"),
         CubeDim::new_1d(cube),
         width,
         sequence(&|p| &p.param),
@@ -264,13 +291,9 @@ fn launch<R: CubeRuntime>(key: LaunchKey, width: usize, params: &[Prepared<R>]) 
         sequence(&|p| &p.out.0),
         sequence(&|p| &p.out.1),
         sequence(&|p| &p.out.2),
-        params
-            .iter()
-            .map(|p| {
-                u32::try_from(p.param.shape().num_elements() / width)
-                    .expect("a parameter of over 2^32 vectors")
-            })
-            .collect(),
+        vectors.into_iter().collect(),
+        first_cube.into_iter().collect(),
+        cubes.into_iter().collect(),
         params.iter().map(|p| p.keep).collect(),
         scalars,
         has_moments,

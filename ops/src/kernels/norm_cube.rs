@@ -5,12 +5,13 @@
 //! sums it (one or two launches) and adds the sum to a running total: about
 //! four launches and three passes over memory per parameter. Here one
 //! launch takes up to [`TENSORS_PER_LAUNCH`] tensors of one vector width
-//! (a cube row per tensor), reads each once and writes one partial sum per
-//! cube into a shared buffer; one more launch sums the partials. A model's
+//! (each its own run of cubes, as many as its length needs), reads each
+//! once and writes one partial sum per cube into a shared buffer; one more
+//! launch sums the partials. A model's
 //! 272 gradients take about five launches and one pass over memory.
 
 use super::cube_common::{
-    empty_f32, f32_contiguous, group_by_width, items_per_launch, lane_sum, strided_grid,
+    cube_grid, empty_f32, f32_contiguous, group_by_width, items_per_launch, lane_sum, strided_grid,
     sum_to_first, tree_sum_scalars, units_per_cube,
 };
 use burn::tensor::{Shape, TensorMetadata};
@@ -29,27 +30,34 @@ const TOTAL_UNITS: u32 = 256;
 /// launches of one model reuse two or three.
 const TENSORS_PER_LAUNCH: usize = 64;
 
-/// `partials[offset + y * CUBE_COUNT_X + x] = sum of v^2` over the vectors
-/// of tensor `y` that cube `x`'s units visit (a grid-strided loop;
-/// `vectors[y]` is tensor `y`'s length in vectors).
+/// `partials[offset + c] = sum of v^2` over the vectors that cube `c`'s
+/// units visit: cube `c` belongs to the tensor `t` whose cubes
+/// `first_cube[t] .. first_cube[t] + cubes[t]` hold it, and its units walk
+/// that tensor's `vectors[t]` vectors in a grid-strided loop.
 #[cube(launch)]
 fn square_partials<N: Size>(
     xs: &Sequence<Tensor<Vector<f32, N>>>,
     vectors: Sequence<u32>,
+    first_cube: Sequence<u32>,
+    cubes: Sequence<u32>,
     partials: &mut Tensor<f32>,
     offset: u32,
+    total_cubes: u32,
     #[comptime] levels: u32,
 ) {
-    let stride = CUBE_COUNT_X * CUBE_DIM_X;
+    let c = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
     let mut acc = Vector::<f32, N>::empty().fill(f32::new(0.0));
-    // The sequence is indexed at compile time: each tensor is a branch,
+    // The sequences are indexed at compile time: each tensor is a branch,
     // and every unit of a cube takes the same one.
     #[unroll]
     for t in 0..xs.len() {
-        if CUBE_POS_Y == comptime!(t as u32) {
+        let first = *first_cube.index(t);
+        let own = *cubes.index(t);
+        if c >= first && c < first + own {
             let x = xs.index(t);
             let count = *vectors.index(t);
-            let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+            let stride = own * CUBE_DIM_X;
+            let mut i = (c - first) * CUBE_DIM_X + UNIT_POS_X;
             while i < count {
                 let v = x[i as usize];
                 acc += v * v;
@@ -61,17 +69,25 @@ fn square_partials<N: Size>(
     smem[UNIT_POS_X as usize] = lane_sum(acc);
     sync_cube();
     tree_sum_scalars(&mut smem, UNIT_POS_X, 0, 1, true, levels);
-    if UNIT_POS_X == 0 {
-        partials[(offset + CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize] = smem[0];
+    // The grid may round up past the launch's cubes.
+    if UNIT_POS_X == 0 && c < total_cubes {
+        partials[(offset + c) as usize] = smem[0];
     }
 }
 
-/// One launch of [`square_partials`]: its tensors, vector width and grid.
+/// One launch of [`square_partials`]: its tensors and their lengths in
+/// vectors of `width`, each tensor's cubes, and the units per cube.
 struct Launch<R: CubeRuntime> {
-    tensors: Vec<CubeTensor<R>>,
+    tensors: Vec<(CubeTensor<R>, u32)>,
     width: usize,
-    cubes: u32,
+    cubes: Vec<u32>,
     cube: u32,
+}
+
+impl<R: CubeRuntime> Launch<R> {
+    fn total_cubes(&self) -> u32 {
+        self.cubes.iter().sum()
+    }
 }
 
 /// See [`super::AdamWOps::sum_of_squares`].
@@ -92,12 +108,18 @@ pub(super) fn sum_of_squares<R: CubeRuntime>(tensors: Vec<CubeTensor<R>>) -> Cub
         group_by_width(&client, tensors, |t| t.shape().num_elements(), per_launch)
             .into_iter()
             .map(|(width, tensors)| {
-                let longest = tensors
+                let cube = units_per_cube(&client, UNITS);
+                let tensors: Vec<_> = tensors
+                    .into_iter()
+                    .map(|t| {
+                        let n = t.shape().num_elements() / width;
+                        (t, u32::try_from(n).expect("a tensor of over 2^32 vectors"))
+                    })
+                    .collect();
+                let cubes = tensors
                     .iter()
-                    .map(|t| t.shape().num_elements() / width)
-                    .max()
-                    .unwrap_or(0);
-                let (cubes, cube) = strided_grid(&client, longest, UNITS, MAX_CUBES);
+                    .map(|&(_, n)| strided_grid(&client, n as usize, cube, MAX_CUBES).0)
+                    .collect();
                 Launch {
                     tensors,
                     width,
@@ -106,34 +128,39 @@ pub(super) fn sum_of_squares<R: CubeRuntime>(tensors: Vec<CubeTensor<R>>) -> Cub
                 }
             })
             .collect();
-    let count: u32 = launches
-        .iter()
-        .map(|l| l.cubes * l.tensors.len() as u32)
-        .sum();
+    let count: u32 = launches.iter().map(Launch::total_cubes).sum();
     let total = empty_f32(&first, Shape::new([1]));
     let partials = empty_f32(&first, Shape::new([count.max(1) as usize]));
     let mut offset = 0u32;
     for launch in launches {
-        let rows = launch.tensors.len() as u32;
+        let total_cubes = launch.total_cubes();
+        let mut first_cube = SequenceArg::new();
+        let mut start = 0;
+        for &c in &launch.cubes {
+            first_cube.push(start);
+            start += c;
+        }
         let mut xs = SequenceArg::new();
         let mut vectors = SequenceArg::new();
-        for t in launch.tensors {
-            let n = t.shape().num_elements() / launch.width;
-            vectors.push(u32::try_from(n).expect("a tensor of over 2^32 vectors"));
+        for (t, n) in launch.tensors {
+            vectors.push(n);
             xs.push(t.into_tensor_arg());
         }
         square_partials::launch::<R>(
             &client,
-            CubeCount::new_2d(launch.cubes, rows),
+            cube_grid(&client, total_cubes as usize, "the sum of squares"),
             CubeDim::new_1d(launch.cube),
             launch.width,
             xs,
             vectors,
+            first_cube,
+            launch.cubes.iter().copied().collect(),
             partials.clone().into_tensor_arg(),
             offset,
+            total_cubes,
             launch.cube.trailing_zeros(),
         );
-        offset += launch.cubes * rows;
+        offset += total_cubes;
     }
     let cube = units_per_cube(&client, TOTAL_UNITS);
     sum_to_first::launch::<R>(
