@@ -37,8 +37,13 @@ want kernels && for t in kernels_matmul_cube kernels_rows_cube kernels_attention
 done
 
 # 1. Where the device time goes: CubeCL times every launch on its own
-# (3 steps: the bench's untimed one and 2 timed).
+# (3 steps: the bench's untimed one and 2 timed). The CUDA build autotunes
+# (its first call of each product shape times the candidate kernels), and
+# the tuning's launches would be profiled too: an unprofiled step first
+# tunes every shape and leaves the choices in CubeCL's cache (target/).
 want profile && for p in f32 bf16; do
+    run distillery bench distill $teacher --student $student --device cuda \
+        --rows 8 --seq 512 --steps 1 --precision $p >/dev/null
     CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=/tmp/profile-$p.log \
         run distillery bench distill $teacher --student $student --device cuda \
         --rows 8 --seq 512 --steps 2 --precision $p
