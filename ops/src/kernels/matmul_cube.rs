@@ -8,7 +8,9 @@
 //!   operand once (`x`, the weight, `dy`), as mixed-precision training does;
 //! - inference carries the activations in two bf16 parts, `x = hi + lo`
 //!   (about 16 bits), and sums the two products in f32, so that logits
-//!   stay close to f32's (the weight is rounded once).
+//!   stay close to f32's (the weight is rounded once): one product of the
+//!   parts side by side with the weight stacked twice
+//!   (`matmul_parts_cube`).
 //!
 //! Every operand is cast to bf16 explicitly before the product: Burn 0.21's
 //! matmul reads its right operand as if it had the left operand's dtype,
@@ -21,6 +23,7 @@
 
 use super::cube_common::to_dtype;
 use super::matmul::{MatmulOps, Precision, Wanted, WeightLayout, f32_backward, f32_product};
+use super::matmul_parts_cube::two_part_product;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensorOps;
@@ -75,12 +78,7 @@ where
             return f32_product::<Self>(x, weight, layout);
         }
         let dtype = x.dtype;
-        let x = to_dtype(x, DType::F32);
-        let w = to_dtype(right_operand::<R, F, I, BT>(weight, layout), REDUCED);
-        let hi = to_dtype(x.clone(), REDUCED);
-        let lo = Self::float_sub(x, to_dtype(hi.clone(), DType::F32));
-        let y = Self::float_add(reduced_product(hi, w.clone()), reduced_product(lo, w));
-        to_dtype(y, dtype)
+        to_dtype(two_part_product(x, weight, layout, REDUCED), dtype)
     }
 
     fn linear_matmul_trained(

@@ -10,7 +10,9 @@
 //!   (`attention_flex` on the CPU; `attention_cube` and
 //!   `attention_cube_backward` on the CubeCL backends).
 //! - [`matmul`]: the model's matrix products in f32, or with bf16 operands
-//!   (AMX tiles on the CPU, `matmul_cube` on the CubeCL backends).
+//!   (AMX tiles on the CPU, `matmul_cube` on the CubeCL backends, whose
+//!   inference product sums its two-part activations in one product,
+//!   `matmul_parts_cube`).
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
 //!   backward (`rows_flex` on the CPU, `rows_cube` on the CubeCL backends).
 //! - [`importance`]: the width statistics and block importance reductions.
@@ -61,6 +63,8 @@ pub mod matmul;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod matmul_cube;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod matmul_parts_cube;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod norm_cube;
 pub mod reference;
 pub mod rows;
@@ -79,6 +83,8 @@ pub use kd::{KdLoss, KdOps, KdSpec, SparseTeacher, kd_loss, kd_loss_sparse};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
 pub use linear_kd::{LinearKd, LinearKdOps, TeacherRows, linear_kd_loss};
 pub use matmul::{MatmulOps, Precision, Wanted, WeightLayout, linear_matmul};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use matmul_parts_cube::two_part_product;
 pub use rows::{RowOps, rms_norm, rope, swiglu};
 
 /// A tensor's primitive, for a backend op's arguments.
