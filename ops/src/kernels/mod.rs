@@ -87,6 +87,12 @@ pub use matmul::{MatmulOps, Precision, Wanted, WeightLayout, linear_matmul};
 pub use matmul_parts_cube::two_part_product;
 pub use rows::{RowOps, rms_norm, rope, swiglu};
 
+/// Whether CubeCL autotunes the matrix products and reductions of the GPU
+/// backends in this build: the `cuda` feature turns Burn's `autotune` on
+/// (for every CubeCL backend compiled in), the wgpu-only build leaves it
+/// off.
+pub const AUTOTUNED: bool = cfg!(feature = "cuda");
+
 /// A tensor's primitive, for a backend op's arguments.
 fn float<B: burn::tensor::backend::Backend, const D: usize>(
     t: burn::tensor::Tensor<B, D>,

@@ -127,8 +127,10 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
         distillery_ops::kernels::matmul::arithmetic::<B>(&device, args.precision),
         if cpu {
             format!("{} threads", rayon::current_num_threads())
+        } else if distillery_ops::kernels::AUTOTUNED {
+            "GPU, kernels autotuned".to_string()
         } else {
-            "GPU".to_string()
+            "GPU, untuned kernels".to_string()
         }
     );
     let step_flops = (args.rows * args.seq) as f64
