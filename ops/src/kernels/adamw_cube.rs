@@ -188,9 +188,15 @@ struct Prepared<R: CubeRuntime> {
     keep: f32,
 }
 
-/// What the parameters of one launch must share: whether they have
-/// moments, and the bits of every scalar but the decay factor.
-type LaunchKey = (bool, [u32; 10]);
+/// What the parameters of one launch share: whether they have moments,
+/// whether their gradients are scaled, and the bits of [`AdamWArgs`] in
+/// its field order (bits, so that keys compare exactly).
+#[derive(Clone, Copy, PartialEq)]
+struct LaunchKey {
+    has_moments: bool,
+    scaled: bool,
+    scalars: [u32; 9],
+}
 
 fn prepare<R: CubeRuntime>(index: usize, u: Inputs<R>) -> (LaunchKey, Prepared<R>) {
     let shape = u.param.shape();
@@ -219,21 +225,22 @@ fn prepare<R: CubeRuntime>(index: usize, u: Inputs<R>) -> (LaunchKey, Prepared<R
         empty_f32(&param, shape),
     );
     let s = u.step.f32_scalars();
-    let key = (
+    let key = LaunchKey {
         has_moments,
-        [
-            u32::from(s.grad_scale.is_some()),
-            s.grad_scale.unwrap_or(1.0).to_bits(),
-            s.beta1.to_bits(),
-            s.one_minus_beta1.to_bits(),
-            s.beta2.to_bits(),
-            s.one_minus_beta2.to_bits(),
-            s.correction1.to_bits(),
-            s.correction2.to_bits(),
-            s.eps.to_bits(),
-            s.lr.to_bits(),
-        ],
-    );
+        scaled: s.grad_scale.is_some(),
+        scalars: [
+            s.grad_scale.unwrap_or(1.0),
+            s.beta1,
+            s.one_minus_beta1,
+            s.beta2,
+            s.one_minus_beta2,
+            s.correction1,
+            s.correction2,
+            s.eps,
+            s.lr,
+        ]
+        .map(f32::to_bits),
+    };
     let prepared = Prepared {
         index,
         param,
@@ -248,9 +255,28 @@ fn prepare<R: CubeRuntime>(index: usize, u: Inputs<R>) -> (LaunchKey, Prepared<R
 
 /// Launches the updates of parameters that share `key` and a vector width.
 fn launch<R: CubeRuntime>(key: LaunchKey, width: usize, params: &[Prepared<R>]) {
-    let (has_moments, bits) = key;
-    let f = |i: usize| f32::from_bits(bits[i]);
-    let scalars = AdamWArgsLaunch::new(f(1), f(2), f(3), f(4), f(5), f(6), f(7), f(8), f(9));
+    let [
+        grad_scale,
+        beta1,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        c1,
+        c2,
+        eps,
+        lr,
+    ] = key.scalars.map(f32::from_bits);
+    let scalars = AdamWArgsLaunch::new(
+        grad_scale,
+        beta1,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        c1,
+        c2,
+        eps,
+        lr,
+    );
     let client = params[0].param.client.clone();
     let cube = units_per_cube(&client, UNITS);
     let vectors: Vec<u32> = params
@@ -296,8 +322,8 @@ fn launch<R: CubeRuntime>(key: LaunchKey, width: usize, params: &[Prepared<R>]) 
         cubes.into_iter().collect(),
         params.iter().map(|p| p.keep).collect(),
         scalars,
-        has_moments,
-        bits[0] == 1,
+        key.has_moments,
+        key.scaled,
     );
 }
 

@@ -7,8 +7,8 @@
 //! launch takes up to [`TENSORS_PER_LAUNCH`] tensors of one vector width
 //! (each its own run of cubes, as many as its length needs), reads each
 //! once and writes one partial sum per cube into a shared buffer; one more
-//! launch sums the partials. A model's
-//! 272 gradients take about five launches and one pass over memory.
+//! launch sums the partials: on CUDA, a model's 272 gradients take five
+//! launches and the sum, and one pass over memory.
 
 use super::cube_common::{
     cube_grid, empty_f32, f32_contiguous, group_by_width, items_per_launch, lane_sum, strided_grid,
