@@ -43,7 +43,7 @@ done
 # tunes every shape and leaves the choices in CubeCL's cache (target/).
 want profile && for p in f32 bf16; do
     run distillery bench distill $teacher --student $student --device cuda \
-        --rows 8 --seq 512 --steps 1 --precision $p >/dev/null
+        --rows 8 --seq 512 --steps 1 --precision $p | tail -n 1
     CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=/tmp/profile-$p.log \
         run distillery bench distill $teacher --student $student --device cuda \
         --rows 8 --seq 512 --steps 2 --precision $p
