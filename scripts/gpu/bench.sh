@@ -2,14 +2,15 @@
 # Call 1 on a GPU machine (carry .gpu/a): the CubeCL kernels against the
 # float64 oracle, then the distillation step's figures beside PyTorch's on
 # the same card, in the order of docs/BENCHMARKS.md: where the step's
-# device time goes (every launch profiled), tokens/s and MFU in f32 and
-# bf16, the step against PyTorch (fp32 eager, bf16 with SDPA and fused
-# AdamW, torch.compile), peak memory with a 128k vocabulary with and without
-# the fused linear KD, then the KD loss and importance reductions. Writes
-# the log, and each profile's table, to $OUT.
+# device time goes (every launch profiled), the attention op against
+# PyTorch's SDPA, tokens/s and MFU in f32 and bf16, the step against
+# PyTorch (fp32 eager, bf16 with SDPA and fused AdamW, torch.compile), peak
+# memory with a 128k vocabulary with and without the fused linear KD, then
+# the KD loss and importance reductions. Writes the log, and each
+# profile's table, to $OUT.
 #
 # All of it may not fit one call's 10 minutes: arguments pick sections,
-#   bash scripts/gpu/bench.sh [kernels] [profile] [mfu] [torch] [memory] [reductions]
+#   bash scripts/gpu/bench.sh [kernels] [profile] [attention] [mfu] [torch] [memory] [reductions]
 # (none: all), so that one call runs some and a later call on the same warm
 # machine (carrying .gpu/a again) the rest.
 cd "$(dirname "$0")/../.."
@@ -49,6 +50,17 @@ want profile && for p in f32 bf16; do
         --rows 8 --seq 512 --steps 2 --precision $p
     python3 scripts/gpu/kernel_profile.py /tmp/profile-$p.log --steps 3 --kernels | tee "$OUT/profile-$p.md"
 done
+
+# 1b. The attention op alone at the MFU run's shape (SmolLM2's 9 heads on
+# 3, head size 64), against PyTorch's SDPA: fp32 and bf16 with the kernel
+# torch picks (flash in bf16), and fp32 without a fused kernel (math).
+if want attention; then
+    run distillery bench attention --device cuda --rows 32 --seq 512 --repeats 10
+    for p in fp32 bf16; do
+        run python3 scripts/bench_attention_torch.py --device cuda --rows 32 --seq 512 --dtype $p
+    done
+    run python3 scripts/bench_attention_torch.py --device cuda --rows 32 --seq 512 --dtype fp32 --kernel math
+fi
 
 # 2. Tokens/s and MFU: 135M teacher -> 84M width student, 32 x 512.
 if want mfu; then

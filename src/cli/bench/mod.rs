@@ -3,6 +3,7 @@
 //! this one holds the command, the device choice and the timing helpers
 //! they share.
 
+mod attention;
 mod check;
 mod distill;
 mod eval;
@@ -35,6 +36,9 @@ pub enum BenchCommand {
     Eval(eval::EvalArgs),
     /// The fused KD loss, forward and backward, against the memory bandwidth.
     Kd(kd::KdArgs),
+    /// The causal grouped-query attention op alone, forward and forward
+    /// with backward, in TFLOP/s of its useful work.
+    Attention(attention::AttentionArgs),
     /// Distillation training steps: teacher forward, student forward and
     /// backward, optimizer; tokens/s of each part.
     Distill(distill::DistillArgs),
@@ -51,6 +55,7 @@ pub fn bench(command: BenchCommand) -> u8 {
         BenchCommand::ImportancePass(args) => report(importance_pass::importance_pass(args)),
         BenchCommand::Eval(args) => report(eval::eval(args)),
         BenchCommand::Kd(args) => report(kd::kd(args)),
+        BenchCommand::Attention(args) => report(attention::attention(args)),
         BenchCommand::Distill(args) => report(distill::distill(args)),
         BenchCommand::Remote(args) => report(remote::remote(args)),
     }
