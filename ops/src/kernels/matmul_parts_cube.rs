@@ -107,24 +107,27 @@ pub fn two_part_product<R: CubeRuntime>(
     dtype: DType,
 ) -> CubeTensor<R> {
     let [rows, k]: [usize; 2] = x.shape().dims();
+    let [w_rows, w_cols]: [usize; 2] = weight.shape().dims();
+    let inner = match layout {
+        WeightLayout::InOut => w_rows,
+        WeightLayout::OutIn => w_cols,
+    };
+    assert_eq!(
+        inner, k,
+        "two-part product: inputs [{rows}, {k}] for a weight [{w_rows}, {w_cols}] stored {layout:?}"
+    );
     let parts = twice(x, rows, k, true, dtype);
     // `[w; w]` as the right operand: stacked along the inner dimension in
     // the weight's own storage order (both copies of a stored row side by
     // side), so the kernel reads and writes in order; for `[out, in]`
     // storage the product reads the stack's transpose in place.
     let right = match layout {
-        WeightLayout::InOut => {
-            let [_, n]: [usize; 2] = weight.shape().dims();
-            // One stored "row" of k n elements: `[w | w]` is `[w; w]`.
-            reshape(
-                twice(weight, 1, k * n, false, dtype),
-                Shape::new([2 * k, n]),
-            )
-        }
-        WeightLayout::OutIn => {
-            let [n, _]: [usize; 2] = weight.shape().dims();
-            permute(twice(weight, n, k, false, dtype), &[1, 0])
-        }
+        // One stored "row" of k n elements: `[w | w]` is `[w; w]`.
+        WeightLayout::InOut => reshape(
+            twice(weight, 1, k * w_cols, false, dtype),
+            Shape::new([2 * k, w_cols]),
+        ),
+        WeightLayout::OutIn => permute(twice(weight, w_rows, k, false, dtype), &[1, 0]),
     };
     matmul(parts, right, None, MatmulStrategy::default(), DType::F32)
         .unwrap_or_else(|e| panic!("a {dtype:?} product with an f32 result cannot run here: {e:?}"))
