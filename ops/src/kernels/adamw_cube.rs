@@ -2,8 +2,9 @@
 //! `CubeBackend<R, ..>` (Burn's `Wgpu` and `Cuda` without `fusion`).
 //!
 //! One launch updates up to [`PARAMS_PER_LAUNCH`] parameters (each by its
-//! own run of cubes, as many as its length needs): it reads each parameter, its gradient and both moments
-//! once and writes the three results, where the composition of tensor ops
+//! own run of cubes, as many as its length needs): it reads each
+//! parameter, its gradient and both moments once and writes the three
+//! results, where the composition of tensor ops
 //! ([`super::adamw::composite`]) launched about 15 kernels per parameter
 //! and made as many buffers, and a launch per parameter cost a model 272
 //! launches per step. The arithmetic is the composition's, operation for
@@ -18,7 +19,7 @@
 
 use super::adamw::{AdamWOps, AdamWStep, ParamUpdate, Updated};
 use super::cube_common::{
-    cube_grid, empty_f32, f32_contiguous, group_by_width, items_per_launch, strided_grid,
+    cube_grid, cube_runs, empty_f32, f32_contiguous, group_by_width, items_per_launch,
     units_per_cube,
 };
 use burn::tensor::TensorMetadata;
@@ -286,20 +287,7 @@ fn launch<R: CubeRuntime>(key: LaunchKey, width: usize, params: &[Prepared<R>]) 
             u32::try_from(n).expect("a parameter of over 2^32 vectors")
         })
         .collect();
-    // Each parameter its own run of cubes, as many as its length needs.
-    let cubes: Vec<u32> = vectors
-        .iter()
-        .map(|&n| strided_grid(&client, n as usize, cube, MAX_CUBES).0)
-        .collect();
-    let first_cube: Vec<u32> = cubes
-        .iter()
-        .scan(0, |start, &c| {
-            let first = *start;
-            *start += c;
-            Some(first)
-        })
-        .collect();
-    let total: u32 = cubes.iter().sum();
+    let runs = cube_runs(&client, &vectors, cube, MAX_CUBES);
     let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
     let sequence =
         |pick: &dyn Fn(&Prepared<R>) -> &CubeTensor<R>| -> SequenceArg<R, Tensor<Vector<f32, _>>> {
@@ -307,7 +295,7 @@ fn launch<R: CubeRuntime>(key: LaunchKey, width: usize, params: &[Prepared<R>]) 
         };
     adamw_parameters::launch::<R>(
         &client,
-        cube_grid(&client, total as usize, "AdamW"),
+        cube_grid(&client, runs.total as usize, "AdamW"),
         CubeDim::new_1d(cube),
         width,
         sequence(&|p| &p.param),
@@ -318,8 +306,8 @@ fn launch<R: CubeRuntime>(key: LaunchKey, width: usize, params: &[Prepared<R>]) 
         sequence(&|p| &p.out.1),
         sequence(&|p| &p.out.2),
         vectors.into_iter().collect(),
-        first_cube.into_iter().collect(),
-        cubes.into_iter().collect(),
+        runs.first.into_iter().collect(),
+        runs.cubes.into_iter().collect(),
         params.iter().map(|p| p.keep).collect(),
         scalars,
         key.has_moments,

@@ -96,6 +96,39 @@ pub fn strided_grid<R: CubeRuntime>(
     (cubes, cube)
 }
 
+/// One launch's grid over several tensors, each with its own run of
+/// cubes: tensor `t` of `vectors[t]` vectors gets `cubes[t]` cubes (a
+/// [`strided_grid`] of at most `max_cubes` cubes of `units`), numbered
+/// from `first[t]`; `total` cubes in all.
+pub struct CubeRuns {
+    pub cubes: Vec<u32>,
+    pub first: Vec<u32>,
+    pub total: u32,
+}
+
+pub fn cube_runs<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    vectors: &[u32],
+    units: u32,
+    max_cubes: u32,
+) -> CubeRuns {
+    let cubes: Vec<u32> = vectors
+        .iter()
+        .map(|&n| strided_grid(client, n as usize, units, max_cubes).0)
+        .collect();
+    let mut first = Vec::with_capacity(cubes.len());
+    let mut total = 0;
+    for &c in &cubes {
+        first.push(total);
+        total += c;
+    }
+    CubeRuns {
+        cubes,
+        first,
+        total,
+    }
+}
+
 /// The widest vector the runtime loads well for `dtype` (and for f32
 /// results) that divides `len`, the length of the contiguous dimension.
 pub fn vector_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, len: usize) -> usize {

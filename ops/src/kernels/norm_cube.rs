@@ -11,8 +11,8 @@
 //! launches and the sum, and one pass over memory.
 
 use super::cube_common::{
-    cube_grid, empty_f32, f32_contiguous, group_by_width, items_per_launch, lane_sum, strided_grid,
-    sum_to_first, tree_sum_scalars, units_per_cube,
+    CubeRuns, cube_grid, cube_runs, empty_f32, f32_contiguous, group_by_width, items_per_launch,
+    lane_sum, sum_to_first, tree_sum_scalars, units_per_cube,
 };
 use burn::tensor::{Shape, TensorMetadata};
 use burn_cubecl::CubeRuntime;
@@ -75,19 +75,14 @@ fn square_partials<N: Size>(
     }
 }
 
-/// One launch of [`square_partials`]: its tensors and their lengths in
-/// vectors of `width`, each tensor's cubes, and the units per cube.
+/// One launch of [`square_partials`]: its tensors, their lengths in
+/// vectors of `width`, their cubes, and the units per cube.
 struct Launch<R: CubeRuntime> {
-    tensors: Vec<(CubeTensor<R>, u32)>,
+    tensors: Vec<CubeTensor<R>>,
+    vectors: Vec<u32>,
     width: usize,
-    cubes: Vec<u32>,
+    runs: CubeRuns,
     cube: u32,
-}
-
-impl<R: CubeRuntime> Launch<R> {
-    fn total_cubes(&self) -> u32 {
-        self.cubes.iter().sum()
-    }
 }
 
 /// See [`super::AdamWOps::sum_of_squares`].
@@ -109,52 +104,42 @@ pub(super) fn sum_of_squares<R: CubeRuntime>(tensors: Vec<CubeTensor<R>>) -> Cub
             .into_iter()
             .map(|(width, tensors)| {
                 let cube = units_per_cube(&client, UNITS);
-                let tensors: Vec<_> = tensors
-                    .into_iter()
+                let vectors: Vec<u32> = tensors
+                    .iter()
                     .map(|t| {
                         let n = t.shape().num_elements() / width;
-                        (t, u32::try_from(n).expect("a tensor of over 2^32 vectors"))
+                        u32::try_from(n).expect("a tensor of over 2^32 vectors")
                     })
                     .collect();
-                let cubes = tensors
-                    .iter()
-                    .map(|&(_, n)| strided_grid(&client, n as usize, cube, MAX_CUBES).0)
-                    .collect();
+                let runs = cube_runs(&client, &vectors, cube, MAX_CUBES);
                 Launch {
                     tensors,
+                    vectors,
                     width,
-                    cubes,
+                    runs,
                     cube,
                 }
             })
             .collect();
-    let count: u32 = launches.iter().map(Launch::total_cubes).sum();
+    let count: u32 = launches.iter().map(|l| l.runs.total).sum();
     let total = empty_f32(&first, Shape::new([1]));
     let partials = empty_f32(&first, Shape::new([count.max(1) as usize]));
     let mut offset = 0u32;
     for launch in launches {
-        let total_cubes = launch.total_cubes();
-        let mut first_cube = SequenceArg::new();
-        let mut start = 0;
-        for &c in &launch.cubes {
-            first_cube.push(start);
-            start += c;
-        }
-        let mut xs = SequenceArg::new();
-        let mut vectors = SequenceArg::new();
-        for (t, n) in launch.tensors {
-            vectors.push(n);
-            xs.push(t.into_tensor_arg());
-        }
+        let total_cubes = launch.runs.total;
         square_partials::launch::<R>(
             &client,
             cube_grid(&client, total_cubes as usize, "the sum of squares"),
             CubeDim::new_1d(launch.cube),
             launch.width,
-            xs,
-            vectors,
-            first_cube,
-            launch.cubes.iter().copied().collect(),
+            launch
+                .tensors
+                .into_iter()
+                .map(|t| t.into_tensor_arg())
+                .collect(),
+            launch.vectors.into_iter().collect(),
+            launch.runs.first.into_iter().collect(),
+            launch.runs.cubes.into_iter().collect(),
             partials.clone().into_tensor_arg(),
             offset,
             total_cubes,
