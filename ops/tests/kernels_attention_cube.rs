@@ -11,7 +11,7 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::Tensor;
-use distillery_ops::kernels::{AttentionOps, causal_attention};
+use distillery_ops::kernels::{AttentionOps, Precision, causal_attention};
 
 mod attention_support;
 mod cube_support;
@@ -61,6 +61,7 @@ fn the_cube_forward_and_its_log_sum_exp_match_the_oracle() {
             prim(&v, [s.batch, s.keys(), s.kv_heads, s.d]),
             1.0 / (s.d as f32).sqrt(),
             true,
+            Precision::F32,
         );
         let out = Tensor::<Cube, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(out));
         assert_close(

@@ -32,7 +32,7 @@ student=$cfg/student_config.json
 peak=989
 
 # CI=true: a kernel test that finds no CUDA device fails instead of skipping.
-want kernels && for t in kernels_matmul_cube kernels_rows_cube kernels_attention_cube kernels_adamw_cube \
+want kernels && for t in kernels_matmul_cube kernels_rows_cube kernels_attention_cube kernels_attention_tiles kernels_adamw_cube \
     kernels_kd_cube kernels_kd_sparse_cube kernels_importance; do
     [ -x "$BIN/$t" ] && CI=true run "$BIN/$t" --test-threads 4
 done
@@ -52,10 +52,15 @@ want profile && for p in f32 bf16; do
 done
 
 # 1b. The attention op alone at the MFU run's shape (SmolLM2's 9 heads on
-# 3, head size 64), against PyTorch's SDPA: fp32 and bf16 with the kernel
-# torch picks (flash in bf16), and fp32 without a fused kernel (math).
+# 3, head size 64), against PyTorch's SDPA: ours in f32, in bf16 (the
+# forward's products on tensor cores, attention_tiles_cube) and in bf16
+# with the tiles switched off; torch in fp32 and bf16 with the kernel it
+# picks (flash in bf16), and fp32 without a fused kernel (math).
 if want attention; then
     run distillery bench attention --device cuda --rows 32 --seq 512 --repeats 10
+    run distillery bench attention --device cuda --rows 32 --seq 512 --repeats 10 --precision bf16
+    DISTILLERY_ATTENTION_TILES=0 run distillery bench attention --device cuda --rows 32 --seq 512 \
+        --repeats 10 --precision bf16
     for p in fp32 bf16; do
         run python3 scripts/bench_attention_torch.py --device cuda --rows 32 --seq 512 --dtype $p
     done

@@ -22,7 +22,7 @@ strip -o .gpu/a/distillery target/release/distillery
 xz -T2 -6 .gpu/a/distillery
 cargo test --release --locked --features cuda -p distillery-ops \
     --test kernels_kd_cube --test kernels_kd_sparse_cube --test kernels_importance \
-    --test kernels_attention_cube --test kernels_adamw_cube --test kernels_rows_cube \
+    --test kernels_attention_cube --test kernels_attention_tiles --test kernels_adamw_cube --test kernels_rows_cube \
     --test kernels_matmul_cube --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:

@@ -13,6 +13,11 @@
 //! scaled scores, `[batch, seq, heads]` f32: with it the backward recomputes
 //! the softmax weights block by block instead of keeping them.
 //!
+//! The op takes the model's [`Precision`]: with bf16, a backend may round
+//! the products' operands to bf16 (f32 sums, softmax in f32) where it has a
+//! fast path for them. The CUDA backend does in the forward
+//! (`attention_tiles_cube`, on tensor cores); the others compute in f32.
+//!
 //! Backends without a kernel of their own run the default methods: the
 //! textbook computation with tensor ops (keys and values repeated per query
 //! head, a `[batch, heads, seq, keys]` score tensor). The CPU backend runs
@@ -20,7 +25,7 @@
 //! beyond one block of queries; the CubeCL backends run `attention_cube`,
 //! which makes none at all, forward or backward.
 
-use super::{float, tensor};
+use super::{Precision, float, tensor};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
@@ -36,10 +41,23 @@ pub trait AttentionOps: Backend {
         v: FloatTensor<Self>,
         scale: f32,
         with_lse: bool,
+        precision: Precision,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let _ = precision; // the composition computes in its inputs' dtype
         let (out, lse) =
             composite::forward::<Self>(tensor(q), tensor(k), tensor(v), scale, with_lse);
         (float(out), lse.map(float))
+    }
+
+    /// How the forward computes in `precision` on `device` for `[seq,
+    /// keys, head size]`, in words for benches and logs.
+    fn attention_arithmetic(
+        device: &Self::Device,
+        shape: [usize; 3],
+        precision: Precision,
+    ) -> &'static str {
+        let _ = (device, shape, precision);
+        "f32"
     }
 
     /// `(dq, dk, dv)` given the forward's inputs, output, log-sum-exp and
@@ -52,8 +70,11 @@ pub trait AttentionOps: Backend {
         lse: FloatTensor<Self>,
         grad_out: FloatTensor<Self>,
         scale: f32,
+        precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let _ = out; // the composite gets the row sums from the weights instead
+        // The composite gets the row sums from the weights instead of `out`,
+        // and computes in its inputs' dtype.
+        let _ = (out, precision);
         let (dq, dk, dv) = composite::backward::<Self>(
             tensor(q),
             tensor(k),
@@ -67,14 +88,24 @@ pub trait AttentionOps: Backend {
 }
 
 /// Causal grouped-query attention (see the module docs for shapes), the
-/// usual `1 / sqrt(d)` scale. Under `Autodiff` the gradient flows to `q`,
-/// `k` and `v` through [`AttentionOps::causal_attention_backward`].
+/// usual `1 / sqrt(d)` scale, in f32. Under `Autodiff` the gradient flows
+/// to `q`, `k` and `v` through [`AttentionOps::causal_attention_backward`].
 ///
 /// Panics when the shapes disagree.
 pub fn causal_attention<B: AttentionOps>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    causal_attention_in(q, k, v, Precision::F32)
+}
+
+/// [`causal_attention`] in `precision` (see the module docs).
+pub fn causal_attention_in<B: AttentionOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    precision: Precision,
 ) -> Tensor<B, 4> {
     let [batch, seq, heads, d] = q.dims();
     let [kb, keys, kv_heads, kd] = k.dims();
@@ -106,6 +137,7 @@ pub fn causal_attention<B: AttentionOps>(
         v.into_primitive().tensor(),
         scale,
         false,
+        precision,
     );
     tensor(out)
 }
@@ -236,6 +268,7 @@ mod on_autodiff {
     #[derive(Debug)]
     struct AttentionBackward {
         scale: f32,
+        precision: Precision,
     }
 
     /// What the backward needs: `q`, `k`, `v`, the output, the log-sum-exp.
@@ -259,8 +292,16 @@ mod on_autodiff {
             let [node_q, node_k, node_v] = ops.parents;
             let grad_out = grads.consume::<B>(&ops.node);
             let (q, k, v, out, lse) = ops.state;
-            let (dq, dk, dv) =
-                B::causal_attention_backward(q, k, v, out, lse, grad_out, self.scale);
+            let (dq, dk, dv) = B::causal_attention_backward(
+                q,
+                k,
+                v,
+                out,
+                lse,
+                grad_out,
+                self.scale,
+                self.precision,
+            );
             for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
                 if let Some(node) = node {
                     grads.register::<B>(node.id, grad);
@@ -270,31 +311,52 @@ mod on_autodiff {
     }
 
     impl<B: AttentionOps, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
+        fn attention_arithmetic(
+            device: &Self::Device,
+            shape: [usize; 3],
+            precision: Precision,
+        ) -> &'static str {
+            B::attention_arithmetic(device, shape, precision)
+        }
+
         fn causal_attention(
             q: FloatTensor<Self>,
             k: FloatTensor<Self>,
             v: FloatTensor<Self>,
             scale: f32,
             with_lse: bool,
+            precision: Precision,
         ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
             let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
-            let prep = AttentionBackward { scale }
+            let prep = AttentionBackward { scale, precision }
                 .prepare::<C>(nodes)
                 .compute_bound()
                 .stateful();
             match prep {
                 OpsKind::Tracked(prep) => {
                     let (q, k, v) = (q.primitive, k.primitive, v.primitive);
-                    let (out, lse) =
-                        B::causal_attention(q.clone(), k.clone(), v.clone(), scale, true);
+                    let (out, lse) = B::causal_attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        scale,
+                        true,
+                        precision,
+                    );
                     let lse = lse.expect("the log-sum-exp was asked for");
                     let kept_lse = with_lse.then(|| Self::from_inner(lse.clone()));
                     let state = (q, k, v, out.clone(), lse);
                     (prep.finish(state, out), kept_lse)
                 }
                 OpsKind::UnTracked(prep) => {
-                    let (out, lse) =
-                        B::causal_attention(q.primitive, k.primitive, v.primitive, scale, with_lse);
+                    let (out, lse) = B::causal_attention(
+                        q.primitive,
+                        k.primitive,
+                        v.primitive,
+                        scale,
+                        with_lse,
+                        precision,
+                    );
                     (prep.finish(out), lse.map(Self::from_inner))
                 }
             }

@@ -19,7 +19,12 @@
 //! ops; the head size is a compile-time constant, so the per-unit arrays
 //! live in registers.
 
+use super::Precision;
 use super::attention::AttentionOps;
+use super::attention_tiles_cube::{TilePlan, causal_attention_tiles, tile_plan};
+use super::attention_tiles_cube_backward::{
+    BackwardTilePlan, causal_attention_tiles_backward, tile_plan_backward,
+};
 use super::cube_common::{
     ROW_UNITS, dot_registers, empty_f32, f32_contiguous, row_grid, row_unit, to_dtype, vector_width,
 };
@@ -153,6 +158,67 @@ pub(super) fn causal_attention<R: CubeRuntime>(
     (to_dtype(out, dtype), with_lse.then_some(lse))
 }
 
+/// The operands of the forward's products on tensor cores under the bf16
+/// precision: f16, which tensor cores multiply as fast as bf16, with 8
+/// times finer rounding (11 bits against 8), so that inference stays near
+/// its f32 logits; values past f16's range are clamped to it.
+const TILE_OPERANDS: DType = DType::F16;
+
+/// The operands of the backward's products with gradients on tensor cores
+/// (`dp`, `dq`, `dk`, `dv`): bf16, whose range holds gradients far below
+/// f16's smallest normal value. Its scores are recomputed in
+/// [`TILE_OPERANDS`], as the forward computed them.
+const TILE_GRADIENTS: DType = DType::BF16;
+
+/// The backward's tile plans on tensor cores, on the terms of
+/// [`tensor_core_plan`], for both operand types.
+fn tensor_core_backward<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    precision: Precision,
+) -> Option<BackwardTilePlan> {
+    let [_, seq, _, d]: [usize; 4] = q.shape().dims();
+    let keys = k.shape().dims::<4>()[1];
+    tensor_core_plan(&q.client, [seq, keys, d], precision)?;
+    tile_plan_backward(
+        &q.client,
+        seq,
+        keys,
+        d,
+        TILE_OPERANDS,
+        TILE_GRADIENTS,
+        false,
+    )
+    .filter(|plan| plan.dq.matrix_units && plan.dkv.matrix_units)
+}
+
+/// The tile plan for the forward on tensor cores, where `precision` is
+/// bf16, the device multiplies [`TILE_OPERANDS`] on them, the shapes fit
+/// the tiles, and `DISTILLERY_ATTENTION_TILES` is not `0` (a switch for
+/// timing both kernels with one build).
+fn tensor_core_plan<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    [seq, keys, d]: [usize; 3],
+    precision: Precision,
+) -> Option<TilePlan> {
+    let switched_off = std::env::var("DISTILLERY_ATTENTION_TILES").as_deref() == Ok("0");
+    if precision != Precision::Bf16 || switched_off {
+        return None;
+    }
+    tile_plan(client, seq, keys, d, TILE_OPERANDS, false).filter(|plan| plan.matrix_units)
+}
+
+/// [`tensor_core_plan`] for these operands.
+fn tensor_core_tiles<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    precision: Precision,
+) -> Option<TilePlan> {
+    let [_, seq, _, d]: [usize; 4] = q.shape().dims();
+    let keys = k.shape().dims::<4>()[1];
+    tensor_core_plan(&q.client, [seq, keys, d], precision)
+}
+
 impl<R, F, I, BT> AttentionOps for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -166,8 +232,25 @@ where
         v: CubeTensor<R>,
         scale: f32,
         with_lse: bool,
+        precision: Precision,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+        if let Some(plan) = tensor_core_tiles(&q, &k, precision) {
+            let dtype = q.dtype;
+            let (out, lse) = causal_attention_tiles(q, k, v, scale, with_lse, TILE_OPERANDS, plan);
+            return (to_dtype(out, dtype), lse);
+        }
         causal_attention(q, k, v, scale, with_lse)
+    }
+
+    fn attention_arithmetic(
+        device: &Self::Device,
+        shape: [usize; 3],
+        precision: Precision,
+    ) -> &'static str {
+        match tensor_core_plan(&R::client(device), shape, precision) {
+            Some(_) => "f16 operands on tensor cores, f32 sums",
+            None => "f32",
+        }
     }
 
     fn causal_attention_backward(
@@ -178,7 +261,27 @@ where
         lse: CubeTensor<R>,
         grad_out: CubeTensor<R>,
         scale: f32,
+        precision: Precision,
     ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
+        if let Some(plan) = tensor_core_backward(&q, &k, precision) {
+            let (q_dtype, kv_dtype) = (q.dtype, k.dtype);
+            let (dq, dk, dv) = causal_attention_tiles_backward(
+                q,
+                k,
+                v,
+                out,
+                lse,
+                grad_out,
+                scale,
+                [TILE_OPERANDS, TILE_GRADIENTS],
+                plan,
+            );
+            return (
+                to_dtype(dq, q_dtype),
+                to_dtype(dk, kv_dtype),
+                to_dtype(dv, kv_dtype),
+            );
+        }
         super::attention_cube_backward::causal_attention_backward(
             q, k, v, out, lse, grad_out, scale,
         )

@@ -202,6 +202,36 @@ fn attention_dkv<N: Size>(
     }
 }
 
+/// `D = dO . O` for every query row, `[batch, seq, heads]` f32, of
+/// `grad_out` and `out` (`[batch, seq, heads, d]`, any float dtype).
+pub(super) fn delta_of<R: CubeRuntime>(
+    grad_out: CubeTensor<R>,
+    out: CubeTensor<R>,
+) -> CubeTensor<R> {
+    let [batch, seq, heads, d]: [usize; 4] = out.shape().dims();
+    let (grad_out, out) = (f32_contiguous(grad_out), f32_contiguous(out));
+    let delta = empty_f32(&out, Shape::new([batch, seq, heads]));
+    let rows = batch * seq * heads;
+    if rows == 0 || d == 0 {
+        return delta;
+    }
+    let client = out.client.clone();
+    let width = vector_width(&client, DType::F32, d);
+    let (count, dim) = row_grid(&client, rows, ROW_UNITS, "attention's backward");
+    attention_delta::launch::<R>(
+        &client,
+        count,
+        dim,
+        width,
+        grad_out.into_tensor_arg(),
+        out.into_tensor_arg(),
+        delta.clone().into_tensor_arg(),
+        rows as u32,
+        d / width,
+    );
+    delta
+}
+
 /// See [`super::attention::AttentionOps::causal_attention_backward`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn causal_attention_backward<R: CubeRuntime>(
@@ -237,19 +267,8 @@ pub(super) fn causal_attention_backward<R: CubeRuntime>(
         let client = q.client.clone();
         let width = vector_width(&client, DType::F32, d);
         let d_vectors = d / width;
-        let delta = empty_f32(&q, Shape::new([queries]));
+        let delta = delta_of(grad_out.clone(), out);
         let (count, dim) = row_grid(&client, queries, ROW_UNITS, "attention's backward");
-        attention_delta::launch::<R>(
-            &client,
-            count.clone(),
-            dim,
-            width,
-            grad_out.clone().into_tensor_arg(),
-            out.into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
-            queries as u32,
-            d_vectors,
-        );
         attention_dq::launch::<R>(
             &client,
             count,

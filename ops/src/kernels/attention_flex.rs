@@ -19,6 +19,7 @@
 //!
 //! Inputs of other float dtypes are computed in f32.
 
+use super::Precision;
 use super::attention::AttentionOps;
 use super::fast_math::{exp2_nonpos, fmadd, ln_pos};
 use super::importance_flex::{f32_slice as slice, host_f32};
@@ -482,6 +483,7 @@ impl AttentionOps for Flex {
         v: FlexTensor,
         scale: f32,
         with_lse: bool,
+        _precision: Precision, // f32 on the CPU
     ) -> (FlexTensor, Option<FlexTensor>) {
         let dims = Dims::of(&q, &k);
         let dtype = q.dtype();
@@ -502,6 +504,7 @@ impl AttentionOps for Flex {
         lse: FlexTensor,
         grad_out: FlexTensor,
         scale: f32,
+        _precision: Precision, // f32 on the CPU
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let dims = Dims::of(&q, &k);
         let (q_type, k_type) = (q.dtype(), k.dtype());

@@ -39,6 +39,10 @@ mod attention_cube;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod attention_cube_backward;
 mod attention_flex;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod attention_tiles_cube;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod attention_tiles_cube_backward;
 pub mod bandwidth;
 mod cpu_dispatch;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -65,6 +69,8 @@ mod matmul_cube;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod matmul_parts_cube;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod mma_tiles_cube;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod norm_cube;
 pub mod reference;
 pub mod rows;
@@ -73,7 +79,13 @@ mod rows_cube;
 mod rows_flex;
 
 pub use adamw::{AdamWOps, AdamWStep, ParamUpdate, Updated};
-pub use attention::{AttentionOps, causal_attention};
+pub use attention::{AttentionOps, causal_attention, causal_attention_in};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use attention_tiles_cube::{TilePlan, causal_attention_tiles, tile_plan};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use attention_tiles_cube_backward::{
+    BackwardTilePlan, causal_attention_tiles_backward, tile_plan_backward,
+};
 pub use importance::{
     Aggregation, BlockDistance, ChannelStats, ImportanceOps, batch_aggregate,
     channel_stats_accumulate, cosine_distance_accumulate,

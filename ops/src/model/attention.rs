@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::kernels::causal_attention;
+use crate::kernels::{Precision, causal_attention_in};
 
 use super::ModelBackend;
 use super::cache::LayerKv;
@@ -24,6 +24,9 @@ pub struct Attention<B: Backend> {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// The arithmetic of the attention's own products, scores and
+    /// weighted values (see [`crate::kernels::attention`]).
+    pub precision: Precision,
 }
 
 impl<B: ModelBackend> Attention<B> {
@@ -33,7 +36,7 @@ impl<B: ModelBackend> Attention<B> {
     /// With a cache, the new keys and values are appended to it and the
     /// queries attend to everything cached (query `i` of this call sees
     /// cached keys `..= past + i`). Grouped-query heads share their key/value
-    /// head inside the kernel ([`causal_attention`]); nothing is repeated.
+    /// head inside the kernel ([`causal_attention_in`]); nothing is repeated.
     pub fn context(
         &self,
         x: Tensor<B, 3>,
@@ -53,7 +56,7 @@ impl<B: ModelBackend> Attention<B> {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        causal_attention(q, k, v).reshape([batch, seq, h * d])
+        causal_attention_in(q, k, v, self.precision).reshape([batch, seq, h * d])
     }
 
     /// `o_proj`: `[batch, seq, heads * head_dim]` -> `[batch, seq, hidden]`.

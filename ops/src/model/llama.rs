@@ -108,6 +108,7 @@ impl<B: ModelBackend> Llama<B> {
         self.precision = precision;
         for layer in &mut self.layers {
             let attn = &mut layer.self_attn;
+            attn.precision = precision;
             let mlp = &mut layer.mlp;
             for linear in [
                 &mut attn.q_proj,

@@ -118,6 +118,7 @@ impl<B: Backend> Llama<B> {
                     num_heads: c.num_attention_heads,
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
+                    precision: Precision::F32,
                 },
                 post_attention_layernorm: tk.norm(
                     &format!("{p}.post_attention_layernorm.weight"),

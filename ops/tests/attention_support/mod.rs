@@ -204,6 +204,11 @@ pub const TOL: f64 = 2e-5;
 
 /// Fails unless `got` is within [`TOL`] of `want`'s largest magnitude.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_close_within(what, got, want, TOL);
+}
+
+/// Fails unless `got` is within `tol` of `want`'s largest magnitude.
+pub fn assert_close_within(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     let unit = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
     let (i, err) = got
@@ -216,7 +221,7 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64]) {
             |best, (i, e)| if e > best.1 { (i, e) } else { best },
         );
     assert!(
-        err <= TOL * unit,
+        err <= tol * unit,
         "{what}: entry {i} is {} against {} (error {err:.3e}, {:.3e} of the largest entry {unit:.3e})",
         got[i],
         want[i],

@@ -30,6 +30,10 @@ pub struct AttentionArgs {
     /// Timed calls of each kind (after two untimed ones).
     #[arg(long, default_value_t = 10)]
     repeats: usize,
+    /// `f32`, or `bf16`: 16-bit operands on the device's fast path where
+    /// it has one for attention (tensor cores on CUDA); said in the output.
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    precision: distillery_ops::kernels::Precision,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
 }
@@ -72,7 +76,7 @@ impl OnBackend for AttentionBench<'_> {
 fn attention_on<B: ComputeBackend>(device: B::Device, args: &AttentionArgs) -> anyhow::Result<()> {
     use burn::backend::Autodiff;
     use burn::tensor::{Tensor, TensorData};
-    use distillery_ops::kernels::causal_attention;
+    use distillery_ops::kernels::causal_attention_in;
     let (rows, seq, heads, kv, d) = (
         args.rows,
         args.seq,
@@ -101,7 +105,7 @@ fn attention_on<B: ComputeBackend>(device: B::Device, args: &AttentionArgs) -> a
     let forward = || -> anyhow::Result<f64> {
         sync(&device)?;
         let started = Instant::now();
-        let out = causal_attention(qi.clone(), ki.clone(), vi.clone());
+        let out = causal_attention_in(qi.clone(), ki.clone(), vi.clone(), args.precision);
         sync(&device)?;
         let seconds = started.elapsed().as_secs_f64();
         drop(out);
@@ -118,7 +122,7 @@ fn attention_on<B: ComputeBackend>(device: B::Device, args: &AttentionArgs) -> a
     let training = || -> anyhow::Result<f64> {
         sync(&device)?;
         let started = Instant::now();
-        let out = causal_attention(q.clone(), k.clone(), v.clone());
+        let out = causal_attention_in(q.clone(), k.clone(), v.clone(), args.precision);
         let grads = (out * dout.clone()).sum().backward();
         let gradients = [q.grad(&grads), k.grad(&grads), v.grad(&grads)];
         sync(&device)?;
@@ -137,8 +141,9 @@ fn attention_on<B: ComputeBackend>(device: B::Device, args: &AttentionArgs) -> a
     } else {
         "GPU".to_string()
     };
+    let arithmetic = B::attention_arithmetic(&device, [seq, seq, d], args.precision);
     println!(
-        "causal attention, {rows} x {seq} positions, {heads} query heads on {kv} key/value heads of {d}, f32, {where_}"
+        "causal attention, {rows} x {seq} positions, {heads} query heads on {kv} key/value heads of {d}, forward in {arithmetic}, backward in f32, {where_}"
     );
     let line = |what: &str, median: f64, min: f64, flops: f64| {
         println!(
