@@ -13,10 +13,13 @@
 //! scaled scores, `[batch, seq, heads]` f32: with it the backward recomputes
 //! the softmax weights block by block instead of keeping them.
 //!
-//! The op takes the model's [`Precision`]: with bf16, a backend may round
-//! the products' operands to bf16 (f32 sums, softmax in f32) where it has a
-//! fast path for them. The CUDA backend does in the forward
-//! (`attention_tiles_cube`, on tensor cores); the others compute in f32.
+//! The op takes the model's [`Precision`]. With bf16, the CUDA backend runs
+//! the products on tensor cores where the shapes fit the tiles (lengths
+//! multiples of 16, head size a multiple of 16 up to 128): the scores and
+//! the weighted values with f16 operands (`attention_tiles_cube`), the
+//! backward's products with gradients with bf16 operands
+//! (`attention_tiles_cube_backward`), all with f32 sums and the softmax in
+//! f32. The CPU and wgpu compute in f32 whatever the precision.
 //!
 //! Backends without a kernel of their own run the default methods: the
 //! textbook computation with tensor ops (keys and values repeated per query
@@ -49,8 +52,9 @@ pub trait AttentionOps: Backend {
         (float(out), lse.map(float))
     }
 
-    /// How the forward computes in `precision` on `device` for `[seq,
-    /// keys, head size]`, in words for benches and logs.
+    /// How the op (forward and backward) computes in `precision` on
+    /// `device` for `[seq, keys, head size]`, in words for benches and
+    /// logs.
     fn attention_arithmetic(
         device: &Self::Device,
         shape: [usize; 3],
@@ -62,6 +66,7 @@ pub trait AttentionOps: Backend {
 
     /// `(dq, dk, dv)` given the forward's inputs, output, log-sum-exp and
     /// the gradient of the output.
+    #[allow(clippy::too_many_arguments)]
     fn causal_attention_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,

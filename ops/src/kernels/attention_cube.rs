@@ -164,6 +164,11 @@ pub(super) fn causal_attention<R: CubeRuntime>(
 /// its f32 logits; values past f16's range are clamped to it.
 const TILE_OPERANDS: DType = DType::F16;
 
+/// [`AttentionOps::attention_arithmetic`] where both directions run on the
+/// tiles.
+pub const TENSOR_CORES: &str =
+    "tensor cores (f16 operands for the scores, bf16 for the gradients' products, f32 sums)";
+
 /// The operands of the backward's products with gradients on tensor cores
 /// (`dp`, `dq`, `dk`, `dv`): bf16, whose range holds gradients far below
 /// f16's smallest normal value. Its scores are recomputed in
@@ -247,9 +252,18 @@ where
         shape: [usize; 3],
         precision: Precision,
     ) -> &'static str {
-        match tensor_core_plan(&R::client(device), shape, precision) {
-            Some(_) => "f16 operands on tensor cores, f32 sums",
-            None => "f32",
+        let client = R::client(device);
+        let [seq, keys, d] = shape;
+        let forward = tensor_core_plan(&client, shape, precision).is_some();
+        let backward = forward
+            && tile_plan_backward(&client, seq, keys, d, TILE_OPERANDS, TILE_GRADIENTS, false)
+                .is_some_and(|plan| plan.dq.matrix_units && plan.dkv.matrix_units);
+        match (forward, backward) {
+            (true, true) => TENSOR_CORES,
+            (true, false) => {
+                "tensor cores in the forward (f16 operands, f32 sums), f32 in the backward"
+            }
+            _ => "f32",
         }
     }
 

@@ -8,7 +8,10 @@
 //!   one launch for up to 64 gradients).
 //! - [`attention`]: causal grouped-query attention, forward and backward
 //!   (`attention_flex` on the CPU; `attention_cube` and
-//!   `attention_cube_backward` on the CubeCL backends).
+//!   `attention_cube_backward` on the CubeCL backends; under bf16 on CUDA,
+//!   `attention_tiles_cube` and `attention_tiles_cube_backward`, their
+//!   products as tensor-core tiles from `mma_tiles_cube`, which also
+//!   emulates the tiles for the tests on lavapipe).
 //! - [`matmul`]: the model's matrix products in f32, or with bf16 operands
 //!   (AMX tiles on the CPU, `matmul_cube` on the CubeCL backends, whose
 //!   inference product sums its two-part activations in one product,
@@ -80,6 +83,8 @@ mod rows_flex;
 
 pub use adamw::{AdamWOps, AdamWStep, ParamUpdate, Updated};
 pub use attention::{AttentionOps, causal_attention, causal_attention_in};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use attention_cube::TENSOR_CORES;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use attention_tiles_cube::{TilePlan, causal_attention_tiles, tile_plan};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]

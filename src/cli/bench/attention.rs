@@ -143,7 +143,7 @@ fn attention_on<B: ComputeBackend>(device: B::Device, args: &AttentionArgs) -> a
     };
     let arithmetic = B::attention_arithmetic(&device, [seq, seq, d], args.precision);
     println!(
-        "causal attention, {rows} x {seq} positions, {heads} query heads on {kv} key/value heads of {d}, forward in {arithmetic}, backward in f32, {where_}"
+        "causal attention, {rows} x {seq} positions, {heads} query heads on {kv} key/value heads of {d}, {arithmetic}, {where_}"
     );
     let line = |what: &str, median: f64, min: f64, flops: f64| {
         println!(

@@ -119,12 +119,17 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
     );
     let cpu = is_cpu::<B>();
     println!(
-        "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; products in {}; {}",
+        "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; products in {}; attention in {}; {}",
         teacher.config.num_parameters() as f64 / 1e6,
         student.config.num_parameters() as f64 / 1e6,
         args.rows,
         args.seq,
         distillery_ops::kernels::matmul::arithmetic::<B>(&device, args.precision),
+        <B as distillery_ops::kernels::AttentionOps>::attention_arithmetic(
+            &device,
+            [args.seq, args.seq, student.config.head_dim],
+            args.precision
+        ),
         if cpu {
             format!("{} threads", rayon::current_num_threads())
         } else if distillery_ops::kernels::AUTOTUNED {
