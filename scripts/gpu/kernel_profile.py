@@ -26,7 +26,7 @@ UNIT = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
 # First match wins: (family, name prefixes).
 FAMILIES = [
     ("matrix products", ("Matmul",)),
-    ("attention (ours)", ("Attention",)),
+    ("attention (ours)", ("Attention", "SaturatingCast")),
     ("RMSNorm, RoPE, SwiGLU (ours)", ("RmsNorm", "Rope", "Swiglu", "WeightedColumnPartials", "SumPartials")),
     ("AdamW (ours)", ("Adamw",)),
     ("gradient norm (ours)", ("SquarePartials",)),

@@ -160,8 +160,8 @@ pub(super) fn causal_attention<R: CubeRuntime>(
 
 /// The operands of the forward's products on tensor cores under the bf16
 /// precision: f16, which tensor cores multiply as fast as bf16, with 8
-/// times finer rounding (11 bits against 8), so that inference stays near
-/// its f32 logits; values past f16's range are clamped to it.
+/// times finer rounding (11 bits of mantissa against 8); values past
+/// f16's range are clamped to it.
 const TILE_OPERANDS: DType = DType::F16;
 
 /// [`AttentionOps::attention_arithmetic`] where both directions run on the

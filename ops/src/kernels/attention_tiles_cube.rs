@@ -6,7 +6,7 @@
 //! queries of one head, a plane 16 of them. Key/value head `h / (heads /
 //! kv_heads)` is read in place from the projections' `[batch, positions,
 //! heads, d]` layout; nothing is repeated and no mask is made. Two passes
-//! over the visible keys, `16 key_tiles` at a time:
+//! over the visible keys, a tile of `16 tile_frags` keys at a time:
 //!
 //! 1. the scores `S = Q K^T` of the tile go to shared memory, and each
 //!    query's running max and sum of `exp(scale s - max)` are updated;
@@ -24,11 +24,13 @@
 //! Two kernels with one structure: [`attention_tiles`] on the `cmma`
 //! instructions, and [`attention_tiles_emulated`] on their emulation in
 //! shared memory (`mma_tiles_cube`), which the tests run on lavapipe. Every
-//! offset, stride and step outside the products is shared code.
+//! offset, stride and step outside the products is shared code; the one
+//! difference is that the emulation reads the plane's queries from `q` at
+//! each product, where the `cmma` path keeps them in registers.
 //!
-//! Shapes: `seq` a multiple of 16 planes, `keys` of 16 key tiles, `d` of
-//! 16 and at most 128 ([`tile_plan`] says whether a call fits, and picks
-//! the sizes).
+//! Shapes: `seq` a multiple of `16 planes`, `keys` of `16 tile_frags`, `d`
+//! of 16 and at most 128 ([`tile_plan`] says whether a call fits, and
+//! picks the sizes).
 
 use super::cube_common::{cube_grid, empty_f32, strided_grid};
 use super::kd_cube_common::LOWEST;
