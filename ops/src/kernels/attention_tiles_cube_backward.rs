@@ -69,11 +69,12 @@ fn grad_stage_bytes(tile: usize, g_bytes: usize) -> usize {
 }
 
 /// `ds = scale p (dp - D)` and, when `with_p`, `p` itself, for the
-/// plane's tile of `16 x tile` (row `r`, column `c`) in `st`. `visible(r,
-/// c)` is `key <= horizon` with the query `query0 + (r or c)` and key
-/// `key0 + (c or r)` as `by_query` says (rows are queries in the dq
-/// kernel, keys in the dk/dv kernel); the query's `lse` and `D` are at
-/// `stats_at + query * stats_stride`.
+/// plane's tile of `16 x tile` (row `r`, column `c`) in `st`, zero where
+/// the query does not see the key (`key > past + query`). With `by_query`
+/// the rows are queries (the dq kernel: query `query0 + r`, key `key0 +
+/// c`); otherwise they are keys (the dk/dv kernel: key `key0 + r`, query
+/// `query0 + c`). A query's `lse` and `D` are at `stats_at + query *
+/// stats_stride`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn write_ds<G: Float>(
