@@ -2,7 +2,8 @@
 //! The attention forward on 16 x 16 x 16 tile products
 //! (`attention_tiles_cube`) against the float64 oracle, on random inputs:
 //! grouped-query ratios 1, 3 and 4, head sizes 16, 64 and 128, caches of
-//! earlier keys, one to four planes per cube and key tiles of 16 to 64.
+//! earlier keys, and plans with more than one plane per cube and more than
+//! one fragment per tile.
 //!
 //! The backward (`attention_tiles_cube_backward`) likewise: dq, dk and dv
 //! from the forward's output and log-sum-exp, against the float64

@@ -175,53 +175,44 @@ pub const TENSOR_CORES: &str =
 /// [`TILE_OPERANDS`], as the forward computed them.
 const TILE_GRADIENTS: DType = DType::BF16;
 
-/// The backward's tile plans on tensor cores, on the terms of
-/// [`tensor_core_plan`], for both operand types.
-fn tensor_core_backward<R: CubeRuntime>(
-    q: &CubeTensor<R>,
-    k: &CubeTensor<R>,
-    precision: Precision,
-) -> Option<BackwardTilePlan> {
+/// `[seq, keys, head size]` of an attention call.
+fn attention_shape<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>) -> [usize; 3] {
     let [_, seq, _, d]: [usize; 4] = q.shape().dims();
-    let keys = k.shape().dims::<4>()[1];
-    tensor_core_plan(&q.client, [seq, keys, d], precision)?;
-    tile_plan_backward(
-        &q.client,
-        seq,
-        keys,
-        d,
-        TILE_OPERANDS,
-        TILE_GRADIENTS,
-        false,
-    )
-    .filter(|plan| plan.dq.matrix_units && plan.dkv.matrix_units)
+    [seq, k.shape().dims::<4>()[1], d]
+}
+
+/// Whether `DISTILLERY_ATTENTION_TILES=0` switched the tiles off (a switch
+/// for timing both kernels with one build), read once.
+fn tiles_switched_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("DISTILLERY_ATTENTION_TILES").as_deref() == Ok("0"))
 }
 
 /// The tile plan for the forward on tensor cores, where `precision` is
 /// bf16, the device multiplies [`TILE_OPERANDS`] on them, the shapes fit
-/// the tiles, and `DISTILLERY_ATTENTION_TILES` is not `0` (a switch for
-/// timing both kernels with one build).
+/// the tiles, and the tiles are not [switched off](tiles_switched_off).
 fn tensor_core_plan<R: CubeRuntime>(
     client: &ComputeClient<R>,
     [seq, keys, d]: [usize; 3],
     precision: Precision,
 ) -> Option<TilePlan> {
-    let switched_off = std::env::var("DISTILLERY_ATTENTION_TILES").as_deref() == Ok("0");
-    if precision != Precision::Bf16 || switched_off {
+    if precision != Precision::Bf16 || tiles_switched_off() {
         return None;
     }
     tile_plan(client, seq, keys, d, TILE_OPERANDS, false).filter(|plan| plan.matrix_units)
 }
 
-/// [`tensor_core_plan`] for these operands.
-fn tensor_core_tiles<R: CubeRuntime>(
-    q: &CubeTensor<R>,
-    k: &CubeTensor<R>,
+/// The backward's tile plans on tensor cores, on the terms of
+/// [`tensor_core_plan`], for both operand types.
+fn tensor_core_backward_plan<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    shape: [usize; 3],
     precision: Precision,
-) -> Option<TilePlan> {
-    let [_, seq, _, d]: [usize; 4] = q.shape().dims();
-    let keys = k.shape().dims::<4>()[1];
-    tensor_core_plan(&q.client, [seq, keys, d], precision)
+) -> Option<BackwardTilePlan> {
+    tensor_core_plan(client, shape, precision)?;
+    let [seq, keys, d] = shape;
+    tile_plan_backward(client, seq, keys, d, TILE_OPERANDS, TILE_GRADIENTS, false)
+        .filter(|plan| plan.dq.matrix_units && plan.dkv.matrix_units)
 }
 
 impl<R, F, I, BT> AttentionOps for CubeBackend<R, F, I, BT>
@@ -239,7 +230,7 @@ where
         with_lse: bool,
         precision: Precision,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-        if let Some(plan) = tensor_core_tiles(&q, &k, precision) {
+        if let Some(plan) = tensor_core_plan(&q.client, attention_shape(&q, &k), precision) {
             let dtype = q.dtype;
             let (out, lse) = causal_attention_tiles(q, k, v, scale, with_lse, TILE_OPERANDS, plan);
             return (to_dtype(out, dtype), lse);
@@ -253,11 +244,8 @@ where
         precision: Precision,
     ) -> &'static str {
         let client = R::client(device);
-        let [seq, keys, d] = shape;
         let forward = tensor_core_plan(&client, shape, precision).is_some();
-        let backward = forward
-            && tile_plan_backward(&client, seq, keys, d, TILE_OPERANDS, TILE_GRADIENTS, false)
-                .is_some_and(|plan| plan.dq.matrix_units && plan.dkv.matrix_units);
+        let backward = tensor_core_backward_plan(&client, shape, precision).is_some();
         match (forward, backward) {
             (true, true) => TENSOR_CORES,
             (true, false) => {
@@ -277,7 +265,8 @@ where
         scale: f32,
         precision: Precision,
     ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-        if let Some(plan) = tensor_core_backward(&q, &k, precision) {
+        if let Some(plan) = tensor_core_backward_plan(&q.client, attention_shape(&q, &k), precision)
+        {
             let (q_dtype, kv_dtype) = (q.dtype, k.dtype);
             let (dq, dk, dv) = causal_attention_tiles_backward(
                 q,

@@ -29,7 +29,7 @@
 
 use super::attention_cube_backward::delta_of;
 use super::attention_tiles_cube::{TilePlan, fit_plan, operands, place, tiles_take};
-use super::cube_common::{empty_f32, zeros_f32};
+use super::cube_common::{empty_f32, f32_contiguous, zeros_f32};
 use super::mma_tiles_cube::{
     PLANE_UNITS, TILE, TILE_VALUES, accumulate_products, emulated_accumulate_products,
     emulated_product_tile, emulated_store_rows, emulated_zero_accumulators, has_matrix_units,
@@ -37,7 +37,6 @@ use super::mma_tiles_cube::{
 };
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::CubeRuntime;
-use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
@@ -612,7 +611,7 @@ pub fn tile_plan_backward<R: CubeRuntime>(
     grads: DType,
     emulate: bool,
 ) -> Option<BackwardTilePlan> {
-    if !tiles_take(seq, keys, d) || keys == 0 {
+    if !tiles_take(seq, keys, d) {
         return None;
     }
     let matrix_units =
@@ -667,7 +666,7 @@ pub fn causal_attention_tiles_backward<R: CubeRuntime>(
     let dv = empty_f32(&q, Shape::new([batch, keys, kv_heads, d]));
     let client = q.client.clone();
     let delta = delta_of(grad_out.clone(), out);
-    let lse = into_contiguous(cast_to(lse, DType::F32));
+    let lse = f32_contiguous(lse);
     let rounded = |t: &CubeTensor<R>, dtype| operands(t.clone(), dtype);
     let (q_s, k_s) = (rounded(&q, scores), rounded(&k, scores));
     let (q_g, k_g, v_g, dout_g) = (
@@ -719,45 +718,39 @@ pub fn causal_attention_tiles_backward<R: CubeRuntime>(
     } else {
         launch_dq!(attention_tiles_dq_emulated);
     }
-    if keys > 0 {
-        let (count, dim) = sizes(plan.dkv, keys, kv_heads);
-        macro_rules! launch_dkv {
-            ($kernel:ident) => {
-                $kernel::launch::<R>(
-                    &client,
-                    count,
-                    dim,
-                    q_s.into_tensor_arg(),
-                    k_s.into_tensor_arg(),
-                    q_g.into_tensor_arg(),
-                    v_g.into_tensor_arg(),
-                    dout_g.into_tensor_arg(),
-                    lse.into_tensor_arg(),
-                    delta.into_tensor_arg(),
-                    dk.clone().into_tensor_arg(),
-                    dv.clone().into_tensor_arg(),
-                    seq as u32,
-                    keys as u32,
-                    heads as u32,
-                    kv_heads as u32,
-                    scale,
-                    d,
-                    plan.dkv.planes,
-                    plan.dkv.tile_frags,
-                    types,
-                )
-            };
-        }
-        if plan.dkv.matrix_units {
-            launch_dkv!(attention_tiles_dkv);
-        } else {
-            launch_dkv!(attention_tiles_dkv_emulated);
-        }
+    // `keys >= seq > 0` (the plan requires queries): the grid is never empty.
+    let (count, dim) = sizes(plan.dkv, keys, kv_heads);
+    macro_rules! launch_dkv {
+        ($kernel:ident) => {
+            $kernel::launch::<R>(
+                &client,
+                count,
+                dim,
+                q_s.into_tensor_arg(),
+                k_s.into_tensor_arg(),
+                q_g.into_tensor_arg(),
+                v_g.into_tensor_arg(),
+                dout_g.into_tensor_arg(),
+                lse.into_tensor_arg(),
+                delta.into_tensor_arg(),
+                dk.clone().into_tensor_arg(),
+                dv.clone().into_tensor_arg(),
+                seq as u32,
+                keys as u32,
+                heads as u32,
+                kv_heads as u32,
+                scale,
+                d,
+                plan.dkv.planes,
+                plan.dkv.tile_frags,
+                types,
+            )
+        };
+    }
+    if plan.dkv.matrix_units {
+        launch_dkv!(attention_tiles_dkv);
+    } else {
+        launch_dkv!(attention_tiles_dkv_emulated);
     }
     (dq, dk, dv)
-}
-
-/// `t` in `dtype`.
-fn cast_to<R: CubeRuntime>(t: CubeTensor<R>, dtype: DType) -> CubeTensor<R> {
-    if t.dtype == dtype { t } else { cast(t, dtype) }
 }
