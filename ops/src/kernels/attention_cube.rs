@@ -162,7 +162,7 @@ pub(super) fn causal_attention<R: CubeRuntime>(
 /// precision: f16, which tensor cores multiply as fast as bf16, with 8
 /// times finer rounding (11 bits of mantissa against 8); values past
 /// f16's range are clamped to it.
-const TILE_OPERANDS: DType = DType::F16;
+pub(super) const TILE_OPERANDS: DType = DType::F16;
 
 /// [`AttentionOps::attention_arithmetic`] where both directions run on the
 /// tiles.
@@ -173,7 +173,7 @@ pub const TENSOR_CORES: &str =
 /// (`dp`, `dq`, `dk`, `dv`): bf16, whose range holds gradients far below
 /// f16's smallest normal value. Its scores are recomputed in
 /// [`TILE_OPERANDS`], as the forward computed them.
-const TILE_GRADIENTS: DType = DType::BF16;
+pub(super) const TILE_GRADIENTS: DType = DType::BF16;
 
 /// `[seq, keys, head size]` of an attention call.
 fn attention_shape<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>) -> [usize; 3] {

@@ -517,15 +517,14 @@ pub(super) fn tiles_take(seq: usize, keys: usize, d: usize) -> bool {
 
 /// The largest plan (planes first, then tile length) for a cube owning
 /// `own` rows and walking `walked`, whose shared memory,
-/// `bytes(planes, tile_frags)`, fits the device.
-pub(super) fn fit_plan<R: CubeRuntime>(
-    client: &ComputeClient<R>,
+/// `bytes(planes, tile_frags)`, is at most `limit` bytes.
+pub(super) fn fit_plan(
+    limit: usize,
     own: usize,
     walked: usize,
     matrix_units: bool,
     bytes: impl Fn(usize, usize) -> usize,
 ) -> Option<TilePlan> {
-    let limit = client.properties().hardware.max_shared_memory_size;
     // More rows per cube share each tile's loads; longer tiles take fewer
     // steps.
     for planes in [4usize, 2, 1] {
@@ -545,8 +544,14 @@ pub(super) fn fit_plan<R: CubeRuntime>(
     None
 }
 
-/// The forward's plan for `q: [batch, seq, heads, d]` against `keys` keys
-/// with operands in `dtype`, or `None` where the kernels do not apply
+/// The shared memory a cube of these kernels may take on `client`'s
+/// device, in bytes.
+pub(super) fn shared_memory_limit<R: CubeRuntime>(client: &ComputeClient<R>) -> usize {
+    client.properties().hardware.max_shared_memory_size
+}
+
+/// The forward's plan for `q: [batch, seq, heads, d]` against `keys`
+/// keys with operands in `dtype`, or `None` where the kernels do not apply
 /// ([`tiles_take`]) or no plan fits the device's shared memory. With
 /// `emulate` the products run on their emulation even where the device has
 /// units.
@@ -558,12 +563,32 @@ pub fn tile_plan<R: CubeRuntime>(
     dtype: DType,
     emulate: bool,
 ) -> Option<TilePlan> {
+    let matrix_units = !emulate && has_matrix_units(client, dtype);
+    tile_plan_within(
+        shared_memory_limit(client),
+        seq,
+        keys,
+        d,
+        dtype,
+        matrix_units,
+    )
+}
+
+/// [`tile_plan`] for a device whose cubes may take `limit` bytes of shared
+/// memory, with the products on matrix-multiply units or not.
+pub fn tile_plan_within(
+    limit: usize,
+    seq: usize,
+    keys: usize,
+    d: usize,
+    dtype: DType,
+    matrix_units: bool,
+) -> Option<TilePlan> {
     if !tiles_take(seq, keys, d) {
         return None;
     }
-    let matrix_units = !emulate && has_matrix_units(client, dtype);
     let operand = dtype.size();
-    fit_plan(client, seq, keys, matrix_units, |planes, tile_frags| {
+    fit_plan(limit, seq, keys, matrix_units, |planes, tile_frags| {
         let rows = planes * TILE;
         // A score and a weight tile, and three values per query.
         let mut bytes = rows * TILE * tile_frags * (4 + operand) + rows * 3 * 4;
@@ -635,4 +660,83 @@ pub fn causal_attention_tiles<R: CubeRuntime>(
         }
     }
     (out, with_lse.then_some(lse))
+}
+
+/// The forward's `cmma` kernel for `plan`, head size `d` and operands in
+/// `dtype`, as CUDA C++ for `arch` ([`super::cuda_source`]). The lengths
+/// and head counts are launch values the source does not depend on.
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
+pub(super) fn forward_cuda_source(
+    d: usize,
+    plan: TilePlan,
+    dtype: DType,
+    arch: super::cuda_source::CudaArch,
+) -> Result<super::cuda_source::CudaKernelSource, String> {
+    use super::cuda_source::{Capture, cuda_source};
+    use attention_tiles::{_E, AttentionTiles, E};
+    let operand: StorageType = dtype.into();
+    let dim = CubeDim::new_2d(PLANE_UNITS, plan.planes);
+    let mut at = Capture::new(dim, |scope| {
+        scope.register_type::<DynamicScalar<_E>>(operand)
+    });
+    let (seq, heads, kv_heads) = (64usize, 3usize, 1usize);
+    let q_shape = [1, seq, heads, d];
+    let kv_shape = [1, seq, kv_heads, d];
+    let q = <Tensor<E> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
+    let k = <Tensor<E> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+    let v = <Tensor<E> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+    let out = <Tensor<f32> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
+    let lse = <Tensor<f32> as LaunchArg>::register(at.tensor(&q_shape[..3]), &mut at.launcher);
+    let kernel = AttentionTiles::<cubecl::wgpu::WgpuRuntime>::new(
+        at.settings.clone(),
+        at.client.clone(),
+        q,
+        k,
+        v,
+        out,
+        lse,
+        // seq, keys, heads, kv_heads, scale: scalars have no compilation
+        // argument.
+        (),
+        (),
+        (),
+        (),
+        (),
+        d,
+        plan.planes,
+        plan.tile_frags,
+        true,
+        operand,
+    );
+    let label = format!(
+        "attention_tiles {dtype:?} d{d} planes{} frags{}",
+        plan.planes, plan.tile_frags
+    );
+    cuda_source(label, kernel, arch)
+}
+
+/// [`saturating_cast`] to `dtype`, as CUDA C++ for `arch`
+/// ([`super::cuda_source`]).
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
+pub(super) fn saturating_cast_cuda_source(
+    dtype: DType,
+    arch: super::cuda_source::CudaArch,
+) -> Result<super::cuda_source::CudaKernelSource, String> {
+    use super::cuda_source::{Capture, cuda_source};
+    use saturating_cast::{_E, E, SaturatingCast};
+    let operand: StorageType = dtype.into();
+    let mut at = Capture::new(CubeDim::new_1d(CAST_UNITS), |scope| {
+        scope.register_type::<DynamicScalar<_E>>(operand)
+    });
+    let x = <Tensor<f32> as LaunchArg>::register(at.tensor(&[256]), &mut at.launcher);
+    let out = <Tensor<E> as LaunchArg>::register(at.tensor(&[256]), &mut at.launcher);
+    let kernel = SaturatingCast::<cubecl::wgpu::WgpuRuntime>::new(
+        at.settings.clone(),
+        at.client.clone(),
+        x,
+        out,
+        (), // len: scalars have no compilation argument
+        operand,
+    );
+    cuda_source(format!("saturating_cast {dtype:?}"), kernel, arch)
 }

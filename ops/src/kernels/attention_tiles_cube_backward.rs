@@ -28,7 +28,9 @@
 //! the tests run on lavapipe.
 
 use super::attention_cube_backward::delta_of;
-use super::attention_tiles_cube::{TilePlan, fit_plan, operands, place, tiles_take};
+use super::attention_tiles_cube::{
+    TilePlan, fit_plan, operands, place, shared_memory_limit, tiles_take,
+};
 use super::cube_common::{empty_f32, f32_contiguous, zeros_f32};
 use super::mma_tiles_cube::{
     PLANE_UNITS, TILE, TILE_VALUES, accumulate_products, emulated_accumulate_products,
@@ -611,11 +613,25 @@ pub fn tile_plan_backward<R: CubeRuntime>(
     grads: DType,
     emulate: bool,
 ) -> Option<BackwardTilePlan> {
+    let matrix_units =
+        !emulate && has_matrix_units(client, scores) && has_matrix_units(client, grads);
+    let limit = shared_memory_limit(client);
+    tile_plan_backward_within(limit, seq, keys, d, [scores, grads], matrix_units)
+}
+
+/// [`tile_plan_backward`] for a device whose cubes may take `limit` bytes
+/// of shared memory, with the products on matrix-multiply units or not.
+pub fn tile_plan_backward_within(
+    limit: usize,
+    seq: usize,
+    keys: usize,
+    d: usize,
+    [scores, grads]: [DType; 2],
+    matrix_units: bool,
+) -> Option<BackwardTilePlan> {
     if !tiles_take(seq, keys, d) {
         return None;
     }
-    let matrix_units =
-        !emulate && has_matrix_units(client, scores) && has_matrix_units(client, grads);
     let (s_bytes, g_bytes) = (scores.size(), grads.size());
     let emulation = |planes: usize, accumulators: usize| {
         if matrix_units {
@@ -627,10 +643,10 @@ pub fn tile_plan_backward<R: CubeRuntime>(
                     + scratch_bytes(g_bytes))
         }
     };
-    let dq = fit_plan(client, seq, keys, matrix_units, |planes, frags| {
+    let dq = fit_plan(limit, seq, keys, matrix_units, |planes, frags| {
         planes * grad_stage_bytes(TILE * frags, g_bytes) + emulation(planes, 1)
     })?;
-    let dkv = fit_plan(client, keys, seq, matrix_units, |planes, frags| {
+    let dkv = fit_plan(limit, keys, seq, matrix_units, |planes, frags| {
         planes * grad_stage_bytes(TILE * frags, g_bytes) + emulation(planes, 2)
     })?;
     Some(BackwardTilePlan { dq, dkv })
@@ -753,4 +769,116 @@ pub fn causal_attention_tiles_backward<R: CubeRuntime>(
         launch_dkv!(attention_tiles_dkv_emulated);
     }
     (dq, dk, dv)
+}
+
+/// The backward's `cmma` kernels for `plan` (`dq`'s, then `dk`/`dv`'s),
+/// head size `d`, the scores' operands in `scores` and the gradient
+/// products' in `grads`, as CUDA C++ for `arch` ([`super::cuda_source`]).
+/// The lengths and head counts are launch values the sources do not depend
+/// on.
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
+pub(super) fn backward_cuda_sources(
+    d: usize,
+    plan: BackwardTilePlan,
+    [scores, grads]: [DType; 2],
+    arch: super::cuda_source::CudaArch,
+) -> Result<[super::cuda_source::CudaKernelSource; 2], String> {
+    use super::cuda_source::{Capture, cuda_source};
+    use cubecl::wgpu::WgpuRuntime;
+    let types: [StorageType; 2] = [scores.into(), grads.into()];
+    let (seq, heads, kv_heads) = (64usize, 3usize, 1usize);
+    let q_shape = [1, seq, heads, d];
+    let kv_shape = [1, seq, kv_heads, d];
+    let stats_shape = [1, seq, heads];
+    let label = |kernel: &str, plan: TilePlan| {
+        format!(
+            "{kernel} {scores:?}/{grads:?} d{d} planes{} frags{}",
+            plan.planes, plan.tile_frags
+        )
+    };
+
+    let dq = {
+        use attention_tiles_dq::{_G, _S, AttentionTilesDq, G, S};
+        let dim = CubeDim::new_2d(PLANE_UNITS, plan.dq.planes);
+        let mut at = Capture::new(dim, |scope| {
+            scope.register_type::<DynamicScalar<_S>>(types[0]);
+            scope.register_type::<DynamicScalar<_G>>(types[1]);
+        });
+        let q_s = <Tensor<S> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
+        let k_s = <Tensor<S> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+        let k_g = <Tensor<G> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+        let v_g = <Tensor<G> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+        let dout_g = <Tensor<G> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
+        let lse = <Tensor<f32> as LaunchArg>::register(at.tensor(&stats_shape), &mut at.launcher);
+        let delta = <Tensor<f32> as LaunchArg>::register(at.tensor(&stats_shape), &mut at.launcher);
+        let dq = <Tensor<f32> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
+        let kernel = AttentionTilesDq::<WgpuRuntime>::new(
+            at.settings.clone(),
+            at.client.clone(),
+            q_s,
+            k_s,
+            k_g,
+            v_g,
+            dout_g,
+            lse,
+            delta,
+            dq,
+            // seq, keys, heads, kv_heads, scale: scalars have no
+            // compilation argument.
+            (),
+            (),
+            (),
+            (),
+            (),
+            d,
+            plan.dq.planes,
+            plan.dq.tile_frags,
+            types,
+        );
+        cuda_source(label("attention_tiles_dq", plan.dq), kernel, arch)?
+    };
+
+    let dkv = {
+        use attention_tiles_dkv::{_G, _S, AttentionTilesDkv, G, S};
+        let dim = CubeDim::new_2d(PLANE_UNITS, plan.dkv.planes);
+        let mut at = Capture::new(dim, |scope| {
+            scope.register_type::<DynamicScalar<_S>>(types[0]);
+            scope.register_type::<DynamicScalar<_G>>(types[1]);
+        });
+        let q_s = <Tensor<S> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
+        let k_s = <Tensor<S> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+        let q_g = <Tensor<G> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
+        let v_g = <Tensor<G> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+        let dout_g = <Tensor<G> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
+        let lse = <Tensor<f32> as LaunchArg>::register(at.tensor(&stats_shape), &mut at.launcher);
+        let delta = <Tensor<f32> as LaunchArg>::register(at.tensor(&stats_shape), &mut at.launcher);
+        let dk = <Tensor<f32> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+        let dv = <Tensor<f32> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+        let kernel = AttentionTilesDkv::<WgpuRuntime>::new(
+            at.settings.clone(),
+            at.client.clone(),
+            q_s,
+            k_s,
+            q_g,
+            v_g,
+            dout_g,
+            lse,
+            delta,
+            dk,
+            dv,
+            // seq, keys, heads, kv_heads, scale: scalars have no
+            // compilation argument.
+            (),
+            (),
+            (),
+            (),
+            (),
+            d,
+            plan.dkv.planes,
+            plan.dkv.tile_frags,
+            types,
+        );
+        cuda_source(label("attention_tiles_dkv", plan.dkv), kernel, arch)?
+    };
+    Ok([dq, dkv])
 }

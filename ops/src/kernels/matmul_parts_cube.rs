@@ -132,3 +132,43 @@ pub fn two_part_product<R: CubeRuntime>(
     matmul(parts, right, None, MatmulStrategy::default(), DType::F32)
         .unwrap_or_else(|e| panic!("a {dtype:?} product with an f32 result cannot run here: {e:?}"))
 }
+
+/// [`side_by_side`] writing `dtype` with vectors of `width`, as CUDA C++
+/// for `arch` ([`super::cuda_source`]): on CUDA it runs in bf16, which
+/// lavapipe cannot.
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
+pub(super) fn side_by_side_cuda_source(
+    dtype: DType,
+    width: usize,
+    split: bool,
+    arch: super::cuda_source::CudaArch,
+) -> Result<super::cuda_source::CudaKernelSource, String> {
+    use super::cuda_source::{Capture, cuda_source};
+    use side_by_side::{_E, _N, E, N, SideBySide};
+    let part: StorageType = dtype.into();
+    let mut at = Capture::new(CubeDim::new_1d(UNITS), |scope| {
+        scope.register_type::<DynamicScalar<_E>>(part);
+        scope.register_size::<DynamicSize<_N>>(width);
+    });
+    let (rows, len) = (4usize, 64usize);
+    let x =
+        <Tensor<Vector<f32, N>> as LaunchArg>::register(at.tensor(&[rows, len]), &mut at.launcher);
+    let out = <Tensor<Vector<E, N>> as LaunchArg>::register(
+        at.tensor(&[rows, 2 * len]),
+        &mut at.launcher,
+    );
+    let kernel = SideBySide::<cubecl::wgpu::WgpuRuntime>::new(
+        at.settings.clone(),
+        at.client.clone(),
+        x,
+        out,
+        // vectors, row_vectors: scalars have no compilation argument.
+        (),
+        (),
+        width,
+        split,
+        part,
+    );
+    let label = format!("side_by_side {dtype:?} width{width} split{split}");
+    cuda_source(label, kernel, arch)
+}

@@ -11,7 +11,8 @@
 //!   `attention_cube_backward` on the CubeCL backends; under bf16 on CUDA,
 //!   `attention_tiles_cube` and `attention_tiles_cube_backward`, their
 //!   products as tensor-core tiles from `mma_tiles_cube`, which also
-//!   emulates the tiles for the tests on lavapipe).
+//!   emulates the tiles for the tests on lavapipe; [`cuda_source`], in a
+//!   build with `cuda` and `wgpu`, makes their CUDA C++ without a GPU).
 //! - [`matmul`]: the model's matrix products in f32, or with bf16 operands
 //!   (AMX tiles on the CPU, `matmul_cube` on the CubeCL backends, whose
 //!   inference product sums its two-part activations in one product,
@@ -50,6 +51,8 @@ pub mod bandwidth;
 mod cpu_dispatch;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube_common;
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
+pub mod cuda_source;
 mod fast_math;
 pub mod importance;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -86,10 +89,11 @@ pub use attention::{AttentionOps, causal_attention, causal_attention_in};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use attention_cube::TENSOR_CORES;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub use attention_tiles_cube::{TilePlan, causal_attention_tiles, tile_plan};
+pub use attention_tiles_cube::{TilePlan, causal_attention_tiles, tile_plan, tile_plan_within};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use attention_tiles_cube_backward::{
     BackwardTilePlan, causal_attention_tiles_backward, tile_plan_backward,
+    tile_plan_backward_within,
 };
 pub use importance::{
     Aggregation, BlockDistance, ChannelStats, ImportanceOps, batch_aggregate,
