@@ -663,16 +663,16 @@ pub fn causal_attention_tiles<R: CubeRuntime>(
 }
 
 /// The forward's `cmma` kernel for `plan`, head size `d` and operands in
-/// `dtype`, as CUDA C++ for `arch` ([`super::cuda_source`]). The lengths
+/// `dtype`, as CUDA C++ for `arch` (`kernels::cuda_source`). The lengths
 /// and head counts are launch values the source does not depend on.
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
 pub(super) fn forward_cuda_source(
     d: usize,
     plan: TilePlan,
     dtype: DType,
-    arch: super::cuda_source::CudaArch,
-) -> Result<super::cuda_source::CudaKernelSource, String> {
-    use super::cuda_source::{Capture, cuda_source};
+    arch: super::cuda_capture::CudaArch,
+) -> Result<super::cuda_capture::CudaKernelSource, String> {
+    use super::cuda_capture::{Capture, compile_for_cuda};
     use attention_tiles::{_E, AttentionTiles, E};
     let operand: StorageType = dtype.into();
     let dim = CubeDim::new_2d(PLANE_UNITS, plan.planes);
@@ -712,17 +712,17 @@ pub(super) fn forward_cuda_source(
         "attention_tiles {dtype:?} d{d} planes{} frags{}",
         plan.planes, plan.tile_frags
     );
-    cuda_source(label, kernel, arch)
+    compile_for_cuda(label, kernel, arch)
 }
 
 /// [`saturating_cast`] to `dtype`, as CUDA C++ for `arch`
-/// ([`super::cuda_source`]).
+/// (`kernels::cuda_source`).
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
 pub(super) fn saturating_cast_cuda_source(
     dtype: DType,
-    arch: super::cuda_source::CudaArch,
-) -> Result<super::cuda_source::CudaKernelSource, String> {
-    use super::cuda_source::{Capture, cuda_source};
+    arch: super::cuda_capture::CudaArch,
+) -> Result<super::cuda_capture::CudaKernelSource, String> {
+    use super::cuda_capture::{Capture, compile_for_cuda};
     use saturating_cast::{_E, E, SaturatingCast};
     let operand: StorageType = dtype.into();
     let mut at = Capture::new(CubeDim::new_1d(CAST_UNITS), |scope| {
@@ -738,5 +738,5 @@ pub(super) fn saturating_cast_cuda_source(
         (), // len: scalars have no compilation argument
         operand,
     );
-    cuda_source(format!("saturating_cast {dtype:?}"), kernel, arch)
+    compile_for_cuda(format!("saturating_cast {dtype:?}"), kernel, arch)
 }

@@ -773,7 +773,7 @@ pub fn causal_attention_tiles_backward<R: CubeRuntime>(
 
 /// The backward's `cmma` kernels for `plan` (`dq`'s, then `dk`/`dv`'s),
 /// head size `d`, the scores' operands in `scores` and the gradient
-/// products' in `grads`, as CUDA C++ for `arch` ([`super::cuda_source`]).
+/// products' in `grads`, as CUDA C++ for `arch` (`kernels::cuda_source`).
 /// The lengths and head counts are launch values the sources do not depend
 /// on.
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
@@ -781,9 +781,9 @@ pub(super) fn backward_cuda_sources(
     d: usize,
     plan: BackwardTilePlan,
     [scores, grads]: [DType; 2],
-    arch: super::cuda_source::CudaArch,
-) -> Result<[super::cuda_source::CudaKernelSource; 2], String> {
-    use super::cuda_source::{Capture, cuda_source};
+    arch: super::cuda_capture::CudaArch,
+) -> Result<[super::cuda_capture::CudaKernelSource; 2], String> {
+    use super::cuda_capture::{Capture, compile_for_cuda};
     use cubecl::wgpu::WgpuRuntime;
     let types: [StorageType; 2] = [scores.into(), grads.into()];
     let (seq, heads, kv_heads) = (64usize, 3usize, 1usize);
@@ -835,7 +835,7 @@ pub(super) fn backward_cuda_sources(
             plan.dq.tile_frags,
             types,
         );
-        cuda_source(label("attention_tiles_dq", plan.dq), kernel, arch)?
+        compile_for_cuda(label("attention_tiles_dq", plan.dq), kernel, arch)?
     };
 
     let dkv = {
@@ -878,7 +878,7 @@ pub(super) fn backward_cuda_sources(
             plan.dkv.tile_frags,
             types,
         );
-        cuda_source(label("attention_tiles_dkv", plan.dkv), kernel, arch)?
+        compile_for_cuda(label("attention_tiles_dkv", plan.dkv), kernel, arch)?
     };
     Ok([dq, dkv])
 }

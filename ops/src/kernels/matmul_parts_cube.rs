@@ -134,16 +134,16 @@ pub fn two_part_product<R: CubeRuntime>(
 }
 
 /// [`side_by_side`] writing `dtype` with vectors of `width`, as CUDA C++
-/// for `arch` ([`super::cuda_source`]): on CUDA it runs in bf16, which
+/// for `arch` (`kernels::cuda_source`): on CUDA it runs in bf16, which
 /// lavapipe cannot.
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
 pub(super) fn side_by_side_cuda_source(
     dtype: DType,
     width: usize,
     split: bool,
-    arch: super::cuda_source::CudaArch,
-) -> Result<super::cuda_source::CudaKernelSource, String> {
-    use super::cuda_source::{Capture, cuda_source};
+    arch: super::cuda_capture::CudaArch,
+) -> Result<super::cuda_capture::CudaKernelSource, String> {
+    use super::cuda_capture::{Capture, compile_for_cuda};
     use side_by_side::{_E, _N, E, N, SideBySide};
     let part: StorageType = dtype.into();
     let mut at = Capture::new(CubeDim::new_1d(UNITS), |scope| {
@@ -170,5 +170,5 @@ pub(super) fn side_by_side_cuda_source(
         part,
     );
     let label = format!("side_by_side {dtype:?} width{width} split{split}");
-    cuda_source(label, kernel, arch)
+    compile_for_cuda(label, kernel, arch)
 }

@@ -52,6 +52,8 @@ mod cpu_dispatch;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube_common;
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
+mod cuda_capture;
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
 pub mod cuda_source;
 mod fast_math;
 pub mod importance;
