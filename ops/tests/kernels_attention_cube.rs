@@ -6,7 +6,7 @@
 //! earlier keys, one query; and, under autodiff, the gradients of the
 //! queries, keys and values (the backward kernels).
 //!
-//! Tolerance: within 2e-5 of the largest oracle entry of each tensor, as
+//! Tolerance: within 1e-5 of the largest oracle entry of each tensor, as
 //! for the CPU kernel (f32 sums of up to a few hundred terms of size ~1).
 
 use burn::backend::Autodiff;

@@ -5,7 +5,7 @@
 //! CubeCL backends run. The oracles' own gradients are checked by central
 //! finite differences first.
 //!
-//! Tolerances: outputs and gradients within 2e-5 of the largest oracle
+//! Tolerances: outputs and gradients within 1e-5 of the largest oracle
 //! entry of their tensor (f32 arithmetic over sums of up to a few hundred
 //! terms of magnitude ~1).
 

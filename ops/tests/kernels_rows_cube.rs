@@ -8,7 +8,7 @@
 //! chunk of the weight gradient, head sizes 6 to 128, and rotary tables
 //! sliced at an offset (as a cache's positions are).
 //!
-//! Tolerance: within 2e-5 of the largest oracle entry of each tensor, as
+//! Tolerance: within 1e-5 of the largest oracle entry of each tensor, as
 //! for the CPU kernels.
 
 use burn::backend::Autodiff;

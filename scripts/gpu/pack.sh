@@ -12,6 +12,9 @@
 # 300` (300 steps in bf16 and in f32), scripts/gpu/distill.sh, or
 # `RECIPE=recipes/minitron-claims.yaml scripts/gpu/experiments.sh 500
 # --set vars.tokens=N` (a later call resumes its store).
+# Before a GPU session with changed CUDA-only kernels, run
+# scripts/gpu/cuda_compile_check.sh here: it compiles them for sm_80 and
+# sm_90a without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 assets=../shared/assets

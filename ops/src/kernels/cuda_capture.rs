@@ -73,7 +73,8 @@ pub struct CudaKernelSource {
     /// The kernel's entry point in the source.
     pub entry_point: String,
     pub source: String,
-    /// The static shared memory the kernel declares, in bytes.
+    /// The shared memory a cube of the kernel takes, in bytes: what the
+    /// runtime launches it with, checked against the device's limit.
     pub shared_memory_bytes: usize,
 }
 

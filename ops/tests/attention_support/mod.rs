@@ -198,9 +198,11 @@ pub fn read<B: burn::tensor::backend::Backend, const D: usize>(
 }
 
 /// Outputs and gradients within this share of the largest oracle entry of
-/// their tensor (f32 arithmetic over sums of up to a few hundred terms of
-/// magnitude ~1).
-pub const TOL: f64 = 2e-5;
+/// their tensor: issue 13's bar for the f32 kernels (relative error at
+/// most 1e-5). f32 arithmetic over sums of up to a few hundred terms of
+/// magnitude ~1 stays near 1e-6: the largest error these tests saw on
+/// lavapipe and on the CPU was 8.9e-7.
+pub const TOL: f64 = 1e-5;
 
 /// Fails unless `got` is within [`TOL`] of `want`'s largest magnitude.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64]) {
