@@ -89,7 +89,7 @@ fn attention_tiles_compile_for_cuda_under_every_plan() {
                         continue;
                     }
                 };
-                assert_eq!(sources.len(), 3, "forward, dq and dk/dv");
+                assert_eq!(sources.len(), 4, "two forwards, dq and dk/dv");
                 for source in &sources {
                     // The products are tensor-core instructions, not their
                     // emulation.

@@ -663,13 +663,16 @@ pub fn causal_attention_tiles<R: CubeRuntime>(
 }
 
 /// The forward's `cmma` kernel for `plan`, head size `d` and operands in
-/// `dtype`, as CUDA C++ for `arch` (`kernels::cuda_source`). The lengths
-/// and head counts are launch values the source does not depend on.
+/// `dtype`, writing the log-sum-exp (training) or not (inference) as
+/// `with_lse` says, as CUDA C++ for `arch` (`kernels::cuda_source`). The
+/// lengths and head counts are launch values the source does not depend
+/// on.
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
 pub(super) fn forward_cuda_source(
     d: usize,
     plan: TilePlan,
     dtype: DType,
+    with_lse: bool,
     arch: super::cuda_capture::CudaArch,
 ) -> Result<super::cuda_capture::CudaKernelSource, String> {
     use super::cuda_capture::{Capture, compile_for_cuda};
@@ -705,11 +708,12 @@ pub(super) fn forward_cuda_source(
         d,
         plan.planes,
         plan.tile_frags,
-        true,
+        with_lse,
         operand,
     );
+    let lse = if with_lse { " lse" } else { "" };
     let label = format!(
-        "attention_tiles {dtype:?} d{d} planes{} frags{}",
+        "attention_tiles {dtype:?} d{d} planes{} frags{}{lse}",
         plan.planes, plan.tile_frags
     );
     compile_for_cuda(label, kernel, arch)
