@@ -685,11 +685,11 @@ pub(super) fn forward_cuda_source(
     let (seq, heads, kv_heads) = (64usize, 3usize, 1usize);
     let q_shape = [1, seq, heads, d];
     let kv_shape = [1, seq, kv_heads, d];
-    let q = <Tensor<E> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
-    let k = <Tensor<E> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
-    let v = <Tensor<E> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
-    let out = <Tensor<f32> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
-    let lse = <Tensor<f32> as LaunchArg>::register(at.tensor(&q_shape[..3]), &mut at.launcher);
+    let q = at.tensor::<Tensor<E>>(&q_shape);
+    let k = at.tensor::<Tensor<E>>(&kv_shape);
+    let v = at.tensor::<Tensor<E>>(&kv_shape);
+    let out = at.tensor::<Tensor<f32>>(&q_shape);
+    let lse = at.tensor::<Tensor<f32>>(&q_shape[..3]);
     let kernel = AttentionTiles::<cubecl::wgpu::WgpuRuntime>::new(
         at.settings.clone(),
         at.client.clone(),
@@ -732,8 +732,8 @@ pub(super) fn saturating_cast_cuda_source(
     let mut at = Capture::new(CubeDim::new_1d(CAST_UNITS), |scope| {
         scope.register_type::<DynamicScalar<_E>>(operand)
     });
-    let x = <Tensor<f32> as LaunchArg>::register(at.tensor(&[256]), &mut at.launcher);
-    let out = <Tensor<E> as LaunchArg>::register(at.tensor(&[256]), &mut at.launcher);
+    let x = at.tensor::<Tensor<f32>>(&[256]);
+    let out = at.tensor::<Tensor<E>>(&[256]);
     let kernel = SaturatingCast::<cubecl::wgpu::WgpuRuntime>::new(
         at.settings.clone(),
         at.client.clone(),

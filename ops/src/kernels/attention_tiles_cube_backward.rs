@@ -804,14 +804,14 @@ pub(super) fn backward_cuda_sources(
             scope.register_type::<DynamicScalar<_S>>(types[0]);
             scope.register_type::<DynamicScalar<_G>>(types[1]);
         });
-        let q_s = <Tensor<S> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
-        let k_s = <Tensor<S> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
-        let k_g = <Tensor<G> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
-        let v_g = <Tensor<G> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
-        let dout_g = <Tensor<G> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
-        let lse = <Tensor<f32> as LaunchArg>::register(at.tensor(&stats_shape), &mut at.launcher);
-        let delta = <Tensor<f32> as LaunchArg>::register(at.tensor(&stats_shape), &mut at.launcher);
-        let dq = <Tensor<f32> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
+        let q_s = at.tensor::<Tensor<S>>(&q_shape);
+        let k_s = at.tensor::<Tensor<S>>(&kv_shape);
+        let k_g = at.tensor::<Tensor<G>>(&kv_shape);
+        let v_g = at.tensor::<Tensor<G>>(&kv_shape);
+        let dout_g = at.tensor::<Tensor<G>>(&q_shape);
+        let lse = at.tensor::<Tensor<f32>>(&stats_shape);
+        let delta = at.tensor::<Tensor<f32>>(&stats_shape);
+        let dq = at.tensor::<Tensor<f32>>(&q_shape);
         let kernel = AttentionTilesDq::<WgpuRuntime>::new(
             at.settings.clone(),
             at.client.clone(),
@@ -845,15 +845,15 @@ pub(super) fn backward_cuda_sources(
             scope.register_type::<DynamicScalar<_S>>(types[0]);
             scope.register_type::<DynamicScalar<_G>>(types[1]);
         });
-        let q_s = <Tensor<S> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
-        let k_s = <Tensor<S> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
-        let q_g = <Tensor<G> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
-        let v_g = <Tensor<G> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
-        let dout_g = <Tensor<G> as LaunchArg>::register(at.tensor(&q_shape), &mut at.launcher);
-        let lse = <Tensor<f32> as LaunchArg>::register(at.tensor(&stats_shape), &mut at.launcher);
-        let delta = <Tensor<f32> as LaunchArg>::register(at.tensor(&stats_shape), &mut at.launcher);
-        let dk = <Tensor<f32> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
-        let dv = <Tensor<f32> as LaunchArg>::register(at.tensor(&kv_shape), &mut at.launcher);
+        let q_s = at.tensor::<Tensor<S>>(&q_shape);
+        let k_s = at.tensor::<Tensor<S>>(&kv_shape);
+        let q_g = at.tensor::<Tensor<G>>(&q_shape);
+        let v_g = at.tensor::<Tensor<G>>(&kv_shape);
+        let dout_g = at.tensor::<Tensor<G>>(&q_shape);
+        let lse = at.tensor::<Tensor<f32>>(&stats_shape);
+        let delta = at.tensor::<Tensor<f32>>(&stats_shape);
+        let dk = at.tensor::<Tensor<f32>>(&kv_shape);
+        let dv = at.tensor::<Tensor<f32>>(&kv_shape);
         let kernel = AttentionTilesDkv::<WgpuRuntime>::new(
             at.settings.clone(),
             at.client.clone(),

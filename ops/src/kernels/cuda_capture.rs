@@ -106,9 +106,13 @@ impl Capture {
         }
     }
 
-    /// A contiguous tensor argument of `shape` over a small buffer: the
-    /// expansion reads an argument's layout and vector width, not its data.
-    pub(super) fn tensor(&self, shape: &[usize]) -> TensorArg<WgpuRuntime> {
+    /// A contiguous tensor argument of `shape` over a small buffer,
+    /// registered as the kernel's argument type `T`: the expansion reads an
+    /// argument's layout and vector width, not its data.
+    pub(super) fn tensor<T>(&mut self, shape: &[usize]) -> T::CompilationArg
+    where
+        T: LaunchArg<RuntimeArg<WgpuRuntime> = TensorArg<WgpuRuntime>>,
+    {
         let mut strides = vec![1usize; shape.len()];
         for i in (0..shape.len().saturating_sub(1)).rev() {
             strides[i] = strides[i + 1] * shape[i + 1];
@@ -116,7 +120,9 @@ impl Capture {
         let handle = self.client.empty(16);
         // SAFETY: the argument is only registered and expanded, never
         // launched, so no kernel reads past the buffer.
-        unsafe { TensorArg::from_raw_parts(handle, strides.into(), shape.to_vec().into()) }
+        let arg =
+            unsafe { TensorArg::from_raw_parts(handle, strides.into(), shape.to_vec().into()) };
+        T::register(arg, &mut self.launcher)
     }
 }
 

@@ -151,12 +151,8 @@ pub(super) fn side_by_side_cuda_source(
         scope.register_size::<DynamicSize<_N>>(width);
     });
     let (rows, len) = (4usize, 64usize);
-    let x =
-        <Tensor<Vector<f32, N>> as LaunchArg>::register(at.tensor(&[rows, len]), &mut at.launcher);
-    let out = <Tensor<Vector<E, N>> as LaunchArg>::register(
-        at.tensor(&[rows, 2 * len]),
-        &mut at.launcher,
-    );
+    let x = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, len]);
+    let out = at.tensor::<Tensor<Vector<E, N>>>(&[rows, 2 * len]);
     let kernel = SideBySide::<cubecl::wgpu::WgpuRuntime>::new(
         at.settings.clone(),
         at.client.clone(),
