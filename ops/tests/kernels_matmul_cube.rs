@@ -5,19 +5,22 @@
 //! device computes in bf16 (CUDA); where it does not (wgpu), the bf16
 //! request must give exactly the f32 result. In inference and under
 //! autodiff with both gradients. And the inference product's two-part
-//! kernel path on its own, in f16 where there is no bf16.
+//! kernel path and the training products' rounded path on their own, in
+//! f16 where there is no bf16.
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
-use distillery_ops::kernels::{WeightLayout, two_part_product};
+use distillery_ops::kernels::{
+    Wanted, WeightLayout, rounded_product, rounded_product_backward, two_part_product,
+};
 use distillery_ops::rng::SplitMix64;
 
 mod cube_support;
 mod matmul_support;
 
 use cube_support::{Cube, device, device_present};
-use matmul_support::{check_products, check_training, runs_bf16};
+use matmul_support::{assert_within, check_products, check_training, exact, random, runs_bf16};
 
 #[test]
 fn products_match_the_float64_oracle() {
@@ -59,15 +62,7 @@ fn the_two_part_product_equals_its_rounded_parts_in_float64() {
     if !device_present() {
         return;
     }
-    let dtype = if cfg!(feature = "cuda") {
-        DType::BF16
-    } else {
-        DType::F16
-    };
-    assert!(
-        Cube::supports_dtype(&device(), dtype),
-        "the device lacks {dtype:?}, which this test needs"
-    );
+    let dtype = sixteen_bit();
     let mut rng = SplitMix64::new(77);
     // Inner sizes with vector widths 4 and 1; magnitudes 1..100 keep f16's
     // parts in its range.
@@ -91,14 +86,9 @@ fn the_two_part_product_equals_its_rounded_parts_in_float64() {
                 WeightLayout::InOut => w[c * n + j],
                 WeightLayout::OutIn => w[j * k + c],
             };
-            let on_device = |v: &[f32], dims: [usize; 2]| {
-                Tensor::<Cube, 2>::from_data(TensorData::new(v.to_vec(), dims), &device())
-                    .into_primitive()
-                    .tensor()
-            };
             let y = two_part_product(
-                on_device(&x, [rows, k]),
-                on_device(&w, w_dims),
+                on_device(&x, [rows, k]).into_primitive().tensor(),
+                on_device(&w, w_dims).into_primitive().tensor(),
                 layout,
                 dtype,
             );
@@ -126,4 +116,121 @@ fn the_two_part_product_equals_its_rounded_parts_in_float64() {
             }
         }
     }
+}
+
+/// The 16-bit dtype the kernel-path tests run in: bf16 on CUDA; on wgpu,
+/// which has no bf16, f16 (lavapipe has it).
+fn sixteen_bit() -> DType {
+    let dtype = if cfg!(feature = "cuda") {
+        DType::BF16
+    } else {
+        DType::F16
+    };
+    assert!(
+        Cube::supports_dtype(&device(), dtype),
+        "the device lacks {dtype:?}, which this test needs"
+    );
+    dtype
+}
+
+fn on_device(v: &[f32], dims: [usize; 2]) -> Tensor<Cube, 2> {
+    Tensor::<Cube, 2>::from_data(TensorData::new(v.to_vec(), dims), &device())
+}
+
+/// A result's values, after checking that it is f32 (the sums' dtype).
+fn f32_values(what: &str, t: burn::tensor::ops::FloatTensor<Cube>) -> Vec<f32> {
+    let t = Tensor::<Cube, 2>::from_primitive(TensorPrimitive::Float(t));
+    assert_eq!(t.dtype(), DType::F32, "{what}: the result's dtype");
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+/// A training step's rounded products on their own: the product and both
+/// gradients, every operand rounded once to the 16-bit dtype, summed in
+/// f32. Both when the caller rounded `x` and the weight first (as the
+/// trainer does, keeping them for the backward) and when the products
+/// round them; against float64 of the host-rounded operands.
+#[test]
+fn the_rounded_training_products_equal_their_rounded_operands_in_float64() {
+    if !device_present() {
+        return;
+    }
+    let dtype = sixteen_bit();
+    let q = |v: f32| round_to(dtype, v);
+    let rel = |terms: usize| 2.0 * terms as f64 * 2f64.powi(-24);
+    let mut rng = SplitMix64::new(91);
+    for (m, k, n) in [(7, 12, 5), (33, 75, 64), (1, 300, 3), (70, 40, 33)] {
+        let x = random(&mut rng, m * k);
+        let w = random(&mut rng, k * n);
+        let dy = random(&mut rng, m * n);
+        for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+            let w_dims = match layout {
+                WeightLayout::InOut => [k, n],
+                WeightLayout::OutIn => [n, k],
+            };
+            // w[l, j] of the product, wherever it is stored.
+            let wk = |l: usize, j: usize| match layout {
+                WeightLayout::InOut => w[l * n + j],
+                WeightLayout::OutIn => w[j * k + l],
+            };
+            for rounded_first in [false, true] {
+                let what = format!(
+                    "{dtype:?} {layout:?} [{m}, {k}] x [{k}, {n}], rounded first: {rounded_first}"
+                );
+                let operand = |v: &[f32], dims: [usize; 2]| {
+                    let t = on_device(v, dims);
+                    let t = if rounded_first { t.cast(dtype) } else { t };
+                    t.into_primitive().tensor()
+                };
+                let (xt, wt) = (operand(&x, [m, k]), operand(&w, w_dims));
+                let y = rounded_product(xt.clone(), wt.clone(), layout, dtype);
+                let (want, mag) = exact((m, k, n), |i, l| q(x[i * k + l]), |l, j| q(wk(l, j)));
+                assert_within(
+                    &format!("{what}: y"),
+                    &f32_values(&what, y),
+                    &want,
+                    &mag,
+                    rel(k),
+                );
+
+                let dyt = on_device(&dy, [m, n]).into_primitive().tensor();
+                let both = Wanted {
+                    x: true,
+                    weight: true,
+                };
+                let (dx, dw) = rounded_product_backward(xt, wt, layout, dtype, dyt, both);
+                // dx = dy w^T: [m, k], summed over n.
+                let (want, mag) = exact((m, n, k), |i, j| q(dy[i * n + j]), |j, l| q(wk(l, j)));
+                let dx = f32_values(&what, dx.expect("dx was asked for"));
+                assert_within(&format!("{what}: dx"), &dx, &want, &mag, rel(n));
+                // dw = x^T dy: [k, n], summed over m, in the weight's layout.
+                let (want, mag) = exact((k, m, n), |l, i| q(x[i * k + l]), |i, j| q(dy[i * n + j]));
+                let dw = f32_values(&what, dw.expect("dw was asked for"));
+                let dw_at = |l: usize, j: usize| match layout {
+                    WeightLayout::InOut => dw[l * n + j],
+                    WeightLayout::OutIn => dw[j * k + l],
+                };
+                let dw: Vec<f32> = (0..k * n).map(|i| dw_at(i / n, i % n)).collect();
+                assert_within(&format!("{what}: dw"), &dw, &want, &mag, rel(m));
+            }
+        }
+    }
+    // Only the gradients asked for are computed.
+    let (x, w, dy) = (
+        on_device(&[0.5; 6], [2, 3]),
+        on_device(&[0.25; 12], [3, 4]),
+        on_device(&[1.0; 8], [2, 4]),
+    );
+    let p = |t: Tensor<Cube, 2>| t.into_primitive().tensor();
+    let (dx, dw) = rounded_product_backward(
+        p(x),
+        p(w),
+        WeightLayout::InOut,
+        dtype,
+        p(dy),
+        Wanted {
+            x: false,
+            weight: true,
+        },
+    );
+    assert!(dx.is_none() && dw.is_some(), "only dw was asked for");
 }

@@ -88,12 +88,16 @@ pub fn loss_and_grads<B: KdOps + MatmulOps>(
     let mut loss = Tensor::<B, 1>::zeros([1], &device);
     let mut d_hidden = Vec::new();
     let mut d_head: Option<Tensor<B, 2>> = None;
+    // Rounded once for every chunk's product and gradients (where the
+    // products round their operands), not twice a chunk.
+    let head = B::trained_operand(float(head), precision);
     for start in (0..rows).step_by(job.chunk_rows) {
         let chunk = start..(start + job.chunk_rows).min(rows);
         let h = hidden.clone().slice([chunk.clone(), 0..width]);
+        let h = B::trained_operand(float(h), precision);
         let logits: Tensor<B, 2> = tensor(B::linear_matmul_trained(
-            float(h.clone()),
-            float(head.clone()),
+            h.clone(),
+            head.clone(),
             WeightLayout::OutIn,
             precision,
         ));
@@ -113,8 +117,8 @@ pub fn loss_and_grads<B: KdOps + MatmulOps>(
             grad = grad + ce_grad.mul_scalar(*ce_weight);
         }
         let (dh, dw) = B::linear_matmul_backward(
-            float(h),
-            float(head.clone()),
+            h,
+            head.clone(),
             WeightLayout::OutIn,
             precision,
             float(grad),

@@ -8,8 +8,9 @@
 //! ([`MatmulOps::product_precision`] says which runs). Under autodiff a
 //! bf16 product is an op of its own, whose backward runs in bf16 too
 //! (`dx = dy w^T`, `dw = x^T dy`, every operand rounded once, as
-//! mixed-precision training does); an f32 one stays Burn's matmul and its
-//! backward.
+//! mixed-precision training does: the backward reads the operands the
+//! forward rounded, [`MatmulOps::trained_operand`]); an f32 one stays
+//! Burn's matmul and its backward.
 
 use burn::tensor::Tensor;
 use burn::tensor::TensorPrimitive;
@@ -94,9 +95,22 @@ pub trait MatmulOps: Backend {
         f32_product::<Self>(x, weight, layout)
     }
 
+    /// An operand of training products in `precision`, rounded once, so
+    /// that every product that reads it (a forward and its backward, or
+    /// each chunk of rows against one head) reads it without rounding it
+    /// again: a bf16 copy where the device's products round to bf16
+    /// (CUDA), the tensor itself elsewhere (AMX packs its operands for
+    /// each product, rounding as it packs).
+    fn trained_operand(t: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self> {
+        let _ = precision;
+        t
+    }
+
     /// The same product in a training step, whose arithmetic may differ
     /// from inference's: bf16 on AMX rounds `x` once, as mixed-precision
-    /// training does, where inference carries it in two parts.
+    /// training does, where inference carries it in two parts. `x` and the
+    /// weight may come from [`MatmulOps::trained_operand`]; the result is
+    /// in f32 where they were rounded, else in `x`'s dtype.
     fn linear_matmul_trained(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -108,7 +122,10 @@ pub trait MatmulOps: Backend {
 
     /// The gradients of [`MatmulOps::linear_matmul_trained`] given the
     /// output's, `dy: [rows, out]`: `(dx, dweight)` (the latter in the
-    /// weight's own layout), each computed only when `want` says so.
+    /// weight's own layout), each computed only when `want` says so. `x`
+    /// and the weight are the forward's (rounded ones included); each
+    /// gradient is in f32 where its operand was rounded, else in the
+    /// operand's dtype.
     fn linear_matmul_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -210,15 +227,31 @@ mod on_autodiff {
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::tensor::{DType, TensorMetadata};
 
     #[derive(Debug)]
     struct LinearBackward {
         layout: WeightLayout,
         precision: Precision,
+        /// The dtypes of `x` and the weight as the caller gave them, which
+        /// their gradients take: the inner backend's are in f32 where it
+        /// rounded an operand.
+        x_dtype: DType,
+        weight_dtype: DType,
+    }
+
+    /// `t` in `dtype` (cast only where it is not).
+    fn in_dtype<B: Backend>(t: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {
+        if t.dtype() == dtype {
+            t
+        } else {
+            B::float_cast(t, dtype.into())
+        }
     }
 
     impl<B: MatmulOps> Backward<B, 2> for LinearBackward {
-        /// The product's inputs: `x` and the weight.
+        /// The product's operands as the forward read them
+        /// ([`MatmulOps::trained_operand`]): `x` and the weight.
         type State = (FloatTensor<B>, FloatTensor<B>);
 
         fn backward(
@@ -236,6 +269,8 @@ mod on_autodiff {
             };
             let (dx, dw) =
                 B::linear_matmul_backward(x, weight, self.layout, self.precision, dy, want);
+            let dx = dx.map(|g| in_dtype::<B>(g, self.x_dtype));
+            let dw = dw.map(|g| in_dtype::<B>(g, self.weight_dtype));
             for (node, grad) in [(node_x, dx), (node_w, dw)] {
                 if let (Some(node), Some(grad)) = (node, grad) {
                     grads.register::<B>(node.id, grad);
@@ -258,21 +293,28 @@ mod on_autodiff {
             if precision == Precision::F32 {
                 return f32_product::<Self>(x, weight, layout);
             }
-            let prep = LinearBackward { layout, precision }
+            let x_dtype = x.primitive.dtype();
+            let backward = LinearBackward {
+                layout,
+                precision,
+                x_dtype,
+                weight_dtype: weight.primitive.dtype(),
+            };
+            let prep = backward
                 .prepare::<C>([x.node.clone(), weight.node.clone()])
                 .compute_bound()
                 .stateful();
             match prep {
                 OpsKind::Tracked(prep) => {
-                    let (x, weight) = (x.primitive, weight.primitive);
+                    // Rounded once, for the forward and the backward.
+                    let x = B::trained_operand(x.primitive, precision);
+                    let weight = B::trained_operand(weight.primitive, precision);
                     let y = B::linear_matmul_trained(x.clone(), weight.clone(), layout, precision);
-                    prep.finish((x, weight), y)
+                    prep.finish((x, weight), in_dtype::<B>(y, x_dtype))
                 }
-                OpsKind::UnTracked(prep) => prep.finish(B::linear_matmul_trained(
-                    x.primitive,
-                    weight.primitive,
-                    layout,
-                    precision,
+                OpsKind::UnTracked(prep) => prep.finish(in_dtype::<B>(
+                    B::linear_matmul_trained(x.primitive, weight.primitive, layout, precision),
+                    x_dtype,
                 )),
             }
         }

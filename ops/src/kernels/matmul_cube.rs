@@ -5,7 +5,11 @@
 //! documents for the CPU's AMX path:
 //!
 //! - a training step's product and both of its gradients round every
-//!   operand once (`x`, the weight, `dy`), as mixed-precision training does;
+//!   operand once (`x`, the weight, `dy`), as mixed-precision training does.
+//!   The forward's rounded `x` and weight are what the backward reads
+//!   ([`MatmulOps::trained_operand`]): rounding them again there would cost
+//!   two more launches and passes over memory per product, and holding
+//!   `x` in bf16 halves what a product keeps for its backward;
 //! - inference carries the activations in two bf16 parts, `x = hi + lo`
 //!   (about 16 bits), and sums the two products in f32, so that logits
 //!   stay close to f32's (the weight is rounded once): one product of the
@@ -19,39 +23,89 @@
 //! never rounded to bf16.
 //!
 //! On a device without bf16 arithmetic (wgpu) the bf16 request runs the
-//! f32 product, as on a CPU without AMX.
+//! f32 product, as on a CPU without AMX. The rounded training products
+//! take their 16-bit dtype as an argument ([`rounded_product`],
+//! [`rounded_product_backward`]), so that the tests run them on wgpu in
+//! f16.
 
 use super::cube_common::to_dtype;
 use super::matmul::{MatmulOps, Precision, Wanted, WeightLayout, f32_backward, f32_product};
 use super::matmul_parts_cube::two_part_product;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensorOps;
 use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
+use burn_cubecl::ops::permute;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 /// The reduced dtype of [`Precision::Bf16`] products.
 const REDUCED: DType = DType::BF16;
 
-/// `a b` with both operands rounded to bf16 (each cast explicitly), summed
-/// and written in f32.
-fn reduced_product<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>) -> CubeTensor<R> {
-    let (a, b) = (to_dtype(a, REDUCED), to_dtype(b, REDUCED));
-    matmul(a, b, None, MatmulStrategy::default(), DType::F32)
-        .unwrap_or_else(|e| panic!("a bf16 product with an f32 result cannot run here: {e:?}"))
+/// `a b` with both operands in `reduced` (each cast explicitly, unless it
+/// already is), summed and written in f32.
+fn reduced_product<R: CubeRuntime>(
+    a: CubeTensor<R>,
+    b: CubeTensor<R>,
+    reduced: DType,
+) -> CubeTensor<R> {
+    let (a, b) = (to_dtype(a, reduced), to_dtype(b, reduced));
+    matmul(a, b, None, MatmulStrategy::default(), DType::F32).unwrap_or_else(|e| {
+        panic!("a {reduced:?} product with an f32 result cannot run here: {e:?}")
+    })
 }
 
-/// The weight as the right operand of `x w`: itself or its transpose (a
-/// strided view; the matmul reads it in place).
-fn right_operand<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-    weight: CubeTensor<R>,
-    layout: WeightLayout,
-) -> CubeTensor<R> {
+/// A matrix's transpose, as a strided view (the matmul reads it in place).
+fn transposed<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    permute(t, &[1, 0])
+}
+
+/// The weight as the right operand of `x w`: itself or its transpose.
+fn right_operand<R: CubeRuntime>(weight: CubeTensor<R>, layout: WeightLayout) -> CubeTensor<R> {
     match layout {
         WeightLayout::InOut => weight,
-        WeightLayout::OutIn => CubeBackend::<R, F, I, BT>::float_transpose(weight),
+        WeightLayout::OutIn => transposed(weight),
     }
+}
+
+/// A training step's product `x w` (or `x w^T`, as `layout` says) with
+/// both operands rounded to `reduced` (bf16 on CUDA), once: an operand
+/// already in `reduced` (from [`MatmulOps::trained_operand`]) is read as
+/// it is. Summed and written in f32.
+pub fn rounded_product<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    layout: WeightLayout,
+    reduced: DType,
+) -> CubeTensor<R> {
+    reduced_product(x, right_operand(weight, layout), reduced)
+}
+
+/// The gradients of [`rounded_product`] given the output's, `dy` (rounded
+/// to `reduced` once, for both products): `dx = dy w^T` and `dw = x^T dy`
+/// (`dw = dy^T x` for a weight stored `[out, in]`, in its own layout), in
+/// f32, each computed only when `want` says so. `x` and the weight are
+/// read in `reduced` as [`rounded_product`] reads them.
+pub fn rounded_product_backward<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    layout: WeightLayout,
+    reduced: DType,
+    dy: CubeTensor<R>,
+    want: Wanted,
+) -> (Option<CubeTensor<R>>, Option<CubeTensor<R>>) {
+    let dy = to_dtype(dy, reduced);
+    let dx = want.x.then(|| {
+        let w = match layout {
+            WeightLayout::InOut => transposed(weight),
+            WeightLayout::OutIn => weight,
+        };
+        reduced_product(dy.clone(), w, reduced)
+    });
+    let dw = want.weight.then(|| match layout {
+        WeightLayout::InOut => reduced_product(transposed(x), dy, reduced),
+        WeightLayout::OutIn => reduced_product(transposed(dy), x, reduced),
+    });
+    (dx, dw)
 }
 
 impl<R, F, I, BT> MatmulOps for CubeBackend<R, F, I, BT>
@@ -65,6 +119,13 @@ where
         match precision {
             Precision::Bf16 if Self::supports_dtype(device, REDUCED) => Precision::Bf16,
             _ => Precision::F32,
+        }
+    }
+
+    fn trained_operand(t: CubeTensor<R>, precision: Precision) -> CubeTensor<R> {
+        match Self::product_precision(&t.device, precision) {
+            Precision::Bf16 => to_dtype(t, REDUCED),
+            Precision::F32 => t,
         }
     }
 
@@ -90,11 +151,7 @@ where
         if Self::product_precision(&x.device, precision) == Precision::F32 {
             return f32_product::<Self>(x, weight, layout);
         }
-        let dtype = x.dtype;
-        to_dtype(
-            reduced_product(x, right_operand::<R, F, I, BT>(weight, layout)),
-            dtype,
-        )
+        rounded_product(x, weight, layout, REDUCED)
     }
 
     fn linear_matmul_backward(
@@ -108,24 +165,6 @@ where
         if Self::product_precision(&x.device, precision) == Precision::F32 {
             return f32_backward::<Self>(x, weight, layout, dy, want);
         }
-        let (x_dtype, w_dtype) = (x.dtype, weight.dtype);
-        let t = Self::float_transpose;
-        // Each operand rounded once, whichever products it enters.
-        let dy = to_dtype(dy, REDUCED);
-        let dx = want.x.then(|| {
-            let w = match layout {
-                WeightLayout::InOut => t(weight.clone()),
-                WeightLayout::OutIn => weight.clone(),
-            };
-            to_dtype(reduced_product(dy.clone(), w), x_dtype)
-        });
-        let dw = want.weight.then(|| {
-            let dw = match layout {
-                WeightLayout::InOut => reduced_product(t(x), dy),
-                WeightLayout::OutIn => reduced_product(t(dy), x),
-            };
-            to_dtype(dw, w_dtype)
-        });
-        (dx, dw)
+        rounded_product_backward(x, weight, layout, REDUCED, dy, want)
     }
 }

@@ -15,7 +15,8 @@
 //!   build with `cuda` and `wgpu`, makes their CUDA C++ without a GPU).
 //! - [`matmul`]: the model's matrix products in f32, or with bf16 operands
 //!   (AMX tiles on the CPU, `matmul_cube` on the CubeCL backends, whose
-//!   inference product sums its two-part activations in one product,
+//!   training products keep their rounded operands for the backward and
+//!   whose inference product sums its two-part activations in one product,
 //!   `matmul_parts_cube`).
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
 //!   backward (`rows_flex` on the CPU, `rows_cube` on the CubeCL backends).
@@ -106,6 +107,8 @@ pub use kd::{KdLoss, KdOps, KdSpec, SparseTeacher, kd_loss, kd_loss_sparse};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
 pub use linear_kd::{LinearKd, LinearKdOps, TeacherRows, linear_kd_loss};
 pub use matmul::{MatmulOps, Precision, Wanted, WeightLayout, linear_matmul};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use matmul_cube::{rounded_product, rounded_product_backward};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use matmul_parts_cube::two_part_product;
 pub use rows::{RowOps, rms_norm, rope, swiglu};

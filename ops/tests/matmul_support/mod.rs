@@ -17,7 +17,7 @@
 //! product of the rounded operands; f32 everywhere else.
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use distillery_ops::kernels::{MatmulOps, Precision, WeightLayout, linear_matmul};
 use distillery_ops::rng::SplitMix64;
 
@@ -180,8 +180,15 @@ fn trained_product<B: AutodiffBackend + MatmulOps>(
     let rt = Tensor::<B, 2>::from_data(TensorData::new(r.to_vec(), [m, n]), device);
     let y = linear_matmul(xt.clone(), wt.clone(), layout, precision);
     let grads = (y.clone() * rt).sum().backward();
+    // Every result in f32, whatever the product rounded: a 16-bit
+    // gradient would reach the optimizer in the wrong dtype.
     fn vec<I: Backend>(t: Tensor<I, 2>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+        assert_eq!(
+            t.dtype(),
+            DType::F32,
+            "a training product's result or gradient"
+        );
+        t.into_data().to_vec::<f32>().unwrap()
     }
     (
         vec(y.inner()),
