@@ -1,7 +1,8 @@
 //! The model's matrix products (`kernels::linear_matmul`) on the CPU
 //! against a float64 oracle (the checks of `matmul_support`): f32, and
 //! bf16 where the CPU has AMX (elsewhere the bf16 request must give exactly
-//! the f32 result), in inference and under autodiff with both gradients.
+//! the f32 result), in inference and under autodiff with both gradients;
+//! one input's products with several weights at once.
 
 use burn::backend::{Autodiff, Flex};
 use distillery_ops::kernels::matmul::bf16_on_cpu;
@@ -11,7 +12,8 @@ use distillery_ops::rng::SplitMix64;
 mod matmul_support;
 
 use matmul_support::{
-    assert_within, check_products, check_training, oracle, product, random, round_bf16, runs_bf16,
+    assert_within, check_products, check_shared, check_training, oracle, product, random,
+    round_bf16, runs_bf16,
 };
 
 #[test]
@@ -56,4 +58,9 @@ fn a_new_weight_is_never_served_another_weights_packing() {
 #[test]
 fn training_products_and_gradients_match_the_float64_oracle() {
     check_training::<Autodiff<Flex>>(&Default::default());
+}
+
+#[test]
+fn shared_products_equal_the_products_alone_and_sum_their_gradients() {
+    check_shared::<Flex, Autodiff<Flex>>(&Default::default(), &Default::default());
 }

@@ -12,7 +12,8 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use distillery_ops::kernels::{
-    Wanted, WeightLayout, rounded_product, rounded_product_backward, two_part_product,
+    Wanted, WeightLayout, activation_parts, parts_product, rounded_product,
+    rounded_product_backward, two_part_product,
 };
 use distillery_ops::rng::SplitMix64;
 
@@ -20,7 +21,9 @@ mod cube_support;
 mod matmul_support;
 
 use cube_support::{Cube, device, device_present};
-use matmul_support::{assert_within, check_products, check_training, exact, random, runs_bf16};
+use matmul_support::{
+    assert_within, check_products, check_shared, check_training, exact, random, runs_bf16,
+};
 
 #[test]
 fn products_match_the_float64_oracle() {
@@ -41,6 +44,14 @@ fn training_products_and_gradients_match_the_float64_oracle() {
         return;
     }
     check_training::<Autodiff<Cube>>(&device());
+}
+
+#[test]
+fn shared_products_equal_the_products_alone_and_sum_their_gradients() {
+    if !device_present() {
+        return;
+    }
+    check_shared::<Cube, Autodiff<Cube>>(&device(), &device());
 }
 
 /// `x` rounded to `dtype` (f16 or bf16) and back, as the device rounds.
@@ -95,6 +106,19 @@ fn the_two_part_product_equals_its_rounded_parts_in_float64() {
             let y = Tensor::<Cube, 2>::from_primitive(TensorPrimitive::Float(y));
             assert_eq!(y.dims(), [rows, n], "the product's shape");
             let got = y.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            // The parts made once for several products (a layer's shared
+            // input) give each product exactly.
+            let parts = activation_parts(on_device(&x, [rows, k]).into_primitive().tensor(), dtype);
+            for _ in 0..2 {
+                let w = on_device(&w, w_dims).into_primitive().tensor();
+                let y = parts_product(parts.clone(), w, layout, dtype);
+                let y = Tensor::<Cube, 2>::from_primitive(TensorPrimitive::Float(y));
+                assert_eq!(
+                    y.into_data().to_vec::<f32>().unwrap(),
+                    got,
+                    "{dtype:?} {layout:?}: the product from shared parts"
+                );
+            }
             for r in 0..rows {
                 for j in 0..n {
                     let (mut want, mut scale) = (0.0f64, 0.0f64);

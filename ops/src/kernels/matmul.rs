@@ -95,6 +95,24 @@ pub trait MatmulOps: Backend {
         f32_product::<Self>(x, weight, layout)
     }
 
+    /// `x` times each of `weights` (all stored as `layout`): one input's
+    /// products with several weights (a layer's q, k and v projections;
+    /// gate and up), each what [`MatmulOps::linear_matmul`] gives. Where
+    /// the products prepare their input (CUDA in bf16: its two parts in
+    /// inference, its rounding in training), it is prepared once for all
+    /// of them.
+    fn linear_matmul_shared(
+        x: FloatTensor<Self>,
+        weights: Vec<FloatTensor<Self>>,
+        layout: WeightLayout,
+        precision: Precision,
+    ) -> Vec<FloatTensor<Self>> {
+        weights
+            .into_iter()
+            .map(|w| Self::linear_matmul(x.clone(), w, layout, precision))
+            .collect()
+    }
+
     /// An operand of training products in `precision`, rounded once, so
     /// that every product that reads it (a forward and its backward, or
     /// each chunk of rows against one head) reads it without rounding it
@@ -190,13 +208,8 @@ pub(super) fn f32_backward<B: Backend>(
     (dx, dw)
 }
 
-/// `x [rows, in]` times `weight` (stored as `layout` says) in `precision`.
-pub fn linear_matmul<B: MatmulOps>(
-    x: Tensor<B, 2>,
-    weight: Tensor<B, 2>,
-    layout: WeightLayout,
-    precision: Precision,
-) -> Tensor<B, 2> {
+/// Panics unless `x`'s width is the weight's input size.
+fn assert_fits<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, layout: WeightLayout) {
     let inner = match layout {
         WeightLayout::InOut => weight.dims()[0],
         WeightLayout::OutIn => weight.dims()[1],
@@ -208,12 +221,45 @@ pub fn linear_matmul<B: MatmulOps>(
         x.dims(),
         weight.dims()
     );
+}
+
+/// `x [rows, in]` times `weight` (stored as `layout` says) in `precision`.
+pub fn linear_matmul<B: MatmulOps>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    layout: WeightLayout,
+    precision: Precision,
+) -> Tensor<B, 2> {
+    assert_fits(&x, &weight, layout);
     Tensor::from_primitive(TensorPrimitive::Float(B::linear_matmul(
         x.into_primitive().tensor(),
         weight.into_primitive().tensor(),
         layout,
         precision,
     )))
+}
+
+/// `x [rows, in]` times each of `weights` (all stored as `layout`), in
+/// `precision`: one [`linear_matmul`] per weight, with `x` prepared once
+/// for all of them ([`MatmulOps::linear_matmul_shared`]).
+pub fn linear_matmul_shared<B: MatmulOps, const N: usize>(
+    x: Tensor<B, 2>,
+    weights: [Tensor<B, 2>; N],
+    layout: WeightLayout,
+    precision: Precision,
+) -> [Tensor<B, 2>; N] {
+    for w in &weights {
+        assert_fits(&x, w, layout);
+    }
+    let weights = weights.map(|w| w.into_primitive().tensor()).into();
+    let products = B::linear_matmul_shared(x.into_primitive().tensor(), weights, layout, precision);
+    let products: Vec<Tensor<B, 2>> = products
+        .into_iter()
+        .map(|y| Tensor::from_primitive(TensorPrimitive::Float(y)))
+        .collect();
+    products
+        .try_into()
+        .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()))
 }
 
 /// Under autodiff, an f32 product is Burn's own matmul and its backward
@@ -293,30 +339,66 @@ mod on_autodiff {
             if precision == Precision::F32 {
                 return f32_product::<Self>(x, weight, layout);
             }
-            let x_dtype = x.primitive.dtype();
-            let backward = LinearBackward {
-                layout,
-                precision,
-                x_dtype,
-                weight_dtype: weight.primitive.dtype(),
-            };
-            let prep = backward
-                .prepare::<C>([x.node.clone(), weight.node.clone()])
-                .compute_bound()
-                .stateful();
-            match prep {
-                OpsKind::Tracked(prep) => {
-                    // Rounded once, for the forward and the backward.
-                    let x = B::trained_operand(x.primitive, precision);
-                    let weight = B::trained_operand(weight.primitive, precision);
-                    let y = B::linear_matmul_trained(x.clone(), weight.clone(), layout, precision);
-                    prep.finish((x, weight), in_dtype::<B>(y, x_dtype))
-                }
-                OpsKind::UnTracked(prep) => prep.finish(in_dtype::<B>(
-                    B::linear_matmul_trained(x.primitive, weight.primitive, layout, precision),
-                    x_dtype,
-                )),
+            let rounded_x = B::trained_operand(x.primitive.clone(), precision);
+            product_node::<B, C>(&x, rounded_x, weight, layout, precision)
+        }
+
+        fn linear_matmul_shared(
+            x: FloatTensor<Self>,
+            weights: Vec<FloatTensor<Self>>,
+            layout: WeightLayout,
+            precision: Precision,
+        ) -> Vec<FloatTensor<Self>> {
+            if precision == Precision::F32 {
+                return weights
+                    .into_iter()
+                    .map(|w| f32_product::<Self>(x.clone(), w, layout))
+                    .collect();
             }
+            // Rounded once for every product, and kept once (one buffer)
+            // for all their backwards. Each product is its own node, so
+            // `x`'s gradients from them are summed as any others, in
+            // `x`'s dtype.
+            let rounded_x = B::trained_operand(x.primitive.clone(), precision);
+            weights
+                .into_iter()
+                .map(|w| product_node::<B, C>(&x, rounded_x.clone(), w, layout, precision))
+                .collect()
+        }
+    }
+
+    /// One training product as a node of the graph, with `x` as the
+    /// forward reads it (`rounded_x`, [`MatmulOps::trained_operand`]'s).
+    fn product_node<B: MatmulOps, C: CheckpointStrategy>(
+        x: &FloatTensor<Autodiff<B, C>>,
+        rounded_x: FloatTensor<B>,
+        weight: FloatTensor<Autodiff<B, C>>,
+        layout: WeightLayout,
+        precision: Precision,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        let x_dtype = x.primitive.dtype();
+        let backward = LinearBackward {
+            layout,
+            precision,
+            x_dtype,
+            weight_dtype: weight.primitive.dtype(),
+        };
+        let prep = backward
+            .prepare::<C>([x.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                // Rounded once, for the forward and the backward.
+                let weight = B::trained_operand(weight.primitive, precision);
+                let y =
+                    B::linear_matmul_trained(rounded_x.clone(), weight.clone(), layout, precision);
+                prep.finish((rounded_x, weight), in_dtype::<B>(y, x_dtype))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(in_dtype::<B>(
+                B::linear_matmul_trained(rounded_x, weight.primitive, layout, precision),
+                x_dtype,
+            )),
         }
     }
 }

@@ -14,7 +14,8 @@
 //!   (about 16 bits), and sums the two products in f32, so that logits
 //!   stay close to f32's (the weight is rounded once): one product of the
 //!   parts side by side with the weight stacked twice
-//!   (`matmul_parts_cube`).
+//!   (`matmul_parts_cube`); the products of one input with several
+//!   weights ([`MatmulOps::linear_matmul_shared`]) split it once.
 //!
 //! Every operand is cast to bf16 explicitly before the product: Burn 0.21's
 //! matmul reads its right operand as if it had the left operand's dtype,
@@ -30,7 +31,7 @@
 
 use super::cube_common::to_dtype;
 use super::matmul::{MatmulOps, Precision, Wanted, WeightLayout, f32_backward, f32_product};
-use super::matmul_parts_cube::two_part_product;
+use super::matmul_parts_cube::{activation_parts, parts_product, two_part_product};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
@@ -140,6 +141,27 @@ where
         }
         let dtype = x.dtype;
         to_dtype(two_part_product(x, weight, layout, REDUCED), dtype)
+    }
+
+    fn linear_matmul_shared(
+        x: CubeTensor<R>,
+        weights: Vec<CubeTensor<R>>,
+        layout: WeightLayout,
+        precision: Precision,
+    ) -> Vec<CubeTensor<R>> {
+        if Self::product_precision(&x.device, precision) == Precision::F32 {
+            return weights
+                .into_iter()
+                .map(|w| f32_product::<Self>(x.clone(), w, layout))
+                .collect();
+        }
+        let dtype = x.dtype;
+        // The activations split once for every product.
+        let parts = activation_parts(x, REDUCED);
+        weights
+            .into_iter()
+            .map(|w| to_dtype(parts_product(parts.clone(), w, layout, REDUCED), dtype))
+            .collect()
     }
 
     fn linear_matmul_trained(

@@ -106,7 +106,26 @@ pub fn two_part_product<R: CubeRuntime>(
     layout: WeightLayout,
     dtype: DType,
 ) -> CubeTensor<R> {
+    parts_product(activation_parts(x, dtype), weight, layout, dtype)
+}
+
+/// The activations `x [rows, k]` as the two parts `[hi | lo]` of `dtype`
+/// (`[rows, 2k]`), for one or more [`parts_product`]s.
+pub fn activation_parts<R: CubeRuntime>(x: CubeTensor<R>, dtype: DType) -> CubeTensor<R> {
     let [rows, k]: [usize; 2] = x.shape().dims();
+    twice(x, rows, k, true, dtype)
+}
+
+/// [`two_part_product`] from the activations' parts ([`activation_parts`],
+/// in the same `dtype`).
+pub fn parts_product<R: CubeRuntime>(
+    parts: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    layout: WeightLayout,
+    dtype: DType,
+) -> CubeTensor<R> {
+    let [rows, two_k]: [usize; 2] = parts.shape().dims();
+    let k = two_k / 2;
     let [w_rows, w_cols]: [usize; 2] = weight.shape().dims();
     let inner = match layout {
         WeightLayout::InOut => w_rows,
@@ -116,7 +135,10 @@ pub fn two_part_product<R: CubeRuntime>(
         inner, k,
         "two-part product: inputs [{rows}, {k}] for a weight [{w_rows}, {w_cols}] stored {layout:?}"
     );
-    let parts = twice(x, rows, k, true, dtype);
+    assert_eq!(
+        parts.dtype, dtype,
+        "two-part product: parts in another dtype"
+    );
     // `[w; w]` as the right operand: stacked along the inner dimension in
     // the weight's own storage order (both copies of a stored row side by
     // side), so the kernel reads and writes in order; for `[out, in]`

@@ -106,11 +106,11 @@ pub use importance_flex::{channel_sums_host, cosine_distance_sum_host};
 pub use kd::{KdLoss, KdOps, KdSpec, SparseTeacher, kd_loss, kd_loss_sparse};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
 pub use linear_kd::{LinearKd, LinearKdOps, TeacherRows, linear_kd_loss};
-pub use matmul::{MatmulOps, Precision, Wanted, WeightLayout, linear_matmul};
+pub use matmul::{MatmulOps, Precision, Wanted, WeightLayout, linear_matmul, linear_matmul_shared};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use matmul_cube::{rounded_product, rounded_product_backward};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub use matmul_parts_cube::two_part_product;
+pub use matmul_parts_cube::{activation_parts, parts_product, two_part_product};
 pub use rows::{RowOps, rms_norm, rope, swiglu};
 
 /// Whether CubeCL autotunes the matrix products and reductions of the GPU

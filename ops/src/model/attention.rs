@@ -48,9 +48,11 @@ impl<B: ModelBackend> Attention<B> {
 
         // [batch, seq, heads, head_dim] throughout: the projections' own
         // layout, which the attention kernel reads without a copy.
-        let q = rope.apply(self.q_proj.forward(x.clone()).reshape([batch, seq, h, d]));
-        let k = rope.apply(self.k_proj.forward(x.clone()).reshape([batch, seq, kv, d]));
-        let v = self.v_proj.forward(x).reshape([batch, seq, kv, d]);
+        // x prepared once for the three products (Linear::forward_shared).
+        let [q, k, v] = Linear::forward_shared([&self.q_proj, &self.k_proj, &self.v_proj], x);
+        let q = rope.apply(q.reshape([batch, seq, h, d]));
+        let k = rope.apply(k.reshape([batch, seq, kv, d]));
+        let v = v.reshape([batch, seq, kv, d]);
 
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v),

@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::ModelBackend;
-use crate::kernels::{Precision, WeightLayout, linear_matmul, rms_norm};
+use crate::kernels::{Precision, WeightLayout, linear_matmul, linear_matmul_shared, rms_norm};
 
 /// `y = x W + b` with `W: [in, out]`.
 ///
@@ -52,6 +52,34 @@ impl<B: ModelBackend> Linear<B> {
             None => y,
         };
         y.reshape([batch, seq, self.out_features()])
+    }
+
+    /// Each layer's [`Linear::forward`] of the same `x` (a layer's q, k and
+    /// v projections; gate and up), with `x` prepared once for all the
+    /// products where their arithmetic prepares it
+    /// ([`linear_matmul_shared`]). Layers of differing precisions run one
+    /// at a time.
+    pub fn forward_shared<const N: usize>(
+        layers: [&Self; N],
+        x: Tensor<B, 3>,
+    ) -> [Tensor<B, 3>; N] {
+        let precision = layers[0].precision;
+        if layers.iter().any(|l| l.precision != precision) {
+            return layers.map(|l| l.forward(x.clone()));
+        }
+        let [batch, seq, d_in] = x.dims();
+        let x = x.reshape([batch * seq, d_in]);
+        let weights = layers.map(|l| l.weight.val());
+        let ys = linear_matmul_shared(x, weights, WeightLayout::InOut, precision);
+        let mut ys = ys.into_iter();
+        layers.map(|l| {
+            let y = ys.next().expect("one product per layer");
+            let y = match &l.bias {
+                Some(bias) => y + bias.val().unsqueeze_dim::<2>(0),
+                None => y,
+            };
+            y.reshape([batch, seq, l.out_features()])
+        })
     }
 }
 

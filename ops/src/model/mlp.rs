@@ -21,7 +21,8 @@ pub struct Mlp<B: Backend> {
 impl<B: ModelBackend> Mlp<B> {
     /// The `down_proj` input: `x: [batch, seq, hidden]` -> `[batch, seq, intermediate]`.
     pub fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x))
+        let [gate, up] = Linear::forward_shared([&self.gate_proj, &self.up_proj], x);
+        swiglu(gate, up)
     }
 
     /// `down_proj`: `[batch, seq, intermediate]` -> `[batch, seq, hidden]`.

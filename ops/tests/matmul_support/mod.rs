@@ -15,10 +15,16 @@
 //! rounded once to bf16 where the backend runs bf16 (mixed-precision
 //! training's arithmetic), within f32 summation error of the float64
 //! product of the rounded operands; f32 everywhere else.
+//!
+//! One input's products with several weights (`linear_matmul_shared`):
+//! exactly the products one at a time in inference, and under autodiff the
+//! sum of their gradients for the input.
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
-use distillery_ops::kernels::{MatmulOps, Precision, WeightLayout, linear_matmul};
+use distillery_ops::kernels::{
+    MatmulOps, Precision, WeightLayout, linear_matmul, linear_matmul_shared,
+};
 use distillery_ops::rng::SplitMix64;
 
 /// `(m, k, n)`: one row, odd sizes, sizes past one 32 x 32 block.
@@ -250,4 +256,111 @@ fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     (0..cols)
         .flat_map(|j| (0..rows).map(move |i| v[i * cols + j]))
         .collect()
+}
+
+/// One input's products with three weights of different widths
+/// (`linear_matmul_shared`, as a layer's q, k and v): in inference exactly
+/// `linear_matmul` of each; under autodiff (`AB`, over `B`) the products
+/// and the gradients of `sum_i sum(y_i * r_i)` (the input's the sum of the
+/// three) against the float64 oracle of the operands rounded as
+/// [`check_training`]'s. f32 and bf16 (its fallback where `B` has none).
+/// `inner` and `device` are the same device, as each backend names it.
+pub fn check_shared<B: MatmulOps, AB: AutodiffBackend<InnerBackend = B> + MatmulOps>(
+    inner: &B::Device,
+    device: &AB::Device,
+) {
+    let bf16 = runs_bf16::<B>(inner);
+    let (m, k) = (37, 70);
+    let widths = [70, 23, 23];
+    let mut rng = SplitMix64::new(31);
+    let x = random(&mut rng, m * k);
+    let ws: Vec<Vec<f32>> = widths.iter().map(|&n| random(&mut rng, k * n)).collect();
+    let rs: Vec<Vec<f32>> = widths.iter().map(|&n| random(&mut rng, m * n)).collect();
+    let rel = |terms: usize| 2.0 * terms as f64 * 2f64.powi(-24);
+    for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+        let dims = |n: usize| weight_dims((m, k, n), layout);
+        for precision in [Precision::F32, Precision::Bf16] {
+            let what = format!("{layout:?} {precision:?}");
+            // Inference: each product exactly as on its own.
+            let xt = Tensor::<B, 2>::from_data(TensorData::new(x.clone(), [m, k]), inner);
+            let wts: [Tensor<B, 2>; 3] = std::array::from_fn(|i| {
+                Tensor::from_data(TensorData::new(ws[i].clone(), dims(widths[i])), inner)
+            });
+            let shared = linear_matmul_shared(xt.clone(), wts.clone(), layout, precision);
+            for (i, (y, w)) in shared.into_iter().zip(wts).enumerate() {
+                let alone = linear_matmul(xt.clone(), w, layout, precision);
+                assert_eq!(y.dims(), [m, widths[i]], "{what}: product {i}'s shape");
+                assert_eq!(
+                    y.into_data().to_vec::<f32>().unwrap(),
+                    alone.into_data().to_vec::<f32>().unwrap(),
+                    "{what}: shared product {i} differs from the product alone"
+                );
+            }
+
+            // Training: the products and every gradient.
+            let rounded = precision == Precision::Bf16 && bf16;
+            let q = |v: f32| if rounded { round_bf16(v) } else { v };
+            let xt = Tensor::<AB, 2>::from_data(TensorData::new(x.clone(), [m, k]), device)
+                .require_grad();
+            let wts: [Tensor<AB, 2>; 3] = std::array::from_fn(|i| {
+                Tensor::from_data(TensorData::new(ws[i].clone(), dims(widths[i])), device)
+                    .require_grad()
+            });
+            let ys = linear_matmul_shared(xt.clone(), wts.clone(), layout, precision);
+            let mut loss = None;
+            for (i, y) in ys.iter().enumerate() {
+                let r = Tensor::<AB, 2>::from_data(
+                    TensorData::new(rs[i].clone(), [m, widths[i]]),
+                    device,
+                );
+                let term = (y.clone() * r).sum();
+                loss = Some(match loss {
+                    Some(l) => l + term,
+                    None => term,
+                });
+            }
+            let grads = loss.expect("three products").backward();
+            let values = |t: Tensor<B, 2>| {
+                assert_eq!(
+                    t.dtype(),
+                    DType::F32,
+                    "{what}: a result or gradient's dtype"
+                );
+                t.into_data().to_vec::<f32>().unwrap()
+            };
+            let mut dx_want = vec![0.0f64; m * k];
+            let mut dx_mag = vec![0.0f64; m * k];
+            for i in 0..3 {
+                let (n, w, r) = (widths[i], &ws[i], &rs[i]);
+                let wk = |l: usize, j: usize| match layout {
+                    WeightLayout::InOut => w[l * n + j],
+                    WeightLayout::OutIn => w[j * k + l],
+                };
+                let (want, mag) = exact((m, k, n), |a, l| q(x[a * k + l]), |l, j| q(wk(l, j)));
+                let y = values(ys[i].clone().inner());
+                assert_within(&format!("{what}: y{i}"), &y, &want, &mag, rel(k));
+                let (want, mag) = exact((m, n, k), |a, j| q(r[a * n + j]), |j, l| q(wk(l, j)));
+                for e in 0..m * k {
+                    dx_want[e] += want[e];
+                    dx_mag[e] += mag[e];
+                }
+                let (want, mag) = exact((k, m, n), |l, a| q(x[a * k + l]), |a, j| q(r[a * n + j]));
+                let (want, mag) = match layout {
+                    WeightLayout::InOut => (want, mag),
+                    WeightLayout::OutIn => (transpose(&want, k, n), transpose(&mag, k, n)),
+                };
+                let dw = values(wts[i].grad(&grads).expect("a weight's gradient"));
+                assert_within(&format!("{what}: dw{i}"), &dw, &want, &mag, rel(m));
+            }
+            let dx = values(xt.grad(&grads).expect("x's gradient"));
+            let terms: usize = widths.iter().sum();
+            assert_within(
+                &format!("{what}: dx"),
+                &dx,
+                &dx_want,
+                &dx_mag,
+                rel(terms + 3),
+            );
+        }
+    }
 }
