@@ -128,7 +128,7 @@ pub trait MatmulOps: Backend {
     /// from inference's: bf16 on AMX rounds `x` once, as mixed-precision
     /// training does, where inference carries it in two parts. `x` and the
     /// weight may come from [`MatmulOps::trained_operand`]; the result is
-    /// in f32 where they were rounded, else in `x`'s dtype.
+    /// in f32 where the product rounds its operands, else in `x`'s dtype.
     fn linear_matmul_trained(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -141,9 +141,9 @@ pub trait MatmulOps: Backend {
     /// The gradients of [`MatmulOps::linear_matmul_trained`] given the
     /// output's, `dy: [rows, out]`: `(dx, dweight)` (the latter in the
     /// weight's own layout), each computed only when `want` says so. `x`
-    /// and the weight are the forward's (rounded ones included); each
-    /// gradient is in f32 where its operand was rounded, else in the
-    /// operand's dtype.
+    /// and the weight are the forward's (rounded ones included); the
+    /// gradients are in f32 where the products round their operands, else
+    /// each in its operand's dtype.
     fn linear_matmul_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -280,8 +280,8 @@ mod on_autodiff {
         layout: WeightLayout,
         precision: Precision,
         /// The dtypes of `x` and the weight as the caller gave them, which
-        /// their gradients take: the inner backend's are in f32 where it
-        /// rounded an operand.
+        /// their gradients take: the inner backend's are in f32 where its
+        /// products round their operands.
         x_dtype: DType,
         weight_dtype: DType,
     }
