@@ -38,12 +38,15 @@ fn kernel_profile_sums_launches_by_family_per_step() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("profile.log");
     // Two steps: per step two matrix products (1 ms, 3 ms), one RMSNorm
-    // (500 us) and one Burn addition (250 us); a summary table and other
-    // log lines in between are not launches.
+    // (500 us), one Burn addition (250 us), and a cast and a two-part split
+    // for a bf16 product (100 us each); a summary table and other log lines
+    // in between are not launches.
     let step = "| 1.0ms      | MatmulEntry | TensorArgs | CudaRuntime\n\
                 | 3ms        | MatmulEntry | TensorArgs | CudaRuntime\n\
                 | 500µs      | RmsNormRows | CudaRuntime\n\
                 | 250.0µs    | KernelBinop | AddOp | CudaRuntime\n\
+                | 100µs      | CastElement | CudaRuntime\n\
+                | 100µs      | SideBySide | CudaRuntime\n\
                 | Name | Duration | Num Computed | Ratio |\n\
                 [START_KERNEL_COMPILATION]\n";
     std::fs::write(&log, format!("{step}{step}")).unwrap();
@@ -54,19 +57,23 @@ fn kernel_profile_sums_launches_by_family_per_step() {
         "2".as_ref(),
     ]);
     assert!(
-        out.starts_with("4 launches and 4.8 ms of device time per step (2 steps)"),
+        out.starts_with("6 launches and 5.0 ms of device time per step (2 steps)"),
         "{out}"
     );
     assert!(
-        out.contains("| matrix products | 2 | 4.00 | 84% |"),
+        out.contains("| matrix products | 2 | 4.00 | 81% |"),
         "{out}"
     );
     assert!(
-        out.contains("| RMSNorm, RoPE, SwiGLU (ours) | 1 | 0.50 | 11% |"),
+        out.contains("| RMSNorm, RoPE, SwiGLU (ours) | 1 | 0.50 | 10% |"),
         "{out}"
     );
     assert!(
         out.contains("| elementwise (Burn) | 1 | 0.25 | 5% |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| bf16 operands: casts, two-part splits | 2 | 0.20 | 4% |"),
         "{out}"
     );
 }

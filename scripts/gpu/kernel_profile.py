@@ -32,6 +32,9 @@ FAMILIES = [
     ("gradient norm (ours)", ("SquarePartials",)),
     ("KD loss (ours)", ("Kd", "SumToFirst")),
     ("importance (ours)", ("SeqPartialSums", "AccumulateRows", "Channel", "Cosine", "Block")),
+    # The bf16 products' operands: Burn's casts (rounding to bf16) and our
+    # two-part splits and weight stacks.
+    ("bf16 operands: casts, two-part splits", ("Cast", "SideBySide")),
     ("elementwise (Burn)", ("KernelBinop", "KernelScalarBinop", "Unary", "Cast", "Mask", "Clamp", "Powf", "Full")),
     ("reductions (Burn)", ("SharedSum", "Reduce", "Sum", "Mean", "Argmax", "Max")),
     ("copies, gathers, layout (Burn)", ("Copy", "Select", "Gather", "Scatter", "Slice", "Index", "Cat", "Repeat")),
