@@ -8,8 +8,6 @@
 mod model_support;
 
 use burn::backend::Autodiff;
-use burn::module::Module;
-use burn::tensor::Tensor;
 use distillery_ops::model::{Llama, tokens_tensor};
 use model_support::*;
 
@@ -76,50 +74,10 @@ fn gradients_match_the_cpu_kernels() {
     let rows = [rng.tokens(9, c.vocab_size), rng.tokens(9, c.vocab_size)];
     let row_refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
 
-    // sum(logits * weights) with fixed pseudo-random weights: every logit
-    // contributes, so every parameter has a gradient.
-    fn gradients<
-        B: distillery_ops::model::ModelBackend + burn::tensor::backend::AutodiffBackend,
-    >(
-        model: &Llama<B>,
-        rows: &[&[u32]],
-        device: &B::Device,
-    ) -> Vec<Vec<f32>> {
-        let logits = model.forward(tokens_tensor(rows, device));
-        let n = logits.shape().num_elements();
-        let weights: Vec<f32> = (0..n)
-            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-            .collect();
-        let weights =
-            Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(weights, [n]), device)
-                .reshape(logits.dims());
-        let grads = (logits * weights).sum().backward();
-        let mut out = Vec::new();
-        let mut collect = Collect {
-            grads: &grads,
-            out: &mut out,
-        };
-        model.visit(&mut collect);
-        out
-    }
-    struct Collect<'a, B: burn::tensor::backend::AutodiffBackend> {
-        grads: &'a B::Gradients,
-        out: &'a mut Vec<Vec<f32>>,
-    }
-    impl<B: burn::tensor::backend::AutodiffBackend> burn::module::ModuleVisitor<B> for Collect<'_, B> {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
-            let g = param
-                .val()
-                .grad(self.grads)
-                .expect("every parameter has a gradient");
-            self.out.push(g.into_data().to_vec::<f32>().unwrap());
-        }
-    }
-
     let cpu = cube_model::<Autodiff<B>>(&c, &sd, &device());
     let gpu = cube_model::<Autodiff<Cube>>(&c, &sd, &cube_device());
-    let want = gradients(&cpu, &row_refs, &device());
-    let got = gradients(&gpu, &row_refs, &cube_device());
+    let want = parameter_gradients(&cpu, &row_refs, &device());
+    let got = parameter_gradients(&gpu, &row_refs, &cube_device());
     assert_eq!(want.len(), got.len());
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
         let unit = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-30);

@@ -12,10 +12,9 @@
 //! forward rounded, [`MatmulOps::trained_operand`]); an f32 one stays
 //! Burn's matmul and its backward.
 
-use burn::tensor::Tensor;
-use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use serde::{Deserialize, Serialize};
 
 /// The arithmetic of matrix products.
@@ -82,6 +81,13 @@ pub trait MatmulOps: Backend {
     fn product_precision(device: &Self::Device, precision: Precision) -> Precision {
         let _ = (device, precision);
         Precision::F32
+    }
+
+    /// The 16-bit dtype the operands of [`Precision::Bf16`] products are
+    /// rounded to on `device`, where they run reduced: bf16 (f16 only as
+    /// the CubeCL backends' test stand-in, see `matmul_cube`).
+    fn reduced_dtype(device: &Self::Device) -> Option<DType> {
+        (Self::product_precision(device, Precision::Bf16) == Precision::Bf16).then_some(DType::BF16)
     }
 
     /// `x: [rows, in]` times the weight, `[rows, out]`.
@@ -162,6 +168,9 @@ pub trait MatmulOps: Backend {
 pub fn arithmetic<B: MatmulOps>(device: &B::Device, precision: Precision) -> &'static str {
     match (precision, B::product_precision(device, precision)) {
         (Precision::F32, _) => "f32",
+        (_, Precision::Bf16) if B::reduced_dtype(device) == Some(DType::F16) => {
+            "f16 operands with f32 sums (DISTILLERY_BF16_AS_F16: a test stand-in for bf16)"
+        }
         (_, Precision::Bf16) => "bf16 operands with f32 sums",
         (_, Precision::F32) => "f32 (this device has no bf16 fast path)",
     }
@@ -273,7 +282,7 @@ mod on_autodiff {
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-    use burn::tensor::{DType, TensorMetadata};
+    use burn::tensor::TensorMetadata;
 
     #[derive(Debug)]
     struct LinearBackward {
@@ -328,6 +337,10 @@ mod on_autodiff {
     impl<B: MatmulOps, C: CheckpointStrategy> MatmulOps for Autodiff<B, C> {
         fn product_precision(device: &Self::Device, precision: Precision) -> Precision {
             B::product_precision(device, precision)
+        }
+
+        fn reduced_dtype(device: &Self::Device) -> Option<DType> {
+            B::reduced_dtype(device)
         }
 
         fn linear_matmul(

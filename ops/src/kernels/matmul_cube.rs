@@ -27,7 +27,10 @@
 //! f32 product, as on a CPU without AMX. The rounded training products
 //! take their 16-bit dtype as an argument ([`rounded_product`],
 //! [`rounded_product_backward`]), so that the tests run them on wgpu in
-//! f16.
+//! f16. And `DISTILLERY_BF16_AS_F16=1` runs the whole bf16 path in f16 on
+//! a device that has f16 but not bf16 (lavapipe), so that the tests cover
+//! it on every run, not only on a GPU. A test switch, not a mode to train
+//! in: f16 rounds like bf16 with 3 more bits, but overflows past 65,504.
 
 use super::cube_common::to_dtype;
 use super::matmul::{MatmulOps, Precision, Wanted, WeightLayout, f32_backward, f32_product};
@@ -38,9 +41,14 @@ use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
 use burn_cubecl::ops::permute;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use std::sync::OnceLock;
 
-/// The reduced dtype of [`Precision::Bf16`] products.
-const REDUCED: DType = DType::BF16;
+/// Whether `DISTILLERY_BF16_AS_F16=1` asks for f16 as bf16's stand-in
+/// (read once).
+fn f16_stands_in() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DISTILLERY_BF16_AS_F16").as_deref() == Ok("1"))
+}
 
 /// `a b` with both operands in `reduced` (each cast explicitly, unless it
 /// already is), summed and written in f32.
@@ -109,6 +117,15 @@ pub fn rounded_product_backward<R: CubeRuntime>(
     (dx, dw)
 }
 
+/// The 16-bit dtype a product asked for in `precision` rounds to on
+/// `device`, or `None` where it runs in f32.
+fn reduced<B: MatmulOps>(device: &B::Device, precision: Precision) -> Option<DType> {
+    match precision {
+        Precision::Bf16 => B::reduced_dtype(device),
+        Precision::F32 => None,
+    }
+}
+
 impl<R, F, I, BT> MatmulOps for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -117,16 +134,26 @@ where
     BT: BoolElement,
 {
     fn product_precision(device: &Self::Device, precision: Precision) -> Precision {
-        match precision {
-            Precision::Bf16 if Self::supports_dtype(device, REDUCED) => Precision::Bf16,
-            _ => Precision::F32,
+        match reduced::<Self>(device, precision) {
+            Some(_) => Precision::Bf16,
+            None => Precision::F32,
+        }
+    }
+
+    fn reduced_dtype(device: &Self::Device) -> Option<DType> {
+        if Self::supports_dtype(device, DType::BF16) {
+            Some(DType::BF16)
+        } else if f16_stands_in() && Self::supports_dtype(device, DType::F16) {
+            Some(DType::F16)
+        } else {
+            None
         }
     }
 
     fn trained_operand(t: CubeTensor<R>, precision: Precision) -> CubeTensor<R> {
-        match Self::product_precision(&t.device, precision) {
-            Precision::Bf16 => to_dtype(t, REDUCED),
-            Precision::F32 => t,
+        match reduced::<Self>(&t.device, precision) {
+            Some(reduced) => to_dtype(t, reduced),
+            None => t,
         }
     }
 
@@ -136,11 +163,11 @@ where
         layout: WeightLayout,
         precision: Precision,
     ) -> CubeTensor<R> {
-        if Self::product_precision(&x.device, precision) == Precision::F32 {
+        let Some(reduced) = reduced::<Self>(&x.device, precision) else {
             return f32_product::<Self>(x, weight, layout);
-        }
+        };
         let dtype = x.dtype;
-        to_dtype(two_part_product(x, weight, layout, REDUCED), dtype)
+        to_dtype(two_part_product(x, weight, layout, reduced), dtype)
     }
 
     fn linear_matmul_shared(
@@ -149,18 +176,18 @@ where
         layout: WeightLayout,
         precision: Precision,
     ) -> Vec<CubeTensor<R>> {
-        if Self::product_precision(&x.device, precision) == Precision::F32 {
+        let Some(reduced) = reduced::<Self>(&x.device, precision) else {
             return weights
                 .into_iter()
                 .map(|w| f32_product::<Self>(x.clone(), w, layout))
                 .collect();
-        }
+        };
         let dtype = x.dtype;
         // The activations split once for every product.
-        let parts = activation_parts(x, REDUCED);
+        let parts = activation_parts(x, reduced);
         weights
             .into_iter()
-            .map(|w| to_dtype(parts_product(parts.clone(), w, layout, REDUCED), dtype))
+            .map(|w| to_dtype(parts_product(parts.clone(), w, layout, reduced), dtype))
             .collect()
     }
 
@@ -170,10 +197,10 @@ where
         layout: WeightLayout,
         precision: Precision,
     ) -> CubeTensor<R> {
-        if Self::product_precision(&x.device, precision) == Precision::F32 {
-            return f32_product::<Self>(x, weight, layout);
+        match reduced::<Self>(&x.device, precision) {
+            Some(reduced) => rounded_product(x, weight, layout, reduced),
+            None => f32_product::<Self>(x, weight, layout),
         }
-        rounded_product(x, weight, layout, REDUCED)
     }
 
     fn linear_matmul_backward(
@@ -184,9 +211,9 @@ where
         dy: CubeTensor<R>,
         want: Wanted,
     ) -> (Option<CubeTensor<R>>, Option<CubeTensor<R>>) {
-        if Self::product_precision(&x.device, precision) == Precision::F32 {
-            return f32_backward::<Self>(x, weight, layout, dy, want);
+        match reduced::<Self>(&x.device, precision) {
+            Some(reduced) => rounded_product_backward(x, weight, layout, reduced, dy, want),
+            None => f32_backward::<Self>(x, weight, layout, dy, want),
         }
-        rounded_product_backward(x, weight, layout, REDUCED, dy, want)
     }
 }

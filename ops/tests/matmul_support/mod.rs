@@ -51,6 +51,18 @@ pub fn runs_bf16<B: MatmulOps>(device: &B::Device) -> bool {
     B::product_precision(device, Precision::Bf16) == Precision::Bf16
 }
 
+/// A value rounded as `B`'s bf16 products round their operands on
+/// `device`: to bf16 (or f16, the CubeCL backends' test stand-in, see
+/// `kernels_bf16_as_f16`), or not at all where they run in f32.
+pub fn reduced_rounding<B: MatmulOps>(device: &B::Device) -> fn(f32) -> f32 {
+    match B::reduced_dtype(device) {
+        Some(DType::BF16) => round_bf16,
+        Some(DType::F16) => |x| half::f16::from_f32(x).to_f32(),
+        Some(other) => panic!("no rounding to {other:?}"),
+        None => |x| x,
+    }
+}
+
 /// `x [m, k]` times `w` (`[k, n]` or `[n, k]`), with `w` mapped by `f`:
 /// `(product, sum of |terms|)` per output, in f64.
 pub fn oracle(
@@ -150,7 +162,7 @@ pub fn check_products<B: MatmulOps>(device: &B::Device) {
 
             let bf16_out = product::<B>(&x, &w, shape, layout, Precision::Bf16, device);
             if bf16 {
-                let (rounded, mag) = oracle(&x, &w, shape, layout, round_bf16);
+                let (rounded, mag) = oracle(&x, &w, shape, layout, reduced_rounding::<B>(device));
                 let rel = 2f64.powi(-15) + k as f64 * 2f64.powi(-24);
                 assert_within(&format!("{what} bf16"), &bf16_out, &rounded, &mag, rel);
                 // And it is not the f32 product: the weights were rounded.
@@ -204,9 +216,8 @@ fn trained_product<B: AutodiffBackend + MatmulOps>(
 }
 
 /// Training products and both gradients on `B`, f32 and bf16, against the
-/// oracle of the (once-rounded, for bf16) operands.
+/// oracle of the (once-rounded, for bf16 where `B` rounds) operands.
 pub fn check_training<B: AutodiffBackend + MatmulOps>(device: &B::Device) {
-    let bf16 = runs_bf16::<B>(device);
     // The SHAPES, plus reductions over several chunks of 512 (`k` in the
     // forward and `dx`, the rows in `dw`).
     let shapes = SHAPES
@@ -227,8 +238,14 @@ pub fn check_training<B: AutodiffBackend + MatmulOps>(device: &B::Device) {
             };
             for precision in [Precision::F32, Precision::Bf16] {
                 let what = format!("{shape:?} {layout:?} {precision:?}");
-                let rounded = precision == Precision::Bf16 && bf16;
-                let q = |v: f32| if rounded { round_bf16(v) } else { v };
+                let round = reduced_rounding::<B>(device);
+                let q = |v: f32| {
+                    if precision == Precision::Bf16 {
+                        round(v)
+                    } else {
+                        v
+                    }
+                };
                 let (y, dx, dw) =
                     trained_product::<B>(&x, &w, &r, shape, layout, precision, device);
 
@@ -269,7 +286,6 @@ pub fn check_shared<B: MatmulOps, AB: AutodiffBackend<InnerBackend = B> + Matmul
     inner: &B::Device,
     device: &AB::Device,
 ) {
-    let bf16 = runs_bf16::<B>(inner);
     let (m, k) = (37, 70);
     let widths = [70, 23, 23];
     let mut rng = SplitMix64::new(31);
@@ -298,8 +314,14 @@ pub fn check_shared<B: MatmulOps, AB: AutodiffBackend<InnerBackend = B> + Matmul
             }
 
             // Training: the products and every gradient.
-            let rounded = precision == Precision::Bf16 && bf16;
-            let q = |v: f32| if rounded { round_bf16(v) } else { v };
+            let round = reduced_rounding::<B>(inner);
+            let q = |v: f32| {
+                if precision == Precision::Bf16 {
+                    round(v)
+                } else {
+                    v
+                }
+            };
             let xt = Tensor::<AB, 2>::from_data(TensorData::new(x.clone(), [m, k]), device)
                 .require_grad();
             let wts: [Tensor<AB, 2>; 3] = std::array::from_fn(|i| {

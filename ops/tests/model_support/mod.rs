@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 use burn::backend::Flex;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 use distillery_ops::io::{HostTensor, StateDict};
 use distillery_ops::model::{Llama, LlamaConfig, tokens_tensor};
 use serde_json::json;
@@ -188,6 +190,44 @@ pub fn build(c: &LlamaConfig, sd: &StateDict) -> Llama<B> {
 pub fn model_logits(model: &Llama<B>, rows: &[&[u32]]) -> Vec<f32> {
     let logits = model.forward(tokens_tensor(rows, &device()));
     to_vec(logits)
+}
+
+/// Every parameter's gradient (in the model's visiting order) of
+/// `sum(logits * weights)` over `rows`, with fixed pseudo-random weights:
+/// every logit contributes, so every parameter has a gradient.
+pub fn parameter_gradients<BA: distillery_ops::model::ModelBackend + AutodiffBackend>(
+    model: &Llama<BA>,
+    rows: &[&[u32]],
+    device: &BA::Device,
+) -> Vec<Vec<f32>> {
+    let logits = model.forward(tokens_tensor(rows, device));
+    let n = logits.shape().num_elements();
+    let weights: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let weights = Tensor::<BA, 1>::from_data(burn::tensor::TensorData::new(weights, [n]), device)
+        .reshape(logits.dims());
+    let grads = (logits * weights).sum().backward();
+    struct Collect<'a, BA: AutodiffBackend> {
+        grads: &'a BA::Gradients,
+        out: &'a mut Vec<Vec<f32>>,
+    }
+    impl<BA: AutodiffBackend> ModuleVisitor<BA> for Collect<'_, BA> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<BA, D>>) {
+            let g = param
+                .val()
+                .grad(self.grads)
+                .expect("every parameter has a gradient");
+            assert_eq!(g.dtype(), burn::tensor::DType::F32, "a gradient's dtype");
+            self.out.push(g.into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let mut out = Vec::new();
+    model.visit(&mut Collect {
+        grads: &grads,
+        out: &mut out,
+    });
+    out
 }
 
 pub fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {

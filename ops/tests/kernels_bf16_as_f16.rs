@@ -1,0 +1,105 @@
+#![cfg(all(feature = "wgpu", not(feature = "cuda")))]
+//! The bf16 products' whole path on wgpu, with f16 standing in for bf16
+//! (`DISTILLERY_BF16_AS_F16=1`): lavapipe has f16 but not bf16, so without
+//! the switch this code runs only on CUDA, and a bug in it would first
+//! show on a GPU machine. Every check of `matmul_support` (inference's
+//! two-part products, training's rounded products and gradients under
+//! autodiff, the shared products of one input), then a model's logits
+//! against the float64 reference and its training gradients against the
+//! f32 ones: within f16's rounding, and not the f32 result itself.
+//!
+//! One test in its own binary: the switch is read once, so it is set
+//! before anything reads it.
+
+mod cube_support;
+mod matmul_support;
+mod model_support;
+
+use burn::backend::Autodiff;
+use burn::tensor::DType;
+use cube_support::{Cube, device};
+use distillery_ops::kernels::{MatmulOps, Precision};
+use distillery_ops::model::{Llama, tokens_tensor};
+use matmul_support::{check_products, check_shared, check_training, runs_bf16};
+use model_support::{Rng, all_configs, cfg_gqa, random_weights, reference_forward};
+
+/// The largest difference over the largest entry of `want`.
+fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+    let unit = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+    err / unit
+}
+
+#[test]
+fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
+    // SAFETY: this binary's only test sets the variable before anything
+    // reads the environment, and no other thread reads or writes it.
+    unsafe { std::env::set_var("DISTILLERY_BF16_AS_F16", "1") };
+    let device = device();
+    assert_eq!(
+        Cube::reduced_dtype(&device),
+        Some(DType::F16),
+        "lavapipe should offer f16 to stand in for bf16"
+    );
+    assert!(runs_bf16::<Cube>(&device));
+
+    check_products::<Cube>(&device);
+    check_training::<Autodiff<Cube>>(&device);
+    check_shared::<Cube, Autodiff<Cube>>(&device, &device);
+
+    // A model's logits in inference's two-part arithmetic: f16 parts keep
+    // about 22 bits of the activations, the weights 11.
+    for (i, (name, c)) in all_configs().into_iter().enumerate() {
+        let mut rng = Rng::new(500 + i as u64);
+        let sd = random_weights(&c, &mut rng);
+        let tokens = rng.tokens(11, c.vocab_size);
+        let model = Llama::<Cube>::from_state_dict(c.clone(), sd.clone(), &device)
+            .expect("model builds")
+            .with_precision(Precision::Bf16);
+        let got: Vec<f32> = model
+            .forward(tokens_tensor(&[&tokens], &device))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let want = reference_forward(&c, &sd, &tokens).logits;
+        let err = relative_error(&got, &want);
+        assert!(err <= 4e-3, "{name}: logits off by {err:e} of the largest");
+        assert!(
+            err > 1e-6,
+            "{name}: logits as exact as f32's ({err:e}): nothing was rounded"
+        );
+    }
+
+    // A training backward with every product's operands rounded once:
+    // every parameter's gradient against the f32 path's.
+    let c = cfg_gqa();
+    let mut rng = Rng::new(7);
+    let sd = random_weights(&c, &mut rng);
+    let rows = [rng.tokens(9, c.vocab_size), rng.tokens(9, c.vocab_size)];
+    let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+    let model = |precision| {
+        Llama::<Autodiff<Cube>>::from_state_dict(c.clone(), sd.clone(), &device)
+            .expect("model builds")
+            .with_precision(precision)
+    };
+    let want = model_support::parameter_gradients(&model(Precision::F32), &rows, &device);
+    let got = model_support::parameter_gradients(&model(Precision::Bf16), &rows, &device);
+    assert_eq!(want.len(), got.len());
+    let mut largest = 0.0f64;
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        let err = relative_error(g, &w);
+        assert!(
+            err <= 2e-2,
+            "parameter {i}: gradient off by {err:e} of the largest"
+        );
+        largest = largest.max(err);
+    }
+    assert!(
+        largest > 1e-6,
+        "gradients as exact as f32's: nothing was rounded"
+    );
+}
