@@ -66,6 +66,7 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
             .unwrap();
         let want = reference_forward(&c, &sd, &tokens).logits;
         let err = relative_error(&got, &want);
+        eprintln!("{name}: logits off by {err:.2e} of the largest");
         assert!(err <= 4e-3, "{name}: logits off by {err:e} of the largest");
         assert!(
             err > 1e-6,
@@ -98,6 +99,7 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
         );
         largest = largest.max(err);
     }
+    eprintln!("gradients off by at most {largest:.2e} of a parameter's largest");
     assert!(
         largest > 1e-6,
         "gradients as exact as f32's: nothing was rounded"
