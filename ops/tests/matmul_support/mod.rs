@@ -1,7 +1,9 @@
 //! The model's matrix products (`kernels::linear_matmul`) against a float64
 //! oracle on random inputs, both weight layouts, and shapes that leave
 //! partial tiles on every edge, for any backend: the checks the CPU test
-//! (`kernels_matmul`) and the CubeCL test (`kernels_matmul_cube`) share.
+//! (`kernels_matmul`) and the CubeCL test (`kernels_matmul_cube`) share,
+//! and `kernels_bf16_as_f16`, where f16 stands in for bf16 (the rounding
+//! below is then f16's: `reduced_rounding`).
 //!
 //! f32: within f32 rounding of the exact product (`k * 2^-24` of the sum of
 //! the terms' magnitudes). bf16, where the backend runs it
