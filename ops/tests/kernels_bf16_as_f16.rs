@@ -21,17 +21,9 @@ use cube_support::{Cube, device};
 use distillery_ops::kernels::{MatmulOps, Precision};
 use distillery_ops::model::{Llama, tokens_tensor};
 use matmul_support::{check_products, check_shared, check_training, runs_bf16};
-use model_support::{Rng, all_configs, cfg_gqa, random_weights, reference_forward};
-
-/// The largest difference over the largest entry of `want`.
-fn relative_error(got: &[f32], want: &[f64]) -> f64 {
-    let unit = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
-    err / unit
-}
+use model_support::{
+    Rng, all_configs, cfg_gqa, random_weights, reference_forward, rel_err, rel_err_f32,
+};
 
 #[test]
 fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
@@ -65,7 +57,7 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
             .to_vec::<f32>()
             .unwrap();
         let want = reference_forward(&c, &sd, &tokens).logits;
-        let err = relative_error(&got, &want);
+        let err = rel_err(&got, &want);
         eprintln!("{name}: logits off by {err:.2e} of the largest");
         assert!(err <= 4e-3, "{name}: logits off by {err:e} of the largest");
         assert!(
@@ -91,8 +83,7 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
     assert_eq!(want.len(), got.len());
     let mut largest = 0.0f64;
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-        let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-        let err = relative_error(g, &w);
+        let err = rel_err_f32(g, w);
         assert!(
             err <= 2e-2,
             "parameter {i}: gradient off by {err:e} of the largest"
