@@ -4,9 +4,13 @@
 //! the switch this code runs only on CUDA, and a bug in it would first
 //! show on a GPU machine. Every check of `matmul_support` (inference's
 //! two-part products, training's rounded products and gradients under
-//! autodiff, the shared products of one input), then a model's logits
-//! against the float64 reference and its training gradients against the
-//! f32 ones: within f16's rounding, and not the f32 result itself.
+//! autodiff, the shared products of one input) and of
+//! `product_inputs_support` (RMSNorm and SwiGLU writing the products' f16
+//! operands), then a model's logits against the float64 reference and its
+//! training gradients against the f32 ones: within f16's rounding, and not
+//! the f32 result itself. The logits are also those of a forward that
+//! captures every activation, and so writes them in f32 first, bit for
+//! bit.
 //!
 //! One test in its own binary: the switch is read once, so it is set
 //! before anything reads it.
@@ -14,12 +18,13 @@
 mod cube_support;
 mod matmul_support;
 mod model_support;
+mod product_inputs_support;
 
 use burn::backend::Autodiff;
 use burn::tensor::DType;
 use cube_support::{Cube, device};
 use distillery_ops::kernels::{MatmulOps, Precision};
-use distillery_ops::model::{Llama, tokens_tensor};
+use distillery_ops::model::{Capture, Llama, tokens_tensor};
 use matmul_support::{check_products, check_shared, check_training, runs_bf16};
 use model_support::{
     Rng, all_configs, cfg_gqa, random_weights, reference_forward, rel_err, rel_err_f32,
@@ -41,6 +46,7 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
     check_products::<Cube>(&device);
     check_training::<Autodiff<Cube>>(&device);
     check_shared::<Cube, Autodiff<Cube>>(&device, &device);
+    product_inputs_support::check_product_inputs::<Cube, Autodiff<Cube>>(&device, &device);
 
     // A model's logits in inference's two-part arithmetic: f16 parts keep
     // about 22 bits of the activations, the weights 11.
@@ -57,6 +63,16 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
             .to_vec::<f32>()
             .unwrap();
         let want = reference_forward(&c, &sd, &tokens).logits;
+        let captured: Vec<f32> = model
+            .forward_with(tokens_tensor(&[&tokens], &device), &Capture::ALL)
+            .logits
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!(
+            got == captured,
+            "{name}: logits differ when the norms and SwiGLU are written in f32 first"
+        );
         let err = rel_err(&got, &want);
         eprintln!("{name}: logits off by {err:.2e} of the largest");
         assert!(err <= 4e-3, "{name}: logits off by {err:e} of the largest");

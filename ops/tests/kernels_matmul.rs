@@ -2,7 +2,8 @@
 //! against a float64 oracle (the checks of `matmul_support`): f32, and
 //! bf16 where the CPU has AMX (elsewhere the bf16 request must give exactly
 //! the f32 result), in inference and under autodiff with both gradients;
-//! one input's products with several weights at once.
+//! one input's products with several weights at once; RMSNorm and SwiGLU
+//! written as the products read them, against their composition.
 
 use burn::backend::{Autodiff, Flex};
 use distillery_ops::kernels::matmul::bf16_on_cpu;
@@ -10,6 +11,7 @@ use distillery_ops::kernels::{Precision, WeightLayout};
 use distillery_ops::rng::SplitMix64;
 
 mod matmul_support;
+mod product_inputs_support;
 
 use matmul_support::{
     assert_within, check_products, check_shared, check_training, oracle, product, random,
@@ -63,4 +65,12 @@ fn training_products_and_gradients_match_the_float64_oracle() {
 #[test]
 fn shared_products_equal_the_products_alone_and_sum_their_gradients() {
     check_shared::<Flex, Autodiff<Flex>>(&Default::default(), &Default::default());
+}
+
+#[test]
+fn row_ops_writing_the_products_operands_equal_their_composition() {
+    product_inputs_support::check_product_inputs::<Flex, Autodiff<Flex>>(
+        &Default::default(),
+        &Default::default(),
+    );
 }

@@ -6,7 +6,8 @@
 //! request must give exactly the f32 result. In inference and under
 //! autodiff with both gradients. And the inference product's two-part
 //! kernel path and the training products' rounded path on their own, in
-//! f16 where there is no bf16.
+//! f16 where there is no bf16; RMSNorm and SwiGLU written as the products
+//! read them, against their composition (in f16 in `kernels_bf16_as_f16`).
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -19,6 +20,7 @@ use distillery_ops::rng::SplitMix64;
 
 mod cube_support;
 mod matmul_support;
+mod product_inputs_support;
 
 use cube_support::{Cube, device, device_present};
 use matmul_support::{
@@ -52,6 +54,14 @@ fn shared_products_equal_the_products_alone_and_sum_their_gradients() {
         return;
     }
     check_shared::<Cube, Autodiff<Cube>>(&device(), &device());
+}
+
+#[test]
+fn row_ops_writing_the_products_operands_equal_their_composition() {
+    if !device_present() {
+        return;
+    }
+    product_inputs_support::check_product_inputs::<Cube, Autodiff<Cube>>(&device(), &device());
 }
 
 /// `x` rounded to `dtype` (f16 or bf16) and back, as the device rounds.

@@ -25,6 +25,7 @@ use super::attention_cube::{TILE_GRADIENTS, TILE_OPERANDS};
 use super::attention_tiles_cube::{TilePlan, forward_cuda_source, saturating_cast_cuda_source};
 use super::attention_tiles_cube_backward::{BackwardTilePlan, backward_cuda_sources};
 use super::matmul_parts_cube::side_by_side_cuda_source;
+use super::rows_cube::bf16_writers_cuda_source;
 use burn::tensor::DType;
 use std::ffi::{CStr, CString};
 
@@ -57,8 +58,10 @@ pub fn attention_tile_sources(
 
 /// The element-wise kernels that run only on CUDA in their 16-bit types,
 /// as CUDA C++ for `arch`: the attention operands' cast to f16 and bf16,
-/// and the two-part product's operands in bf16 (its parts and its stacked
-/// weight, in vectors of 1 and 4). On lavapipe they run in f16 at most.
+/// the two-part product's operands in bf16 (its parts and its stacked
+/// weight), and RMSNorm and SwiGLU writing the products' bf16 operands
+/// (rounded, and in two parts), each in vectors of 1 and 4. On lavapipe
+/// they run in f16 at most.
 pub fn sixteen_bit_sources(arch: CudaArch) -> Result<Vec<CudaKernelSource>, String> {
     let mut sources = Vec::new();
     for dtype in [DType::F16, DType::BF16] {
@@ -68,6 +71,7 @@ pub fn sixteen_bit_sources(arch: CudaArch) -> Result<Vec<CudaKernelSource>, Stri
         for split in [true, false] {
             sources.push(side_by_side_cuda_source(DType::BF16, width, split, arch)?);
         }
+        sources.extend(bf16_writers_cuda_source(width, arch)?);
     }
     Ok(sources)
 }

@@ -275,7 +275,7 @@ pub fn linear_matmul_shared<B: MatmulOps, const N: usize>(
 /// (as it always was); any other precision is one op whose forward and
 /// backward are the inner backend's [`MatmulOps::linear_matmul_trained`]
 /// and [`MatmulOps::linear_matmul_backward`].
-mod on_autodiff {
+pub(super) mod on_autodiff {
     use super::*;
     use burn::backend::Autodiff;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -353,7 +353,8 @@ mod on_autodiff {
                 return f32_product::<Self>(x, weight, layout);
             }
             let rounded_x = B::trained_operand(x.primitive.clone(), precision);
-            product_node::<B, C>(&x, rounded_x, weight, layout, precision)
+            let x_dtype = x.primitive.dtype();
+            product_node::<B, C>(&x, rounded_x, x_dtype, weight, layout, precision)
         }
 
         fn linear_matmul_shared(
@@ -373,23 +374,27 @@ mod on_autodiff {
             // `x`'s gradients from them are summed as any others, in
             // `x`'s dtype.
             let rounded_x = B::trained_operand(x.primitive.clone(), precision);
+            let x_dtype = x.primitive.dtype();
             weights
                 .into_iter()
-                .map(|w| product_node::<B, C>(&x, rounded_x.clone(), w, layout, precision))
+                .map(|w| product_node::<B, C>(&x, rounded_x.clone(), x_dtype, w, layout, precision))
                 .collect()
         }
     }
 
     /// One training product as a node of the graph, with `x` as the
-    /// forward reads it (`rounded_x`, [`MatmulOps::trained_operand`]'s).
-    fn product_node<B: MatmulOps, C: CheckpointStrategy>(
+    /// forward reads it (`rounded_x`, [`MatmulOps::trained_operand`]'s),
+    /// whose result and `x`'s gradient are in `x_dtype`: `x`'s own dtype,
+    /// or f32 where `x` is the node of a row op that wrote its result
+    /// rounded already (`kernels::product_inputs`).
+    pub(in crate::kernels) fn product_node<B: MatmulOps, C: CheckpointStrategy>(
         x: &FloatTensor<Autodiff<B, C>>,
         rounded_x: FloatTensor<B>,
+        x_dtype: DType,
         weight: FloatTensor<Autodiff<B, C>>,
         layout: WeightLayout,
         precision: Precision,
     ) -> FloatTensor<Autodiff<B, C>> {
-        let x_dtype = x.primitive.dtype();
         let backward = LinearBackward {
             layout,
             precision,

@@ -119,7 +119,7 @@ pub fn rounded_product_backward<R: CubeRuntime>(
 
 /// The 16-bit dtype a product asked for in `precision` rounds to on
 /// `device`, or `None` where it runs in f32.
-fn reduced<B: MatmulOps>(device: &B::Device, precision: Precision) -> Option<DType> {
+pub(super) fn reduced<B: MatmulOps>(device: &B::Device, precision: Precision) -> Option<DType> {
     match precision {
         Precision::Bf16 => B::reduced_dtype(device),
         Precision::F32 => None,

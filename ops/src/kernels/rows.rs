@@ -182,7 +182,7 @@ pub mod composite {
 
 /// Under autodiff each op runs on the inner backend and keeps its inputs
 /// (and nothing else) for the backward.
-mod on_autodiff {
+pub(super) mod on_autodiff {
     use super::*;
     use burn::backend::Autodiff;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -248,27 +248,60 @@ mod on_autodiff {
         }
     }
 
+    /// RMSNorm as a node of the graph, its result `forward(x, weight)` on
+    /// the inner backend: the f32 norm, or the norm written as the products
+    /// after it read it (`kernels::product_inputs`). Either way the node's
+    /// gradient is the f32 norm's, and its backward reads `x` and the
+    /// weight.
+    pub(in crate::kernels) fn rms_norm_node<B: RowOps, C: CheckpointStrategy>(
+        x: FloatTensor<Autodiff<B, C>>,
+        weight: FloatTensor<Autodiff<B, C>>,
+        eps: f32,
+        forward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        let nodes = [x.node.clone(), weight.node.clone()];
+        let prep = RmsNormBackward { eps }
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (x, w) = (x.primitive, weight.primitive);
+                let y = forward(x.clone(), w.clone());
+                prep.finish((x, w), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, weight.primitive)),
+        }
+    }
+
+    /// SwiGLU as a node of the graph, as [`rms_norm_node`] is RMSNorm's.
+    pub(in crate::kernels) fn swiglu_node<B: RowOps, C: CheckpointStrategy>(
+        gate: FloatTensor<Autodiff<B, C>>,
+        up: FloatTensor<Autodiff<B, C>>,
+        forward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        let nodes = [gate.node.clone(), up.node.clone()];
+        match SwigluBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (g, u) = (gate.primitive, up.primitive);
+                let y = forward(g.clone(), u.clone());
+                prep.finish((g, u), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(gate.primitive, up.primitive)),
+        }
+    }
+
     impl<B: RowOps, C: CheckpointStrategy> RowOps for Autodiff<B, C> {
         fn rms_norm(
             x: FloatTensor<Self>,
             weight: FloatTensor<Self>,
             eps: f32,
         ) -> FloatTensor<Self> {
-            let nodes = [x.node.clone(), weight.node.clone()];
-            let prep = RmsNormBackward { eps }
-                .prepare::<C>(nodes)
-                .compute_bound()
-                .stateful();
-            match prep {
-                OpsKind::Tracked(prep) => {
-                    let (x, w) = (x.primitive, weight.primitive);
-                    let y = B::rms_norm(x.clone(), w.clone(), eps);
-                    prep.finish((x, w), y)
-                }
-                OpsKind::UnTracked(prep) => {
-                    prep.finish(B::rms_norm(x.primitive, weight.primitive, eps))
-                }
-            }
+            rms_norm_node::<B, C>(x, weight, eps, |x, w| B::rms_norm(x, w, eps))
         }
 
         fn rope(
@@ -291,19 +324,7 @@ mod on_autodiff {
         }
 
         fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-            let nodes = [gate.node.clone(), up.node.clone()];
-            match SwigluBackward
-                .prepare::<C>(nodes)
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let (g, u) = (gate.primitive, up.primitive);
-                    let y = B::swiglu(g.clone(), u.clone());
-                    prep.finish((g, u), y)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(B::swiglu(gate.primitive, up.primitive)),
-            }
+            swiglu_node::<B, C>(gate, up, B::swiglu)
         }
     }
 }

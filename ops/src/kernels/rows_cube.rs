@@ -30,6 +30,7 @@ use super::cube_common::{
 };
 use super::rows::RowOps;
 use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
@@ -53,19 +54,23 @@ fn cube_index() -> u32 {
 }
 
 /// `y[row] = x[row] r w`, `r = 1 / sqrt(mean(x[row]^2) + eps)`, a cube per
-/// row of `row_vectors` vectors, each unit holding `per_unit` of them.
+/// row of `row_vectors` vectors, each unit holding `per_unit` of them;
+/// written in `E` ([`write_as`]: f32 as computed, a product's rounded
+/// operand, or its two parts).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn rms_norm_rows<N: Size>(
+fn rms_norm_rows<E: Float, N: Size>(
     x: &Tensor<Vector<f32, N>>,
     w: &Tensor<Vector<f32, N>>,
-    y: &mut Tensor<Vector<f32, N>>,
+    y: &mut Tensor<Vector<E, N>>,
     rows: u32,
     hidden: f32,
     eps: f32,
     #[comptime] row_vectors: u32,
     #[comptime] per_unit: usize,
     #[comptime] levels: u32,
+    #[comptime] parts: bool,
+    #[define(E)] _dtype: StorageType,
 ) {
     let row = cube_index();
     // Every unit reaches the barriers; only a live cube's units load and
@@ -91,12 +96,35 @@ fn rms_norm_rows<N: Size>(
     tree_sum_scalars(&mut smem, UNIT_POS_X, 0, 1, true, levels);
     let r = f32::new(1.0) / f32::sqrt(smem[0] / hidden + eps);
     let r_v = Vector::<f32, N>::empty().fill(r);
+    let out_row = comptime!(if parts { 2 * row_vectors } else { row_vectors });
     #[unroll]
     for k in 0..per_unit {
         let i = UNIT_POS_X + (k as u32) * CUBE_DIM_X;
         if live && i < row_vectors {
-            y[(base + i) as usize] = values[k] * r_v * w[i as usize];
+            let at = row * out_row + i;
+            write_as::<E, N>(y, at, row_vectors, values[k] * r_v * w[i as usize], parts);
         }
+    }
+}
+
+/// `v` into `y[at]` in `E`; with `parts`, also what that rounding left out
+/// into `y[at + offset]`, `E(v - E(v))`: the two-part operand of the
+/// inference product (`matmul_parts_cube`), whose first part alone is the
+/// training product's rounded operand. With `E` f32 and no parts, `v` as
+/// it is.
+#[cube]
+fn write_as<E: Float, N: Size>(
+    y: &mut Tensor<Vector<E, N>>,
+    at: u32,
+    offset: u32,
+    v: Vector<f32, N>,
+    #[comptime] parts: bool,
+) {
+    let first = Vector::<E, N>::cast_from(v);
+    y[at as usize] = first;
+    if comptime!(parts) {
+        y[(at + offset) as usize] =
+            Vector::<E, N>::cast_from(v - Vector::<f32, N>::cast_from(first));
     }
 }
 
@@ -247,13 +275,18 @@ fn sigmoid(x: f32) -> f32 {
     f32::new(1.0) / (f32::new(1.0) + f32::exp(-x))
 }
 
-/// `y = silu(gate) up`.
+/// `y = silu(gate) up`, written in `E` as [`write_as`] writes; with
+/// `parts`, rows of `row_vectors` vectors go out as `[hi | lo]`, rows of
+/// `2 row_vectors`.
 #[cube(launch)]
-fn swiglu_vectors<N: Size>(
+fn swiglu_vectors<E: Float, N: Size>(
     gate: &Tensor<Vector<f32, N>>,
     up: &Tensor<Vector<f32, N>>,
-    y: &mut Tensor<Vector<f32, N>>,
+    y: &mut Tensor<Vector<E, N>>,
     vectors: u32,
+    row_vectors: u32,
+    #[comptime] parts: bool,
+    #[define(E)] _dtype: StorageType,
 ) {
     let stride = CUBE_COUNT_X * CUBE_DIM_X;
     let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
@@ -265,7 +298,11 @@ fn swiglu_vectors<N: Size>(
         for l in 0..N::value() {
             s[l] = sigmoid(g[l]);
         }
-        y[at] = g * s * up[at];
+        let mut out = i;
+        if comptime!(parts) {
+            out = i + (i / row_vectors) * row_vectors;
+        }
+        write_as::<E, N>(y, out, row_vectors, g * s * up[at], parts);
         i += stride;
     }
 }
@@ -328,9 +365,29 @@ fn as_index(n: usize, what: &str) -> u32 {
 
 fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, eps: f32) -> CubeTensor<R> {
     let dtype = x.dtype;
+    to_dtype(rms_norm_as(x, weight, eps, DType::F32, false), dtype)
+}
+
+/// RMSNorm of `x: [rows, hidden]` written in `dtype`: `[rows, hidden]`, or
+/// with `parts` the two-part operand of the inference product,
+/// `[rows, 2 hidden]` (`matmul_parts_cube`). Computed in f32 as
+/// [`rms_norm`], then rounded as a cast of its result would round it.
+pub(super) fn rms_norm_as<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    eps: f32,
+    dtype: DType,
+    parts: bool,
+) -> CubeTensor<R> {
     let [rows, hidden]: [usize; 2] = x.shape().dims();
     let (x, weight) = (f32_contiguous(x), f32_contiguous(weight));
-    let y = empty_f32(&x, Shape::new([rows, hidden]));
+    let out_hidden = if parts { 2 * hidden } else { hidden };
+    let y = empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        Shape::new([rows, out_hidden]),
+        dtype,
+    );
     if rows > 0 && hidden > 0 {
         as_index(rows * hidden, "RMSNorm");
         let client = x.client.clone();
@@ -351,9 +408,11 @@ fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, eps: f32) -
             row_vectors as u32,
             per_unit,
             levels,
+            parts,
+            dtype.into(),
         );
     }
-    to_dtype(y, dtype)
+    y
 }
 
 fn rms_norm_backward<R: CubeRuntime>(
@@ -474,13 +533,33 @@ fn rope<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>
 
 fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
     let dtype = gate.dtype;
+    to_dtype(swiglu_as(gate, up, DType::F32, false), dtype)
+}
+
+/// `silu(gate) up` written in `dtype`: the inputs' shape, or with `parts`
+/// the two-part operand of the inference product, each row (the last axis)
+/// twice as long (`matmul_parts_cube`). Computed in f32 as [`swiglu`],
+/// then rounded as a cast of its result would round it.
+pub(super) fn swiglu_as<R: CubeRuntime>(
+    gate: CubeTensor<R>,
+    up: CubeTensor<R>,
+    dtype: DType,
+    parts: bool,
+) -> CubeTensor<R> {
     let shape = gate.shape();
     let (gate, up) = (f32_contiguous(gate), f32_contiguous(up));
     let n = shape.num_elements();
-    let y = empty_f32(&gate, shape);
+    let row = shape.as_slice().last().copied().unwrap_or(1);
+    let mut out_shape = shape.clone();
+    if parts && let Some(last) = out_shape.as_mut_slice().last_mut() {
+        *last *= 2;
+    }
+    let y =
+        empty_device_contiguous_dtype(gate.client.clone(), gate.device.clone(), out_shape, dtype);
     if n > 0 {
         let client = gate.client.clone();
-        let width = vector_width(&client, DType::F32, n);
+        // The parts are written row by row: a vector must not straddle two.
+        let width = vector_width(&client, DType::F32, if parts { row } else { n });
         let vectors = as_index(n / width, "SwiGLU");
         let (count, dim) = element_grid(&client, vectors as usize);
         swiglu_vectors::launch::<R>(
@@ -492,9 +571,12 @@ fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<
             up.into_tensor_arg(),
             y.clone().into_tensor_arg(),
             vectors,
+            (row / width) as u32,
+            parts,
+            dtype.into(),
         );
     }
-    to_dtype(y, dtype)
+    y
 }
 
 fn swiglu_backward<R: CubeRuntime>(
@@ -568,4 +650,78 @@ where
     ) -> (CubeTensor<R>, CubeTensor<R>) {
         swiglu_backward(gate, up, grad)
     }
+}
+
+/// [`rms_norm_rows`] and [`swiglu_vectors`] writing bf16 (rounded, and in
+/// two parts) with vectors of `width`, as CUDA C++ for `arch`
+/// (`kernels::cuda_source`): on CUDA they write bf16, which lavapipe
+/// cannot.
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
+pub(super) fn bf16_writers_cuda_source(
+    width: usize,
+    arch: super::cuda_capture::CudaArch,
+) -> Result<Vec<super::cuda_capture::CudaKernelSource>, String> {
+    use super::cuda_capture::{Capture, compile_for_cuda};
+    let dtype: StorageType = DType::BF16.into();
+    let mut sources = Vec::new();
+    let (rows, hidden) = (4usize, 576usize);
+    let row_vectors = hidden / width;
+    let cube = 256u32;
+    for parts in [false, true] {
+        use rms_norm_rows::{_E, _N, E, N, RmsNormRows};
+        let mut at = Capture::new(CubeDim::new_1d(cube), |scope| {
+            scope.register_type::<DynamicScalar<_E>>(dtype);
+            scope.register_size::<DynamicSize<_N>>(width);
+        });
+        let x = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+        let w = at.tensor::<Tensor<Vector<f32, N>>>(&[hidden]);
+        let out_hidden = if parts { 2 * hidden } else { hidden };
+        let y = at.tensor::<Tensor<Vector<E, N>>>(&[rows, out_hidden]);
+        let kernel = RmsNormRows::<cubecl::wgpu::WgpuRuntime>::new(
+            at.settings.clone(),
+            at.client.clone(),
+            x,
+            w,
+            y,
+            // rows, hidden, eps: scalars have no compilation argument.
+            (),
+            (),
+            (),
+            width,
+            row_vectors as u32,
+            row_vectors.div_ceil(cube as usize),
+            cube.trailing_zeros(),
+            parts,
+            dtype,
+        );
+        let label = format!("rms_norm_rows bf16 width{width} parts{parts}");
+        sources.push(compile_for_cuda(label, kernel, arch)?);
+    }
+    for parts in [false, true] {
+        use swiglu_vectors::{_E, _N, E, N, SwigluVectors};
+        let mut at = Capture::new(CubeDim::new_1d(ELEMENT_UNITS), |scope| {
+            scope.register_type::<DynamicScalar<_E>>(dtype);
+            scope.register_size::<DynamicSize<_N>>(width);
+        });
+        let gate = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+        let up = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+        let out_hidden = if parts { 2 * hidden } else { hidden };
+        let y = at.tensor::<Tensor<Vector<E, N>>>(&[rows, out_hidden]);
+        let kernel = SwigluVectors::<cubecl::wgpu::WgpuRuntime>::new(
+            at.settings.clone(),
+            at.client.clone(),
+            gate,
+            up,
+            y,
+            // vectors, row_vectors: scalars.
+            (),
+            (),
+            width,
+            parts,
+            dtype,
+        );
+        let label = format!("swiglu_vectors bf16 width{width} parts{parts}");
+        sources.push(compile_for_cuda(label, kernel, arch)?);
+    }
+    Ok(sources)
 }

@@ -199,6 +199,13 @@ mod baseline {
     }
 }
 
+/// The row length of a tensor of any rank: SwiGLU is elementwise, with
+/// rows of the last axis (`[batch, seq, width]` in the model,
+/// `[rows, width]` before a product, `kernels::product_inputs`).
+fn last_dim(t: &FlexTensor) -> usize {
+    t.shape().as_slice().last().copied().unwrap_or(1)
+}
+
 impl RowOps for Flex {
     fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f32) -> FlexTensor {
         let dtype = x.dtype();
@@ -259,7 +266,7 @@ impl RowOps for Flex {
 
     fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
         let dtype = gate.dtype();
-        let width = gate.shape().dims::<3>()[2];
+        let width = last_dim(&gate);
         let up = host_f32(up);
         let u = slice(&up);
         let mut y = output_from(gate);
@@ -275,8 +282,8 @@ impl RowOps for Flex {
         grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor) {
         let (g_type, u_type) = (gate.dtype(), up.dtype());
-        let shape = gate.shape().dims::<3>();
-        let width = shape[2];
+        let shape = gate.shape();
+        let width = last_dim(&gate);
         let (gate, up) = (host_f32(gate), host_f32(up));
         let (g, u) = (slice(&gate), slice(&up));
         let mut dg = output_from(grad);

@@ -8,7 +8,7 @@ use crate::kernels::{Precision, causal_attention_in};
 
 use super::ModelBackend;
 use super::cache::LayerKv;
-use super::layers::Linear;
+use super::layers::{Linear, ProductInput};
 use super::rope::RopeTables;
 
 #[derive(Module, Debug)]
@@ -30,7 +30,8 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: ModelBackend> Attention<B> {
-    /// Everything up to the `o_proj` input: `x: [batch, seq, hidden]` ->
+    /// Everything up to the `o_proj` input: `x: [batch, seq, hidden]`
+    /// (or its norm still to apply, see [`ProductInput`]) ->
     /// `[batch, seq, heads * head_dim]`.
     ///
     /// With a cache, the new keys and values are appended to it and the
@@ -39,7 +40,7 @@ impl<B: ModelBackend> Attention<B> {
     /// head inside the kernel ([`causal_attention_in`]); nothing is repeated.
     pub fn context(
         &self,
-        x: Tensor<B, 3>,
+        x: ProductInput<'_, B>,
         rope: &RopeTables<B>,
         cache: Option<&mut LayerKv<B>>,
     ) -> Tensor<B, 3> {

@@ -8,7 +8,7 @@ use super::ModelBackend;
 use super::attention::Attention;
 use super::cache::LayerKv;
 use super::capture::{Capture, LayerActivations, keep};
-use super::layers::RmsNorm;
+use super::layers::{ProductInput, RmsNorm};
 use super::mlp::Mlp;
 use super::rope::RopeTables;
 
@@ -33,19 +33,49 @@ impl<B: ModelBackend> DecoderLayer<B> {
     ) -> Tensor<B, 3> {
         acts.layer_input = keep(capture.layer_input, &x);
 
-        let normed = self.input_layernorm.forward(x.clone());
-        acts.input_layernorm = keep(capture.input_layernorm, &normed);
-        let context = self.self_attn.context(normed, rope, cache);
+        let input = normed(
+            &self.input_layernorm,
+            &x,
+            capture.input_layernorm,
+            &mut acts.input_layernorm,
+        );
+        let context = self.self_attn.context(input, rope, cache);
         acts.o_proj_input = keep(capture.o_proj_input, &context);
         let h = x + self.self_attn.output(context);
 
-        let normed = self.post_attention_layernorm.forward(h.clone());
-        acts.post_attention_layernorm = keep(capture.post_attention_layernorm, &normed);
-        let act = self.mlp.activation(normed);
-        acts.down_proj_input = keep(capture.down_proj_input, &act);
-        let out = h + self.mlp.output(act);
+        let input = normed(
+            &self.post_attention_layernorm,
+            &h,
+            capture.post_attention_layernorm,
+            &mut acts.post_attention_layernorm,
+        );
+        let mlp = if capture.down_proj_input {
+            let act = self.mlp.activation(input);
+            acts.down_proj_input = Some(act.clone());
+            self.mlp.output(act)
+        } else {
+            self.mlp.forward(input)
+        };
+        let out = h + mlp;
 
         acts.layer_output = keep(capture.layer_output, &out);
         out
+    }
+}
+
+/// The products' input `norm(x)`: computed here and kept in `kept` when
+/// `wanted`, else left for the products' op to write as they read it.
+fn normed<'a, B: ModelBackend>(
+    norm: &'a RmsNorm<B>,
+    x: &Tensor<B, 3>,
+    wanted: bool,
+    kept: &mut Option<Tensor<B, 3>>,
+) -> ProductInput<'a, B> {
+    if wanted {
+        let y = norm.forward(x.clone());
+        *kept = Some(y.clone());
+        ProductInput::Tensor(y)
+    } else {
+        ProductInput::Normalized(norm, x.clone())
     }
 }

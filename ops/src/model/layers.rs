@@ -5,7 +5,10 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::ModelBackend;
-use crate::kernels::{Precision, WeightLayout, linear_matmul, linear_matmul_shared, rms_norm};
+use crate::kernels::{
+    Precision, WeightLayout, linear_matmul, linear_matmul_shared, rms_norm, rms_norm_products,
+    swiglu_product,
+};
 
 /// `y = x W + b` with `W: [in, out]`.
 ///
@@ -47,39 +50,97 @@ impl<B: ModelBackend> Linear<B> {
         // One [batch*seq, in] x [in, out] gemm rather than `batch` small ones.
         let x = x.reshape([batch * seq, d_in]);
         let y = linear_matmul(x, self.weight.val(), WeightLayout::InOut, self.precision);
+        self.finish(y, batch, seq)
+    }
+
+    /// Each layer's [`Linear::forward`] of the same input (a layer's q, k
+    /// and v projections; gate and up), prepared once for all the products
+    /// where their arithmetic prepares it ([`linear_matmul_shared`]), and
+    /// written so by its RMSNorm where it has one still to apply
+    /// ([`ProductInput::Normalized`]). Layers of differing precisions run
+    /// one at a time.
+    pub fn forward_shared<const N: usize>(
+        layers: [&Self; N],
+        input: ProductInput<'_, B>,
+    ) -> [Tensor<B, 3>; N] {
+        let precision = layers[0].precision;
+        if layers.iter().any(|l| l.precision != precision) {
+            let x = input.into_tensor();
+            return layers.map(|l| l.forward(x.clone()));
+        }
+        let [batch, seq, d_in] = input.dims();
+        let weights = layers.map(|l| l.weight.val());
+        let ys = match input {
+            ProductInput::Tensor(x) => linear_matmul_shared(
+                x.reshape([batch * seq, d_in]),
+                weights,
+                WeightLayout::InOut,
+                precision,
+            ),
+            ProductInput::Normalized(norm, x) => rms_norm_products(
+                x.reshape([batch * seq, d_in]),
+                norm.weight.val(),
+                norm.eps as f32,
+                weights,
+                WeightLayout::InOut,
+                precision,
+            ),
+        };
+        let mut ys = ys.into_iter();
+        layers.map(|l| l.finish(ys.next().expect("one product per layer"), batch, seq))
+    }
+
+    /// `forward(silu(gate) * up)`, the SwiGLU written as this layer's
+    /// product reads it ([`swiglu_product`]): `gate`, `up`
+    /// `[batch, seq, in]`.
+    pub fn forward_swiglu(&self, gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, d_in] = gate.dims();
+        let y = swiglu_product(
+            gate.reshape([batch * seq, d_in]),
+            up.reshape([batch * seq, d_in]),
+            self.weight.val(),
+            WeightLayout::InOut,
+            self.precision,
+        );
+        self.finish(y, batch, seq)
+    }
+
+    /// The product `y: [batch * seq, out]` plus the bias, as
+    /// `[batch, seq, out]`.
+    fn finish(&self, y: Tensor<B, 2>, batch: usize, seq: usize) -> Tensor<B, 3> {
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze_dim::<2>(0),
             None => y,
         };
         y.reshape([batch, seq, self.out_features()])
     }
+}
 
-    /// Each layer's [`Linear::forward`] of the same `x` (a layer's q, k and
-    /// v projections; gate and up), with `x` prepared once for all the
-    /// products where their arithmetic prepares it
-    /// ([`linear_matmul_shared`]). Layers of differing precisions run one
-    /// at a time.
-    pub fn forward_shared<const N: usize>(
-        layers: [&Self; N],
-        x: Tensor<B, 3>,
-    ) -> [Tensor<B, 3>; N] {
-        let precision = layers[0].precision;
-        if layers.iter().any(|l| l.precision != precision) {
-            return layers.map(|l| l.forward(x.clone()));
+/// What a layer's products read: a tensor, or one that an RMSNorm has
+/// still to normalize, so that the norm writes its result as the products
+/// read it ([`rms_norm_products`]: rounded, or in two parts, where they
+/// round their operands) rather than in f32 for a pass of its own to
+/// prepare. The norm's result is then never a tensor of its own: a caller
+/// that wants it (a capture) passes [`ProductInput::Tensor`].
+pub enum ProductInput<'a, B: Backend> {
+    Tensor(Tensor<B, 3>),
+    Normalized(&'a RmsNorm<B>, Tensor<B, 3>),
+}
+
+impl<B: ModelBackend> ProductInput<'_, B> {
+    /// `[batch, seq, width]` of what the products read.
+    pub fn dims(&self) -> [usize; 3] {
+        match self {
+            ProductInput::Tensor(x) | ProductInput::Normalized(_, x) => x.dims(),
         }
-        let [batch, seq, d_in] = x.dims();
-        let x = x.reshape([batch * seq, d_in]);
-        let weights = layers.map(|l| l.weight.val());
-        let ys = linear_matmul_shared(x, weights, WeightLayout::InOut, precision);
-        let mut ys = ys.into_iter();
-        layers.map(|l| {
-            let y = ys.next().expect("one product per layer");
-            let y = match &l.bias {
-                Some(bias) => y + bias.val().unsqueeze_dim::<2>(0),
-                None => y,
-            };
-            y.reshape([batch, seq, l.out_features()])
-        })
+    }
+
+    /// What the products read, as a tensor of its own.
+    pub fn into_tensor(self) -> Tensor<B, 3> {
+        match self {
+            ProductInput::Tensor(x) => x,
+            ProductInput::Normalized(norm, x) => norm.forward(x),
+        }
     }
 }
 

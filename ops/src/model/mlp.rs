@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::ModelBackend;
-use super::layers::Linear;
+use super::layers::{Linear, ProductInput};
 use crate::kernels::swiglu;
 
 #[derive(Module, Debug)]
@@ -19,8 +19,16 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: ModelBackend> Mlp<B> {
+    /// The block: `x: [batch, seq, hidden]` -> `[batch, seq, hidden]`, the
+    /// SwiGLU written as `down_proj` reads it ([`Linear::forward_swiglu`]),
+    /// for a caller that does not want the activation itself.
+    pub fn forward(&self, x: ProductInput<'_, B>) -> Tensor<B, 3> {
+        let [gate, up] = Linear::forward_shared([&self.gate_proj, &self.up_proj], x);
+        self.down_proj.forward_swiglu(gate, up)
+    }
+
     /// The `down_proj` input: `x: [batch, seq, hidden]` -> `[batch, seq, intermediate]`.
-    pub fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn activation(&self, x: ProductInput<'_, B>) -> Tensor<B, 3> {
         let [gate, up] = Linear::forward_shared([&self.gate_proj, &self.up_proj], x);
         swiglu(gate, up)
     }

@@ -31,11 +31,12 @@ pub use config::{LlamaConfig, RopeScaling, TokenIds};
 pub use error::ModelError;
 pub use llama::{Llama, tokens_tensor};
 
-use crate::kernels::{AttentionOps, MatmulOps, RowOps};
+use crate::kernels::{AttentionOps, MatmulOps, ProductInputOps, RowOps};
 use burn::tensor::backend::Backend;
 
 /// What running the model asks of a backend: Burn's tensor ops plus the
-/// fused attention and row kernels and the matrix products' precision.
-pub trait ModelBackend: Backend + AttentionOps + MatmulOps + RowOps {}
+/// fused attention and row kernels, the matrix products' precision, and
+/// the row ops that write the products' operands.
+pub trait ModelBackend: Backend + AttentionOps + MatmulOps + RowOps + ProductInputOps {}
 
-impl<B: Backend + AttentionOps + MatmulOps + RowOps> ModelBackend for B {}
+impl<B: Backend + AttentionOps + MatmulOps + RowOps + ProductInputOps> ModelBackend for B {}

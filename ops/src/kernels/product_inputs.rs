@@ -1,0 +1,248 @@
+//! Row ops that write their result as the products after them read it
+//! ([`ProductInputOps`]): RMSNorm before a layer's q, k and v projections
+//! (and before gate and up), SwiGLU before down.
+//!
+//! Where the products round their input (CUDA under `precision: bf16`,
+//! `matmul_cube`), the row op's f32 result is written, read back once to
+//! be rounded (a training step) or split into its two bf16 parts
+//! (inference), and never read again. Here the row op writes the rounded
+//! operand, or the parts, itself: per element 2 bytes written (4 for the
+//! parts) instead of 4 written, 4 read and 2 (or 4) written, and one launch
+//! fewer per row op. The values are the composition's bit for bit (the
+//! same f32 arithmetic, then the same rounding); the default methods are
+//! that composition, and what every backend without such products runs.
+//!
+//! Under autodiff the row op stays a node of its own, with the f32 op's
+//! backward from its inputs; its result is the rounded operand, which the
+//! products' nodes read as it is and send an f32 gradient.
+
+use super::matmul::{MatmulOps, Precision, WeightLayout};
+use super::rows::RowOps;
+use super::{float, tensor};
+use burn::tensor::Tensor;
+use burn::tensor::ops::FloatTensor;
+
+pub trait ProductInputOps: RowOps + MatmulOps {
+    /// `rms_norm(x, norm_weight)` (`x: [rows, hidden]`) times each of
+    /// `weights` (all stored as `layout`), in `precision`: what
+    /// [`MatmulOps::linear_matmul_shared`] gives of [`RowOps::rms_norm`]'s
+    /// result.
+    fn rms_norm_products(
+        x: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        eps: f32,
+        weights: Vec<FloatTensor<Self>>,
+        layout: WeightLayout,
+        precision: Precision,
+    ) -> Vec<FloatTensor<Self>> {
+        composed_rms_norm_products::<Self>(x, norm_weight, eps, weights, layout, precision)
+    }
+
+    /// `swiglu(gate, up)` (both `[rows, width]`) times the weight (stored
+    /// as `layout`), in `precision`: what [`MatmulOps::linear_matmul`]
+    /// gives of [`RowOps::swiglu`]'s result.
+    fn swiglu_product(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        layout: WeightLayout,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        composed_swiglu_product::<Self>(gate, up, weight, layout, precision)
+    }
+
+    /// For a training step's products (the inner backend of autodiff):
+    /// RMSNorm's result as [`MatmulOps::trained_operand`] leaves it.
+    fn rms_norm_trained(
+        x: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        eps: f32,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        Self::trained_operand(Self::rms_norm(x, norm_weight, eps), precision)
+    }
+
+    /// SwiGLU's result as [`MatmulOps::trained_operand`] leaves it, as
+    /// [`ProductInputOps::rms_norm_trained`] is RMSNorm's.
+    fn swiglu_trained(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        Self::trained_operand(Self::swiglu(gate, up), precision)
+    }
+}
+
+/// [`ProductInputOps::rms_norm_products`] as its two ops.
+pub(super) fn composed_rms_norm_products<B: RowOps + MatmulOps>(
+    x: FloatTensor<B>,
+    norm_weight: FloatTensor<B>,
+    eps: f32,
+    weights: Vec<FloatTensor<B>>,
+    layout: WeightLayout,
+    precision: Precision,
+) -> Vec<FloatTensor<B>> {
+    B::linear_matmul_shared(B::rms_norm(x, norm_weight, eps), weights, layout, precision)
+}
+
+/// [`ProductInputOps::swiglu_product`] as its two ops.
+pub(super) fn composed_swiglu_product<B: RowOps + MatmulOps>(
+    gate: FloatTensor<B>,
+    up: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    layout: WeightLayout,
+    precision: Precision,
+) -> FloatTensor<B> {
+    B::linear_matmul(B::swiglu(gate, up), weight, layout, precision)
+}
+
+/// `rms_norm(x, norm_weight)` (`x: [rows, hidden]`) times each of
+/// `weights` (all stored as `layout`), in `precision`, the norm written as
+/// the products read it ([`ProductInputOps::rms_norm_products`]).
+pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
+    x: Tensor<B, 2>,
+    norm_weight: Tensor<B, 1>,
+    eps: f32,
+    weights: [Tensor<B, 2>; N],
+    layout: WeightLayout,
+    precision: Precision,
+) -> [Tensor<B, 2>; N] {
+    let hidden = x.dims()[1];
+    assert_eq!(
+        norm_weight.dims(),
+        [hidden],
+        "RMSNorm before products: {:?} norm weights for rows of {hidden}",
+        norm_weight.dims()
+    );
+    for w in &weights {
+        assert_fits(hidden, w, layout);
+    }
+    let weights = weights.map(float).into();
+    let products = B::rms_norm_products(
+        float(x),
+        float(norm_weight),
+        eps,
+        weights,
+        layout,
+        precision,
+    );
+    let products: Vec<Tensor<B, 2>> = products.into_iter().map(tensor).collect();
+    products
+        .try_into()
+        .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()))
+}
+
+/// `swiglu(gate, up)` (both `[rows, width]`) times the weight (stored as
+/// `layout`), in `precision`, SwiGLU written as the product reads it
+/// ([`ProductInputOps::swiglu_product`]).
+pub fn swiglu_product<B: ProductInputOps>(
+    gate: Tensor<B, 2>,
+    up: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    layout: WeightLayout,
+    precision: Precision,
+) -> Tensor<B, 2> {
+    assert_eq!(
+        gate.dims(),
+        up.dims(),
+        "SwiGLU before a product: gate {:?} and up {:?} differ in shape",
+        gate.dims(),
+        up.dims()
+    );
+    assert_fits(gate.dims()[1], &weight, layout);
+    tensor(B::swiglu_product(
+        float(gate),
+        float(up),
+        float(weight),
+        layout,
+        precision,
+    ))
+}
+
+/// Panics unless rows of `width` fit the weight's input size.
+fn assert_fits<B: burn::tensor::backend::Backend>(
+    width: usize,
+    weight: &Tensor<B, 2>,
+    layout: WeightLayout,
+) {
+    let inner = match layout {
+        WeightLayout::InOut => weight.dims()[0],
+        WeightLayout::OutIn => weight.dims()[1],
+    };
+    assert_eq!(
+        width,
+        inner,
+        "a product of rows of {width} with a weight {:?} stored {layout:?}",
+        weight.dims()
+    );
+}
+
+impl ProductInputOps for burn::backend::Flex {}
+
+/// Under autodiff, where the products round their operands, the row op is
+/// a node whose result is already rounded, and each product a node that
+/// reads it as it is, sending back an f32 gradient; elsewhere the two ops
+/// as they always were.
+mod on_autodiff {
+    use super::*;
+    use crate::kernels::matmul::on_autodiff::product_node;
+    use crate::kernels::rows::on_autodiff::{rms_norm_node, swiglu_node};
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::tensor::TensorMetadata;
+
+    /// Whether products in `precision` round their operands on `x`'s device.
+    fn rounds<B: MatmulOps>(x: &FloatTensor<B>, precision: Precision) -> bool {
+        B::product_precision(&B::float_device(x), precision) != Precision::F32
+    }
+
+    impl<B: ProductInputOps, C: CheckpointStrategy> ProductInputOps for Autodiff<B, C> {
+        fn rms_norm_products(
+            x: FloatTensor<Self>,
+            norm_weight: FloatTensor<Self>,
+            eps: f32,
+            weights: Vec<FloatTensor<Self>>,
+            layout: WeightLayout,
+            precision: Precision,
+        ) -> Vec<FloatTensor<Self>> {
+            if !rounds::<B>(&x.primitive, precision) {
+                return composed_rms_norm_products::<Self>(
+                    x,
+                    norm_weight,
+                    eps,
+                    weights,
+                    layout,
+                    precision,
+                );
+            }
+            // The f32 norm's dtype: its gradient's and the products'.
+            let dtype = x.primitive.dtype();
+            let normed = rms_norm_node::<B, C>(x, norm_weight, eps, |x, w| {
+                B::rms_norm_trained(x, w, eps, precision)
+            });
+            let rounded = normed.primitive.clone();
+            weights
+                .into_iter()
+                .map(|w| {
+                    product_node::<B, C>(&normed, rounded.clone(), dtype, w, layout, precision)
+                })
+                .collect()
+        }
+
+        fn swiglu_product(
+            gate: FloatTensor<Self>,
+            up: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            layout: WeightLayout,
+            precision: Precision,
+        ) -> FloatTensor<Self> {
+            if !rounds::<B>(&gate.primitive, precision) {
+                return composed_swiglu_product::<Self>(gate, up, weight, layout, precision);
+            }
+            let dtype = gate.primitive.dtype();
+            let act = swiglu_node::<B, C>(gate, up, |g, u| B::swiglu_trained(g, u, precision));
+            let rounded = act.primitive.clone();
+            product_node::<B, C>(&act, rounded, dtype, weight, layout, precision)
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! [`ProductInputOps`] for every `CubeBackend<R, ..>`: where the products
+//! round their operands (`matmul_cube`'s `reduced`: bf16 on CUDA, f16 as
+//! its test stand-in), RMSNorm and SwiGLU write their result in that dtype
+//! (`rows_cube`'s `rms_norm_as`, `swiglu_as`): rounded once for a training
+//! step's products, or as the two parts `[hi | lo]` the inference product
+//! reads (`matmul_parts_cube::parts_product`). Elsewhere, the two ops.
+
+use super::cube_common::to_dtype;
+use super::matmul::{Precision, WeightLayout};
+use super::matmul_cube::reduced;
+use super::matmul_parts_cube::parts_product;
+use super::product_inputs::{ProductInputOps, composed_rms_norm_products, composed_swiglu_product};
+use super::rows::RowOps;
+use super::rows_cube::{rms_norm_as, swiglu_as};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+impl<R, F, I, BT> ProductInputOps for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn rms_norm_products(
+        x: CubeTensor<R>,
+        norm_weight: CubeTensor<R>,
+        eps: f32,
+        weights: Vec<CubeTensor<R>>,
+        layout: WeightLayout,
+        precision: Precision,
+    ) -> Vec<CubeTensor<R>> {
+        let Some(reduced) = reduced::<Self>(&x.device, precision) else {
+            return composed_rms_norm_products::<Self>(
+                x,
+                norm_weight,
+                eps,
+                weights,
+                layout,
+                precision,
+            );
+        };
+        let dtype = x.dtype;
+        let parts = rms_norm_as(x, norm_weight, eps, reduced, true);
+        weights
+            .into_iter()
+            .map(|w| to_dtype(parts_product(parts.clone(), w, layout, reduced), dtype))
+            .collect()
+    }
+
+    fn swiglu_product(
+        gate: CubeTensor<R>,
+        up: CubeTensor<R>,
+        weight: CubeTensor<R>,
+        layout: WeightLayout,
+        precision: Precision,
+    ) -> CubeTensor<R> {
+        let Some(reduced) = reduced::<Self>(&gate.device, precision) else {
+            return composed_swiglu_product::<Self>(gate, up, weight, layout, precision);
+        };
+        let dtype = gate.dtype;
+        let parts = swiglu_as(gate, up, reduced, true);
+        to_dtype(parts_product(parts, weight, layout, reduced), dtype)
+    }
+
+    fn rms_norm_trained(
+        x: CubeTensor<R>,
+        norm_weight: CubeTensor<R>,
+        eps: f32,
+        precision: Precision,
+    ) -> CubeTensor<R> {
+        match reduced::<Self>(&x.device, precision) {
+            Some(reduced) => rms_norm_as(x, norm_weight, eps, reduced, false),
+            None => Self::rms_norm(x, norm_weight, eps),
+        }
+    }
+
+    fn swiglu_trained(
+        gate: CubeTensor<R>,
+        up: CubeTensor<R>,
+        precision: Precision,
+    ) -> CubeTensor<R> {
+        match reduced::<Self>(&gate.device, precision) {
+            Some(reduced) => swiglu_as(gate, up, reduced, false),
+            None => Self::swiglu(gate, up),
+        }
+    }
+}

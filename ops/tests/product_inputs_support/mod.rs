@@ -1,0 +1,326 @@
+//! The row ops that write the products' operands
+//! (`kernels::product_inputs`) against their composition, for any backend:
+//! RMSNorm then one input's products with several weights, SwiGLU then a
+//! product. The fused ops promise the composition's values bit for bit
+//! (the same f32 arithmetic, then the same rounding), in inference and
+//! under autodiff (the products and every gradient), so that is what is
+//! asserted; the composition itself is checked against float64 by
+//! `matmul_support` and the row kernels' tests. Shared by the CPU test
+//! (`kernels_matmul`), the CubeCL one (`kernels_matmul_cube`) and
+//! `kernels_bf16_as_f16`, where the fused kernels write f16 and the check
+//! that the bf16 request rounded at all can fail.
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use distillery_ops::kernels::{
+    MatmulOps, Precision, ProductInputOps, WeightLayout, linear_matmul, linear_matmul_shared,
+    rms_norm, rms_norm_products, swiglu, swiglu_product,
+};
+use distillery_ops::rng::SplitMix64;
+
+fn random(rng: &mut SplitMix64, n: usize, scale: f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale) as f32)
+        .collect()
+}
+
+fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// Panics unless `got` is `want` bit for bit, naming the first difference.
+fn assert_same(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let differ = got
+        .iter()
+        .zip(want)
+        .filter(|(g, w)| g.to_bits() != w.to_bits())
+        .count();
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        panic!(
+            "{what}: {differ} of {} entries differ, the first at {i}: {} against {}",
+            got.len(),
+            got[i],
+            want[i]
+        );
+    }
+}
+
+fn weight_dims(k: usize, n: usize, layout: WeightLayout) -> [usize; 2] {
+    match layout {
+        WeightLayout::InOut => [k, n],
+        WeightLayout::OutIn => [n, k],
+    }
+}
+
+/// Whether `B`'s bf16 request rounds on `device`.
+fn rounds<B: MatmulOps>(device: &B::Device) -> bool {
+    B::product_precision(device, Precision::Bf16) == Precision::Bf16
+}
+
+/// Every check below, on `inner` (inference) and under autodiff (`AB`,
+/// over `inner`'s backend, on the same `device`).
+pub fn check_product_inputs<B, AB>(inner: &B::Device, device: &AB::Device)
+where
+    B: ProductInputOps,
+    AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
+{
+    // (rows, hidden): widths read in vectors of 2 and of 4.
+    for (rows, hidden) in [(37, 70), (9, 64)] {
+        check_norm_products::<B, AB>(rows, hidden, inner, device);
+    }
+    // (rows, width): an odd width (vectors of one), and one of 4s.
+    for (rows, width) in [(13, 5), (40, 96)] {
+        check_swiglu_product::<B, AB>(rows, width, inner, device);
+    }
+}
+
+fn check_norm_products<B, AB>(rows: usize, hidden: usize, inner: &B::Device, device: &AB::Device)
+where
+    B: ProductInputOps,
+    AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
+{
+    let eps = 1e-5;
+    let widths = [hidden, 23, 7];
+    let mut rng = SplitMix64::new(41 + hidden as u64);
+    let x = random(&mut rng, rows * hidden, 3.0);
+    let nw = random(&mut rng, hidden, 1.5);
+    let ws: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|&n| random(&mut rng, hidden * n, 1.0))
+        .collect();
+    let rs: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|&n| random(&mut rng, rows * n, 1.0))
+        .collect();
+    for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+        let mut f32_products = Vec::new();
+        for precision in [Precision::F32, Precision::Bf16] {
+            let what =
+                format!("RMSNorm [{rows}, {hidden}] then products, {layout:?} {precision:?}");
+
+            // Inference.
+            let xt = Tensor::<B, 2>::from_data(TensorData::new(x.clone(), [rows, hidden]), inner);
+            let nwt = Tensor::<B, 1>::from_data(TensorData::new(nw.clone(), [hidden]), inner);
+            let wts: [Tensor<B, 2>; 3] = std::array::from_fn(|i| {
+                let dims = weight_dims(hidden, widths[i], layout);
+                Tensor::from_data(TensorData::new(ws[i].clone(), dims), inner)
+            });
+            let fused =
+                rms_norm_products(xt.clone(), nwt.clone(), eps, wts.clone(), layout, precision);
+            let normed = rms_norm(xt.clone(), nwt.clone(), eps);
+            let composed = linear_matmul_shared(normed.clone(), wts, layout, precision);
+            for (i, (f, c)) in fused.into_iter().zip(composed).enumerate() {
+                assert_eq!(f.dims(), [rows, widths[i]], "{what}: product {i}'s shape");
+                assert_eq!(f.dtype(), DType::F32, "{what}: product {i}'s dtype");
+                let f = values(f);
+                let what_i = format!("{what}: product {i} against the composition");
+                assert_same(&what_i, &f, &values(c));
+                if precision == Precision::F32 {
+                    f32_products.push(f);
+                } else if rounds::<B>(inner) {
+                    assert_ne!(
+                        f, f32_products[i],
+                        "{what}: product {i} is the f32 one: nothing was rounded"
+                    );
+                }
+            }
+            // The operand a training step's products read.
+            let trained = B::rms_norm_trained(
+                xt.into_primitive().tensor(),
+                nwt.into_primitive().tensor(),
+                eps,
+                precision,
+            );
+            let want = B::trained_operand(normed.into_primitive().tensor(), precision);
+            assert_eq!(
+                trained.dtype(),
+                want.dtype(),
+                "{what}: the trained operand's dtype"
+            );
+            assert_same(
+                &format!("{what}: the trained operand against the norm rounded"),
+                &values(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(
+                    trained,
+                ))),
+                &values(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(want))),
+            );
+
+            // Training: the products and every gradient of
+            // `sum_i sum(y_i * r_i)`, fused against composed.
+            let run = |fused: bool| {
+                let xt =
+                    Tensor::<AB, 2>::from_data(TensorData::new(x.clone(), [rows, hidden]), device)
+                        .require_grad();
+                let nwt = Tensor::<AB, 1>::from_data(TensorData::new(nw.clone(), [hidden]), device)
+                    .require_grad();
+                let wts: [Tensor<AB, 2>; 3] = std::array::from_fn(|i| {
+                    let dims = weight_dims(hidden, widths[i], layout);
+                    Tensor::from_data(TensorData::new(ws[i].clone(), dims), device).require_grad()
+                });
+                let ys = if fused {
+                    rms_norm_products(xt.clone(), nwt.clone(), eps, wts.clone(), layout, precision)
+                } else {
+                    let normed = rms_norm(xt.clone(), nwt.clone(), eps);
+                    linear_matmul_shared(normed, wts.clone(), layout, precision)
+                };
+                let mut out: Vec<Vec<f32>> = Vec::new();
+                let mut loss = None;
+                for (i, y) in ys.into_iter().enumerate() {
+                    let r = Tensor::<AB, 2>::from_data(
+                        TensorData::new(rs[i].clone(), [rows, widths[i]]),
+                        device,
+                    );
+                    assert_eq!(
+                        y.dtype(),
+                        DType::F32,
+                        "{what}: training product {i}'s dtype"
+                    );
+                    out.push(values(y.clone().inner()));
+                    let term = (y * r).sum();
+                    loss = Some(match loss {
+                        Some(l) => l + term,
+                        None => term,
+                    });
+                }
+                let grads = loss.expect("three products").backward();
+                let grad = |g: Option<Tensor<B, 2>>, name: &str| {
+                    let g = g.unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+                    assert_eq!(g.dtype(), DType::F32, "{what}: {name}'s gradient dtype");
+                    values(g)
+                };
+                out.push(grad(xt.grad(&grads), "x"));
+                let dnw = nwt.grad(&grads).expect("the norm weight's gradient");
+                assert_eq!(
+                    dnw.dtype(),
+                    DType::F32,
+                    "{what}: the norm weight's gradient dtype"
+                );
+                out.push(values(dnw));
+                for (i, w) in wts.iter().enumerate() {
+                    out.push(grad(w.grad(&grads), &format!("weight {i}")));
+                }
+                out
+            };
+            let (fused, composed) = (run(true), run(false));
+            let names = ["y0", "y1", "y2", "dx", "dnorm", "dw0", "dw1", "dw2"];
+            for ((f, c), name) in fused.iter().zip(&composed).zip(names) {
+                assert_same(
+                    &format!("{what}: training {name} against the composition's"),
+                    f,
+                    c,
+                );
+            }
+        }
+    }
+}
+
+fn check_swiglu_product<B, AB>(rows: usize, width: usize, inner: &B::Device, device: &AB::Device)
+where
+    B: ProductInputOps,
+    AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
+{
+    let n = 19;
+    let mut rng = SplitMix64::new(59 + width as u64);
+    let gate = random(&mut rng, rows * width, 4.0);
+    let up = random(&mut rng, rows * width, 2.0);
+    let w = random(&mut rng, width * n, 1.0);
+    let r = random(&mut rng, rows * n, 1.0);
+    for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+        let dims = weight_dims(width, n, layout);
+        let mut f32_product = Vec::new();
+        for precision in [Precision::F32, Precision::Bf16] {
+            let what = format!("SwiGLU [{rows}, {width}] then a product, {layout:?} {precision:?}");
+
+            // Inference.
+            let t = |v: &[f32], d: [usize; 2]| {
+                Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), d), inner)
+            };
+            let (g, u, wt) = (t(&gate, [rows, width]), t(&up, [rows, width]), t(&w, dims));
+            let fused = swiglu_product(g.clone(), u.clone(), wt.clone(), layout, precision);
+            assert_eq!(fused.dims(), [rows, n], "{what}: shape");
+            assert_eq!(fused.dtype(), DType::F32, "{what}: dtype");
+            let act = swiglu(
+                g.clone().unsqueeze_dim::<3>(0),
+                u.clone().unsqueeze_dim::<3>(0),
+            )
+            .reshape([rows, width]);
+            let composed = linear_matmul(act.clone(), wt, layout, precision);
+            let fused = values(fused);
+            assert_same(
+                &format!("{what}: against the composition"),
+                &fused,
+                &values(composed),
+            );
+            if precision == Precision::F32 {
+                f32_product = fused;
+            } else if rounds::<B>(inner) {
+                assert_ne!(
+                    fused, f32_product,
+                    "{what}: the f32 product: nothing was rounded"
+                );
+            }
+            let trained = B::swiglu_trained(
+                g.into_primitive().tensor(),
+                u.into_primitive().tensor(),
+                precision,
+            );
+            let want = B::trained_operand(act.into_primitive().tensor(), precision);
+            assert_eq!(
+                trained.dtype(),
+                want.dtype(),
+                "{what}: the trained operand's dtype"
+            );
+            assert_same(
+                &format!("{what}: the trained operand against SwiGLU rounded"),
+                &values(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(
+                    trained,
+                ))),
+                &values(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(want))),
+            );
+
+            // Training: the product and the gradients of `sum(y * r)`.
+            let run = |fused: bool| {
+                let t = |v: &[f32], d: [usize; 2]| {
+                    Tensor::<AB, 2>::from_data(TensorData::new(v.to_vec(), d), device)
+                        .require_grad()
+                };
+                let (g, u, wt) = (t(&gate, [rows, width]), t(&up, [rows, width]), t(&w, dims));
+                let y = if fused {
+                    swiglu_product(g.clone(), u.clone(), wt.clone(), layout, precision)
+                } else {
+                    let act = swiglu(
+                        g.clone().unsqueeze_dim::<3>(0),
+                        u.clone().unsqueeze_dim::<3>(0),
+                    )
+                    .reshape([rows, width]);
+                    linear_matmul(act, wt.clone(), layout, precision)
+                };
+                assert_eq!(
+                    y.dtype(),
+                    DType::F32,
+                    "{what}: the training product's dtype"
+                );
+                let rt = Tensor::<AB, 2>::from_data(TensorData::new(r.clone(), [rows, n]), device);
+                let grads = (y.clone() * rt).sum().backward();
+                let mut out = vec![values(y.inner())];
+                for (name, p) in [("gate", &g), ("up", &u), ("weight", &wt)] {
+                    let d = p
+                        .grad(&grads)
+                        .unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+                    assert_eq!(d.dtype(), DType::F32, "{what}: {name}'s gradient dtype");
+                    out.push(values(d));
+                }
+                out
+            };
+            let (fused, composed) = (run(true), run(false));
+            for ((f, c), name) in fused.iter().zip(&composed).zip(["y", "dgate", "dup", "dw"]) {
+                assert_same(
+                    &format!("{what}: training {name} against the composition's"),
+                    f,
+                    c,
+                );
+            }
+        }
+    }
+}
