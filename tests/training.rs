@@ -705,6 +705,20 @@ fn distill_checks_its_stored_teacher_at_plan_time() {
             recipe.replace("with: { top_k: 64, batch: 3 }", "with: { top_k: 50000 }"),
             "`top_k` is 50000 but the teacher's vocabulary has 49152 tokens",
         ),
+        (
+            {
+                // The last stage, `from_top`, distils from stored logits.
+                let at = recipe
+                    .rfind("    with:\n      train:\n")
+                    .expect("from_top's train block");
+                format!(
+                    "{}    with:\n      teacher_activations: rounded\n{}",
+                    &recipe[..at],
+                    &recipe[at + "    with:\n".len()..]
+                )
+            },
+            "`teacher_activations` applies to a live teacher",
+        ),
     ];
     for (i, (yaml, message)) in cases.iter().enumerate() {
         let name = format!("bad{i}.yaml");
@@ -723,6 +737,34 @@ fn distill_checks_its_stored_teacher_at_plan_time() {
             .join(" ");
         assert!(flat.contains(message), "case {i}: {flat}");
     }
+}
+
+/// `teacher_activations` (how a live teacher's bf16 products carry its
+/// activations) is part of the stage's key, and its default leaves the key
+/// of a recipe without it as it was.
+#[test]
+fn teacher_activations_are_in_the_key_and_default_to_two_parts() {
+    let Some(ws) = setup() else { return };
+    let mut keys = Vec::new();
+    for (name, extra) in [
+        ("default.yaml", ""),
+        ("two_parts.yaml", "teacher_activations: two_parts"),
+        ("rounded.yaml", "teacher_activations: rounded"),
+    ] {
+        let recipe = distill_recipe(2, 0, extra).replace(
+            "        steps: 2\n",
+            "        steps: 2\n        precision: bf16\n",
+        );
+        ws.write(name, &recipe);
+        let out = ws.run(&["validate", name]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        keys.push(ws.key_of(name, "student"));
+    }
+    assert_eq!(keys[0], keys[1], "the default changed the stage's key");
+    assert_ne!(
+        keys[0], keys[2],
+        "rounded activations kept the two parts' key"
+    );
 }
 
 /// A `teacher_logits` stage killed after some rows resumes after the last

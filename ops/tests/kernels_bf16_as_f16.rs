@@ -10,7 +10,9 @@
 //! training gradients against the f32 ones: within f16's rounding, and not
 //! the f32 result itself. The logits are also those of a forward that
 //! captures every activation, and so writes them in f32 first, bit for
-//! bit.
+//! bit; with the activations rounded once (`Activations::Rounded`), they
+//! are a training forward's, bit for bit, and within f16's rounding of
+//! the reference.
 //!
 //! One test in its own binary: the switch is read once, so it is set
 //! before anything reads it.
@@ -23,7 +25,7 @@ mod product_inputs_support;
 use burn::backend::Autodiff;
 use burn::tensor::DType;
 use cube_support::{Cube, device};
-use distillery_ops::kernels::{MatmulOps, Precision};
+use distillery_ops::kernels::{Activations, MatmulOps, Precision};
 use distillery_ops::model::{Capture, Llama, tokens_tensor};
 use matmul_support::{check_products, check_shared, check_training, runs_bf16};
 use model_support::{
@@ -79,6 +81,43 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
         assert!(
             err > 1e-6,
             "{name}: logits as exact as f32's ({err:e}): nothing was rounded"
+        );
+
+        // The activations rounded once (`Activations::Rounded`, a fast
+        // teacher): exactly a training step's forward, which a model
+        // under autodiff without gradients runs; f16 keeps 11 bits, and
+        // the bound is 8 of its unit roundoffs (2^-11), as above.
+        let rounded: Vec<f32> = model
+            .clone()
+            .with_activations(Activations::Rounded)
+            .forward(tokens_tensor(&[&tokens], &device))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let trained: Vec<f32> =
+            Llama::<Autodiff<Cube>>::from_state_dict(c.clone(), sd.clone(), &device)
+                .expect("model builds")
+                .with_precision(Precision::Bf16)
+                .forward(tokens_tensor(&[&tokens], &device))
+                .inner()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+        assert!(
+            rounded == trained,
+            "{name}: logits with the activations rounded once differ from a training forward's"
+        );
+        let err_rounded = rel_err(&rounded, &want);
+        eprintln!(
+            "{name}: activations rounded once: logits off by {err_rounded:.2e} of the largest"
+        );
+        assert!(
+            err_rounded <= 4e-3,
+            "{name}: activations rounded once: logits off by {err_rounded:e} of the largest"
+        );
+        assert!(
+            rounded != got,
+            "{name}: the activations rounded once give the two parts' logits"
         );
     }
 

@@ -18,7 +18,7 @@ use distillery_ops::kernels::kd::{KdLoss, KdSpec, SparseTeacher, kd_loss, kd_los
 use distillery_ops::kernels::linear_kd::{LinearKd, TeacherRows, linear_kd_loss};
 use distillery_ops::kernels::matmul::bf16_on_cpu;
 use distillery_ops::kernels::reference::sparse_teacher_row;
-use distillery_ops::kernels::{Precision, WeightLayout, linear_matmul};
+use distillery_ops::kernels::{Activations, Precision, WeightLayout, linear_matmul};
 use distillery_ops::rng::SplitMix64;
 use distillery_ops::train::objective::weighted_cross_entropy;
 
@@ -202,6 +202,7 @@ fn fused(c: &Case, x: &Inputs) -> (f64, Vec<f64>, Vec<f64>) {
             hidden: tensor::<Flex, 2>(&x.teacher_hidden, [c.rows, c.teacher_width]),
             head: tensor::<Flex, 2>(&x.teacher_head, [c.teacher_vocab, c.teacher_width]),
             precision: c.precision,
+            activations: Activations::TwoParts,
         },
         Some(k) => TeacherRows::Sparse(x.sparse::<Flex>(c, k)),
     };
@@ -295,6 +296,7 @@ fn without_autodiff_the_fused_loss_is_the_loss_alone() {
             hidden: tensor::<Flex, 2>(&x.teacher_hidden, [c.rows, c.teacher_width]),
             head: tensor::<Flex, 2>(&x.teacher_head, [c.teacher_vocab, c.teacher_width]),
             precision: c.precision,
+            activations: Activations::TwoParts,
         },
         weights: tensor::<Flex, 1>(&x.weights, [c.rows]),
         spec: c.spec,

@@ -22,7 +22,7 @@
 //! equals the unfused head and loss up to the order of the `dW` sums.
 
 use super::kd::{KdOps, KdSpec, SparseTeacher};
-use super::matmul::{MatmulOps, Precision, Wanted, WeightLayout};
+use super::matmul::{Activations, MatmulOps, Precision, Wanted, WeightLayout, linear_matmul_as};
 use super::{float, tensor};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
@@ -37,6 +37,9 @@ pub enum TeacherRows<B: Backend> {
         hidden: Tensor<B, 2>,
         head: Tensor<B, 2>,
         precision: Precision,
+        /// How the head's product carries `hidden` (the teacher's own
+        /// [`super::matmul::Activations`]).
+        activations: Activations,
     },
     /// Stored top-K rows (see [`super::kd::kd_loss_sparse`]).
     Sparse(SparseTeacher<B>),
@@ -154,14 +157,16 @@ fn chunk_kd<B: KdOps + MatmulOps>(
             hidden,
             head,
             precision,
+            activations,
         } => {
             let width = hidden.dims()[1];
-            let teacher: Tensor<B, 2> = tensor(B::linear_matmul(
-                float(hidden.clone().slice([chunk.clone(), 0..width])),
-                float(head.clone()),
+            let teacher = linear_matmul_as(
+                hidden.clone().slice([chunk.clone(), 0..width]),
+                head.clone(),
                 WeightLayout::OutIn,
                 *precision,
-            ));
+                *activations,
+            );
             let teacher = teacher.slice([0..c, 0..job.vocab]);
             B::kd_loss_fused(float(student), float(teacher), weights, job.spec)
         }

@@ -65,6 +65,31 @@ pub fn bf16_on_cpu() -> bool {
     }
 }
 
+/// How an inference product carries its activations into the operands of
+/// [`Precision::Bf16`] (where the device rounds them; nothing else reads
+/// it). A training step rounds them once whatever this says.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Activations {
+    /// In two bf16 parts, `x = hi + lo` (about 16 bits), whose products
+    /// are summed: logits close to f32's, at twice the product's work.
+    #[default]
+    TwoParts,
+    /// Rounded to bf16 once, as a training step rounds them (PyTorch's
+    /// autocast does the same): half the work of two parts.
+    Rounded,
+}
+
+impl Activations {
+    /// For `skip_serializing_if`: stage keys of recipes that leave it at
+    /// its default stay what they were before it existed.
+    pub fn is_two_parts(&self) -> bool {
+        *self == Activations::TwoParts
+    }
+}
+
 /// How a weight matrix is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightLayout {
@@ -269,6 +294,47 @@ pub fn linear_matmul_shared<B: MatmulOps, const N: usize>(
     products
         .try_into()
         .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()))
+}
+
+/// [`linear_matmul`] in inference with the activations carried as
+/// `activations` says: in two parts (that function), or rounded once
+/// ([`MatmulOps::trained_operand`], then the product a training step runs,
+/// [`MatmulOps::linear_matmul_trained`], without a graph on a backend
+/// without autodiff).
+pub fn linear_matmul_as<B: MatmulOps>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    layout: WeightLayout,
+    precision: Precision,
+    activations: Activations,
+) -> Tensor<B, 2> {
+    let [y] = linear_matmul_shared_as(x, [weight], layout, precision, activations);
+    y
+}
+
+/// [`linear_matmul_shared`] in inference with the activations carried as
+/// `activations` says (see [`linear_matmul_as`]); rounded once for all the
+/// products.
+pub fn linear_matmul_shared_as<B: MatmulOps, const N: usize>(
+    x: Tensor<B, 2>,
+    weights: [Tensor<B, 2>; N],
+    layout: WeightLayout,
+    precision: Precision,
+    activations: Activations,
+) -> [Tensor<B, 2>; N] {
+    if activations == Activations::TwoParts {
+        // One weight's shared product is `linear_matmul`'s own.
+        return linear_matmul_shared(x, weights, layout, precision);
+    }
+    for w in &weights {
+        assert_fits(&x, w, layout);
+    }
+    let dtype = x.dtype();
+    let x = B::trained_operand(x.into_primitive().tensor(), precision);
+    weights.map(|w| {
+        let y = B::linear_matmul_trained(x.clone(), w.into_primitive().tensor(), layout, precision);
+        Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).cast(dtype)
+    })
 }
 
 /// Under autodiff, an f32 product is Burn's own matmul and its backward

@@ -113,7 +113,10 @@ pub use importance_flex::{channel_sums_host, cosine_distance_sum_host};
 pub use kd::{KdLoss, KdOps, KdSpec, SparseTeacher, kd_loss, kd_loss_sparse};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
 pub use linear_kd::{LinearKd, LinearKdOps, TeacherRows, linear_kd_loss};
-pub use matmul::{MatmulOps, Precision, Wanted, WeightLayout, linear_matmul, linear_matmul_shared};
+pub use matmul::{
+    Activations, MatmulOps, Precision, Wanted, WeightLayout, linear_matmul, linear_matmul_as,
+    linear_matmul_shared, linear_matmul_shared_as,
+};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use matmul_cube::{rounded_product, rounded_product_backward};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]

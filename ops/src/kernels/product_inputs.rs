@@ -16,7 +16,7 @@
 //! backward from its inputs; its result is the rounded operand, which the
 //! products' nodes read as it is and send an f32 gradient.
 
-use super::matmul::{MatmulOps, Precision, WeightLayout};
+use super::matmul::{Activations, MatmulOps, Precision, WeightLayout, linear_matmul_as};
 use super::rows::RowOps;
 use super::{float, tensor};
 use burn::tensor::Tensor;
@@ -25,8 +25,9 @@ use burn::tensor::ops::FloatTensor;
 pub trait ProductInputOps: RowOps + MatmulOps {
     /// `rms_norm(x, norm_weight)` (`x: [rows, hidden]`) times each of
     /// `weights` (all stored as `layout`), in `precision`: what
-    /// [`MatmulOps::linear_matmul_shared`] gives of [`RowOps::rms_norm`]'s
-    /// result.
+    /// [`super::matmul::linear_matmul_shared_as`] gives of [`RowOps::rms_norm`]'s result,
+    /// the activations carried as `activations` says in inference (under
+    /// autodiff, rounded once).
     fn rms_norm_products(
         x: FloatTensor<Self>,
         norm_weight: FloatTensor<Self>,
@@ -34,21 +35,32 @@ pub trait ProductInputOps: RowOps + MatmulOps {
         weights: Vec<FloatTensor<Self>>,
         layout: WeightLayout,
         precision: Precision,
+        activations: Activations,
     ) -> Vec<FloatTensor<Self>> {
-        composed_rms_norm_products::<Self>(x, norm_weight, eps, weights, layout, precision)
+        composed_rms_norm_products::<Self>(
+            x,
+            norm_weight,
+            eps,
+            weights,
+            layout,
+            precision,
+            activations,
+        )
     }
 
     /// `swiglu(gate, up)` (both `[rows, width]`) times the weight (stored
-    /// as `layout`), in `precision`: what [`MatmulOps::linear_matmul`]
-    /// gives of [`RowOps::swiglu`]'s result.
+    /// as `layout`), in `precision`: what [`linear_matmul_as`] gives of
+    /// [`RowOps::swiglu`]'s result, as
+    /// [`ProductInputOps::rms_norm_products`] is RMSNorm's.
     fn swiglu_product(
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         layout: WeightLayout,
         precision: Precision,
+        activations: Activations,
     ) -> FloatTensor<Self> {
-        composed_swiglu_product::<Self>(gate, up, weight, layout, precision)
+        composed_swiglu_product::<Self>(gate, up, weight, layout, precision, activations)
     }
 
     /// For a training step's products (the inner backend of autodiff):
@@ -81,8 +93,17 @@ pub(super) fn composed_rms_norm_products<B: RowOps + MatmulOps>(
     weights: Vec<FloatTensor<B>>,
     layout: WeightLayout,
     precision: Precision,
+    activations: Activations,
 ) -> Vec<FloatTensor<B>> {
-    B::linear_matmul_shared(B::rms_norm(x, norm_weight, eps), weights, layout, precision)
+    let normed: Tensor<B, 2> = tensor(B::rms_norm(x, norm_weight, eps));
+    if activations == Activations::TwoParts {
+        return B::linear_matmul_shared(float(normed), weights, layout, precision);
+    }
+    let x = B::trained_operand(float(normed), precision);
+    weights
+        .into_iter()
+        .map(|w| B::linear_matmul_trained(x.clone(), w, layout, precision))
+        .collect()
 }
 
 /// [`ProductInputOps::swiglu_product`] as its two ops.
@@ -92,13 +113,22 @@ pub(super) fn composed_swiglu_product<B: RowOps + MatmulOps>(
     weight: FloatTensor<B>,
     layout: WeightLayout,
     precision: Precision,
+    activations: Activations,
 ) -> FloatTensor<B> {
-    B::linear_matmul(B::swiglu(gate, up), weight, layout, precision)
+    let act: Tensor<B, 2> = tensor(B::swiglu(gate, up));
+    float(linear_matmul_as(
+        act,
+        tensor(weight),
+        layout,
+        precision,
+        activations,
+    ))
 }
 
 /// `rms_norm(x, norm_weight)` (`x: [rows, hidden]`) times each of
-/// `weights` (all stored as `layout`), in `precision`, the norm written as
-/// the products read it ([`ProductInputOps::rms_norm_products`]).
+/// `weights` (all stored as `layout`), in `precision` with the activations
+/// carried as `activations` says, the norm written as the products read it
+/// ([`ProductInputOps::rms_norm_products`]).
 pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
     x: Tensor<B, 2>,
     norm_weight: Tensor<B, 1>,
@@ -106,6 +136,7 @@ pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
     weights: [Tensor<B, 2>; N],
     layout: WeightLayout,
     precision: Precision,
+    activations: Activations,
 ) -> [Tensor<B, 2>; N] {
     let hidden = x.dims()[1];
     assert_eq!(
@@ -125,6 +156,7 @@ pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
         weights,
         layout,
         precision,
+        activations,
     );
     let products: Vec<Tensor<B, 2>> = products.into_iter().map(tensor).collect();
     products
@@ -133,7 +165,8 @@ pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
 }
 
 /// `swiglu(gate, up)` (both `[rows, width]`) times the weight (stored as
-/// `layout`), in `precision`, SwiGLU written as the product reads it
+/// `layout`), in `precision` with the activations carried as `activations`
+/// says, SwiGLU written as the product reads it
 /// ([`ProductInputOps::swiglu_product`]).
 pub fn swiglu_product<B: ProductInputOps>(
     gate: Tensor<B, 2>,
@@ -141,6 +174,7 @@ pub fn swiglu_product<B: ProductInputOps>(
     weight: Tensor<B, 2>,
     layout: WeightLayout,
     precision: Precision,
+    activations: Activations,
 ) -> Tensor<B, 2> {
     assert_eq!(
         gate.dims(),
@@ -156,6 +190,7 @@ pub fn swiglu_product<B: ProductInputOps>(
         float(weight),
         layout,
         precision,
+        activations,
     ))
 }
 
@@ -181,8 +216,9 @@ impl ProductInputOps for burn::backend::Flex {}
 
 /// Under autodiff, where the products round their operands, the row op is
 /// a node whose result is already rounded, and each product a node that
-/// reads it as it is, sending back an f32 gradient; elsewhere the two ops
-/// as they always were.
+/// reads it as it is, sending back an f32 gradient (a training step rounds
+/// the activations once, whatever [`Activations`] says); elsewhere the two
+/// ops as they always were.
 mod on_autodiff {
     use super::*;
     use crate::kernels::matmul::on_autodiff::product_node;
@@ -204,6 +240,7 @@ mod on_autodiff {
             weights: Vec<FloatTensor<Self>>,
             layout: WeightLayout,
             precision: Precision,
+            activations: Activations,
         ) -> Vec<FloatTensor<Self>> {
             if !rounds::<B>(&x.primitive, precision) {
                 return composed_rms_norm_products::<Self>(
@@ -213,6 +250,7 @@ mod on_autodiff {
                     weights,
                     layout,
                     precision,
+                    activations,
                 );
             }
             // The f32 norm's dtype: its gradient's and the products'.
@@ -235,9 +273,17 @@ mod on_autodiff {
             weight: FloatTensor<Self>,
             layout: WeightLayout,
             precision: Precision,
+            activations: Activations,
         ) -> FloatTensor<Self> {
             if !rounds::<B>(&gate.primitive, precision) {
-                return composed_swiglu_product::<Self>(gate, up, weight, layout, precision);
+                return composed_swiglu_product::<Self>(
+                    gate,
+                    up,
+                    weight,
+                    layout,
+                    precision,
+                    activations,
+                );
             }
             let dtype = gate.primitive.dtype();
             let act = swiglu_node::<B, C>(gate, up, |g, u| B::swiglu_trained(g, u, precision));

@@ -2,12 +2,13 @@
 //! round their operands (`matmul_cube`'s `reduced`: bf16 on CUDA, f16 as
 //! its test stand-in), RMSNorm and SwiGLU write their result in that dtype
 //! (`rows_cube`'s `rms_norm_as`, `swiglu_as`): rounded once for a training
-//! step's products, or as the two parts `[hi | lo]` the inference product
-//! reads (`matmul_parts_cube::parts_product`). Elsewhere, the two ops.
+//! step's products and for inference's with [`Activations::Rounded`], or as
+//! the two parts `[hi | lo]` the inference product reads by default
+//! (`matmul_parts_cube::parts_product`). Elsewhere, the two ops.
 
 use super::cube_common::to_dtype;
-use super::matmul::{Precision, WeightLayout};
-use super::matmul_cube::reduced;
+use super::matmul::{Activations, Precision, WeightLayout};
+use super::matmul_cube::{reduced, rounded_product};
 use super::matmul_parts_cube::parts_product;
 use super::product_inputs::{ProductInputOps, composed_rms_norm_products, composed_swiglu_product};
 use super::rows::RowOps;
@@ -29,6 +30,7 @@ where
         weights: Vec<CubeTensor<R>>,
         layout: WeightLayout,
         precision: Precision,
+        activations: Activations,
     ) -> Vec<CubeTensor<R>> {
         let Some(reduced) = reduced::<Self>(&x.device, precision) else {
             return composed_rms_norm_products::<Self>(
@@ -38,13 +40,15 @@ where
                 weights,
                 layout,
                 precision,
+                activations,
             );
         };
         let dtype = x.dtype;
-        let parts = rms_norm_as(x, norm_weight, eps, reduced, true);
+        let parts = activations == Activations::TwoParts;
+        let operand = rms_norm_as(x, norm_weight, eps, reduced, parts);
         weights
             .into_iter()
-            .map(|w| to_dtype(parts_product(parts.clone(), w, layout, reduced), dtype))
+            .map(|w| to_dtype(product(operand.clone(), w, layout, reduced, parts), dtype))
             .collect()
     }
 
@@ -54,13 +58,22 @@ where
         weight: CubeTensor<R>,
         layout: WeightLayout,
         precision: Precision,
+        activations: Activations,
     ) -> CubeTensor<R> {
         let Some(reduced) = reduced::<Self>(&gate.device, precision) else {
-            return composed_swiglu_product::<Self>(gate, up, weight, layout, precision);
+            return composed_swiglu_product::<Self>(
+                gate,
+                up,
+                weight,
+                layout,
+                precision,
+                activations,
+            );
         };
         let dtype = gate.dtype;
-        let parts = swiglu_as(gate, up, reduced, true);
-        to_dtype(parts_product(parts, weight, layout, reduced), dtype)
+        let parts = activations == Activations::TwoParts;
+        let operand = swiglu_as(gate, up, reduced, parts);
+        to_dtype(product(operand, weight, layout, reduced, parts), dtype)
     }
 
     fn rms_norm_trained(
@@ -84,5 +97,21 @@ where
             Some(reduced) => swiglu_as(gate, up, reduced, false),
             None => Self::swiglu(gate, up),
         }
+    }
+}
+
+/// The product of an operand a row op wrote in `reduced`: its two parts
+/// (`parts`), or rounded once.
+fn product<R: CubeRuntime>(
+    operand: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    layout: WeightLayout,
+    reduced: burn::tensor::DType,
+    parts: bool,
+) -> CubeTensor<R> {
+    if parts {
+        parts_product(operand, weight, layout, reduced)
+    } else {
+        rounded_product(operand, weight, layout, reduced)
     }
 }

@@ -5,10 +5,8 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::ModelBackend;
-use crate::kernels::{
-    Precision, WeightLayout, linear_matmul, linear_matmul_shared, rms_norm, rms_norm_products,
-    swiglu_product,
-};
+use crate::kernels::matmul::{Activations, linear_matmul_as, linear_matmul_shared_as};
+use crate::kernels::{Precision, WeightLayout, rms_norm, rms_norm_products, swiglu_product};
 
 /// `y = x W + b` with `W: [in, out]`.
 ///
@@ -26,6 +24,9 @@ pub struct Linear<B: Backend> {
     /// The arithmetic of the product (f32 unless a caller asks for bf16
     /// where the hardware has it, see [`Precision`]).
     pub precision: Precision,
+    /// How inference carries the activations into bf16 operands (a
+    /// training step rounds them once whatever this says).
+    pub activations: Activations,
 }
 
 impl<B: Backend> Linear<B> {
@@ -35,6 +36,7 @@ impl<B: Backend> Linear<B> {
             weight: Param::from_tensor(weight),
             bias: bias.map(Param::from_tensor),
             precision: Precision::F32,
+            activations: Activations::TwoParts,
         }
     }
 
@@ -49,7 +51,13 @@ impl<B: ModelBackend> Linear<B> {
         let [batch, seq, d_in] = x.dims();
         // One [batch*seq, in] x [in, out] gemm rather than `batch` small ones.
         let x = x.reshape([batch * seq, d_in]);
-        let y = linear_matmul(x, self.weight.val(), WeightLayout::InOut, self.precision);
+        let y = linear_matmul_as(
+            x,
+            self.weight.val(),
+            WeightLayout::InOut,
+            self.precision,
+            self.activations,
+        );
         self.finish(y, batch, seq)
     }
 
@@ -57,25 +65,29 @@ impl<B: ModelBackend> Linear<B> {
     /// and v projections; gate and up), prepared once for all the products
     /// where their arithmetic prepares it ([`linear_matmul_shared`]), and
     /// written so by its RMSNorm where it has one still to apply
-    /// ([`ProductInput::Normalized`]). Layers of differing precisions run
+    /// ([`ProductInput::Normalized`]). Layers of differing arithmetic run
     /// one at a time.
     pub fn forward_shared<const N: usize>(
         layers: [&Self; N],
         input: ProductInput<'_, B>,
     ) -> [Tensor<B, 3>; N] {
-        let precision = layers[0].precision;
-        if layers.iter().any(|l| l.precision != precision) {
+        let (precision, activations) = (layers[0].precision, layers[0].activations);
+        if layers
+            .iter()
+            .any(|l| l.precision != precision || l.activations != activations)
+        {
             let x = input.into_tensor();
             return layers.map(|l| l.forward(x.clone()));
         }
         let [batch, seq, d_in] = input.dims();
         let weights = layers.map(|l| l.weight.val());
         let ys = match input {
-            ProductInput::Tensor(x) => linear_matmul_shared(
+            ProductInput::Tensor(x) => linear_matmul_shared_as(
                 x.reshape([batch * seq, d_in]),
                 weights,
                 WeightLayout::InOut,
                 precision,
+                activations,
             ),
             ProductInput::Normalized(norm, x) => rms_norm_products(
                 x.reshape([batch * seq, d_in]),
@@ -84,6 +96,7 @@ impl<B: ModelBackend> Linear<B> {
                 weights,
                 WeightLayout::InOut,
                 precision,
+                activations,
             ),
         };
         let mut ys = ys.into_iter();
@@ -101,6 +114,7 @@ impl<B: ModelBackend> Linear<B> {
             self.weight.val(),
             WeightLayout::InOut,
             self.precision,
+            self.activations,
         );
         self.finish(y, batch, seq)
     }

@@ -13,7 +13,8 @@ use super::config::LlamaConfig;
 use super::decoder::DecoderLayer;
 use super::layers::RmsNorm;
 use super::rope::Rope;
-use crate::kernels::{Precision, WeightLayout, linear_matmul};
+use crate::kernels::matmul::{Activations, linear_matmul_as};
+use crate::kernels::{Precision, WeightLayout};
 
 /// `LlamaForCausalLM`. Build it with [`Llama::from_state_dict`] or
 /// [`Llama::load_hf`]; a change of shape (pruning) goes through the state
@@ -31,6 +32,9 @@ pub struct Llama<B: Backend> {
     /// The arithmetic of the head's product; [`Llama::with_precision`]
     /// sets it and every layer's.
     pub precision: Precision,
+    /// How inference carries the head's activations into bf16 operands;
+    /// [`Llama::with_activations`] sets it and every layer's.
+    pub activations: Activations,
 }
 
 impl<B: ModelBackend> Llama<B> {
@@ -99,7 +103,14 @@ impl<B: ModelBackend> Llama<B> {
         let head = self.head_weight();
         let vocab = head.dims()[0];
         let rows = hidden.reshape([batch * seq, d]);
-        linear_matmul(rows, head, WeightLayout::OutIn, self.precision).reshape([batch, seq, vocab])
+        linear_matmul_as(
+            rows,
+            head,
+            WeightLayout::OutIn,
+            self.precision,
+            self.activations,
+        )
+        .reshape([batch, seq, vocab])
     }
 
     /// The model with every matrix product in `precision` (in training
@@ -120,6 +131,29 @@ impl<B: ModelBackend> Llama<B> {
                 &mut mlp.down_proj,
             ] {
                 linear.precision = precision;
+            }
+        }
+        self
+    }
+
+    /// The model with its inference products' activations carried as
+    /// `activations` says, where they run in bf16 ([`Activations`]: two
+    /// parts by default; rounded once, as a training step rounds them, for
+    /// a teacher whose forward must be fast more than close to f32's).
+    pub fn with_activations(mut self, activations: Activations) -> Self {
+        self.activations = activations;
+        for layer in &mut self.layers {
+            let (attn, mlp) = (&mut layer.self_attn, &mut layer.mlp);
+            for linear in [
+                &mut attn.q_proj,
+                &mut attn.k_proj,
+                &mut attn.v_proj,
+                &mut attn.o_proj,
+                &mut mlp.gate_proj,
+                &mut mlp.up_proj,
+                &mut mlp.down_proj,
+            ] {
+                linear.activations = activations;
             }
         }
         self

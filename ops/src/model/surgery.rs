@@ -26,6 +26,7 @@ impl<B: Backend> Llama<B> {
             rope: self.rope.clone(),
             config,
             precision: self.precision,
+            activations: self.activations,
         }
     }
 }

@@ -16,6 +16,7 @@ use super::mlp::Mlp;
 use super::rope::Rope;
 use crate::io::{HostTensor, StateDict};
 use crate::kernels::Precision;
+use crate::kernels::matmul::Activations;
 
 /// Takes tensors out of a state dict by name, checking shapes.
 struct Taker<'a, B: Backend> {
@@ -170,6 +171,7 @@ impl<B: Backend> Llama<B> {
             rope: Rope::new(&config),
             config,
             precision: Precision::F32,
+            activations: Activations::TwoParts,
         })
     }
 

@@ -20,6 +20,7 @@ use super::upstream::model_vocab;
 use crate::backend::{ComputeBackend, OnBackend, on_device};
 use crate::io::dataset::{DatasetArtifact, Split};
 use crate::io::safetensors_io::DiskDtype;
+use crate::kernels::Activations;
 use crate::kernels::kd::{KdLoss, KdSpec};
 use crate::model::{Llama, LlamaConfig};
 use crate::teacher_logits::{TeacherLogitsStore, tokens_digest};
@@ -83,6 +84,14 @@ pub struct DistillParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub head_chunk_rows: Option<usize>,
+    /// How the live teacher's forward carries its activations into its
+    /// products under `train.precision: bf16`, where the device rounds
+    /// them (AMX, CUDA): `two_parts` (the default: two bf16 parts, logits
+    /// close to f32's, at twice the products' work) or `rounded` (once, as
+    /// the student's are in training and as PyTorch's autocast does: half
+    /// the teacher's product work). f32 products read neither.
+    #[serde(default, skip_serializing_if = "Activations::is_two_parts")]
+    pub teacher_activations: Activations,
 }
 
 fn one() -> f32 {
@@ -146,6 +155,17 @@ impl TypedOp for Distill {
             issues.push(ParamIssue::at(
                 &["ce_weight"],
                 "`ce_weight` must be 0 or more",
+            ));
+        }
+        if !p.teacher_activations.is_two_parts()
+            && ctx
+                .inputs
+                .get("teacher_logits")
+                .is_some_and(|v| !v.is_empty())
+        {
+            issues.push(ParamIssue::at(
+                &["teacher_activations"],
+                "`teacher_activations` applies to a live teacher; the logits of `teacher_logits` were stored already",
             ));
         }
         if p.head_chunk_rows == Some(0) {
@@ -310,7 +330,9 @@ impl OnBackend for Task<'_, '_> {
             return publish::<B>(&p, &objective, &name, &data, sv, Some(top_k), ctx, &device);
         }
         let (teacher, _) = Llama::<B>::load_hf(ctx.input("teacher")?, &device)?;
-        let teacher = teacher.with_precision(p.train.precision);
+        let teacher = teacher
+            .with_precision(p.train.precision)
+            .with_activations(p.teacher_activations);
         let tv = teacher.config.vocab_size;
         if tv != sv && !p.truncate_vocab {
             bail!(

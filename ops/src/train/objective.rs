@@ -140,6 +140,7 @@ impl<B: ComputeBackend> Objective<B> for Distillation<B> {
                 hidden: hidden.reshape([rows * seq, width]),
                 head: self.teacher.head_weight(),
                 precision: self.teacher.precision,
+                activations: self.teacher.activations,
             };
             return Ok(chunked(
                 student,

@@ -13,8 +13,9 @@
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use distillery_ops::kernels::{
-    MatmulOps, Precision, ProductInputOps, WeightLayout, linear_matmul, linear_matmul_shared,
-    rms_norm, rms_norm_products, swiglu, swiglu_product,
+    Activations, MatmulOps, Precision, ProductInputOps, WeightLayout, linear_matmul,
+    linear_matmul_as, linear_matmul_shared, linear_matmul_shared_as, rms_norm, rms_norm_products,
+    swiglu, swiglu_product,
 };
 use distillery_ops::rng::SplitMix64;
 
@@ -106,23 +107,52 @@ where
                 let dims = weight_dims(hidden, widths[i], layout);
                 Tensor::from_data(TensorData::new(ws[i].clone(), dims), inner)
             });
-            let fused =
-                rms_norm_products(xt.clone(), nwt.clone(), eps, wts.clone(), layout, precision);
             let normed = rms_norm(xt.clone(), nwt.clone(), eps);
-            let composed = linear_matmul_shared(normed.clone(), wts, layout, precision);
-            for (i, (f, c)) in fused.into_iter().zip(composed).enumerate() {
-                assert_eq!(f.dims(), [rows, widths[i]], "{what}: product {i}'s shape");
-                assert_eq!(f.dtype(), DType::F32, "{what}: product {i}'s dtype");
-                let f = values(f);
-                let what_i = format!("{what}: product {i} against the composition");
-                assert_same(&what_i, &f, &values(c));
-                if precision == Precision::F32 {
-                    f32_products.push(f);
-                } else if rounds::<B>(inner) {
-                    assert_ne!(
-                        f, f32_products[i],
-                        "{what}: product {i} is the f32 one: nothing was rounded"
-                    );
+            let mut two_parts = Vec::new();
+            for activations in [Activations::TwoParts, Activations::Rounded] {
+                let what = format!("{what}, activations {activations:?}");
+                let fused = rms_norm_products(
+                    xt.clone(),
+                    nwt.clone(),
+                    eps,
+                    wts.clone(),
+                    layout,
+                    precision,
+                    activations,
+                );
+                let composed = linear_matmul_shared_as(
+                    normed.clone(),
+                    wts.clone(),
+                    layout,
+                    precision,
+                    activations,
+                );
+                for (i, (f, c)) in fused.into_iter().zip(composed).enumerate() {
+                    assert_eq!(f.dims(), [rows, widths[i]], "{what}: product {i}'s shape");
+                    assert_eq!(f.dtype(), DType::F32, "{what}: product {i}'s dtype");
+                    let f = values(f);
+                    let what_i = format!("{what}: product {i} against the composition");
+                    assert_same(&what_i, &f, &values(c));
+                    if precision == Precision::F32 {
+                        if activations == Activations::TwoParts {
+                            f32_products.push(f);
+                        } else {
+                            assert_same(&what_i, &f, &f32_products[i]);
+                        }
+                    } else if rounds::<B>(inner) {
+                        assert_ne!(
+                            f, f32_products[i],
+                            "{what}: product {i} is the f32 one: nothing was rounded"
+                        );
+                        if activations == Activations::TwoParts {
+                            two_parts.push(f);
+                        } else {
+                            assert_ne!(
+                                f, two_parts[i],
+                                "{what}: product {i} is the two parts' one"
+                            );
+                        }
+                    }
                 }
             }
             // The operand a training step's products read.
@@ -159,7 +189,15 @@ where
                     Tensor::from_data(TensorData::new(ws[i].clone(), dims), device).require_grad()
                 });
                 let ys = if fused {
-                    rms_norm_products(xt.clone(), nwt.clone(), eps, wts.clone(), layout, precision)
+                    rms_norm_products(
+                        xt.clone(),
+                        nwt.clone(),
+                        eps,
+                        wts.clone(),
+                        layout,
+                        precision,
+                        Activations::TwoParts,
+                    )
                 } else {
                     let normed = rms_norm(xt.clone(), nwt.clone(), eps);
                     linear_matmul_shared(normed, wts.clone(), layout, precision)
@@ -237,28 +275,49 @@ where
                 Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), d), inner)
             };
             let (g, u, wt) = (t(&gate, [rows, width]), t(&up, [rows, width]), t(&w, dims));
-            let fused = swiglu_product(g.clone(), u.clone(), wt.clone(), layout, precision);
-            assert_eq!(fused.dims(), [rows, n], "{what}: shape");
-            assert_eq!(fused.dtype(), DType::F32, "{what}: dtype");
             let act = swiglu(
                 g.clone().unsqueeze_dim::<3>(0),
                 u.clone().unsqueeze_dim::<3>(0),
             )
             .reshape([rows, width]);
-            let composed = linear_matmul(act.clone(), wt, layout, precision);
-            let fused = values(fused);
-            assert_same(
-                &format!("{what}: against the composition"),
-                &fused,
-                &values(composed),
-            );
-            if precision == Precision::F32 {
-                f32_product = fused;
-            } else if rounds::<B>(inner) {
-                assert_ne!(
-                    fused, f32_product,
-                    "{what}: the f32 product: nothing was rounded"
+            let mut two_parts = Vec::new();
+            for activations in [Activations::TwoParts, Activations::Rounded] {
+                let what = format!("{what}, activations {activations:?}");
+                let fused = swiglu_product(
+                    g.clone(),
+                    u.clone(),
+                    wt.clone(),
+                    layout,
+                    precision,
+                    activations,
                 );
+                assert_eq!(fused.dims(), [rows, n], "{what}: shape");
+                assert_eq!(fused.dtype(), DType::F32, "{what}: dtype");
+                let composed =
+                    linear_matmul_as(act.clone(), wt.clone(), layout, precision, activations);
+                let fused = values(fused);
+                assert_same(
+                    &format!("{what}: against the composition"),
+                    &fused,
+                    &values(composed),
+                );
+                if precision == Precision::F32 {
+                    if activations == Activations::TwoParts {
+                        f32_product = fused;
+                    } else {
+                        assert_same(&format!("{what}: against f32's"), &fused, &f32_product);
+                    }
+                } else if rounds::<B>(inner) {
+                    assert_ne!(
+                        fused, f32_product,
+                        "{what}: the f32 product: nothing was rounded"
+                    );
+                    if activations == Activations::TwoParts {
+                        two_parts = fused;
+                    } else {
+                        assert_ne!(fused, two_parts, "{what}: the two parts' product");
+                    }
+                }
             }
             let trained = B::swiglu_trained(
                 g.into_primitive().tensor(),
@@ -287,7 +346,14 @@ where
                 };
                 let (g, u, wt) = (t(&gate, [rows, width]), t(&up, [rows, width]), t(&w, dims));
                 let y = if fused {
-                    swiglu_product(g.clone(), u.clone(), wt.clone(), layout, precision)
+                    swiglu_product(
+                        g.clone(),
+                        u.clone(),
+                        wt.clone(),
+                        layout,
+                        precision,
+                        Activations::TwoParts,
+                    )
                 } else {
                     let act = swiglu(
                         g.clone().unsqueeze_dim::<3>(0),

@@ -7,6 +7,7 @@ use super::{DeviceArg, deterministic_tokens, is_cpu, on_bench_device};
 use burn::backend::Autodiff;
 use clap::Args;
 use distillery_ops::backend::{ComputeBackend, OnBackend};
+use distillery_ops::kernels::Precision;
 use distillery_ops::kernels::kd::{KdLoss, KdSpec};
 use distillery_ops::model::Llama;
 use distillery_ops::model::config::LlamaConfig;
@@ -37,7 +38,7 @@ pub struct DistillArgs {
     /// The matrix products' arithmetic, teacher and student: `f32`, or
     /// `bf16` where the device has a fast path (AMX tiles, CUDA).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
-    precision: distillery_ops::kernels::Precision,
+    precision: Precision,
     /// The device's peak rate in TFLOP/s, to print the model FLOPs
     /// utilization against (e.g. its dense bf16 figure).
     #[arg(long)]
@@ -46,6 +47,27 @@ pub struct DistillArgs {
     /// `distill` op's `head_chunk_rows`); default: all at once.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     head_chunk_rows: Option<u64>,
+    /// How the teacher's forward carries its activations into bf16
+    /// products (the `distill` op's `teacher_activations`): `two-parts`,
+    /// or `rounded` once, as PyTorch's autocast does.
+    #[arg(long, value_enum, default_value = "two-parts")]
+    teacher_activations: TeacherActivations,
+}
+
+/// [`distillery_ops::kernels::Activations`] as the command line names it.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TeacherActivations {
+    TwoParts,
+    Rounded,
+}
+
+impl From<TeacherActivations> for distillery_ops::kernels::Activations {
+    fn from(a: TeacherActivations) -> Self {
+        match a {
+            TeacherActivations::TwoParts => Self::TwoParts,
+            TeacherActivations::Rounded => Self::Rounded,
+        }
+    }
 }
 
 /// The learning rate of the timed steps (its value does not change their
@@ -105,7 +127,14 @@ fn forward_flops_per_token(config: &LlamaConfig, seq: usize) -> f64 {
 
 fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyhow::Result<()> {
     let sync = |device: &B::Device| B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"));
-    let teacher = bench_model::<B>(&args.teacher, &device)?.with_precision(args.precision);
+    anyhow::ensure!(
+        matches!(args.teacher_activations, TeacherActivations::TwoParts)
+            || args.precision == Precision::Bf16,
+        "--teacher-activations applies only to bf16 products: add --precision bf16"
+    );
+    let teacher = bench_model::<B>(&args.teacher, &device)?
+        .with_precision(args.precision)
+        .with_activations(args.teacher_activations.into());
     let student: Llama<Autodiff<B>> = match &args.student {
         Some(path) => bench_model(path, &device)?,
         None => Llama::from_state_dict(teacher.config.clone(), teacher.to_state_dict(), &device)?,
@@ -119,12 +148,22 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
     );
     let cpu = is_cpu::<B>();
     println!(
-        "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; products in {}; attention in {}; {}",
+        "teacher {:.1}M, student {:.1}M parameters; {} rows x {} tokens per step; products in {}{}; attention in {}; {}",
         teacher.config.num_parameters() as f64 / 1e6,
         student.config.num_parameters() as f64 / 1e6,
         args.rows,
         args.seq,
         distillery_ops::kernels::matmul::arithmetic::<B>(&device, args.precision),
+        match (
+            <B as distillery_ops::kernels::MatmulOps>::product_precision(&device, args.precision),
+            args.teacher_activations,
+        ) {
+            (Precision::Bf16, TeacherActivations::Rounded) =>
+                ", the teacher's activations rounded once",
+            (Precision::Bf16, TeacherActivations::TwoParts) =>
+                ", the teacher's activations in two parts",
+            _ => "",
+        },
         <B as distillery_ops::kernels::AttentionOps>::attention_arithmetic(
             &device,
             [args.seq, args.seq, student.config.head_dim],
