@@ -52,7 +52,9 @@ pub trait RowOps: Backend {
         float(composite::rope::<Self>(tensor(x), tensor(cos), tensor(sin)))
     }
 
-    /// `silu(gate) * up`, both `[batch, seq, width]`.
+    /// `silu(gate) * up` of two tensors of one shape: `[batch, seq, width]`
+    /// in the model, `[rows, width]` before a product
+    /// (`kernels::product_inputs`).
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         float(silu(tensor::<Self, 3>(gate)) * tensor::<Self, 3>(up))
     }
