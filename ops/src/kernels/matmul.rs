@@ -242,17 +242,16 @@ pub(super) fn f32_backward<B: Backend>(
     (dx, dw)
 }
 
-/// Panics unless `x`'s width is the weight's input size.
-fn assert_fits<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, layout: WeightLayout) {
+/// Panics unless rows of `width` fit the weight's input size.
+pub(super) fn assert_fits<B: Backend>(width: usize, weight: &Tensor<B, 2>, layout: WeightLayout) {
     let inner = match layout {
         WeightLayout::InOut => weight.dims()[0],
         WeightLayout::OutIn => weight.dims()[1],
     };
     assert_eq!(
-        x.dims()[1],
+        width,
         inner,
-        "matmul: inputs {:?} for a weight {:?} stored {layout:?}",
-        x.dims(),
+        "matmul: inputs of width {width} for a weight {:?} stored {layout:?}",
         weight.dims()
     );
 }
@@ -264,7 +263,7 @@ pub fn linear_matmul<B: MatmulOps>(
     layout: WeightLayout,
     precision: Precision,
 ) -> Tensor<B, 2> {
-    assert_fits(&x, &weight, layout);
+    assert_fits(x.dims()[1], &weight, layout);
     Tensor::from_primitive(TensorPrimitive::Float(B::linear_matmul(
         x.into_primitive().tensor(),
         weight.into_primitive().tensor(),
@@ -283,7 +282,7 @@ pub fn linear_matmul_shared<B: MatmulOps, const N: usize>(
     precision: Precision,
 ) -> [Tensor<B, 2>; N] {
     for w in &weights {
-        assert_fits(&x, w, layout);
+        assert_fits(x.dims()[1], w, layout);
     }
     let weights = weights.map(|w| w.into_primitive().tensor()).into();
     let products = B::linear_matmul_shared(x.into_primitive().tensor(), weights, layout, precision);
@@ -327,14 +326,46 @@ pub fn linear_matmul_shared_as<B: MatmulOps, const N: usize>(
         return linear_matmul_shared(x, weights, layout, precision);
     }
     for w in &weights {
-        assert_fits(&x, w, layout);
+        assert_fits(x.dims()[1], w, layout);
     }
     let dtype = x.dtype();
-    let x = B::trained_operand(x.into_primitive().tensor(), precision);
-    weights.map(|w| {
-        let y = B::linear_matmul_trained(x.clone(), w.into_primitive().tensor(), layout, precision);
-        Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).cast(dtype)
-    })
+    let weights = weights.map(|w| w.into_primitive().tensor()).into();
+    let ys = shared_products_as::<B>(
+        x.into_primitive().tensor(),
+        weights,
+        layout,
+        precision,
+        activations,
+    );
+    let ys: Vec<Tensor<B, 2>> = ys
+        .into_iter()
+        .map(|y| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).cast(dtype))
+        .collect();
+    ys.try_into()
+        .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()))
+}
+
+/// One input's inference products with `weights`, the activations carried
+/// as `activations` says: [`MatmulOps::linear_matmul_shared`] (two parts),
+/// or rounded once for all of them and each product a training step's
+/// ([`MatmulOps::linear_matmul_trained`]).
+pub(super) fn shared_products_as<B: MatmulOps>(
+    x: FloatTensor<B>,
+    weights: Vec<FloatTensor<B>>,
+    layout: WeightLayout,
+    precision: Precision,
+    activations: Activations,
+) -> Vec<FloatTensor<B>> {
+    match activations {
+        Activations::TwoParts => B::linear_matmul_shared(x, weights, layout, precision),
+        Activations::Rounded => {
+            let x = B::trained_operand(x, precision);
+            weights
+                .into_iter()
+                .map(|w| B::linear_matmul_trained(x.clone(), w, layout, precision))
+                .collect()
+        }
+    }
 }
 
 /// Under autodiff, an f32 product is Burn's own matmul and its backward

@@ -16,7 +16,9 @@
 //! backward from its inputs; its result is the rounded operand, which the
 //! products' nodes read as it is and send an f32 gradient.
 
-use super::matmul::{Activations, MatmulOps, Precision, WeightLayout, linear_matmul_as};
+use super::matmul::{
+    Activations, MatmulOps, Precision, WeightLayout, assert_fits, shared_products_as,
+};
 use super::rows::RowOps;
 use super::{float, tensor};
 use burn::tensor::Tensor;
@@ -49,7 +51,7 @@ pub trait ProductInputOps: RowOps + MatmulOps {
     }
 
     /// `swiglu(gate, up)` (both `[rows, width]`) times the weight (stored
-    /// as `layout`), in `precision`: what [`linear_matmul_as`] gives of
+    /// as `layout`), in `precision`: what [`super::matmul::linear_matmul_as`] gives of
     /// [`RowOps::swiglu`]'s result, as
     /// [`ProductInputOps::rms_norm_products`] is RMSNorm's.
     fn swiglu_product(
@@ -95,15 +97,8 @@ pub(super) fn composed_rms_norm_products<B: RowOps + MatmulOps>(
     precision: Precision,
     activations: Activations,
 ) -> Vec<FloatTensor<B>> {
-    let normed: Tensor<B, 2> = tensor(B::rms_norm(x, norm_weight, eps));
-    if activations == Activations::TwoParts {
-        return B::linear_matmul_shared(float(normed), weights, layout, precision);
-    }
-    let x = B::trained_operand(float(normed), precision);
-    weights
-        .into_iter()
-        .map(|w| B::linear_matmul_trained(x.clone(), w, layout, precision))
-        .collect()
+    let normed = B::rms_norm(x, norm_weight, eps);
+    shared_products_as::<B>(normed, weights, layout, precision, activations)
 }
 
 /// [`ProductInputOps::swiglu_product`] as its two ops.
@@ -115,14 +110,9 @@ pub(super) fn composed_swiglu_product<B: RowOps + MatmulOps>(
     precision: Precision,
     activations: Activations,
 ) -> FloatTensor<B> {
-    let act: Tensor<B, 2> = tensor(B::swiglu(gate, up));
-    float(linear_matmul_as(
-        act,
-        tensor(weight),
-        layout,
-        precision,
-        activations,
-    ))
+    let act = B::swiglu(gate, up);
+    let mut ys = shared_products_as::<B>(act, vec![weight], layout, precision, activations);
+    ys.pop().expect("one product")
 }
 
 /// `rms_norm(x, norm_weight)` (`x: [rows, hidden]`) times each of
@@ -192,24 +182,6 @@ pub fn swiglu_product<B: ProductInputOps>(
         precision,
         activations,
     ))
-}
-
-/// Panics unless rows of `width` fit the weight's input size.
-fn assert_fits<B: burn::tensor::backend::Backend>(
-    width: usize,
-    weight: &Tensor<B, 2>,
-    layout: WeightLayout,
-) {
-    let inner = match layout {
-        WeightLayout::InOut => weight.dims()[0],
-        WeightLayout::OutIn => weight.dims()[1],
-    };
-    assert_eq!(
-        width,
-        inner,
-        "a product of rows of {width} with a weight {:?} stored {layout:?}",
-        weight.dims()
-    );
 }
 
 impl ProductInputOps for burn::backend::Flex {}

@@ -11,7 +11,7 @@ use super::cache::KvCache;
 use super::capture::{Capture, ForwardOutput, LayerActivations, keep};
 use super::config::LlamaConfig;
 use super::decoder::DecoderLayer;
-use super::layers::RmsNorm;
+use super::layers::{Linear, RmsNorm};
 use super::rope::Rope;
 use crate::kernels::matmul::{Activations, linear_matmul_as};
 use crate::kernels::{Precision, WeightLayout};
@@ -118,21 +118,9 @@ impl<B: ModelBackend> Llama<B> {
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         for layer in &mut self.layers {
-            let attn = &mut layer.self_attn;
-            attn.precision = precision;
-            let mlp = &mut layer.mlp;
-            for linear in [
-                &mut attn.q_proj,
-                &mut attn.k_proj,
-                &mut attn.v_proj,
-                &mut attn.o_proj,
-                &mut mlp.gate_proj,
-                &mut mlp.up_proj,
-                &mut mlp.down_proj,
-            ] {
-                linear.precision = precision;
-            }
+            layer.self_attn.precision = precision;
         }
+        self.for_each_linear(|linear| linear.precision = precision);
         self
     }
 
@@ -142,6 +130,12 @@ impl<B: ModelBackend> Llama<B> {
     /// a teacher whose forward must be fast more than close to f32's).
     pub fn with_activations(mut self, activations: Activations) -> Self {
         self.activations = activations;
+        self.for_each_linear(|linear| linear.activations = activations);
+        self
+    }
+
+    /// `f` on every layer's linear maps (the head is the model's own).
+    fn for_each_linear(&mut self, mut f: impl FnMut(&mut Linear<B>)) {
         for layer in &mut self.layers {
             let (attn, mlp) = (&mut layer.self_attn, &mut layer.mlp);
             for linear in [
@@ -153,10 +147,9 @@ impl<B: ModelBackend> Llama<B> {
                 &mut mlp.up_proj,
                 &mut mlp.down_proj,
             ] {
-                linear.activations = activations;
+                f(linear);
             }
         }
-        self
     }
 
     /// The one forward path. Returns the final-norm hidden states and the
