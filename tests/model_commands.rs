@@ -1,6 +1,7 @@
 //! The model commands and ops on the real teacher (../shared/assets):
 //! `inspect`, `generate` (greedy output equals transformers'), and a recipe
-//! that loads the GGUF, stores it and exports it.
+//! that loads the GGUF, stores it and exports it; and `bench distill`'s
+//! check of its flags.
 
 mod common;
 
@@ -136,6 +137,25 @@ fn asking_for_cuda_without_it_is_a_clear_error() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `bench distill --teacher-activations rounded` means bf16 products: in
+/// f32 it would time nothing different, so it is refused before any model
+/// loads, with the flag that fixes it.
+#[test]
+fn bench_distill_refuses_teacher_activations_without_bf16() {
+    let out = distillery()
+        .args(["bench", "distill", "no-such-config.json"])
+        .args(["--teacher-activations", "rounded"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--teacher-activations") && err.contains("add --precision bf16"),
+        "{err}"
+    );
+    assert!(!err.contains("no-such-config"), "{err}");
 }
 
 #[test]

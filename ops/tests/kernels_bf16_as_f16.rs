@@ -12,7 +12,8 @@
 //! captures every activation, and so writes them in f32 first, bit for
 //! bit; with the activations rounded once (`Activations::Rounded`), they
 //! are a training forward's, bit for bit, and within f16's rounding of
-//! the reference.
+//! the reference, and again with the weights held rounded
+//! (`Llama::with_inference_weights`).
 //!
 //! One test in its own binary: the switch is read once, so it is set
 //! before anything reads it.
@@ -118,6 +119,48 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
         assert!(
             rounded != got,
             "{name}: the activations rounded once give the two parts' logits"
+        );
+
+        // The same model holding its weights as those products read them
+        // (a teacher's `with_inference_weights`): in f16, except a tied
+        // head (the embedding), and the same logits bit for bit.
+        let held = model
+            .clone()
+            .with_activations(Activations::Rounded)
+            .with_inference_weights();
+        let layer = &held.layers[0];
+        for (what, dtype) in [
+            ("q_proj", layer.self_attn.q_proj.weight.val().dtype()),
+            ("down_proj", layer.mlp.down_proj.weight.val().dtype()),
+            ("the head", held.head_weight().dtype()),
+            ("the embedding", held.embed_tokens.val().dtype()),
+            ("a norm", layer.input_layernorm.weight.val().dtype()),
+        ] {
+            let want = if what == "the embedding"
+                || what == "a norm"
+                || (what == "the head" && c.tie_word_embeddings)
+            {
+                DType::F32
+            } else {
+                DType::F16
+            };
+            assert_eq!(dtype, want, "{name}: {what} held in {dtype:?}");
+        }
+        let held_logits: Vec<f32> = held
+            .forward(tokens_tensor(&[&tokens], &device))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!(
+            held_logits == rounded,
+            "{name}: logits differ with the weights held rounded"
+        );
+        // Two parts stack each weight from f32: nothing is held rounded.
+        let two_parts = model.clone().with_inference_weights();
+        assert_eq!(
+            two_parts.layers[0].mlp.up_proj.weight.val().dtype(),
+            DType::F32,
+            "{name}: a two-part model's weight rounded"
         );
     }
 

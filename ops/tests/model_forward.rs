@@ -124,6 +124,30 @@ fn capture_only_what_is_asked() {
     }
 }
 
+/// The CPU's products round no operand ahead of time (AMX rounds as it
+/// packs), so a model holding its inference weights keeps them in f32 and
+/// its logits as they were. (`kernels_bf16_as_f16` checks a device that
+/// does round them.)
+#[test]
+fn inference_weights_on_the_cpu_stay_f32() {
+    use burn::tensor::DType;
+    use distillery_ops::kernels::{Activations, Precision};
+    let c = cfg_gqa();
+    let mut rng = Rng::new(12);
+    let model = build(&c, &random_weights(&c, &mut rng))
+        .with_precision(Precision::Bf16)
+        .with_activations(Activations::Rounded);
+    let tokens = rng.tokens(7, c.vocab_size);
+    let want = model_logits(&model, &[&tokens]);
+    let held = model.with_inference_weights();
+    assert_eq!(
+        held.layers[0].mlp.gate_proj.weight.val().dtype(),
+        DType::F32
+    );
+    assert_eq!(held.head_weight().dtype(), DType::F32);
+    assert_eq!(model_logits(&held, &[&tokens]), want);
+}
+
 #[test]
 fn hidden_states_then_head_equals_forward() {
     let c = cfg_odd_tied();

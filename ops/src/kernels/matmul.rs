@@ -345,6 +345,27 @@ pub fn linear_matmul_shared_as<B: MatmulOps, const N: usize>(
         .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()))
 }
 
+/// `weight` as inference products in `precision` with `activations` read
+/// it, for a model that only runs inference and may hold it so (a
+/// distillation's teacher): rounded once where those products round it
+/// ([`Activations::Rounded`]: [`MatmulOps::trained_operand`], a bf16 copy
+/// on CUDA, which each product then reads as it is), else itself (the two
+/// parts' products stack the weight from f32; f32 products read it as it
+/// is). The products' results are the same either way, bit for bit.
+pub fn inference_weight<B: MatmulOps>(
+    weight: Tensor<B, 2>,
+    precision: Precision,
+    activations: Activations,
+) -> Tensor<B, 2> {
+    match activations {
+        Activations::TwoParts => weight,
+        Activations::Rounded => Tensor::from_primitive(TensorPrimitive::Float(B::trained_operand(
+            weight.into_primitive().tensor(),
+            precision,
+        ))),
+    }
+}
+
 /// One input's inference products with `weights`, the activations carried
 /// as `activations` says: [`MatmulOps::linear_matmul_shared`] (two parts),
 /// or rounded once for all of them and each product a training step's

@@ -5,7 +5,9 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::ModelBackend;
-use crate::kernels::matmul::{Activations, linear_matmul_as, linear_matmul_shared_as};
+use crate::kernels::matmul::{
+    Activations, inference_weight, linear_matmul_as, linear_matmul_shared_as,
+};
 use crate::kernels::{Precision, WeightLayout, rms_norm, rms_norm_products, swiglu_product};
 
 /// `y = x W + b` with `W: [in, out]`.
@@ -46,6 +48,17 @@ impl<B: Backend> Linear<B> {
 }
 
 impl<B: ModelBackend> Linear<B> {
+    /// Holds the weight as this layer's inference products read it
+    /// ([`inference_weight`]: rounded once where they round it), so that
+    /// no forward rounds it again. For a layer that only runs inference.
+    pub fn hold_inference_weight(&mut self) {
+        let (precision, activations) = (self.precision, self.activations);
+        self.weight = self
+            .weight
+            .clone()
+            .map(|w| inference_weight(w, precision, activations));
+    }
+
     /// `x: [batch, seq, in]` -> `[batch, seq, out]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, d_in] = x.dims();

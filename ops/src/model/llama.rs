@@ -13,7 +13,7 @@ use super::config::LlamaConfig;
 use super::decoder::DecoderLayer;
 use super::layers::{Linear, RmsNorm};
 use super::rope::Rope;
-use crate::kernels::matmul::{Activations, linear_matmul_as};
+use crate::kernels::matmul::{Activations, inference_weight, linear_matmul_as};
 use crate::kernels::{Precision, WeightLayout};
 
 /// `LlamaForCausalLM`. Build it with [`Llama::from_state_dict`] or
@@ -131,6 +131,26 @@ impl<B: ModelBackend> Llama<B> {
     pub fn with_activations(mut self, activations: Activations) -> Self {
         self.activations = activations;
         self.for_each_linear(|linear| linear.activations = activations);
+        self
+    }
+
+    /// The model with its products' weights held as its inference
+    /// products read them ([`Linear::hold_inference_weight`]): where they
+    /// round their operands once (bf16 with [`Activations::Rounded`] on
+    /// CUDA), a bf16 copy in place of each f32 weight, so that a forward
+    /// rounds none of them and the weights take half the memory. The
+    /// logits are the same, bit for bit. A tied head stays f32: it is the
+    /// embedding, which the forward looks rows up in.
+    ///
+    /// For a model that only runs inference, such as a distillation's
+    /// teacher: a model trained afterwards would update the rounded
+    /// weights.
+    pub fn with_inference_weights(mut self) -> Self {
+        self.for_each_linear(Linear::hold_inference_weight);
+        let (precision, activations) = (self.precision, self.activations);
+        self.lm_head = self
+            .lm_head
+            .map(|head| head.map(|w| inference_weight(w, precision, activations)));
         self
     }
 

@@ -332,7 +332,8 @@ impl OnBackend for Task<'_, '_> {
         let (teacher, _) = Llama::<B>::load_hf(ctx.input("teacher")?, &device)?;
         let teacher = teacher
             .with_precision(p.train.precision)
-            .with_activations(p.teacher_activations);
+            .with_activations(p.teacher_activations)
+            .with_inference_weights();
         let tv = teacher.config.vocab_size;
         if tv != sv && !p.truncate_vocab {
             bail!(

@@ -12,6 +12,7 @@ use super::data::MicroBatch;
 use crate::backend::ComputeBackend;
 use crate::kernels::kd::{KdSpec, kd_loss, kd_loss_sparse};
 use crate::kernels::linear_kd::{LinearKd, TeacherRows, linear_kd_loss};
+use crate::kernels::matmul::inference_weight;
 use crate::model::Llama;
 use crate::teacher_logits::TeacherLogitsStore;
 use crate::teacher_logits::batch::sparse_teacher;
@@ -136,11 +137,14 @@ impl<B: ComputeBackend> Objective<B> for Distillation<B> {
         if let Some(chunk_rows) = self.head_chunk_rows {
             let hidden = self.teacher.hidden_states(batch.inputs.clone());
             let [rows, seq, width] = hidden.dims();
+            let (precision, activations) = (self.teacher.precision, self.teacher.activations);
             let teacher = TeacherRows::Head {
                 hidden: hidden.reshape([rows * seq, width]),
-                head: self.teacher.head_weight(),
-                precision: self.teacher.precision,
-                activations: self.teacher.activations,
+                // Rounded once for every chunk, where the products round
+                // it (a tied head is held in f32).
+                head: inference_weight(self.teacher.head_weight(), precision, activations),
+                precision,
+                activations,
             };
             return Ok(chunked(
                 student,

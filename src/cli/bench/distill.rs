@@ -140,6 +140,8 @@ fn distill_on<B: ComputeBackend>(device: B::Device, args: &DistillArgs) -> anyho
         None => Llama::from_state_dict(teacher.config.clone(), teacher.to_state_dict(), &device)?,
     }
     .with_precision(args.precision);
+    // After the student, which may start from the teacher's f32 weights.
+    let teacher = teacher.with_inference_weights();
     let vocab = teacher.config.vocab_size;
     anyhow::ensure!(
         student.config.vocab_size == vocab,
