@@ -13,7 +13,8 @@
 //! bit; with the activations rounded once (`Activations::Rounded`), they
 //! are a training forward's, bit for bit, and within f16's rounding of
 //! the reference, and again with the weights held rounded
-//! (`Llama::with_inference_weights`).
+//! (`Llama::with_inference_weights`), as is a distillation loss with the
+//! heads in chunks from such a teacher, and its gradient.
 //!
 //! One test in its own binary: the switch is read once, so it is set
 //! before anything reads it.
@@ -26,11 +27,15 @@ mod product_inputs_support;
 use burn::backend::Autodiff;
 use burn::tensor::DType;
 use cube_support::{Cube, device};
+use distillery_ops::kernels::kd::{KdLoss, KdSpec};
 use distillery_ops::kernels::{Activations, MatmulOps, Precision};
 use distillery_ops::model::{Capture, Llama, tokens_tensor};
+use distillery_ops::train::data::{MicroBatch, TrainRow};
+use distillery_ops::train::{Distillation, Objective};
 use matmul_support::{check_products, check_shared, check_training, runs_bf16};
 use model_support::{
-    Rng, all_configs, cfg_gqa, random_weights, reference_forward, rel_err, rel_err_f32,
+    Rng, all_configs, cfg_gqa, cfg_odd_tied, random_weights, reference_forward, rel_err,
+    rel_err_f32,
 };
 
 #[test]
@@ -161,6 +166,70 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
             two_parts.layers[0].mlp.up_proj.weight.val().dtype(),
             DType::F32,
             "{name}: a two-part model's weight rounded"
+        );
+    }
+
+    // A distillation loss with the heads in chunks, from a teacher whose
+    // activations are rounded once: its head (tied: rounded once a step for
+    // every chunk; untied: held rounded) gives the loss and the student's
+    // gradient of a teacher holding f32 weights, bit for bit.
+    for (name, c) in [("tied", cfg_odd_tied()), ("untied", cfg_gqa())] {
+        let mut rng = Rng::new(31);
+        let teacher =
+            Llama::<Cube>::from_state_dict(c.clone(), random_weights(&c, &mut rng), &device)
+                .expect("model builds")
+                .with_precision(Precision::Bf16)
+                .with_activations(Activations::Rounded);
+        let student_sd = random_weights(&c, &mut rng);
+        let tokens = [rng.tokens(8, c.vocab_size), rng.tokens(8, c.vocab_size)];
+        let rows: Vec<TrainRow> = tokens
+            .iter()
+            .enumerate()
+            .map(|(index, t)| TrainRow {
+                index,
+                tokens: t,
+                mask: None,
+            })
+            .collect();
+        let batch = MicroBatch::<Cube>::new(&rows, 1.0 / 14.0, &device);
+        let loss_and_grad = |teacher: Llama<Cube>| {
+            let objective = Distillation {
+                teacher,
+                spec: KdSpec {
+                    loss: KdLoss::ForwardKl,
+                    temperature: 1.0,
+                    tau_squared: false,
+                },
+                ce_weight: 0.0,
+                vocab: c.vocab_size,
+                head_chunk_rows: Some(5),
+            };
+            let student =
+                Llama::<Autodiff<Cube>>::from_state_dict(c.clone(), student_sd.clone(), &device)
+                    .expect("model builds")
+                    .with_precision(Precision::Bf16);
+            let loss = objective.loss(&student, &batch).expect("a loss");
+            let grads = loss.backward();
+            let grad = student.layers[0]
+                .mlp
+                .up_proj
+                .weight
+                .grad(&grads)
+                .expect("a gradient");
+            (
+                loss.into_data().to_vec::<f32>().unwrap(),
+                grad.into_data().to_vec::<f32>().unwrap(),
+            )
+        };
+        let (want_loss, want_grad) = loss_and_grad(teacher.clone());
+        let (loss, grad) = loss_and_grad(teacher.with_inference_weights());
+        assert!(
+            want_loss[0].is_finite() && want_loss[0] > 0.0,
+            "{name}: {want_loss:?}"
+        );
+        assert!(
+            loss == want_loss && grad == want_grad,
+            "{name}: the chunked loss or its gradient differ with the teacher's weights held rounded"
         );
     }
 
