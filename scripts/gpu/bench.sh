@@ -42,13 +42,16 @@ done
 # (its first call of each product shape times the candidate kernels), and
 # the tuning's launches would be profiled too: an unprofiled step first
 # tunes every shape and leaves the choices in CubeCL's cache (target/).
-want profile && for p in f32 bf16; do
+# bf16 runs twice: the teacher's activations in two parts (the default),
+# then rounded once (whose teacher holds its weights rounded: no casts).
+want profile && for p in f32 bf16 "bf16 --teacher-activations rounded"; do
+    name=${p// --teacher-activations /-}
     run distillery bench distill $teacher --student $student --device cuda \
         --rows 8 --seq 512 --steps 1 --precision $p | tail -n 1
-    CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=/tmp/profile-$p.log \
+    CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=/tmp/profile-$name.log \
         run distillery bench distill $teacher --student $student --device cuda \
         --rows 8 --seq 512 --steps 2 --precision $p
-    python3 scripts/gpu/kernel_profile.py /tmp/profile-$p.log --steps 3 --kernels | tee "$OUT/profile-$p.md"
+    python3 scripts/gpu/kernel_profile.py /tmp/profile-$name.log --steps 3 --kernels | tee "$OUT/profile-$name.md"
 done
 
 # 1b. The attention op alone at the MFU run's shape (SmolLM2's 9 heads on
