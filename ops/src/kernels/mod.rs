@@ -121,7 +121,9 @@ pub use matmul::{
 pub use matmul_cube::{rounded_product, rounded_product_backward};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use matmul_parts_cube::{activation_parts, parts_product, two_part_product};
-pub use product_inputs::{ProductInputOps, rms_norm_products, swiglu_product};
+pub use product_inputs::{
+    ProductInputOps, rms_norm_products, sum_rms_norm_products, swiglu_product,
+};
 pub use rows::{RowOps, rms_norm, rope, swiglu};
 
 /// Whether CubeCL autotunes the matrix products and reductions of the GPU

@@ -1,6 +1,7 @@
 //! Row ops that write their result as the products after them read it
 //! ([`ProductInputOps`]): RMSNorm before a layer's q, k and v projections
-//! (and before gate and up), SwiGLU before down.
+//! (and before gate and up), also of a residual add it sums as it reads
+//! it, and SwiGLU before down.
 //!
 //! Where the products round their input (CUDA under `precision: bf16`,
 //! `matmul_cube`), the row op's f32 result is written, read back once to
@@ -48,6 +49,35 @@ pub trait ProductInputOps: RowOps + MatmulOps {
             precision,
             activations,
         )
+    }
+
+    /// `x + delta` (both `[rows, hidden]`: a residual add) and
+    /// [`ProductInputOps::rms_norm_products`] of that sum:
+    /// `(sum, products)`. Where the norm is a kernel of its own, it adds
+    /// the two as it reads them and writes the sum in the same pass, which
+    /// a pass of its own would write and the norm read back.
+    #[allow(clippy::too_many_arguments)]
+    fn sum_rms_norm_products(
+        x: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        eps: f32,
+        weights: Vec<FloatTensor<Self>>,
+        layout: WeightLayout,
+        precision: Precision,
+        activations: Activations,
+    ) -> (FloatTensor<Self>, Vec<FloatTensor<Self>>) {
+        let sum = Self::float_add(x, delta);
+        let products = Self::rms_norm_products(
+            sum.clone(),
+            norm_weight,
+            eps,
+            weights,
+            layout,
+            precision,
+            activations,
+        );
+        (sum, products)
     }
 
     /// `swiglu(gate, up)` (both `[rows, width]`) times the weight (stored
@@ -152,6 +182,54 @@ pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
     products
         .try_into()
         .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()))
+}
+
+/// `x + delta` (both `[rows, hidden]`: a residual add) and
+/// [`rms_norm_products`] of that sum, the sum written by the pass that
+/// normalizes it ([`ProductInputOps::sum_rms_norm_products`]):
+/// `(sum, products)`.
+#[allow(clippy::too_many_arguments)]
+pub fn sum_rms_norm_products<B: ProductInputOps, const N: usize>(
+    x: Tensor<B, 2>,
+    delta: Tensor<B, 2>,
+    norm_weight: Tensor<B, 1>,
+    eps: f32,
+    weights: [Tensor<B, 2>; N],
+    layout: WeightLayout,
+    precision: Precision,
+    activations: Activations,
+) -> (Tensor<B, 2>, [Tensor<B, 2>; N]) {
+    assert_eq!(
+        x.dims(),
+        delta.dims(),
+        "RMSNorm of a sum before products: x and delta differ in shape"
+    );
+    let hidden = x.dims()[1];
+    assert_eq!(
+        norm_weight.dims(),
+        [hidden],
+        "RMSNorm before products: {:?} norm weights for rows of {hidden}",
+        norm_weight.dims()
+    );
+    for w in &weights {
+        assert_fits(hidden, w, layout);
+    }
+    let weights = weights.map(float).into();
+    let (sum, products) = B::sum_rms_norm_products(
+        float(x),
+        float(delta),
+        float(norm_weight),
+        eps,
+        weights,
+        layout,
+        precision,
+        activations,
+    );
+    let products: Vec<Tensor<B, 2>> = products.into_iter().map(tensor).collect();
+    let products = products
+        .try_into()
+        .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()));
+    (tensor(sum), products)
 }
 
 /// `swiglu(gate, up)` (both `[rows, width]`) times the weight (stored as

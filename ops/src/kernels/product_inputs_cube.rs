@@ -4,15 +4,20 @@
 //! (`rows_cube`'s `rms_norm_as`, `swiglu_as`): rounded once for a training
 //! step's products and for inference's with [`Activations::Rounded`], or as
 //! the two parts `[hi | lo]` the inference product reads by default
-//! (`matmul_parts_cube::parts_product`). Elsewhere, the two ops.
+//! (`matmul_parts_cube::parts_product`). Elsewhere, the two ops. RMSNorm
+//! of a residual add sums it as it reads it and writes the sum, in f32 as
+//! the add would (`rows_cube`'s `sum_rms_norm_as`), whatever the products'
+//! arithmetic.
 
 use super::cube_common::to_dtype;
-use super::matmul::{Activations, Precision, WeightLayout};
+use super::matmul::{Activations, Precision, WeightLayout, shared_products_as};
 use super::matmul_cube::{reduced, rounded_product};
 use super::matmul_parts_cube::parts_product;
 use super::product_inputs::{ProductInputOps, composed_rms_norm_products, composed_swiglu_product};
 use super::rows::RowOps;
-use super::rows_cube::{rms_norm_as, swiglu_as};
+use super::rows_cube::{rms_norm_as, sum_rms_norm_as, swiglu_as};
+use burn::tensor::DType;
+use burn::tensor::ops::FloatTensorOps;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -50,6 +55,50 @@ where
             .into_iter()
             .map(|w| to_dtype(product(operand.clone(), w, layout, reduced, parts), dtype))
             .collect()
+    }
+
+    fn sum_rms_norm_products(
+        x: CubeTensor<R>,
+        delta: CubeTensor<R>,
+        norm_weight: CubeTensor<R>,
+        eps: f32,
+        weights: Vec<CubeTensor<R>>,
+        layout: WeightLayout,
+        precision: Precision,
+        activations: Activations,
+    ) -> (CubeTensor<R>, Vec<CubeTensor<R>>) {
+        if x.dtype != DType::F32 || delta.dtype != DType::F32 {
+            // The composition adds in the inputs' dtype; the kernel in f32.
+            let sum = Self::float_add(x, delta);
+            let products = Self::rms_norm_products(
+                sum.clone(),
+                norm_weight,
+                eps,
+                weights,
+                layout,
+                precision,
+                activations,
+            );
+            return (sum, products);
+        }
+        let Some(reduced) = reduced::<Self>(&x.device, precision) else {
+            let (sum, normed) = sum_rms_norm_as(x, delta, norm_weight, eps, DType::F32, false);
+            let products =
+                shared_products_as::<Self>(normed, weights, layout, precision, activations);
+            return (sum, products);
+        };
+        let parts = activations == Activations::TwoParts;
+        let (sum, operand) = sum_rms_norm_as(x, delta, norm_weight, eps, reduced, parts);
+        let products = weights
+            .into_iter()
+            .map(|w| {
+                to_dtype(
+                    product(operand.clone(), w, layout, reduced, parts),
+                    DType::F32,
+                )
+            })
+            .collect();
+        (sum, products)
     }
 
     fn swiglu_product(

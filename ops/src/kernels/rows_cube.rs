@@ -7,7 +7,8 @@
 //! 2,906; docs/BENCHMARKS.md). Here each is one pass:
 //!
 //! - `rms_norm_rows`: one cube per row holds the row in registers, sums its
-//!   squares across the cube, and writes `x r w`.
+//!   squares across the cube, and writes `x r w`; or of `x + delta` (a
+//!   residual add, for the products after it), writing the sum as well.
 //! - the backward, three launches: `rms_norm_backward_rows` (a cube per row:
 //!   both row sums, `dx`, and the row's `r` for the next pass),
 //!   `weighted_column_partials` (a unit per column vector and chunk of rows:
@@ -56,12 +57,16 @@ fn cube_index() -> u32 {
 /// `y[row] = x[row] r w`, `r = 1 / sqrt(mean(x[row]^2) + eps)`, a cube per
 /// row of `row_vectors` vectors, each unit holding `per_unit` of them;
 /// written in `E` ([`write_as`]: f32 as computed, a product's rounded
-/// operand, or its two parts).
+/// operand, or its two parts). With `summed`, the row is `x + delta`
+/// (a residual add), which is also written to `sum`; without, `delta` and
+/// `sum` are not read or written.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn rms_norm_rows<E: Float, N: Size>(
     x: &Tensor<Vector<f32, N>>,
+    delta: &Tensor<Vector<f32, N>>,
     w: &Tensor<Vector<f32, N>>,
+    sum: &mut Tensor<Vector<f32, N>>,
     y: &mut Tensor<Vector<E, N>>,
     rows: u32,
     hidden: f32,
@@ -70,6 +75,7 @@ fn rms_norm_rows<E: Float, N: Size>(
     #[comptime] per_unit: usize,
     #[comptime] levels: u32,
     #[comptime] parts: bool,
+    #[comptime] summed: bool,
     #[define(E)] _dtype: StorageType,
 ) {
     let row = cube_index();
@@ -85,7 +91,12 @@ fn rms_norm_rows<E: Float, N: Size>(
         let i = UNIT_POS_X + (k as u32) * CUBE_DIM_X;
         values[k] = zero;
         if live && i < row_vectors {
-            let v = x[(base + i) as usize];
+            let at = (base + i) as usize;
+            let mut v = x[at];
+            if comptime!(summed) {
+                v += delta[at];
+                sum[at] = v;
+            }
             values[k] = v;
             squares += v * v;
         }
@@ -379,6 +390,39 @@ pub(super) fn rms_norm_as<R: CubeRuntime>(
     dtype: DType,
     parts: bool,
 ) -> CubeTensor<R> {
+    norm_rows(x, None, weight, eps, dtype, parts).1
+}
+
+/// [`rms_norm_as`] of the sum `x + delta` (both `[rows, hidden]`, a
+/// residual add), in the same pass: `(x + delta` in f32, its norm as
+/// [`rms_norm_as`] writes it`)`. The sum is the f32 add's, bit for bit.
+pub(super) fn sum_rms_norm_as<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    delta: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    eps: f32,
+    dtype: DType,
+    parts: bool,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    assert_eq!(
+        x.shape(),
+        delta.shape(),
+        "RMSNorm of a sum: x and delta differ in shape"
+    );
+    let (sum, y) = norm_rows(x, Some(delta), weight, eps, dtype, parts);
+    (sum.expect("a sum asked for"), y)
+}
+
+/// [`rms_norm_rows`]' launch: the norm of `x` (or of `x + delta`, returned
+/// too) in `dtype`, as [`rms_norm_as`] says.
+fn norm_rows<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    delta: Option<CubeTensor<R>>,
+    weight: CubeTensor<R>,
+    eps: f32,
+    dtype: DType,
+    parts: bool,
+) -> (Option<CubeTensor<R>>, CubeTensor<R>) {
     let [rows, hidden]: [usize; 2] = x.shape().dims();
     let (x, weight) = (f32_contiguous(x), f32_contiguous(weight));
     let out_hidden = if parts { 2 * hidden } else { hidden };
@@ -388,6 +432,11 @@ pub(super) fn rms_norm_as<R: CubeRuntime>(
         Shape::new([rows, out_hidden]),
         dtype,
     );
+    let summed = delta.is_some();
+    // Without a sum the kernel reads `delta` and writes `sum` nowhere: `x`
+    // stands in for the one, a buffer of one row for the other.
+    let delta = delta.map_or_else(|| x.clone(), f32_contiguous);
+    let sum = empty_f32(&x, Shape::new([if summed { rows } else { 1 }, hidden]));
     if rows > 0 && hidden > 0 {
         as_index(rows * hidden, "RMSNorm");
         let client = x.client.clone();
@@ -400,7 +449,9 @@ pub(super) fn rms_norm_as<R: CubeRuntime>(
             CubeDim::new_1d(cube),
             width,
             x.into_tensor_arg(),
+            delta.into_tensor_arg(),
             weight.into_tensor_arg(),
+            sum.clone().into_tensor_arg(),
             y.clone().into_tensor_arg(),
             rows as u32,
             hidden as f32,
@@ -409,10 +460,11 @@ pub(super) fn rms_norm_as<R: CubeRuntime>(
             per_unit,
             levels,
             parts,
+            summed,
             dtype.into(),
         );
     }
-    y
+    (summed.then_some(sum), y)
 }
 
 fn rms_norm_backward<R: CubeRuntime>(
@@ -652,10 +704,10 @@ where
     }
 }
 
-/// [`rms_norm_rows`] and [`swiglu_vectors`] writing bf16 (rounded, and in
-/// two parts) with vectors of `width`, as CUDA C++ for `arch`
-/// (`kernels::cuda_source`): on CUDA they write bf16, which lavapipe
-/// cannot.
+/// [`rms_norm_rows`] (of a row, and of a sum) and [`swiglu_vectors`]
+/// writing bf16 (rounded, and in two parts) with vectors of `width`, as
+/// CUDA C++ for `arch` (`kernels::cuda_source`): on CUDA they write bf16,
+/// which lavapipe cannot.
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
 pub(super) fn bf16_writers_cuda_source(
     width: usize,
@@ -669,33 +721,40 @@ pub(super) fn bf16_writers_cuda_source(
     let cube = 256u32;
     for parts in [false, true] {
         use rms_norm_rows::{_E, _N, E, N, RmsNormRows};
-        let mut at = Capture::new(CubeDim::new_1d(cube), |scope| {
-            scope.register_type::<DynamicScalar<_E>>(dtype);
-            scope.register_size::<DynamicSize<_N>>(width);
-        });
-        let x = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
-        let w = at.tensor::<Tensor<Vector<f32, N>>>(&[hidden]);
-        let out_hidden = if parts { 2 * hidden } else { hidden };
-        let y = at.tensor::<Tensor<Vector<E, N>>>(&[rows, out_hidden]);
-        let kernel = RmsNormRows::<cubecl::wgpu::WgpuRuntime>::new(
-            at.settings.clone(),
-            at.client.clone(),
-            x,
-            w,
-            y,
-            // rows, hidden, eps: scalars have no compilation argument.
-            (),
-            (),
-            (),
-            width,
-            row_vectors as u32,
-            row_vectors.div_ceil(cube as usize),
-            cube.trailing_zeros(),
-            parts,
-            dtype,
-        );
-        let label = format!("rms_norm_rows bf16 width{width} parts{parts}");
-        sources.push(compile_for_cuda(label, kernel, arch)?);
+        for summed in [false, true] {
+            let mut at = Capture::new(CubeDim::new_1d(cube), |scope| {
+                scope.register_type::<DynamicScalar<_E>>(dtype);
+                scope.register_size::<DynamicSize<_N>>(width);
+            });
+            let x = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+            let delta = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+            let w = at.tensor::<Tensor<Vector<f32, N>>>(&[hidden]);
+            let sum = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+            let out_hidden = if parts { 2 * hidden } else { hidden };
+            let y = at.tensor::<Tensor<Vector<E, N>>>(&[rows, out_hidden]);
+            let kernel = RmsNormRows::<cubecl::wgpu::WgpuRuntime>::new(
+                at.settings.clone(),
+                at.client.clone(),
+                x,
+                delta,
+                w,
+                sum,
+                y,
+                // rows, hidden, eps: scalars have no compilation argument.
+                (),
+                (),
+                (),
+                width,
+                row_vectors as u32,
+                row_vectors.div_ceil(cube as usize),
+                cube.trailing_zeros(),
+                parts,
+                summed,
+                dtype,
+            );
+            let label = format!("rms_norm_rows bf16 width{width} parts{parts} summed{summed}");
+            sources.push(compile_for_cuda(label, kernel, arch)?);
+        }
     }
     for parts in [false, true] {
         use swiglu_vectors::{_E, _N, E, N, SwigluVectors};

@@ -1,4 +1,5 @@
-//! One pre-norm decoder layer: `h = x + attn(norm(x)); out = h + mlp(norm(h))`.
+//! One pre-norm decoder layer: `h = x + attn(norm(x)); out = h + mlp(norm(h))`,
+//! each residual add summed by the RMSNorm that reads it ([`Residual`]).
 
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -20,34 +21,65 @@ pub struct DecoderLayer<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
+/// The residual stream between the layers' blocks: a tensor, or a sum
+/// `x + delta` still to take, which the RMSNorm after it takes as it reads
+/// it ([`ProductInput::SumNormalized`]) rather than a pass of its own
+/// writing it for the norm to read back.
+pub enum Residual<B: Backend> {
+    Summed(Tensor<B, 3>),
+    Pending(Tensor<B, 3>, Tensor<B, 3>),
+}
+
+impl<B: Backend> Residual<B> {
+    /// The stream as a tensor of its own.
+    pub fn sum(self) -> Tensor<B, 3> {
+        match self {
+            Residual::Summed(x) => x,
+            Residual::Pending(x, delta) => x + delta,
+        }
+    }
+}
+
 impl<B: ModelBackend> DecoderLayer<B> {
     /// `x: [batch, seq, hidden]` -> `[batch, seq, hidden]`, recording in
-    /// `acts` what `capture` asks for.
+    /// `acts` what `capture` asks for. What goes out is left unsummed
+    /// unless the capture wants the layer's output.
     pub fn forward(
         &self,
-        x: Tensor<B, 3>,
+        x: Residual<B>,
         rope: &RopeTables<B>,
         cache: Option<&mut LayerKv<B>>,
         capture: &Capture,
         acts: &mut LayerActivations<B>,
-    ) -> Tensor<B, 3> {
-        acts.layer_input = keep(capture.layer_input, &x);
+    ) -> Residual<B> {
+        let x = if capture.layer_input {
+            let x = x.sum();
+            acts.layer_input = Some(x.clone());
+            Residual::Summed(x)
+        } else {
+            x
+        };
 
+        let mut x_sum = None;
         let input = normed(
             &self.input_layernorm,
-            &x,
+            x,
             capture.input_layernorm,
             &mut acts.input_layernorm,
+            &mut x_sum,
         );
         let context = self.self_attn.context(input, rope, cache);
         acts.o_proj_input = keep(capture.o_proj_input, &context);
-        let h = x + self.self_attn.output(context);
+        let x = x_sum.expect("the layer's input summed for its products");
+        let attn = self.self_attn.output(context);
 
+        let mut h = None;
         let input = normed(
             &self.post_attention_layernorm,
-            &h,
+            Residual::Pending(x, attn),
             capture.post_attention_layernorm,
             &mut acts.post_attention_layernorm,
+            &mut h,
         );
         let mlp = if capture.down_proj_input {
             let act = self.mlp.activation(input);
@@ -56,26 +88,47 @@ impl<B: ModelBackend> DecoderLayer<B> {
         } else {
             self.mlp.forward(input)
         };
-        let out = h + mlp;
+        let h = h.expect("x + attn summed for the MLP's products");
 
-        acts.layer_output = keep(capture.layer_output, &out);
-        out
+        let out = Residual::Pending(h, mlp);
+        if capture.layer_output {
+            let out = out.sum();
+            acts.layer_output = Some(out.clone());
+            Residual::Summed(out)
+        } else {
+            out
+        }
     }
 }
 
-/// The products' input `norm(x)`: computed here and kept in `kept` when
-/// `wanted`, else left for the products' op to write as they read it.
+/// The products' input `norm(x)`, `x` summed where it is a residual add
+/// still to take, and the sum put in `sum` (by the products, when their op
+/// sums it): computed here and kept in `kept` when `wanted`, else left for
+/// the products' op to write as they read it.
 fn normed<'a, B: ModelBackend>(
     norm: &'a RmsNorm<B>,
-    x: &Tensor<B, 3>,
+    x: Residual<B>,
     wanted: bool,
     kept: &mut Option<Tensor<B, 3>>,
+    sum: &'a mut Option<Tensor<B, 3>>,
 ) -> ProductInput<'a, B> {
-    if wanted {
-        let y = norm.forward(x.clone());
-        *kept = Some(y.clone());
-        ProductInput::Tensor(y)
-    } else {
-        ProductInput::Normalized(norm, x.clone())
+    match x {
+        Residual::Pending(x, delta) if !wanted => ProductInput::SumNormalized {
+            norm,
+            x,
+            delta,
+            sum,
+        },
+        x => {
+            let x = x.sum();
+            *sum = Some(x.clone());
+            if wanted {
+                let y = norm.forward(x);
+                *kept = Some(y.clone());
+                ProductInput::Tensor(y)
+            } else {
+                ProductInput::Normalized(norm, x)
+            }
+        }
     }
 }

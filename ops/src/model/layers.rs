@@ -8,7 +8,9 @@ use super::ModelBackend;
 use crate::kernels::matmul::{
     Activations, inference_weight, linear_matmul_as, linear_matmul_shared_as,
 };
-use crate::kernels::{Precision, WeightLayout, rms_norm, rms_norm_products, swiglu_product};
+use crate::kernels::{
+    Precision, WeightLayout, rms_norm, rms_norm_products, sum_rms_norm_products, swiglu_product,
+};
 
 /// `y = x W + b` with `W: [in, out]`.
 ///
@@ -78,8 +80,9 @@ impl<B: ModelBackend> Linear<B> {
     /// and v projections; gate and up), prepared once for all the products
     /// where their arithmetic prepares it ([`linear_matmul_shared`]), and
     /// written so by its RMSNorm where it has one still to apply
-    /// ([`ProductInput::Normalized`]). Layers of differing arithmetic run
-    /// one at a time.
+    /// ([`ProductInput::Normalized`]), which also sums a residual add still
+    /// to take ([`ProductInput::SumNormalized`]). Layers of differing
+    /// arithmetic run one at a time.
     pub fn forward_shared<const N: usize>(
         layers: [&Self; N],
         input: ProductInput<'_, B>,
@@ -111,6 +114,25 @@ impl<B: ModelBackend> Linear<B> {
                 precision,
                 activations,
             ),
+            ProductInput::SumNormalized {
+                norm,
+                x,
+                delta,
+                sum,
+            } => {
+                let (summed, ys) = sum_rms_norm_products(
+                    x.reshape([batch * seq, d_in]),
+                    delta.reshape([batch * seq, d_in]),
+                    norm.weight.val(),
+                    norm.eps as f32,
+                    weights,
+                    WeightLayout::InOut,
+                    precision,
+                    activations,
+                );
+                *sum = Some(summed.reshape([batch, seq, d_in]));
+                ys
+            }
         };
         let mut ys = ys.into_iter();
         layers.map(|l| l.finish(ys.next().expect("one product per layer"), batch, seq))
@@ -152,21 +174,43 @@ impl<B: ModelBackend> Linear<B> {
 pub enum ProductInput<'a, B: Backend> {
     Tensor(Tensor<B, 3>),
     Normalized(&'a RmsNorm<B>, Tensor<B, 3>),
+    /// The norm of a residual add `x + delta` still to sum: the norm sums
+    /// it as it reads it ([`sum_rms_norm_products`]), and the sum, the
+    /// residual stream's next value, lands in `sum` once the products ran.
+    SumNormalized {
+        norm: &'a RmsNorm<B>,
+        x: Tensor<B, 3>,
+        delta: Tensor<B, 3>,
+        sum: &'a mut Option<Tensor<B, 3>>,
+    },
 }
 
 impl<B: ModelBackend> ProductInput<'_, B> {
     /// `[batch, seq, width]` of what the products read.
     pub fn dims(&self) -> [usize; 3] {
         match self {
-            ProductInput::Tensor(x) | ProductInput::Normalized(_, x) => x.dims(),
+            ProductInput::Tensor(x)
+            | ProductInput::Normalized(_, x)
+            | ProductInput::SumNormalized { x, .. } => x.dims(),
         }
     }
 
-    /// What the products read, as a tensor of its own.
+    /// What the products read, as a tensor of its own (the sum, if any,
+    /// put where it goes).
     pub fn into_tensor(self) -> Tensor<B, 3> {
         match self {
             ProductInput::Tensor(x) => x,
             ProductInput::Normalized(norm, x) => norm.forward(x),
+            ProductInput::SumNormalized {
+                norm,
+                x,
+                delta,
+                sum,
+            } => {
+                let summed = x + delta;
+                *sum = Some(summed.clone());
+                norm.forward(summed)
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use super::ModelBackend;
 use super::cache::KvCache;
 use super::capture::{Capture, ForwardOutput, LayerActivations, keep};
 use super::config::LlamaConfig;
-use super::decoder::DecoderLayer;
+use super::decoder::{DecoderLayer, Residual};
 use super::layers::{Linear, RmsNorm};
 use super::rope::Rope;
 use crate::kernels::matmul::{Activations, inference_weight, linear_matmul_as};
@@ -185,7 +185,7 @@ impl<B: ModelBackend> Llama<B> {
         let device = tokens.device();
         let rope = self.rope.tables::<B>(start, seq, &device);
 
-        let mut x = embedding(self.embed_tokens.val(), tokens);
+        let mut x = Residual::Summed(embedding(self.embed_tokens.val(), tokens));
         let mut records = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let mut acts = LayerActivations::empty();
@@ -198,7 +198,7 @@ impl<B: ModelBackend> Llama<B> {
         if let Some(cache) = cache {
             cache.len += seq;
         }
-        (self.norm.forward(x), records)
+        (self.norm.forward(x.sum()), records)
     }
 
     /// An empty cache for this model.

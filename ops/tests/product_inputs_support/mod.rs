@@ -1,7 +1,7 @@
 //! The row ops that write the products' operands
 //! (`kernels::product_inputs`) against their composition, for any backend:
-//! RMSNorm then one input's products with several weights, SwiGLU then a
-//! product. The fused ops promise the composition's values bit for bit
+//! RMSNorm (of a tensor, or of a residual add it sums) then one input's
+//! products with several weights, SwiGLU then a product. The fused ops promise the composition's values bit for bit
 //! (the same f32 arithmetic, then the same rounding), in inference and
 //! under autodiff (the products and every gradient), so that is what is
 //! asserted; the composition itself is checked against float64 by
@@ -15,7 +15,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use distillery_ops::kernels::{
     Activations, MatmulOps, Precision, ProductInputOps, WeightLayout, linear_matmul,
     linear_matmul_as, linear_matmul_shared, linear_matmul_shared_as, rms_norm, rms_norm_products,
-    swiglu, swiglu_product,
+    sum_rms_norm_products, swiglu, swiglu_product,
 };
 use distillery_ops::rng::SplitMix64;
 
@@ -69,6 +69,9 @@ where
     // (rows, hidden): widths read in vectors of 2 and of 4.
     for (rows, hidden) in [(37, 70), (9, 64)] {
         check_norm_products::<B, AB>(rows, hidden, inner, device);
+    }
+    for (rows, hidden) in [(37, 70), (9, 64)] {
+        check_sum_norm_products::<B, AB>(rows, hidden, inner, device);
     }
     // (rows, width): an odd width (vectors of one), and one of 4s.
     for (rows, width) in [(13, 5), (40, 96)] {
@@ -249,6 +252,143 @@ where
                     c,
                 );
             }
+        }
+    }
+}
+
+/// RMSNorm of a residual add `x + delta` then two products: the sum and
+/// the products against the add, then [`rms_norm_products`] of its result,
+/// bit for bit, in inference (f32 and bf16, both activation modes) and
+/// under autodiff (the sum, the products, and the gradients of `x`,
+/// `delta` and the norm's weight, of a loss that reads the sum too, as the
+/// next residual add does).
+fn check_sum_norm_products<B, AB>(
+    rows: usize,
+    hidden: usize,
+    inner: &B::Device,
+    device: &AB::Device,
+) where
+    B: ProductInputOps,
+    AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
+{
+    let eps = 1e-5;
+    let widths = [hidden, 11];
+    let mut rng = SplitMix64::new(71 + hidden as u64);
+    let x = random(&mut rng, rows * hidden, 3.0);
+    let delta = random(&mut rng, rows * hidden, 2.0);
+    let nw = random(&mut rng, hidden, 1.5);
+    let ws: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|&n| random(&mut rng, hidden * n, 1.0))
+        .collect();
+    let r = random(&mut rng, rows * hidden, 1.0);
+    let layout = WeightLayout::InOut;
+    for precision in [Precision::F32, Precision::Bf16] {
+        for activations in [Activations::TwoParts, Activations::Rounded] {
+            let what = format!(
+                "RMSNorm of a sum [{rows}, {hidden}] then products, {precision:?}, {activations:?}"
+            );
+            let t = |v: &[f32], d: [usize; 2]| {
+                Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), d), inner)
+            };
+            let (xt, dt) = (t(&x, [rows, hidden]), t(&delta, [rows, hidden]));
+            let nwt = Tensor::<B, 1>::from_data(TensorData::new(nw.clone(), [hidden]), inner);
+            let wts: [Tensor<B, 2>; 2] =
+                std::array::from_fn(|i| t(&ws[i], weight_dims(hidden, widths[i], layout)));
+            let (sum, fused) = sum_rms_norm_products(
+                xt.clone(),
+                dt.clone(),
+                nwt.clone(),
+                eps,
+                wts.clone(),
+                layout,
+                precision,
+                activations,
+            );
+            let want_sum = xt + dt;
+            let composed = rms_norm_products(
+                want_sum.clone(),
+                nwt,
+                eps,
+                wts,
+                layout,
+                precision,
+                activations,
+            );
+            assert_eq!(sum.dtype(), DType::F32, "{what}: the sum's dtype");
+            assert_same(
+                &format!("{what}: the sum against the add"),
+                &values(sum),
+                &values(want_sum),
+            );
+            for (i, (f, c)) in fused.into_iter().zip(composed).enumerate() {
+                assert_same(
+                    &format!("{what}: product {i} against the composition"),
+                    &values(f),
+                    &values(c),
+                );
+            }
+        }
+
+        // Training: the same, fused against composed, with every gradient.
+        let run = |fused: bool| {
+            let t = |v: &[f32], d: [usize; 2]| {
+                Tensor::<AB, 2>::from_data(TensorData::new(v.to_vec(), d), device).require_grad()
+            };
+            let (xt, dt) = (t(&x, [rows, hidden]), t(&delta, [rows, hidden]));
+            let nwt = Tensor::<AB, 1>::from_data(TensorData::new(nw.clone(), [hidden]), device)
+                .require_grad();
+            let wts: [Tensor<AB, 2>; 2] =
+                std::array::from_fn(|i| t(&ws[i], weight_dims(hidden, widths[i], layout)));
+            let (sum, ys) = if fused {
+                sum_rms_norm_products(
+                    xt.clone(),
+                    dt.clone(),
+                    nwt.clone(),
+                    eps,
+                    wts,
+                    layout,
+                    precision,
+                    Activations::TwoParts,
+                )
+            } else {
+                let sum = xt.clone() + dt.clone();
+                let ys = rms_norm_products(
+                    sum.clone(),
+                    nwt.clone(),
+                    eps,
+                    wts,
+                    layout,
+                    precision,
+                    Activations::TwoParts,
+                );
+                (sum, ys)
+            };
+            let rt = Tensor::<AB, 2>::from_data(TensorData::new(r.clone(), [rows, hidden]), device);
+            let mut out = vec![values(sum.clone().inner())];
+            let mut loss = (sum * rt).sum();
+            for y in ys {
+                out.push(values(y.clone().inner()));
+                loss = loss + y.sum();
+            }
+            let grads = loss.backward();
+            out.push(values(xt.grad(&grads).expect("x's gradient")));
+            out.push(values(dt.grad(&grads).expect("delta's gradient")));
+            out.push(values(
+                nwt.grad(&grads).expect("the norm weight's gradient"),
+            ));
+            out
+        };
+        let (fused, composed) = (run(true), run(false));
+        let names = ["sum", "y0", "y1", "dx", "ddelta", "dnorm"];
+        for ((f, c), name) in fused.iter().zip(&composed).zip(names) {
+            assert_same(
+                &format!(
+                    "RMSNorm of a sum [{rows}, {hidden}], {precision:?}: training {name} against the composition's"
+                ),
+                f,
+                c,
+            );
         }
     }
 }
