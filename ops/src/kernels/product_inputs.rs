@@ -67,17 +67,16 @@ pub trait ProductInputOps: RowOps + MatmulOps {
         precision: Precision,
         activations: Activations,
     ) -> (FloatTensor<Self>, Vec<FloatTensor<Self>>) {
-        let sum = Self::float_add(x, delta);
-        let products = Self::rms_norm_products(
-            sum.clone(),
+        composed_sum_rms_norm_products::<Self>(
+            x,
+            delta,
             norm_weight,
             eps,
             weights,
             layout,
             precision,
             activations,
-        );
-        (sum, products)
+        )
     }
 
     /// `swiglu(gate, up)` (both `[rows, width]`) times the weight (stored
@@ -131,6 +130,32 @@ pub(super) fn composed_rms_norm_products<B: RowOps + MatmulOps>(
     shared_products_as::<B>(normed, weights, layout, precision, activations)
 }
 
+/// [`ProductInputOps::sum_rms_norm_products`] as the add, then
+/// [`ProductInputOps::rms_norm_products`] of the sum.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn composed_sum_rms_norm_products<B: ProductInputOps>(
+    x: FloatTensor<B>,
+    delta: FloatTensor<B>,
+    norm_weight: FloatTensor<B>,
+    eps: f32,
+    weights: Vec<FloatTensor<B>>,
+    layout: WeightLayout,
+    precision: Precision,
+    activations: Activations,
+) -> (FloatTensor<B>, Vec<FloatTensor<B>>) {
+    let sum = B::float_add(x, delta);
+    let products = B::rms_norm_products(
+        sum.clone(),
+        norm_weight,
+        eps,
+        weights,
+        layout,
+        precision,
+        activations,
+    );
+    (sum, products)
+}
+
 /// [`ProductInputOps::swiglu_product`] as its two ops.
 pub(super) fn composed_swiglu_product<B: RowOps + MatmulOps>(
     gate: FloatTensor<B>,
@@ -158,26 +183,42 @@ pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
     precision: Precision,
     activations: Activations,
 ) -> [Tensor<B, 2>; N] {
-    let hidden = x.dims()[1];
+    assert_norm_products_fit(x.dims()[1], &norm_weight, &weights, layout);
+    let products = B::rms_norm_products(
+        float(x),
+        float(norm_weight),
+        eps,
+        weights.map(float).into(),
+        layout,
+        precision,
+        activations,
+    );
+    products_array(products)
+}
+
+/// Panics unless a norm of rows of `hidden` by `norm_weight`, and the
+/// products of its result with `weights`, fit those rows.
+fn assert_norm_products_fit<B: ProductInputOps, const N: usize>(
+    hidden: usize,
+    norm_weight: &Tensor<B, 1>,
+    weights: &[Tensor<B, 2>; N],
+    layout: WeightLayout,
+) {
     assert_eq!(
         norm_weight.dims(),
         [hidden],
         "RMSNorm before products: {:?} norm weights for rows of {hidden}",
         norm_weight.dims()
     );
-    for w in &weights {
+    for w in weights {
         assert_fits(hidden, w, layout);
     }
-    let weights = weights.map(float).into();
-    let products = B::rms_norm_products(
-        float(x),
-        float(norm_weight),
-        eps,
-        weights,
-        layout,
-        precision,
-        activations,
-    );
+}
+
+/// The `N` products an op made, as tensors.
+fn products_array<B: ProductInputOps, const N: usize>(
+    products: Vec<FloatTensor<B>>,
+) -> [Tensor<B, 2>; N] {
     let products: Vec<Tensor<B, 2>> = products.into_iter().map(tensor).collect();
     products
         .try_into()
@@ -204,32 +245,18 @@ pub fn sum_rms_norm_products<B: ProductInputOps, const N: usize>(
         delta.dims(),
         "RMSNorm of a sum before products: x and delta differ in shape"
     );
-    let hidden = x.dims()[1];
-    assert_eq!(
-        norm_weight.dims(),
-        [hidden],
-        "RMSNorm before products: {:?} norm weights for rows of {hidden}",
-        norm_weight.dims()
-    );
-    for w in &weights {
-        assert_fits(hidden, w, layout);
-    }
-    let weights = weights.map(float).into();
+    assert_norm_products_fit(x.dims()[1], &norm_weight, &weights, layout);
     let (sum, products) = B::sum_rms_norm_products(
         float(x),
         float(delta),
         float(norm_weight),
         eps,
-        weights,
+        weights.map(float).into(),
         layout,
         precision,
         activations,
     );
-    let products: Vec<Tensor<B, 2>> = products.into_iter().map(tensor).collect();
-    let products = products
-        .try_into()
-        .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()));
-    (tensor(sum), products)
+    (tensor(sum), products_array(products))
 }
 
 /// `swiglu(gate, up)` (both `[rows, width]`) times the weight (stored as

@@ -13,11 +13,13 @@ use super::cube_common::to_dtype;
 use super::matmul::{Activations, Precision, WeightLayout, shared_products_as};
 use super::matmul_cube::{reduced, rounded_product};
 use super::matmul_parts_cube::parts_product;
-use super::product_inputs::{ProductInputOps, composed_rms_norm_products, composed_swiglu_product};
+use super::product_inputs::{
+    ProductInputOps, composed_rms_norm_products, composed_sum_rms_norm_products,
+    composed_swiglu_product,
+};
 use super::rows::RowOps;
 use super::rows_cube::{rms_norm_as, sum_rms_norm_as, swiglu_as};
 use burn::tensor::DType;
-use burn::tensor::ops::FloatTensorOps;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -51,10 +53,7 @@ where
         let dtype = x.dtype;
         let parts = activations == Activations::TwoParts;
         let operand = rms_norm_as(x, norm_weight, eps, reduced, parts);
-        weights
-            .into_iter()
-            .map(|w| to_dtype(product(operand.clone(), w, layout, reduced, parts), dtype))
-            .collect()
+        operand_products(operand, weights, layout, reduced, parts, dtype)
     }
 
     fn sum_rms_norm_products(
@@ -69,9 +68,9 @@ where
     ) -> (CubeTensor<R>, Vec<CubeTensor<R>>) {
         if x.dtype != DType::F32 || delta.dtype != DType::F32 {
             // The composition adds in the inputs' dtype; the kernel in f32.
-            let sum = Self::float_add(x, delta);
-            let products = Self::rms_norm_products(
-                sum.clone(),
+            return composed_sum_rms_norm_products::<Self>(
+                x,
+                delta,
                 norm_weight,
                 eps,
                 weights,
@@ -79,7 +78,6 @@ where
                 precision,
                 activations,
             );
-            return (sum, products);
         }
         let Some(reduced) = reduced::<Self>(&x.device, precision) else {
             let (sum, normed) = sum_rms_norm_as(x, delta, norm_weight, eps, DType::F32, false);
@@ -89,15 +87,7 @@ where
         };
         let parts = activations == Activations::TwoParts;
         let (sum, operand) = sum_rms_norm_as(x, delta, norm_weight, eps, reduced, parts);
-        let products = weights
-            .into_iter()
-            .map(|w| {
-                to_dtype(
-                    product(operand.clone(), w, layout, reduced, parts),
-                    DType::F32,
-                )
-            })
-            .collect();
+        let products = operand_products(operand, weights, layout, reduced, parts, DType::F32);
         (sum, products)
     }
 
@@ -149,13 +139,29 @@ where
     }
 }
 
+/// The products of one operand a row op wrote in `reduced` with each of
+/// `weights`, in `dtype`.
+fn operand_products<R: CubeRuntime>(
+    operand: CubeTensor<R>,
+    weights: Vec<CubeTensor<R>>,
+    layout: WeightLayout,
+    reduced: DType,
+    parts: bool,
+    dtype: DType,
+) -> Vec<CubeTensor<R>> {
+    weights
+        .into_iter()
+        .map(|w| to_dtype(product(operand.clone(), w, layout, reduced, parts), dtype))
+        .collect()
+}
+
 /// The product of an operand a row op wrote in `reduced`: its two parts
 /// (`parts`), or rounded once.
 fn product<R: CubeRuntime>(
     operand: CubeTensor<R>,
     weight: CubeTensor<R>,
     layout: WeightLayout,
-    reduced: burn::tensor::DType,
+    reduced: DType,
     parts: bool,
 ) -> CubeTensor<R> {
     if parts {
