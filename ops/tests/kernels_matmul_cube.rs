@@ -61,7 +61,11 @@ fn row_ops_writing_the_products_operands_equal_their_composition() {
     if !device_present() {
         return;
     }
-    product_inputs_support::check_product_inputs::<Cube, Autodiff<Cube>>(&device(), &device());
+    product_inputs_support::check_product_inputs::<Cube, Autodiff<Cube>>(
+        &device(),
+        &device(),
+        true,
+    );
 }
 
 /// `x` rounded to `dtype` (f16 or bf16) and back, as the device rounds.
@@ -216,7 +220,33 @@ fn the_rounded_training_products_equal_their_rounded_operands_in_float64() {
                     t.into_primitive().tensor()
                 };
                 let (xt, wt) = (operand(&x, [m, k]), operand(&w, w_dims));
-                let y = rounded_product(xt.clone(), wt.clone(), layout, dtype);
+                let y = rounded_product(xt.clone(), wt.clone(), layout, dtype, DType::F32);
+                // Asked for in `dtype` (a layer's rounded results): the
+                // f32 result rounded, bit for bit.
+                let y_rounded = Tensor::<Cube, 2>::from_primitive(TensorPrimitive::Float(
+                    rounded_product(xt.clone(), wt.clone(), layout, dtype, dtype),
+                ));
+                assert_eq!(
+                    y_rounded.dtype(),
+                    dtype,
+                    "{what}: the rounded result's dtype"
+                );
+                let y_cast = Tensor::<Cube, 2>::from_primitive(TensorPrimitive::Float(y.clone()))
+                    .cast(dtype)
+                    .cast(DType::F32);
+                let y_rounded = y_rounded
+                    .cast(DType::F32)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let y_cast = y_cast.into_data().to_vec::<f32>().unwrap();
+                assert!(
+                    y_rounded
+                        .iter()
+                        .zip(&y_cast)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what}: the result written in {dtype:?} is not the f32 result rounded"
+                );
                 let (want, mag) = exact((m, k, n), |i, l| q(x[i * k + l]), |l, j| q(wk(l, j)));
                 assert_within(
                     &format!("{what}: y"),

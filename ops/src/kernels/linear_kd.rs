@@ -22,7 +22,9 @@
 //! equals the unfused head and loss up to the order of the `dW` sums.
 
 use super::kd::{KdOps, KdSpec, SparseTeacher};
-use super::matmul::{Activations, MatmulOps, Precision, Wanted, WeightLayout, linear_matmul_as};
+use super::matmul::{
+    Activations, MatmulOps, Precision, Results, Wanted, WeightLayout, linear_matmul_as,
+};
 use super::{float, tensor};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
@@ -103,6 +105,7 @@ pub fn loss_and_grads<B: KdOps + MatmulOps>(
             head.clone(),
             WeightLayout::OutIn,
             precision,
+            Results::F32,
         ));
         let (chunk_loss, mut grad) = chunk_kd(&logits, chunk.clone(), job);
         if job.vocab < student_vocab {

@@ -32,7 +32,9 @@ pub enum Precision {
     /// bf16 parts (about 16 bits), so that SmolLM2-135M's logits stay within
     /// 0.8e-2 of the largest f32 logit; in a training step every operand
     /// (activations and gradients too) is rounded once, as mixed-precision
-    /// training does.
+    /// training does. Where the activations are rounded once, CUDA also
+    /// writes the MLP's gate and up projections in bf16, as PyTorch's
+    /// autocast does (SwiGLU still computes in f32).
     Bf16,
 }
 
@@ -90,6 +92,24 @@ impl Activations {
     }
 }
 
+/// The dtype a layer's products write their results in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Results {
+    /// f32 (the input's dtype where the products run in f32).
+    #[default]
+    F32,
+    /// Rounded to the operands' 16-bit dtype where the products round
+    /// their operands once (a training step, and inference with
+    /// [`Activations::Rounded`]) on a device whose products can write it
+    /// (the CubeCL backends: bf16 on CUDA), as PyTorch's autocast writes
+    /// them; f32 elsewhere, and in inference's two parts, which keep
+    /// f32's precision. For results that only an op computing in f32
+    /// reads (gate and up, for SwiGLU): half the bytes written and read
+    /// back, and, in a training step, half the memory kept for the
+    /// backward, whose gradients come back in that dtype too.
+    Rounded,
+}
+
 /// How a weight matrix is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightLayout {
@@ -132,12 +152,16 @@ pub trait MatmulOps: Backend {
     /// the products prepare their input (CUDA in bf16: its two parts in
     /// inference, its rounding in training), it is prepared once for all
     /// of them.
+    /// Written as `results` says where a training step's products (under
+    /// autodiff) run; inference's, which carry `x` in two parts, write f32.
     fn linear_matmul_shared(
         x: FloatTensor<Self>,
         weights: Vec<FloatTensor<Self>>,
         layout: WeightLayout,
         precision: Precision,
+        results: Results,
     ) -> Vec<FloatTensor<Self>> {
+        let _ = results;
         weights
             .into_iter()
             .map(|w| Self::linear_matmul(x.clone(), w, layout, precision))
@@ -159,13 +183,17 @@ pub trait MatmulOps: Backend {
     /// from inference's: bf16 on AMX rounds `x` once, as mixed-precision
     /// training does, where inference carries it in two parts. `x` and the
     /// weight may come from [`MatmulOps::trained_operand`]; the result is
-    /// in f32 where the product rounds its operands, else in `x`'s dtype.
+    /// in f32 where the product rounds its operands (rounded as
+    /// [`Results`] says, where this backend writes it so), else in `x`'s
+    /// dtype.
     fn linear_matmul_trained(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         layout: WeightLayout,
         precision: Precision,
+        results: Results,
     ) -> FloatTensor<Self> {
+        let _ = results;
         Self::linear_matmul(x, weight, layout, precision)
     }
 
@@ -285,7 +313,13 @@ pub fn linear_matmul_shared<B: MatmulOps, const N: usize>(
         assert_fits(x.dims()[1], w, layout);
     }
     let weights = weights.map(|w| w.into_primitive().tensor()).into();
-    let products = B::linear_matmul_shared(x.into_primitive().tensor(), weights, layout, precision);
+    let products = B::linear_matmul_shared(
+        x.into_primitive().tensor(),
+        weights,
+        layout,
+        precision,
+        Results::F32,
+    );
     let products: Vec<Tensor<B, 2>> = products
         .into_iter()
         .map(|y| Tensor::from_primitive(TensorPrimitive::Float(y)))
@@ -307,24 +341,22 @@ pub fn linear_matmul_as<B: MatmulOps>(
     precision: Precision,
     activations: Activations,
 ) -> Tensor<B, 2> {
-    let [y] = linear_matmul_shared_as(x, [weight], layout, precision, activations);
+    let [y] = linear_matmul_shared_as(x, [weight], layout, precision, activations, Results::F32);
     y
 }
 
 /// [`linear_matmul_shared`] in inference with the activations carried as
 /// `activations` says (see [`linear_matmul_as`]); rounded once for all the
-/// products.
+/// products, which then write their results as `results` says (in a
+/// training step too).
 pub fn linear_matmul_shared_as<B: MatmulOps, const N: usize>(
     x: Tensor<B, 2>,
     weights: [Tensor<B, 2>; N],
     layout: WeightLayout,
     precision: Precision,
     activations: Activations,
+    results: Results,
 ) -> [Tensor<B, 2>; N] {
-    if activations == Activations::TwoParts {
-        // One weight's shared product is `linear_matmul`'s own.
-        return linear_matmul_shared(x, weights, layout, precision);
-    }
     for w in &weights {
         assert_fits(x.dims()[1], w, layout);
     }
@@ -336,10 +368,18 @@ pub fn linear_matmul_shared_as<B: MatmulOps, const N: usize>(
         layout,
         precision,
         activations,
+        results,
     );
     let ys: Vec<Tensor<B, 2>> = ys
         .into_iter()
-        .map(|y| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).cast(dtype))
+        .map(|y| {
+            let y = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y));
+            match results {
+                // Rounded where they were written so, else in x's dtype.
+                Results::Rounded if y.dtype() != DType::F32 => y,
+                _ => y.cast(dtype),
+            }
+        })
         .collect();
     ys.try_into()
         .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()))
@@ -369,21 +409,23 @@ pub fn inference_weight<B: MatmulOps>(
 /// One input's inference products with `weights`, the activations carried
 /// as `activations` says: [`MatmulOps::linear_matmul_shared`] (two parts),
 /// or rounded once for all of them and each product a training step's
-/// ([`MatmulOps::linear_matmul_trained`]).
+/// ([`MatmulOps::linear_matmul_trained`]); their results written as
+/// `results` says where the products round once (under autodiff, always).
 pub(super) fn shared_products_as<B: MatmulOps>(
     x: FloatTensor<B>,
     weights: Vec<FloatTensor<B>>,
     layout: WeightLayout,
     precision: Precision,
     activations: Activations,
+    results: Results,
 ) -> Vec<FloatTensor<B>> {
     match activations {
-        Activations::TwoParts => B::linear_matmul_shared(x, weights, layout, precision),
+        Activations::TwoParts => B::linear_matmul_shared(x, weights, layout, precision, results),
         Activations::Rounded => {
             let x = B::trained_operand(x, precision);
             weights
                 .into_iter()
-                .map(|w| B::linear_matmul_trained(x.clone(), w, layout, precision))
+                .map(|w| B::linear_matmul_trained(x.clone(), w, layout, precision, results))
                 .collect()
         }
     }
@@ -419,6 +461,21 @@ pub(super) mod on_autodiff {
             t
         } else {
             B::float_cast(t, dtype.into())
+        }
+    }
+
+    /// A training product's result `y` as its node holds it: rounded where
+    /// `results` asked for that and the product wrote it so, else in
+    /// `x_dtype`.
+    fn result_in<B: Backend>(
+        y: FloatTensor<B>,
+        x_dtype: DType,
+        results: Results,
+    ) -> FloatTensor<B> {
+        if results == Results::Rounded && y.dtype() != DType::F32 {
+            y
+        } else {
+            in_dtype::<B>(y, x_dtype)
         }
     }
 
@@ -472,7 +529,15 @@ pub(super) mod on_autodiff {
             }
             let rounded_x = B::trained_operand(x.primitive.clone(), precision);
             let x_dtype = x.primitive.dtype();
-            product_node::<B, C>(&x, rounded_x, x_dtype, weight, layout, precision)
+            product_node::<B, C>(
+                &x,
+                rounded_x,
+                x_dtype,
+                weight,
+                layout,
+                precision,
+                Results::F32,
+            )
         }
 
         fn linear_matmul_shared(
@@ -480,6 +545,7 @@ pub(super) mod on_autodiff {
             weights: Vec<FloatTensor<Self>>,
             layout: WeightLayout,
             precision: Precision,
+            results: Results,
         ) -> Vec<FloatTensor<Self>> {
             if precision == Precision::F32 {
                 return weights
@@ -495,16 +561,28 @@ pub(super) mod on_autodiff {
             let x_dtype = x.primitive.dtype();
             weights
                 .into_iter()
-                .map(|w| product_node::<B, C>(&x, rounded_x.clone(), x_dtype, w, layout, precision))
+                .map(|w| {
+                    product_node::<B, C>(
+                        &x,
+                        rounded_x.clone(),
+                        x_dtype,
+                        w,
+                        layout,
+                        precision,
+                        results,
+                    )
+                })
                 .collect()
         }
     }
 
     /// One training product as a node of the graph, with `x` as the
     /// forward reads it (`rounded_x`, [`MatmulOps::trained_operand`]'s),
-    /// whose result and `x`'s gradient are in `x_dtype`: `x`'s own dtype,
-    /// or f32 where `x` is the node of a row op that wrote its result
-    /// rounded already (`kernels::product_inputs`).
+    /// whose gradient is in `x_dtype`: `x`'s own dtype, or f32 where `x`
+    /// is the node of a row op that wrote its result rounded already
+    /// (`kernels::product_inputs`). The result is in `x_dtype` too, or
+    /// rounded where `results` asks for that and the inner backend writes
+    /// it so; its gradient then comes back in that dtype.
     pub(in crate::kernels) fn product_node<B: MatmulOps, C: CheckpointStrategy>(
         x: &FloatTensor<Autodiff<B, C>>,
         rounded_x: FloatTensor<B>,
@@ -512,6 +590,7 @@ pub(super) mod on_autodiff {
         weight: FloatTensor<Autodiff<B, C>>,
         layout: WeightLayout,
         precision: Precision,
+        results: Results,
     ) -> FloatTensor<Autodiff<B, C>> {
         let backward = LinearBackward {
             layout,
@@ -527,14 +606,25 @@ pub(super) mod on_autodiff {
             OpsKind::Tracked(prep) => {
                 // Rounded once, for the forward and the backward.
                 let weight = B::trained_operand(weight.primitive, precision);
-                let y =
-                    B::linear_matmul_trained(rounded_x.clone(), weight.clone(), layout, precision);
-                prep.finish((rounded_x, weight), in_dtype::<B>(y, x_dtype))
+                let y = B::linear_matmul_trained(
+                    rounded_x.clone(),
+                    weight.clone(),
+                    layout,
+                    precision,
+                    results,
+                );
+                prep.finish((rounded_x, weight), result_in::<B>(y, x_dtype, results))
             }
-            OpsKind::UnTracked(prep) => prep.finish(in_dtype::<B>(
-                B::linear_matmul_trained(rounded_x, weight.primitive, layout, precision),
-                x_dtype,
-            )),
+            OpsKind::UnTracked(prep) => {
+                let y = B::linear_matmul_trained(
+                    rounded_x,
+                    weight.primitive,
+                    layout,
+                    precision,
+                    results,
+                );
+                prep.finish(result_in::<B>(y, x_dtype, results))
+            }
         }
     }
 }
@@ -564,11 +654,14 @@ mod flex {
             f32_product::<Self>(x, weight, layout)
         }
 
+        /// The result in f32 whatever `results` says: the CPU's products
+        /// are not bound by the bytes of their results.
         fn linear_matmul_trained(
             x: FlexTensor,
             weight: FlexTensor,
             layout: WeightLayout,
             precision: Precision,
+            _results: Results,
         ) -> FlexTensor {
             #[cfg(target_arch = "x86_64")]
             if precision.on_cpu() == Precision::Bf16 {

@@ -21,7 +21,11 @@
 //! matmul reads its right operand as if it had the left operand's dtype,
 //! unchecked, so a missed cast would read f32 bytes as bf16 pairs. The
 //! result is asked for in f32 (`matmul`'s output dtype), so the sums are
-//! never rounded to bf16.
+//! not rounded to bf16; except where a layer asks for its results rounded
+//! ([`Results::Rounded`]: gate and up, which only SwiGLU reads) and the
+//! product rounds its operands once (a training step; inference with
+//! `Activations::Rounded`): then the f32 sums are rounded as they are
+//! stored, as PyTorch's autocast stores them.
 //!
 //! On a device without bf16 arithmetic (wgpu) the bf16 request runs the
 //! f32 product, as on a CPU without AMX. The rounded training products
@@ -33,7 +37,9 @@
 //! in: f16 rounds like bf16 with 3 more bits, but overflows past 65,504.
 
 use super::cube_common::to_dtype;
-use super::matmul::{MatmulOps, Precision, Wanted, WeightLayout, f32_backward, f32_product};
+use super::matmul::{
+    MatmulOps, Precision, Results, Wanted, WeightLayout, f32_backward, f32_product,
+};
 use super::matmul_parts_cube::{activation_parts, parts_product, two_part_product};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
@@ -51,15 +57,26 @@ fn f16_stands_in() -> bool {
 }
 
 /// `a b` with both operands in `reduced` (each cast explicitly, unless it
-/// already is), summed and written in f32.
+/// already is), summed in f32 and written in f32.
 fn reduced_product<R: CubeRuntime>(
     a: CubeTensor<R>,
     b: CubeTensor<R>,
     reduced: DType,
 ) -> CubeTensor<R> {
+    reduced_product_into(a, b, reduced, DType::F32)
+}
+
+/// [`reduced_product`] written in `out`: f32, or `reduced` (the f32 sums
+/// rounded as they are stored, as a cast of the f32 result rounds them).
+fn reduced_product_into<R: CubeRuntime>(
+    a: CubeTensor<R>,
+    b: CubeTensor<R>,
+    reduced: DType,
+    out: DType,
+) -> CubeTensor<R> {
     let (a, b) = (to_dtype(a, reduced), to_dtype(b, reduced));
-    matmul(a, b, None, MatmulStrategy::default(), DType::F32).unwrap_or_else(|e| {
-        panic!("a {reduced:?} product with an f32 result cannot run here: {e:?}")
+    matmul(a, b, None, MatmulStrategy::default(), out).unwrap_or_else(|e| {
+        panic!("a {reduced:?} product with a {out:?} result cannot run here: {e:?}")
     })
 }
 
@@ -79,14 +96,25 @@ fn right_operand<R: CubeRuntime>(weight: CubeTensor<R>, layout: WeightLayout) ->
 /// A training step's product `x w` (or `x w^T`, as `layout` says) with
 /// both operands rounded to `reduced` (bf16 on CUDA), once: an operand
 /// already in `reduced` (from [`MatmulOps::trained_operand`]) is read as
-/// it is. Summed and written in f32.
+/// it is. Summed in f32 and written in `out`: f32, or `reduced` for
+/// [`Results::Rounded`].
 pub fn rounded_product<R: CubeRuntime>(
     x: CubeTensor<R>,
     weight: CubeTensor<R>,
     layout: WeightLayout,
     reduced: DType,
+    out: DType,
 ) -> CubeTensor<R> {
-    reduced_product(x, right_operand(weight, layout), reduced)
+    reduced_product_into(x, right_operand(weight, layout), reduced, out)
+}
+
+/// The dtype a product rounding to `reduced` writes its result in, as
+/// `results` says.
+pub(super) fn result_dtype(reduced: DType, results: Results) -> DType {
+    match results {
+        Results::F32 => DType::F32,
+        Results::Rounded => reduced,
+    }
 }
 
 /// The gradients of [`rounded_product`] given the output's, `dy` (rounded
@@ -175,7 +203,9 @@ where
         weights: Vec<CubeTensor<R>>,
         layout: WeightLayout,
         precision: Precision,
+        _results: Results,
     ) -> Vec<CubeTensor<R>> {
+        // Inference's two parts: f32 results, whatever `results` says.
         let Some(reduced) = reduced::<Self>(&x.device, precision) else {
             return weights
                 .into_iter()
@@ -196,9 +226,12 @@ where
         weight: CubeTensor<R>,
         layout: WeightLayout,
         precision: Precision,
+        results: Results,
     ) -> CubeTensor<R> {
         match reduced::<Self>(&x.device, precision) {
-            Some(reduced) => rounded_product(x, weight, layout, reduced),
+            Some(reduced) => {
+                rounded_product(x, weight, layout, reduced, result_dtype(reduced, results))
+            }
             None => f32_product::<Self>(x, weight, layout),
         }
     }

@@ -114,8 +114,8 @@ pub use kd::{KdLoss, KdOps, KdSpec, SparseTeacher, kd_loss, kd_loss_sparse};
 pub use kd_flex::scratch_rows as kd_cpu_scratch_rows;
 pub use linear_kd::{LinearKd, LinearKdOps, TeacherRows, linear_kd_loss};
 pub use matmul::{
-    Activations, MatmulOps, Precision, Wanted, WeightLayout, linear_matmul, linear_matmul_as,
-    linear_matmul_shared, linear_matmul_shared_as,
+    Activations, MatmulOps, Precision, Results, Wanted, WeightLayout, linear_matmul,
+    linear_matmul_as, linear_matmul_shared, linear_matmul_shared_as,
 };
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use matmul_cube::{rounded_product, rounded_product_backward};

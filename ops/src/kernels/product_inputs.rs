@@ -18,7 +18,7 @@
 //! products' nodes read as it is and send an f32 gradient.
 
 use super::matmul::{
-    Activations, MatmulOps, Precision, WeightLayout, assert_fits, shared_products_as,
+    Activations, MatmulOps, Precision, Results, WeightLayout, assert_fits, shared_products_as,
 };
 use super::rows::RowOps;
 use super::{float, tensor};
@@ -30,7 +30,8 @@ pub trait ProductInputOps: RowOps + MatmulOps {
     /// `weights` (all stored as `layout`), in `precision`: what
     /// [`super::matmul::linear_matmul_shared_as`] gives of [`RowOps::rms_norm`]'s result,
     /// the activations carried as `activations` says in inference (under
-    /// autodiff, rounded once).
+    /// autodiff, rounded once), the results written as `results` says.
+    #[allow(clippy::too_many_arguments)]
     fn rms_norm_products(
         x: FloatTensor<Self>,
         norm_weight: FloatTensor<Self>,
@@ -39,6 +40,7 @@ pub trait ProductInputOps: RowOps + MatmulOps {
         layout: WeightLayout,
         precision: Precision,
         activations: Activations,
+        results: Results,
     ) -> Vec<FloatTensor<Self>> {
         composed_rms_norm_products::<Self>(
             x,
@@ -48,6 +50,7 @@ pub trait ProductInputOps: RowOps + MatmulOps {
             layout,
             precision,
             activations,
+            results,
         )
     }
 
@@ -66,6 +69,7 @@ pub trait ProductInputOps: RowOps + MatmulOps {
         layout: WeightLayout,
         precision: Precision,
         activations: Activations,
+        results: Results,
     ) -> (FloatTensor<Self>, Vec<FloatTensor<Self>>) {
         composed_sum_rms_norm_products::<Self>(
             x,
@@ -76,6 +80,7 @@ pub trait ProductInputOps: RowOps + MatmulOps {
             layout,
             precision,
             activations,
+            results,
         )
     }
 
@@ -117,6 +122,7 @@ pub trait ProductInputOps: RowOps + MatmulOps {
 }
 
 /// [`ProductInputOps::rms_norm_products`] as its two ops.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn composed_rms_norm_products<B: RowOps + MatmulOps>(
     x: FloatTensor<B>,
     norm_weight: FloatTensor<B>,
@@ -125,9 +131,10 @@ pub(super) fn composed_rms_norm_products<B: RowOps + MatmulOps>(
     layout: WeightLayout,
     precision: Precision,
     activations: Activations,
+    results: Results,
 ) -> Vec<FloatTensor<B>> {
     let normed = B::rms_norm(x, norm_weight, eps);
-    shared_products_as::<B>(normed, weights, layout, precision, activations)
+    shared_products_as::<B>(normed, weights, layout, precision, activations, results)
 }
 
 /// [`ProductInputOps::sum_rms_norm_products`] as the add, then
@@ -142,6 +149,7 @@ pub(super) fn composed_sum_rms_norm_products<B: ProductInputOps>(
     layout: WeightLayout,
     precision: Precision,
     activations: Activations,
+    results: Results,
 ) -> (FloatTensor<B>, Vec<FloatTensor<B>>) {
     let sum = B::float_add(x, delta);
     let products = B::rms_norm_products(
@@ -152,6 +160,7 @@ pub(super) fn composed_sum_rms_norm_products<B: ProductInputOps>(
         layout,
         precision,
         activations,
+        results,
     );
     (sum, products)
 }
@@ -166,14 +175,22 @@ pub(super) fn composed_swiglu_product<B: RowOps + MatmulOps>(
     activations: Activations,
 ) -> FloatTensor<B> {
     let act = B::swiglu(gate, up);
-    let mut ys = shared_products_as::<B>(act, vec![weight], layout, precision, activations);
+    let mut ys = shared_products_as::<B>(
+        act,
+        vec![weight],
+        layout,
+        precision,
+        activations,
+        Results::F32,
+    );
     ys.pop().expect("one product")
 }
 
 /// `rms_norm(x, norm_weight)` (`x: [rows, hidden]`) times each of
 /// `weights` (all stored as `layout`), in `precision` with the activations
 /// carried as `activations` says, the norm written as the products read it
-/// ([`ProductInputOps::rms_norm_products`]).
+/// ([`ProductInputOps::rms_norm_products`]), the results as `results` says.
+#[allow(clippy::too_many_arguments)]
 pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
     x: Tensor<B, 2>,
     norm_weight: Tensor<B, 1>,
@@ -182,6 +199,7 @@ pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
     layout: WeightLayout,
     precision: Precision,
     activations: Activations,
+    results: Results,
 ) -> [Tensor<B, 2>; N] {
     assert_norm_products_fit(x.dims()[1], &norm_weight, &weights, layout);
     let products = B::rms_norm_products(
@@ -192,6 +210,7 @@ pub fn rms_norm_products<B: ProductInputOps, const N: usize>(
         layout,
         precision,
         activations,
+        results,
     );
     products_array(products)
 }
@@ -228,7 +247,7 @@ fn products_array<B: ProductInputOps, const N: usize>(
 /// `x + delta` (both `[rows, hidden]`: a residual add) and
 /// [`rms_norm_products`] of that sum, the sum written by the pass that
 /// normalizes it ([`ProductInputOps::sum_rms_norm_products`]):
-/// `(sum, products)`.
+/// `(sum, products)`, the products written as `results` says.
 #[allow(clippy::too_many_arguments)]
 pub fn sum_rms_norm_products<B: ProductInputOps, const N: usize>(
     x: Tensor<B, 2>,
@@ -239,6 +258,7 @@ pub fn sum_rms_norm_products<B: ProductInputOps, const N: usize>(
     layout: WeightLayout,
     precision: Precision,
     activations: Activations,
+    results: Results,
 ) -> (Tensor<B, 2>, [Tensor<B, 2>; N]) {
     assert_eq!(
         x.dims(),
@@ -255,6 +275,7 @@ pub fn sum_rms_norm_products<B: ProductInputOps, const N: usize>(
         layout,
         precision,
         activations,
+        results,
     );
     (tensor(sum), products_array(products))
 }
@@ -302,7 +323,7 @@ mod on_autodiff {
     use crate::kernels::rows::on_autodiff::{rms_norm_node, swiglu_node};
     use burn::backend::Autodiff;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-    use burn::tensor::TensorMetadata;
+    use burn::tensor::{DType, TensorMetadata};
 
     /// Whether products in `precision` round their operands on `x`'s device.
     fn rounds<B: MatmulOps>(x: &FloatTensor<B>, precision: Precision) -> bool {
@@ -318,6 +339,7 @@ mod on_autodiff {
             layout: WeightLayout,
             precision: Precision,
             activations: Activations,
+            results: Results,
         ) -> Vec<FloatTensor<Self>> {
             if !rounds::<B>(&x.primitive, precision) {
                 return composed_rms_norm_products::<Self>(
@@ -328,6 +350,7 @@ mod on_autodiff {
                     layout,
                     precision,
                     activations,
+                    results,
                 );
             }
             // The f32 norm's dtype: its gradient's and the products'.
@@ -339,7 +362,15 @@ mod on_autodiff {
             weights
                 .into_iter()
                 .map(|w| {
-                    product_node::<B, C>(&normed, rounded.clone(), dtype, w, layout, precision)
+                    product_node::<B, C>(
+                        &normed,
+                        rounded.clone(),
+                        dtype,
+                        w,
+                        layout,
+                        precision,
+                        results,
+                    )
                 })
                 .collect()
         }
@@ -362,10 +393,20 @@ mod on_autodiff {
                     activations,
                 );
             }
-            let dtype = gate.primitive.dtype();
+            // The f32 SwiGLU's dtype, its gradient's and the product's:
+            // gate and up may be products' rounded results (`Results`).
+            let dtype = DType::F32;
             let act = swiglu_node::<B, C>(gate, up, |g, u| B::swiglu_trained(g, u, precision));
             let rounded = act.primitive.clone();
-            product_node::<B, C>(&act, rounded, dtype, weight, layout, precision)
+            product_node::<B, C>(
+                &act,
+                rounded,
+                dtype,
+                weight,
+                layout,
+                precision,
+                Results::F32,
+            )
         }
     }
 }

@@ -10,7 +10,7 @@
 //! arithmetic.
 
 use super::cube_common::to_dtype;
-use super::matmul::{Activations, Precision, WeightLayout, shared_products_as};
+use super::matmul::{Activations, Precision, Results, WeightLayout, shared_products_as};
 use super::matmul_cube::{reduced, rounded_product};
 use super::matmul_parts_cube::parts_product;
 use super::product_inputs::{
@@ -38,6 +38,7 @@ where
         layout: WeightLayout,
         precision: Precision,
         activations: Activations,
+        results: Results,
     ) -> Vec<CubeTensor<R>> {
         let Some(reduced) = reduced::<Self>(&x.device, precision) else {
             return composed_rms_norm_products::<Self>(
@@ -48,12 +49,14 @@ where
                 layout,
                 precision,
                 activations,
+                results,
             );
         };
         let dtype = x.dtype;
         let parts = activations == Activations::TwoParts;
         let operand = rms_norm_as(x, norm_weight, eps, reduced, parts);
-        operand_products(operand, weights, layout, reduced, parts, dtype)
+        let out = results_dtype(reduced, parts, results, dtype);
+        operand_products(operand, weights, layout, reduced, parts, out)
     }
 
     fn sum_rms_norm_products(
@@ -65,6 +68,7 @@ where
         layout: WeightLayout,
         precision: Precision,
         activations: Activations,
+        results: Results,
     ) -> (CubeTensor<R>, Vec<CubeTensor<R>>) {
         if x.dtype != DType::F32 || delta.dtype != DType::F32 {
             // The composition adds in the inputs' dtype; the kernel in f32.
@@ -77,17 +81,25 @@ where
                 layout,
                 precision,
                 activations,
+                results,
             );
         }
         let Some(reduced) = reduced::<Self>(&x.device, precision) else {
             let (sum, normed) = sum_rms_norm_as(x, delta, norm_weight, eps, DType::F32, false);
-            let products =
-                shared_products_as::<Self>(normed, weights, layout, precision, activations);
+            let products = shared_products_as::<Self>(
+                normed,
+                weights,
+                layout,
+                precision,
+                activations,
+                results,
+            );
             return (sum, products);
         };
         let parts = activations == Activations::TwoParts;
         let (sum, operand) = sum_rms_norm_as(x, delta, norm_weight, eps, reduced, parts);
-        let products = operand_products(operand, weights, layout, reduced, parts, DType::F32);
+        let out = results_dtype(reduced, parts, results, DType::F32);
+        let products = operand_products(operand, weights, layout, reduced, parts, out);
         (sum, products)
     }
 
@@ -109,10 +121,11 @@ where
                 activations,
             );
         };
-        let dtype = gate.dtype;
         let parts = activations == Activations::TwoParts;
         let operand = swiglu_as(gate, up, reduced, parts);
-        to_dtype(product(operand, weight, layout, reduced, parts), dtype)
+        // In f32, as a residual add reads it: gate and up may be products'
+        // rounded results (`Results::Rounded`).
+        product(operand, weight, layout, reduced, parts, DType::F32)
     }
 
     fn rms_norm_trained(
@@ -139,34 +152,46 @@ where
     }
 }
 
+/// The dtype products of an operand rounded to `reduced` write their
+/// results in, as `results` says, for inputs in `dtype`: rounded only
+/// where the operand was rounded once (not `parts`).
+fn results_dtype(reduced: DType, parts: bool, results: Results, dtype: DType) -> DType {
+    match results {
+        Results::Rounded if !parts => reduced,
+        _ => dtype,
+    }
+}
+
 /// The products of one operand a row op wrote in `reduced` with each of
-/// `weights`, in `dtype`.
+/// `weights`, in `out`.
 fn operand_products<R: CubeRuntime>(
     operand: CubeTensor<R>,
     weights: Vec<CubeTensor<R>>,
     layout: WeightLayout,
     reduced: DType,
     parts: bool,
-    dtype: DType,
+    out: DType,
 ) -> Vec<CubeTensor<R>> {
     weights
         .into_iter()
-        .map(|w| to_dtype(product(operand.clone(), w, layout, reduced, parts), dtype))
+        .map(|w| product(operand.clone(), w, layout, reduced, parts, out))
         .collect()
 }
 
-/// The product of an operand a row op wrote in `reduced`: its two parts
-/// (`parts`), or rounded once.
+/// The product of an operand a row op wrote in `reduced`, in `out`: of
+/// its two parts (`parts`), or rounded once (written in `out` by the
+/// product itself, so a rounded result costs no pass of its own).
 fn product<R: CubeRuntime>(
     operand: CubeTensor<R>,
     weight: CubeTensor<R>,
     layout: WeightLayout,
     reduced: DType,
     parts: bool,
+    out: DType,
 ) -> CubeTensor<R> {
     if parts {
-        parts_product(operand, weight, layout, reduced)
+        to_dtype(parts_product(operand, weight, layout, reduced), out)
     } else {
-        rounded_product(operand, weight, layout, reduced)
+        rounded_product(operand, weight, layout, reduced, out)
     }
 }

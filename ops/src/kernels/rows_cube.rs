@@ -21,7 +21,9 @@
 //!
 //! Inputs of any float dtype are cast to f32 (statistics and arithmetic in
 //! f32, as the composition and transformers do), results cast back to the
-//! input's dtype. Portability (DESIGN.md, Compute): the barriers of the row
+//! input's dtype; SwiGLU reads its inputs in their own dtype (the
+//! products' rounded results under bf16, `kernels::product_inputs`) and
+//! writes its gradients in it. Portability (DESIGN.md, Compute): the barriers of the row
 //! sums sit in straight-line code (the tree sum is unrolled at compile
 //! time) that every unit of a cube reaches; no plane ops.
 
@@ -31,6 +33,7 @@ use super::cube_common::{
 };
 use super::rows::RowOps;
 use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -286,24 +289,26 @@ fn sigmoid(x: f32) -> f32 {
     f32::new(1.0) / (f32::new(1.0) + f32::exp(-x))
 }
 
-/// `y = silu(gate) up`, written in `E` as [`write_as`] writes; with
-/// `parts`, rows of `row_vectors` vectors go out as `[hi | lo]`, rows of
-/// `2 row_vectors`.
+/// `y = silu(gate) up`, `gate` and `up` read in `G` (f32, or the products'
+/// rounded results, `kernels::product_inputs`) and computed in f32, written
+/// in `E` as [`write_as`] writes; with `parts`, rows of `row_vectors`
+/// vectors go out as `[hi | lo]`, rows of `2 row_vectors`.
 #[cube(launch)]
-fn swiglu_vectors<E: Float, N: Size>(
-    gate: &Tensor<Vector<f32, N>>,
-    up: &Tensor<Vector<f32, N>>,
+fn swiglu_vectors<G: Float, E: Float, N: Size>(
+    gate: &Tensor<Vector<G, N>>,
+    up: &Tensor<Vector<G, N>>,
     y: &mut Tensor<Vector<E, N>>,
     vectors: u32,
     row_vectors: u32,
     #[comptime] parts: bool,
-    #[define(E)] _dtype: StorageType,
+    #[define(G, E)] _types: [StorageType; 2],
 ) {
     let stride = CUBE_COUNT_X * CUBE_DIM_X;
     let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
     while i < vectors {
         let at = i as usize;
-        let g = gate[at];
+        let g = Vector::<f32, N>::cast_from(gate[at]);
+        let u = Vector::<f32, N>::cast_from(up[at]);
         let mut s = Vector::<f32, N>::empty();
         #[unroll]
         for l in 0..N::value() {
@@ -313,27 +318,31 @@ fn swiglu_vectors<E: Float, N: Size>(
         if comptime!(parts) {
             out = i + (i / row_vectors) * row_vectors;
         }
-        write_as::<E, N>(y, out, row_vectors, g * s * up[at], parts);
+        write_as::<E, N>(y, out, row_vectors, g * s * u, parts);
         i += stride;
     }
 }
 
 /// `dgate = dy up silu'(gate)`, `dup = dy silu(gate)`, with
-/// `silu'(x) = s (1 + x (1 - s))`, `s = sigmoid(x)`.
+/// `silu'(x) = s (1 + x (1 - s))`, `s = sigmoid(x)`: `gate` and `up` read
+/// in `G` and both gradients written in it (a training step's products
+/// round them to that dtype: `dy` of their backward), computed in f32.
 #[cube(launch)]
-fn swiglu_backward_vectors<N: Size>(
-    gate: &Tensor<Vector<f32, N>>,
-    up: &Tensor<Vector<f32, N>>,
+fn swiglu_backward_vectors<G: Float, N: Size>(
+    gate: &Tensor<Vector<G, N>>,
+    up: &Tensor<Vector<G, N>>,
     dy: &Tensor<Vector<f32, N>>,
-    dgate: &mut Tensor<Vector<f32, N>>,
-    dup: &mut Tensor<Vector<f32, N>>,
+    dgate: &mut Tensor<Vector<G, N>>,
+    dup: &mut Tensor<Vector<G, N>>,
     vectors: u32,
+    #[define(G)] _dtype: StorageType,
 ) {
     let stride = CUBE_COUNT_X * CUBE_DIM_X;
     let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
     while i < vectors {
         let at = i as usize;
-        let g = gate[at];
+        let g = Vector::<f32, N>::cast_from(gate[at]);
+        let u = Vector::<f32, N>::cast_from(up[at]);
         let grad = dy[at];
         let mut s = Vector::<f32, N>::empty();
         let mut ds = Vector::<f32, N>::empty();
@@ -343,8 +352,8 @@ fn swiglu_backward_vectors<N: Size>(
             s[l] = sl;
             ds[l] = sl * (f32::new(1.0) + g[l] * (f32::new(1.0) - sl));
         }
-        dgate[at] = grad * up[at] * ds;
-        dup[at] = grad * g * s;
+        dgate[at] = Vector::<G, N>::cast_from(grad * u * ds);
+        dup[at] = Vector::<G, N>::cast_from(grad * g * s);
         i += stride;
     }
 }
@@ -585,13 +594,28 @@ fn rope<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>
 
 fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
     let dtype = gate.dtype;
-    to_dtype(swiglu_as(gate, up, DType::F32, false), dtype)
+    swiglu_as(gate, up, dtype, false)
+}
+
+/// `gate` and `up` contiguous, in the one dtype the SwiGLU kernels read
+/// them in: their own where they share it (f32, or the products' rounded
+/// results), else f32.
+fn swiglu_inputs<R: CubeRuntime>(
+    gate: CubeTensor<R>,
+    up: CubeTensor<R>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    if gate.dtype == up.dtype {
+        (into_contiguous(gate), into_contiguous(up))
+    } else {
+        (f32_contiguous(gate), f32_contiguous(up))
+    }
 }
 
 /// `silu(gate) up` written in `dtype`: the inputs' shape, or with `parts`
 /// the two-part operand of the inference product, each row (the last axis)
-/// twice as long (`matmul_parts_cube`). Computed in f32 as [`swiglu`],
-/// then rounded as a cast of its result would round it.
+/// twice as long (`matmul_parts_cube`). Read in the inputs' dtype and
+/// computed in f32 as [`swiglu`], then rounded as a cast of its result
+/// would round it.
 pub(super) fn swiglu_as<R: CubeRuntime>(
     gate: CubeTensor<R>,
     up: CubeTensor<R>,
@@ -599,7 +623,7 @@ pub(super) fn swiglu_as<R: CubeRuntime>(
     parts: bool,
 ) -> CubeTensor<R> {
     let shape = gate.shape();
-    let (gate, up) = (f32_contiguous(gate), f32_contiguous(up));
+    let (gate, up) = swiglu_inputs(gate, up);
     let n = shape.num_elements();
     let row = shape.as_slice().last().copied().unwrap_or(1);
     let mut out_shape = shape.clone();
@@ -610,6 +634,7 @@ pub(super) fn swiglu_as<R: CubeRuntime>(
         empty_device_contiguous_dtype(gate.client.clone(), gate.device.clone(), out_shape, dtype);
     if n > 0 {
         let client = gate.client.clone();
+        let input_dtype = gate.dtype;
         // The parts are written row by row: a vector must not straddle two.
         let width = vector_width(&client, DType::F32, if parts { row } else { n });
         let vectors = as_index(n / width, "SwiGLU");
@@ -625,27 +650,32 @@ pub(super) fn swiglu_as<R: CubeRuntime>(
             vectors,
             (row / width) as u32,
             parts,
-            dtype.into(),
+            [input_dtype.into(), dtype.into()],
         );
     }
     y
 }
 
+/// SwiGLU's gradients, each in the dtype the kernel reads `gate` and `up`
+/// in ([`swiglu_inputs`]): where those are the products' rounded results,
+/// the rounded `dy` of their backward.
 fn swiglu_backward<R: CubeRuntime>(
     gate: CubeTensor<R>,
     up: CubeTensor<R>,
     grad: CubeTensor<R>,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (gate_dtype, up_dtype) = (gate.dtype, up.dtype);
     let shape = gate.shape();
-    let (gate, up, grad) = (
-        f32_contiguous(gate),
-        f32_contiguous(up),
-        f32_contiguous(grad),
-    );
+    let (gate, up) = swiglu_inputs(gate, up);
+    let grad = f32_contiguous(grad);
+    let dtype = gate.dtype;
     let n = shape.num_elements();
-    let dgate = empty_f32(&gate, shape.clone());
-    let dup = empty_f32(&gate, shape);
+    let dgate = empty_device_contiguous_dtype(
+        gate.client.clone(),
+        gate.device.clone(),
+        shape.clone(),
+        dtype,
+    );
+    let dup = empty_device_contiguous_dtype(gate.client.clone(), gate.device.clone(), shape, dtype);
     if n > 0 {
         let client = gate.client.clone();
         let width = vector_width(&client, DType::F32, n);
@@ -662,9 +692,10 @@ fn swiglu_backward<R: CubeRuntime>(
             dgate.clone().into_tensor_arg(),
             dup.clone().into_tensor_arg(),
             vectors,
+            dtype.into(),
         );
     }
-    (to_dtype(dgate, gate_dtype), to_dtype(dup, up_dtype))
+    (dgate, dup)
 }
 
 impl<R, F, I, BT> RowOps for CubeBackend<R, F, I, BT>
@@ -756,30 +787,62 @@ pub(super) fn bf16_writers_cuda_source(
             sources.push(compile_for_cuda(label, kernel, arch)?);
         }
     }
-    for parts in [false, true] {
-        use swiglu_vectors::{_E, _N, E, N, SwigluVectors};
+    // SwiGLU reads f32 inputs, or the products' rounded results (bf16).
+    let f32_type: StorageType = DType::F32.into();
+    for (input, input_name) in [(f32_type, "f32"), (dtype, "bf16")] {
+        for parts in [false, true] {
+            use swiglu_vectors::{_E, _G, _N, E, G, N, SwigluVectors};
+            let mut at = Capture::new(CubeDim::new_1d(ELEMENT_UNITS), |scope| {
+                scope.register_type::<DynamicScalar<_G>>(input);
+                scope.register_type::<DynamicScalar<_E>>(dtype);
+                scope.register_size::<DynamicSize<_N>>(width);
+            });
+            let gate = at.tensor::<Tensor<Vector<G, N>>>(&[rows, hidden]);
+            let up = at.tensor::<Tensor<Vector<G, N>>>(&[rows, hidden]);
+            let out_hidden = if parts { 2 * hidden } else { hidden };
+            let y = at.tensor::<Tensor<Vector<E, N>>>(&[rows, out_hidden]);
+            let kernel = SwigluVectors::<cubecl::wgpu::WgpuRuntime>::new(
+                at.settings.clone(),
+                at.client.clone(),
+                gate,
+                up,
+                y,
+                // vectors, row_vectors: scalars.
+                (),
+                (),
+                width,
+                parts,
+                [input, dtype],
+            );
+            let label = format!("swiglu_vectors {input_name} to bf16 width{width} parts{parts}");
+            sources.push(compile_for_cuda(label, kernel, arch)?);
+        }
+    }
+    {
+        use swiglu_backward_vectors::{_G, _N, G, N, SwigluBackwardVectors};
         let mut at = Capture::new(CubeDim::new_1d(ELEMENT_UNITS), |scope| {
-            scope.register_type::<DynamicScalar<_E>>(dtype);
+            scope.register_type::<DynamicScalar<_G>>(dtype);
             scope.register_size::<DynamicSize<_N>>(width);
         });
-        let gate = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
-        let up = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
-        let out_hidden = if parts { 2 * hidden } else { hidden };
-        let y = at.tensor::<Tensor<Vector<E, N>>>(&[rows, out_hidden]);
-        let kernel = SwigluVectors::<cubecl::wgpu::WgpuRuntime>::new(
+        let gate = at.tensor::<Tensor<Vector<G, N>>>(&[rows, hidden]);
+        let up = at.tensor::<Tensor<Vector<G, N>>>(&[rows, hidden]);
+        let dy = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+        let dgate = at.tensor::<Tensor<Vector<G, N>>>(&[rows, hidden]);
+        let dup = at.tensor::<Tensor<Vector<G, N>>>(&[rows, hidden]);
+        let kernel = SwigluBackwardVectors::<cubecl::wgpu::WgpuRuntime>::new(
             at.settings.clone(),
             at.client.clone(),
             gate,
             up,
-            y,
-            // vectors, row_vectors: scalars.
-            (),
+            dy,
+            dgate,
+            dup,
+            // vectors: a scalar.
             (),
             width,
-            parts,
             dtype,
         );
-        let label = format!("swiglu_vectors bf16 width{width} parts{parts}");
+        let label = format!("swiglu_backward_vectors bf16 width{width}");
         sources.push(compile_for_cuda(label, kernel, arch)?);
     }
     Ok(sources)

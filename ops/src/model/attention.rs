@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::kernels::{Precision, causal_attention_in};
+use crate::kernels::{Precision, Results, causal_attention_in};
 
 use super::ModelBackend;
 use super::cache::LayerKv;
@@ -50,7 +50,8 @@ impl<B: ModelBackend> Attention<B> {
         // [batch, seq, heads, head_dim] throughout: the projections' own
         // layout, which the attention kernel reads without a copy.
         // x prepared once for the three products (Linear::forward_shared).
-        let [q, k, v] = Linear::forward_shared([&self.q_proj, &self.k_proj, &self.v_proj], x);
+        let [q, k, v] =
+            Linear::forward_shared([&self.q_proj, &self.k_proj, &self.v_proj], x, Results::F32);
         let q = rope.apply(q.reshape([batch, seq, h, d]));
         let k = rope.apply(k.reshape([batch, seq, kv, d]));
         let v = v.reshape([batch, seq, kv, d]);

@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 
 use super::ModelBackend;
 use crate::kernels::matmul::{
-    Activations, inference_weight, linear_matmul_as, linear_matmul_shared_as,
+    Activations, Results, inference_weight, linear_matmul_as, linear_matmul_shared_as,
 };
 use crate::kernels::{
     Precision, WeightLayout, rms_norm, rms_norm_products, sum_rms_norm_products, swiglu_product,
@@ -81,11 +81,15 @@ impl<B: ModelBackend> Linear<B> {
     /// where their arithmetic prepares it ([`linear_matmul_shared`]), and
     /// written so by its RMSNorm where it has one still to apply
     /// ([`ProductInput::Normalized`]), which also sums a residual add still
-    /// to take ([`ProductInput::SumNormalized`]). Layers of differing
-    /// arithmetic run one at a time.
+    /// to take ([`ProductInput::SumNormalized`]). The results are written
+    /// as `results` says: rounded ones (where the products round their
+    /// operands once, see [`Results`]) are for a caller that reads them
+    /// only to compute in f32, and take no bias. Layers of differing
+    /// arithmetic run one at a time, with f32 results.
     pub fn forward_shared<const N: usize>(
         layers: [&Self; N],
         input: ProductInput<'_, B>,
+        results: Results,
     ) -> [Tensor<B, 3>; N] {
         let (precision, activations) = (layers[0].precision, layers[0].activations);
         if layers
@@ -95,6 +99,13 @@ impl<B: ModelBackend> Linear<B> {
             let x = input.into_tensor();
             return layers.map(|l| l.forward(x.clone()));
         }
+        // A bias would be added in the result's dtype: Burn's add reads
+        // its right operand as the left's dtype, unchecked.
+        let results = if layers.iter().any(|l| l.bias.is_some()) {
+            Results::F32
+        } else {
+            results
+        };
         let [batch, seq, d_in] = input.dims();
         let weights = layers.map(|l| l.weight.val());
         let ys = match input {
@@ -104,6 +115,7 @@ impl<B: ModelBackend> Linear<B> {
                 WeightLayout::InOut,
                 precision,
                 activations,
+                results,
             ),
             ProductInput::Normalized(norm, x) => rms_norm_products(
                 x.reshape([batch * seq, d_in]),
@@ -113,6 +125,7 @@ impl<B: ModelBackend> Linear<B> {
                 WeightLayout::InOut,
                 precision,
                 activations,
+                results,
             ),
             ProductInput::SumNormalized {
                 norm,
@@ -129,6 +142,7 @@ impl<B: ModelBackend> Linear<B> {
                     WeightLayout::InOut,
                     precision,
                     activations,
+                    results,
                 );
                 *sum = Some(summed.reshape([batch, seq, d_in]));
                 ys

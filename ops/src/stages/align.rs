@@ -29,7 +29,10 @@ pub struct AlignParams {
 impl TypedOp for Align {
     type Params = AlignParams;
     const NAME: &'static str = "align";
-    const VERSION: u32 = 1;
+    // 2: under `precision: bf16` on CUDA, gate and up are written in bf16,
+    // as autocast writes them (`kernels::matmul::Results`), in the
+    // training step.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Supervised fine-tuning on chat data, with the loss on assistant tokens only.";
 

@@ -117,7 +117,11 @@ impl DistillParams {
 impl TypedOp for Distill {
     type Params = DistillParams;
     const NAME: &'static str = "distill";
-    const VERSION: u32 = 1;
+    // 2: under `precision: bf16` on CUDA, gate and up are written in bf16,
+    // as autocast writes them (`kernels::matmul::Results`), in the
+    // student's training step and a live teacher's with
+    // `teacher_activations: rounded`.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str = "Trains a student on a frozen teacher's logits (knowledge distillation): a teacher model run at every step, or the top-K logits a `teacher_logits` stage stored.";
 
     fn slots(&self) -> Vec<Slot> {

@@ -27,7 +27,10 @@ pub struct TeacherCorrectionParams {
 impl TypedOp for TeacherCorrection {
     type Params = TeacherCorrectionParams;
     const NAME: &'static str = "teacher_correction";
-    const VERSION: u32 = 1;
+    // 2: under `precision: bf16` on CUDA, gate and up are written in bf16,
+    // as autocast writes them (`kernels::matmul::Results`), in the
+    // training step.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Fine-tunes the teacher with cross-entropy on the distillation data before it teaches.";
 

@@ -71,7 +71,8 @@ pub struct TrainParams {
     /// The arithmetic of the matrix products (the model's and, in
     /// `distill`, its live teacher's): `f32`, or `bf16` where the CPU has
     /// AMX tiles or on CUDA, with f32 sums: the trained model's operands rounded once,
-    /// as mixed-precision training does, the teacher's activations in two
+    /// as mixed-precision training does (on CUDA the MLP's gate and up are
+    /// also written in bf16, as PyTorch's autocast writes them), the teacher's activations in two
     /// bf16 parts, as inference carries them. f32 on other devices, so a
     /// store shared across machines should not mix them. Norms, attention,
     /// the loss and the optimizer stay f32.

@@ -9,11 +9,17 @@
 //! (`kernels_matmul`), the CubeCL one (`kernels_matmul_cube`) and
 //! `kernels_bf16_as_f16`, where the fused kernels write f16 and the check
 //! that the bf16 request rounded at all can fail.
+//!
+//! Products asked for rounded results (`Results::Rounded`, gate and up)
+//! are checked against the f32 results cast to the rounded dtype, bit for
+//! bit (the product rounds its f32 sums as it stores them, as a cast
+//! does), and SwiGLU reading such results against SwiGLU of their f32
+//! values; under autodiff, every gradient too.
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use distillery_ops::kernels::{
-    Activations, MatmulOps, Precision, ProductInputOps, WeightLayout, linear_matmul,
+    Activations, MatmulOps, Precision, ProductInputOps, Results, WeightLayout, linear_matmul,
     linear_matmul_as, linear_matmul_shared, linear_matmul_shared_as, rms_norm, rms_norm_products,
     sum_rms_norm_products, swiglu, swiglu_product,
 };
@@ -26,7 +32,37 @@ fn random(rng: &mut SplitMix64, n: usize, scale: f64) -> Vec<f32> {
 }
 
 fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    let t = if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(DType::F32)
+    };
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// `t` in `dtype` (cast only where it is not).
+fn in_dtype<B: burn::tensor::backend::Backend, const D: usize>(
+    t: Tensor<B, D>,
+    dtype: DType,
+) -> Tensor<B, D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
+/// Where products asked for rounded results write them: the 16-bit dtype
+/// of `B`'s bf16 products on `device` when `writes_rounded` (the backend
+/// writes them so: the CubeCL ones), the operands were rounded once
+/// (`rounded_once`: a training step, or inference with
+/// `Activations::Rounded`) and the products run in bf16; else f32.
+fn rounded_results_dtype<B: MatmulOps>(
+    device: &B::Device,
+    writes_rounded: bool,
+    precision: Precision,
+    rounded_once: bool,
+) -> DType {
+    match B::reduced_dtype(device) {
+        Some(reduced) if writes_rounded && rounded_once && precision == Precision::Bf16 => reduced,
+        _ => DType::F32,
+    }
 }
 
 /// Panics unless `got` is `want` bit for bit, naming the first difference.
@@ -60,27 +96,34 @@ fn rounds<B: MatmulOps>(device: &B::Device) -> bool {
 }
 
 /// Every check below, on `inner` (inference) and under autodiff (`AB`,
-/// over `inner`'s backend, on the same `device`).
-pub fn check_product_inputs<B, AB>(inner: &B::Device, device: &AB::Device)
+/// over `inner`'s backend, on the same `device`). `writes_rounded`: whether
+/// the backend writes rounded results where asked (the CubeCL backends;
+/// the CPU writes f32 whatever is asked).
+pub fn check_product_inputs<B, AB>(inner: &B::Device, device: &AB::Device, writes_rounded: bool)
 where
     B: ProductInputOps,
     AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
 {
     // (rows, hidden): widths read in vectors of 2 and of 4.
     for (rows, hidden) in [(37, 70), (9, 64)] {
-        check_norm_products::<B, AB>(rows, hidden, inner, device);
+        check_norm_products::<B, AB>(rows, hidden, inner, device, writes_rounded);
     }
     for (rows, hidden) in [(37, 70), (9, 64)] {
-        check_sum_norm_products::<B, AB>(rows, hidden, inner, device);
+        check_sum_norm_products::<B, AB>(rows, hidden, inner, device, writes_rounded);
     }
     // (rows, width): an odd width (vectors of one), and one of 4s.
     for (rows, width) in [(13, 5), (40, 96)] {
-        check_swiglu_product::<B, AB>(rows, width, inner, device);
+        check_swiglu_product::<B, AB>(rows, width, inner, device, writes_rounded);
     }
 }
 
-fn check_norm_products<B, AB>(rows: usize, hidden: usize, inner: &B::Device, device: &AB::Device)
-where
+fn check_norm_products<B, AB>(
+    rows: usize,
+    hidden: usize,
+    inner: &B::Device,
+    device: &AB::Device,
+    writes_rounded: bool,
+) where
     B: ProductInputOps,
     AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
 {
@@ -122,6 +165,7 @@ where
                     layout,
                     precision,
                     activations,
+                    Results::F32,
                 );
                 let composed = linear_matmul_shared_as(
                     normed.clone(),
@@ -129,6 +173,7 @@ where
                     layout,
                     precision,
                     activations,
+                    Results::F32,
                 );
                 for (i, (f, c)) in fused.into_iter().zip(composed).enumerate() {
                     assert_eq!(f.dims(), [rows, widths[i]], "{what}: product {i}'s shape");
@@ -157,6 +202,48 @@ where
                         }
                     }
                 }
+
+                // Rounded results: the f32 ones rounded, where rounded.
+                let dtype = rounded_results_dtype::<B>(
+                    inner,
+                    writes_rounded,
+                    precision,
+                    activations == Activations::Rounded,
+                );
+                let want = linear_matmul_shared_as(
+                    normed.clone(),
+                    wts.clone(),
+                    layout,
+                    precision,
+                    activations,
+                    Results::F32,
+                );
+                let fused = rms_norm_products(
+                    xt.clone(),
+                    nwt.clone(),
+                    eps,
+                    wts.clone(),
+                    layout,
+                    precision,
+                    activations,
+                    Results::Rounded,
+                );
+                let of_tensor = linear_matmul_shared_as(
+                    normed.clone(),
+                    wts.clone(),
+                    layout,
+                    precision,
+                    activations,
+                    Results::Rounded,
+                );
+                for (i, ((f, t), w)) in fused.into_iter().zip(of_tensor).zip(want).enumerate() {
+                    let w = values(in_dtype(w, dtype));
+                    for (how, y) in [("fused", f), ("of the norm's tensor", t)] {
+                        let what = format!("{what}: product {i} {how}, rounded results");
+                        assert_eq!(y.dtype(), dtype, "{what}: dtype");
+                        assert_same(&format!("{what} against f32's rounded"), &values(y), &w);
+                    }
+                }
             }
             // The operand a training step's products read.
             let trained = B::rms_norm_trained(
@@ -180,77 +267,91 @@ where
             );
 
             // Training: the products and every gradient of
-            // `sum_i sum(y_i * r_i)`, fused against composed.
-            let run = |fused: bool| {
-                let xt =
-                    Tensor::<AB, 2>::from_data(TensorData::new(x.clone(), [rows, hidden]), device)
-                        .require_grad();
-                let nwt = Tensor::<AB, 1>::from_data(TensorData::new(nw.clone(), [hidden]), device)
-                    .require_grad();
-                let wts: [Tensor<AB, 2>; 3] = std::array::from_fn(|i| {
-                    let dims = weight_dims(hidden, widths[i], layout);
-                    Tensor::from_data(TensorData::new(ws[i].clone(), dims), device).require_grad()
-                });
-                let ys = if fused {
-                    rms_norm_products(
-                        xt.clone(),
-                        nwt.clone(),
-                        eps,
-                        wts.clone(),
-                        layout,
-                        precision,
-                        Activations::TwoParts,
-                    )
-                } else {
-                    let normed = rms_norm(xt.clone(), nwt.clone(), eps);
-                    linear_matmul_shared(normed, wts.clone(), layout, precision)
+            // `sum_i sum(y_i * r_i)`, fused against composed; rounded
+            // results against the f32 ones cast (a node of their own).
+            for results in [Results::F32, Results::Rounded] {
+                let dtype = match results {
+                    Results::F32 => DType::F32,
+                    Results::Rounded => {
+                        rounded_results_dtype::<AB>(device, writes_rounded, precision, true)
+                    }
                 };
-                let mut out: Vec<Vec<f32>> = Vec::new();
-                let mut loss = None;
-                for (i, y) in ys.into_iter().enumerate() {
-                    let r = Tensor::<AB, 2>::from_data(
-                        TensorData::new(rs[i].clone(), [rows, widths[i]]),
+                let what = format!("{what}, {results:?} results");
+                let run = |fused: bool| {
+                    let xt = Tensor::<AB, 2>::from_data(
+                        TensorData::new(x.clone(), [rows, hidden]),
                         device,
-                    );
-                    assert_eq!(
-                        y.dtype(),
-                        DType::F32,
-                        "{what}: training product {i}'s dtype"
-                    );
-                    out.push(values(y.clone().inner()));
-                    let term = (y * r).sum();
-                    loss = Some(match loss {
-                        Some(l) => l + term,
-                        None => term,
+                    )
+                    .require_grad();
+                    let nwt =
+                        Tensor::<AB, 1>::from_data(TensorData::new(nw.clone(), [hidden]), device)
+                            .require_grad();
+                    let wts: [Tensor<AB, 2>; 3] = std::array::from_fn(|i| {
+                        let dims = weight_dims(hidden, widths[i], layout);
+                        Tensor::from_data(TensorData::new(ws[i].clone(), dims), device)
+                            .require_grad()
                     });
-                }
-                let grads = loss.expect("three products").backward();
-                let grad = |g: Option<Tensor<B, 2>>, name: &str| {
-                    let g = g.unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
-                    assert_eq!(g.dtype(), DType::F32, "{what}: {name}'s gradient dtype");
-                    values(g)
+                    let ys = if fused {
+                        rms_norm_products(
+                            xt.clone(),
+                            nwt.clone(),
+                            eps,
+                            wts.clone(),
+                            layout,
+                            precision,
+                            Activations::TwoParts,
+                            results,
+                        )
+                    } else {
+                        let normed = rms_norm(xt.clone(), nwt.clone(), eps);
+                        linear_matmul_shared(normed, wts.clone(), layout, precision)
+                            .map(|y| in_dtype(y, dtype))
+                    };
+                    let mut out: Vec<Vec<f32>> = Vec::new();
+                    let mut loss = None;
+                    for (i, y) in ys.into_iter().enumerate() {
+                        let r = Tensor::<AB, 2>::from_data(
+                            TensorData::new(rs[i].clone(), [rows, widths[i]]),
+                            device,
+                        );
+                        assert_eq!(y.dtype(), dtype, "{what}: training product {i}'s dtype");
+                        out.push(values(y.clone().inner()));
+                        // In f32 before the product with r: Burn reads a
+                        // binary op's right operand as the left's dtype.
+                        let term = (in_dtype(y, DType::F32) * r).sum();
+                        loss = Some(match loss {
+                            Some(l) => l + term,
+                            None => term,
+                        });
+                    }
+                    let grads = loss.expect("three products").backward();
+                    let grad = |g: Option<Tensor<B, 2>>, name: &str| {
+                        let g = g.unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+                        assert_eq!(g.dtype(), DType::F32, "{what}: {name}'s gradient dtype");
+                        values(g)
+                    };
+                    out.push(grad(xt.grad(&grads), "x"));
+                    let dnw = nwt.grad(&grads).expect("the norm weight's gradient");
+                    assert_eq!(
+                        dnw.dtype(),
+                        DType::F32,
+                        "{what}: the norm weight's gradient dtype"
+                    );
+                    out.push(values(dnw));
+                    for (i, w) in wts.iter().enumerate() {
+                        out.push(grad(w.grad(&grads), &format!("weight {i}")));
+                    }
+                    out
                 };
-                out.push(grad(xt.grad(&grads), "x"));
-                let dnw = nwt.grad(&grads).expect("the norm weight's gradient");
-                assert_eq!(
-                    dnw.dtype(),
-                    DType::F32,
-                    "{what}: the norm weight's gradient dtype"
-                );
-                out.push(values(dnw));
-                for (i, w) in wts.iter().enumerate() {
-                    out.push(grad(w.grad(&grads), &format!("weight {i}")));
+                let (fused, composed) = (run(true), run(false));
+                let names = ["y0", "y1", "y2", "dx", "dnorm", "dw0", "dw1", "dw2"];
+                for ((f, c), name) in fused.iter().zip(&composed).zip(names) {
+                    assert_same(
+                        &format!("{what}: training {name} against the composition's"),
+                        f,
+                        c,
+                    );
                 }
-                out
-            };
-            let (fused, composed) = (run(true), run(false));
-            let names = ["y0", "y1", "y2", "dx", "dnorm", "dw0", "dw1", "dw2"];
-            for ((f, c), name) in fused.iter().zip(&composed).zip(names) {
-                assert_same(
-                    &format!("{what}: training {name} against the composition's"),
-                    f,
-                    c,
-                );
             }
         }
     }
@@ -267,6 +368,7 @@ fn check_sum_norm_products<B, AB>(
     hidden: usize,
     inner: &B::Device,
     device: &AB::Device,
+    writes_rounded: bool,
 ) where
     B: ProductInputOps,
     AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
@@ -283,11 +385,23 @@ fn check_sum_norm_products<B, AB>(
         .collect();
     let r = random(&mut rng, rows * hidden, 1.0);
     let layout = WeightLayout::InOut;
-    for precision in [Precision::F32, Precision::Bf16] {
+    for (precision, results) in [Precision::F32, Precision::Bf16]
+        .into_iter()
+        .flat_map(|p| [(p, Results::F32), (p, Results::Rounded)])
+    {
         for activations in [Activations::TwoParts, Activations::Rounded] {
             let what = format!(
-                "RMSNorm of a sum [{rows}, {hidden}] then products, {precision:?}, {activations:?}"
+                "RMSNorm of a sum [{rows}, {hidden}] then products, {precision:?}, {activations:?}, {results:?} results"
             );
+            let dtype = match results {
+                Results::F32 => DType::F32,
+                Results::Rounded => rounded_results_dtype::<B>(
+                    inner,
+                    writes_rounded,
+                    precision,
+                    activations == Activations::Rounded,
+                ),
+            };
             let t = |v: &[f32], d: [usize; 2]| {
                 Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), d), inner)
             };
@@ -304,6 +418,7 @@ fn check_sum_norm_products<B, AB>(
                 layout,
                 precision,
                 activations,
+                results,
             );
             let want_sum = xt + dt;
             let composed = rms_norm_products(
@@ -314,6 +429,7 @@ fn check_sum_norm_products<B, AB>(
                 layout,
                 precision,
                 activations,
+                results,
             );
             assert_eq!(sum.dtype(), DType::F32, "{what}: the sum's dtype");
             assert_same(
@@ -322,6 +438,7 @@ fn check_sum_norm_products<B, AB>(
                 &values(want_sum),
             );
             for (i, (f, c)) in fused.into_iter().zip(composed).enumerate() {
+                assert_eq!(f.dtype(), dtype, "{what}: product {i}'s dtype");
                 assert_same(
                     &format!("{what}: product {i} against the composition"),
                     &values(f),
@@ -350,6 +467,7 @@ fn check_sum_norm_products<B, AB>(
                     layout,
                     precision,
                     Activations::TwoParts,
+                    results,
                 )
             } else {
                 let sum = xt.clone() + dt.clone();
@@ -361,6 +479,7 @@ fn check_sum_norm_products<B, AB>(
                     layout,
                     precision,
                     Activations::TwoParts,
+                    results,
                 );
                 (sum, ys)
             };
@@ -369,7 +488,7 @@ fn check_sum_norm_products<B, AB>(
             let mut loss = (sum * rt).sum();
             for y in ys {
                 out.push(values(y.clone().inner()));
-                loss = loss + y.sum();
+                loss = loss + in_dtype(y, DType::F32).sum();
             }
             let grads = loss.backward();
             out.push(values(xt.grad(&grads).expect("x's gradient")));
@@ -384,7 +503,7 @@ fn check_sum_norm_products<B, AB>(
         for ((f, c), name) in fused.iter().zip(&composed).zip(names) {
             assert_same(
                 &format!(
-                    "RMSNorm of a sum [{rows}, {hidden}], {precision:?}: training {name} against the composition's"
+                    "RMSNorm of a sum [{rows}, {hidden}], {precision:?}, {results:?} results: training {name} against the composition's"
                 ),
                 f,
                 c,
@@ -393,8 +512,13 @@ fn check_sum_norm_products<B, AB>(
     }
 }
 
-fn check_swiglu_product<B, AB>(rows: usize, width: usize, inner: &B::Device, device: &AB::Device)
-where
+fn check_swiglu_product<B, AB>(
+    rows: usize,
+    width: usize,
+    inner: &B::Device,
+    device: &AB::Device,
+    writes_rounded: bool,
+) where
     B: ProductInputOps,
     AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
 {
@@ -527,6 +651,122 @@ where
                     c,
                 );
             }
+        }
+    }
+    check_swiglu_of_rounded::<B, AB>(rows, width, inner, device, writes_rounded);
+}
+
+/// [`swiglu`] of `[rows, width]` tensors.
+fn swiglu2<B: burn::tensor::backend::Backend + ProductInputOps>(
+    gate: Tensor<B, 2>,
+    up: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let [rows, width] = gate.dims();
+    swiglu(gate.unsqueeze_dim::<3>(0), up.unsqueeze_dim::<3>(0)).reshape([rows, width])
+}
+
+/// SwiGLU reading gate and up as rounded results (`Results::Rounded`),
+/// where the backend writes them: the op, and the product after it,
+/// against SwiGLU of their values in f32, bit for bit; under autodiff,
+/// the gradients of gate, up (through their rounding) and the weight too.
+fn check_swiglu_of_rounded<B, AB>(
+    rows: usize,
+    width: usize,
+    inner: &B::Device,
+    device: &AB::Device,
+    writes_rounded: bool,
+) where
+    B: ProductInputOps,
+    AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
+{
+    let precision = Precision::Bf16;
+    let reduced = rounded_results_dtype::<B>(inner, writes_rounded, precision, true);
+    if reduced == DType::F32 {
+        return;
+    }
+    let n = 19;
+    let mut rng = SplitMix64::new(61 + width as u64);
+    let gate = random(&mut rng, rows * width, 4.0);
+    let up = random(&mut rng, rows * width, 2.0);
+    let w = random(&mut rng, width * n, 1.0);
+    let r = random(&mut rng, rows * n, 1.0);
+    for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+        let dims = weight_dims(width, n, layout);
+        let what = format!("SwiGLU [{rows}, {width}] of {reduced:?} inputs, {layout:?}");
+        let t = |v: &[f32], d: [usize; 2]| {
+            Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), d), inner)
+        };
+        let (g, u, wt) = (
+            t(&gate, [rows, width]).cast(reduced),
+            t(&up, [rows, width]).cast(reduced),
+            t(&w, dims),
+        );
+        let (g32, u32) = (g.clone().cast(DType::F32), u.clone().cast(DType::F32));
+        let act = swiglu2(g.clone(), u.clone());
+        assert_eq!(act.dtype(), reduced, "{what}: SwiGLU's dtype");
+        let want_act = swiglu2(g32.clone(), u32.clone());
+        assert_same(
+            &format!("{what}: SwiGLU against its f32 inputs' rounded"),
+            &values(act),
+            &values(want_act.clone().cast(reduced)),
+        );
+        for activations in [Activations::TwoParts, Activations::Rounded] {
+            let what = format!("{what}, activations {activations:?}");
+            let fused = swiglu_product(
+                g.clone(),
+                u.clone(),
+                wt.clone(),
+                layout,
+                precision,
+                activations,
+            );
+            assert_eq!(fused.dtype(), DType::F32, "{what}: the product's dtype");
+            let want =
+                linear_matmul_as(want_act.clone(), wt.clone(), layout, precision, activations);
+            assert_same(
+                &format!("{what}: the product against f32 inputs'"),
+                &values(fused),
+                &values(want),
+            );
+        }
+
+        // Training: gate and up rounded by a cast node (as a product with
+        // rounded results gives them), against their f32 values.
+        let run = |fused: bool| {
+            let t = |v: &[f32], d: [usize; 2]| {
+                Tensor::<AB, 2>::from_data(TensorData::new(v.to_vec(), d), device).require_grad()
+            };
+            let (g, u, wt) = (t(&gate, [rows, width]), t(&up, [rows, width]), t(&w, dims));
+            let (gr, ur) = (g.clone().cast(reduced), u.clone().cast(reduced));
+            let y = if fused {
+                swiglu_product(gr, ur, wt.clone(), layout, precision, Activations::TwoParts)
+            } else {
+                let act = swiglu2(gr.cast(DType::F32), ur.cast(DType::F32));
+                linear_matmul(act, wt.clone(), layout, precision)
+            };
+            assert_eq!(
+                y.dtype(),
+                DType::F32,
+                "{what}: the training product's dtype"
+            );
+            let rt = Tensor::<AB, 2>::from_data(TensorData::new(r.clone(), [rows, n]), device);
+            let grads = (y.clone() * rt).sum().backward();
+            let mut out = vec![values(y.inner())];
+            for (name, p) in [("gate", &g), ("up", &u), ("weight", &wt)] {
+                let d = p
+                    .grad(&grads)
+                    .unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+                out.push(values(d));
+            }
+            out
+        };
+        let (fused, composed) = (run(true), run(false));
+        for ((f, c), name) in fused.iter().zip(&composed).zip(["y", "dgate", "dup", "dw"]) {
+            assert_same(
+                &format!("{what}: training {name} against f32 inputs'"),
+                f,
+                c,
+            );
         }
     }
 }
