@@ -152,8 +152,10 @@ pub trait MatmulOps: Backend {
     /// the products prepare their input (CUDA in bf16: its two parts in
     /// inference, its rounding in training), it is prepared once for all
     /// of them.
-    /// Written as `results` says where a training step's products (under
-    /// autodiff) run; inference's, which carry `x` in two parts, write f32.
+    ///
+    /// The results are written as `results` says where a training step's
+    /// products run (under autodiff); inference's, which carry `x` in two
+    /// parts, write f32.
     fn linear_matmul_shared(
         x: FloatTensor<Self>,
         weights: Vec<FloatTensor<Self>>,

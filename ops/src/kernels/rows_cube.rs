@@ -23,9 +23,11 @@
 //! f32, as the composition and transformers do), results cast back to the
 //! input's dtype; SwiGLU reads its inputs in their own dtype (the
 //! products' rounded results under bf16, `kernels::product_inputs`) and
-//! writes its gradients in it. Portability (DESIGN.md, Compute): the barriers of the row
-//! sums sit in straight-line code (the tree sum is unrolled at compile
-//! time) that every unit of a cube reaches; no plane ops.
+//! writes its gradients in it.
+//!
+//! Portability (DESIGN.md, Compute): the barriers of the row sums sit in
+//! straight-line code (the tree sum is unrolled at compile time) that
+//! every unit of a cube reaches; no plane ops.
 
 use super::cube_common::{
     cube_grid, empty_f32, f32_contiguous, lane_sum, strided_grid, to_dtype, tree_sum_scalars,
