@@ -14,6 +14,11 @@ use std::time::Instant;
 /// they are read from memory and not from the last-level cache.
 const WORKING_SET_BYTES: usize = 256 << 20;
 
+/// The tensor a device's copy bandwidth is measured on: larger than any
+/// GPU's last-level cache (50 MB on an H100), and small enough for wgpu,
+/// which fails to allocate one of 256 MiB.
+pub const DEVICE_COPY_BYTES: usize = 128 << 20;
+
 /// What one timing measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Throughput {
@@ -76,22 +81,39 @@ pub fn bench_channel_stats<B: ImportanceOps>(
 }
 
 /// A device's copy bandwidth in bytes/s, counting the bytes read and
-/// written: the best of 5 elementwise passes over a 256 MiB f32 tensor
-/// (after one warm-up), each waited for.
-pub fn measure_device_copy_bandwidth<B: Backend>(device: &B::Device) -> f64 {
-    let x = Tensor::<B, 1>::ones([WORKING_SET_BYTES / 4], device);
+/// written: the best of 5 elementwise passes over a [`DEVICE_COPY_BYTES`]
+/// f32 tensor (after one warm-up), each waited for. An error where the
+/// passes did not run: a device that fails to allocate their tensors goes
+/// on without them, and their times would be nothing.
+pub fn measure_device_copy_bandwidth<B: Backend>(device: &B::Device) -> Result<f64, String> {
+    const FACTOR: f32 = 1.0001;
+    let len = DEVICE_COPY_BYTES / 4;
+    let x = Tensor::<B, 1>::ones([len], device);
     let mut best = f64::INFINITY;
+    let mut last = None;
     for pass in 0..6 {
         let _ = B::sync(device);
         let start = Instant::now();
-        let y = x.clone().mul_scalar(1.0001);
+        let y = x.clone().mul_scalar(FACTOR);
         let _ = B::sync(device);
         if pass > 0 {
             best = best.min(start.elapsed().as_secs_f64());
         }
-        drop(y);
+        last = Some(y);
     }
-    2.0 * WORKING_SET_BYTES as f64 / best
+    let last = last.expect("six passes ran");
+    let tail = last
+        .slice([len - 1..len])
+        .try_into_data()
+        .map_err(|e| format!("the copy-bandwidth passes failed on the device: {e:?}"))?
+        .to_vec::<f32>()
+        .map_err(|e| format!("the copy-bandwidth result read back as {e:?}"))?;
+    if tail != [FACTOR] {
+        return Err(format!(
+            "the copy-bandwidth passes wrote {tail:?} where they should have written {FACTOR}"
+        ));
+    }
+    Ok(2.0 * DEVICE_COPY_BYTES as f64 / best)
 }
 
 /// The machine's memory read bandwidth in bytes/s: every thread sums its

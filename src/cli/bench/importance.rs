@@ -69,7 +69,8 @@ fn importance_on<B: ComputeBackend>(
     args: &ImportanceArgs,
 ) -> anyhow::Result<()> {
     use distillery_ops::kernels::bandwidth::{
-        bench_channel_stats, measure_copy_bandwidth, measure_device_copy_bandwidth,
+        DEVICE_COPY_BYTES, bench_channel_stats, measure_copy_bandwidth,
+        measure_device_copy_bandwidth,
     };
     use distillery_ops::kernels::importance::Aggregation;
     let cpu = is_cpu::<B>();
@@ -85,9 +86,10 @@ fn importance_on<B: ComputeBackend>(
         );
         bw
     } else {
-        let bw = measure_device_copy_bandwidth::<B>(&device);
+        let bw = measure_device_copy_bandwidth::<B>(&device).map_err(anyhow::Error::msg)?;
         println!(
-            "device copy bandwidth (read + write of 256 MiB, best of 5): {:.1} GB/s",
+            "device copy bandwidth (read + write of {} MiB, best of 5): {:.1} GB/s",
+            DEVICE_COPY_BYTES >> 20,
             bw / 1e9
         );
         bw

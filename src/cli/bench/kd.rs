@@ -152,7 +152,8 @@ fn kd_on<B: ComputeBackend>(device: B::Device, args: &KdArgs, spec: KdSpec) -> a
         (bw, "memory read bandwidth, all threads".to_string())
     } else {
         (
-            distillery_ops::kernels::bandwidth::measure_device_copy_bandwidth::<B>(&device),
+            distillery_ops::kernels::bandwidth::measure_device_copy_bandwidth::<B>(&device)
+                .map_err(anyhow::Error::msg)?,
             "device copy bandwidth (read + write)".to_string(),
         )
     };
