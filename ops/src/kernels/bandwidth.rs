@@ -103,7 +103,7 @@ pub fn measure_device_copy_bandwidth<B: Backend>(device: &B::Device) -> Result<f
     }
     let last = last.expect("six passes ran");
     let tail = last
-        .slice([len - 1..len])
+        .narrow(0, len - 1, 1)
         .try_into_data()
         .map_err(|e| format!("the copy-bandwidth passes failed on the device: {e:?}"))?
         .to_vec::<f32>()
