@@ -539,11 +539,7 @@ fn check_swiglu_product<B, AB>(
                 Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), d), inner)
             };
             let (g, u, wt) = (t(&gate, [rows, width]), t(&up, [rows, width]), t(&w, dims));
-            let act = swiglu(
-                g.clone().unsqueeze_dim::<3>(0),
-                u.clone().unsqueeze_dim::<3>(0),
-            )
-            .reshape([rows, width]);
+            let act = swiglu2(g.clone(), u.clone());
             let mut two_parts = Vec::new();
             for activations in [Activations::TwoParts, Activations::Rounded] {
                 let what = format!("{what}, activations {activations:?}");
@@ -602,55 +598,24 @@ fn check_swiglu_product<B, AB>(
                 &values(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(want))),
             );
 
-            // Training: the product and the gradients of `sum(y * r)`.
+            // Training: the fused product against the composition.
             let run = |fused: bool| {
-                let t = |v: &[f32], d: [usize; 2]| {
-                    Tensor::<AB, 2>::from_data(TensorData::new(v.to_vec(), d), device)
-                        .require_grad()
-                };
-                let (g, u, wt) = (t(&gate, [rows, width]), t(&up, [rows, width]), t(&w, dims));
-                let y = if fused {
-                    swiglu_product(
-                        g.clone(),
-                        u.clone(),
-                        wt.clone(),
-                        layout,
-                        precision,
-                        Activations::TwoParts,
-                    )
-                } else {
-                    let act = swiglu(
-                        g.clone().unsqueeze_dim::<3>(0),
-                        u.clone().unsqueeze_dim::<3>(0),
-                    )
-                    .reshape([rows, width]);
-                    linear_matmul(act, wt.clone(), layout, precision)
-                };
-                assert_eq!(
-                    y.dtype(),
-                    DType::F32,
-                    "{what}: the training product's dtype"
-                );
-                let rt = Tensor::<AB, 2>::from_data(TensorData::new(r.clone(), [rows, n]), device);
-                let grads = (y.clone() * rt).sum().backward();
-                let mut out = vec![values(y.inner())];
-                for (name, p) in [("gate", &g), ("up", &u), ("weight", &wt)] {
-                    let d = p
-                        .grad(&grads)
-                        .unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
-                    assert_eq!(d.dtype(), DType::F32, "{what}: {name}'s gradient dtype");
-                    out.push(values(d));
-                }
-                out
+                swiglu_training::<AB>(
+                    &what,
+                    [&gate, &up, &w, &r],
+                    [rows, width, n],
+                    dims,
+                    device,
+                    |g, u, wt| {
+                        if fused {
+                            swiglu_product(g, u, wt, layout, precision, Activations::TwoParts)
+                        } else {
+                            linear_matmul(swiglu2(g, u), wt, layout, precision)
+                        }
+                    },
+                )
             };
-            let (fused, composed) = (run(true), run(false));
-            for ((f, c), name) in fused.iter().zip(&composed).zip(["y", "dgate", "dup", "dw"]) {
-                assert_same(
-                    &format!("{what}: training {name} against the composition's"),
-                    f,
-                    c,
-                );
-            }
+            assert_training_same(&what, "the composition's", &run(true), &run(false));
         }
     }
     check_swiglu_of_rounded::<B, AB>(rows, width, inner, device, writes_rounded);
@@ -733,40 +698,69 @@ fn check_swiglu_of_rounded<B, AB>(
         // Training: gate and up rounded by a cast node (as a product with
         // rounded results gives them), against their f32 values.
         let run = |fused: bool| {
-            let t = |v: &[f32], d: [usize; 2]| {
-                Tensor::<AB, 2>::from_data(TensorData::new(v.to_vec(), d), device).require_grad()
-            };
-            let (g, u, wt) = (t(&gate, [rows, width]), t(&up, [rows, width]), t(&w, dims));
-            let (gr, ur) = (g.clone().cast(reduced), u.clone().cast(reduced));
-            let y = if fused {
-                swiglu_product(gr, ur, wt.clone(), layout, precision, Activations::TwoParts)
-            } else {
-                let act = swiglu2(gr.cast(DType::F32), ur.cast(DType::F32));
-                linear_matmul(act, wt.clone(), layout, precision)
-            };
-            assert_eq!(
-                y.dtype(),
-                DType::F32,
-                "{what}: the training product's dtype"
-            );
-            let rt = Tensor::<AB, 2>::from_data(TensorData::new(r.clone(), [rows, n]), device);
-            let grads = (y.clone() * rt).sum().backward();
-            let mut out = vec![values(y.inner())];
-            for (name, p) in [("gate", &g), ("up", &u), ("weight", &wt)] {
-                let d = p
-                    .grad(&grads)
-                    .unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
-                out.push(values(d));
-            }
-            out
+            swiglu_training::<AB>(
+                &what,
+                [&gate, &up, &w, &r],
+                [rows, width, n],
+                dims,
+                device,
+                |g, u, wt| {
+                    let (gr, ur) = (g.cast(reduced), u.cast(reduced));
+                    if fused {
+                        swiglu_product(gr, ur, wt, layout, precision, Activations::TwoParts)
+                    } else {
+                        let act = swiglu2(gr.cast(DType::F32), ur.cast(DType::F32));
+                        linear_matmul(act, wt, layout, precision)
+                    }
+                },
+            )
         };
-        let (fused, composed) = (run(true), run(false));
-        for ((f, c), name) in fused.iter().zip(&composed).zip(["y", "dgate", "dup", "dw"]) {
-            assert_same(
-                &format!("{what}: training {name} against f32 inputs'"),
-                f,
-                c,
-            );
-        }
+        assert_training_same(&what, "f32 inputs'", &run(true), &run(false));
+    }
+}
+
+/// A training step through `product(gate, up, weight)`: the product `y`,
+/// then the gradients of `sum(y * r)` for gate, up and the weight, each
+/// checked to be f32 like its parameter.
+fn swiglu_training<AB: AutodiffBackend>(
+    what: &str,
+    [gate, up, w, r]: [&[f32]; 4],
+    [rows, width, n]: [usize; 3],
+    dims: [usize; 2],
+    device: &AB::Device,
+    product: impl Fn(Tensor<AB, 2>, Tensor<AB, 2>, Tensor<AB, 2>) -> Tensor<AB, 2>,
+) -> Vec<Vec<f32>> {
+    let t = |v: &[f32], d: [usize; 2]| {
+        Tensor::<AB, 2>::from_data(TensorData::new(v.to_vec(), d), device).require_grad()
+    };
+    let (g, u, wt) = (t(gate, [rows, width]), t(up, [rows, width]), t(w, dims));
+    let y = product(g.clone(), u.clone(), wt.clone());
+    assert_eq!(
+        y.dtype(),
+        DType::F32,
+        "{what}: the training product's dtype"
+    );
+    let rt = Tensor::<AB, 2>::from_data(TensorData::new(r.to_vec(), [rows, n]), device);
+    let grads = (y.clone() * rt).sum().backward();
+    let mut out = vec![values(y.inner())];
+    for (name, p) in [("gate", &g), ("up", &u), ("weight", &wt)] {
+        let d = p
+            .grad(&grads)
+            .unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+        assert_eq!(d.dtype(), DType::F32, "{what}: {name}'s gradient dtype");
+        out.push(values(d));
+    }
+    out
+}
+
+/// [`swiglu_training`]'s outputs of the fused product against those of
+/// its reference, bit for bit.
+fn assert_training_same(what: &str, reference: &str, fused: &[Vec<f32>], want: &[Vec<f32>]) {
+    for ((f, c), name) in fused.iter().zip(want).zip(["y", "dgate", "dup", "dw"]) {
+        assert_same(
+            &format!("{what}: training {name} against {reference}"),
+            f,
+            c,
+        );
     }
 }
