@@ -10,7 +10,7 @@
 //! for the CPU kernel (f32 sums of up to a few hundred terms of size ~1).
 
 use burn::backend::Autodiff;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use distillery_ops::kernels::{AttentionOps, Precision, causal_attention};
 
 mod attention_support;
@@ -103,6 +103,53 @@ fn the_cube_attention_trains_with_the_oracle_gradients() {
         for ((name, t), want) in [("dq", qt), ("dk", kt), ("dv", vt)].into_iter().zip(want) {
             let got = read(t.grad(&grads).expect("a gradient"));
             assert_close(&format!("{s:?} {name}"), &got, &want);
+        }
+    }
+}
+
+/// Queries and keys held in f16, as the rotary embedding writes them where
+/// attention reads f16 operands (`AttentionOps::attention_operands`), with
+/// f32 values: the output and every gradient are f32 (the values' dtype)
+/// and within the f32 tolerance of the oracle on the f16-rounded queries
+/// and keys. Gradients rounded to f16 on the way would miss it by ~5e-4.
+#[test]
+fn the_cube_attention_reads_f16_queries_and_keys_and_answers_in_f32() {
+    if !device_present() {
+        return;
+    }
+    type Ad = Autodiff<Cube>;
+    let round =
+        |x: &[f64]| -> Vec<f64> { x.iter().map(|&v| half::f16::from_f64(v).to_f64()).collect() };
+    for (n, s) in shapes().enumerate() {
+        let [q, k, v, g] = attention_inputs(s, 500 + n as u64);
+        let (q, k) = (round(&q), round(&k));
+        let (q_dims, kv_dims) = (
+            [s.batch, s.seq, s.heads, s.d],
+            [s.batch, s.keys(), s.kv_heads, s.d],
+        );
+        let f16_leaf = |x: &[f64], dims| {
+            Tensor::<Ad, 4>::from_inner(tensor::<Cube, 4>(x, dims).cast(DType::F16)).require_grad()
+        };
+        let (qt, kt) = (f16_leaf(&q, q_dims), f16_leaf(&k, kv_dims));
+        let vt = tensor::<Ad, 4>(&v, kv_dims).require_grad();
+        let out = causal_attention(qt.clone(), kt.clone(), vt.clone());
+        assert_eq!(out.dtype(), DType::F32, "{s:?}: the output's dtype");
+        assert_close(
+            &format!("{s:?} output of f16 queries and keys"),
+            &read(out.clone().inner()),
+            &attention_oracle(s, &q, &k, &v),
+        );
+        let loss = (out * tensor::<Ad, 4>(&g, q_dims)).sum();
+        let grads = loss.backward();
+        let want = attention_oracle_grads(s, &q, &k, &v, &g);
+        for ((name, t), want) in [("dq", qt), ("dk", kt), ("dv", vt)].into_iter().zip(want) {
+            let got = t.grad(&grads).expect("a gradient");
+            assert_eq!(got.dtype(), DType::F32, "{s:?}: {name}'s dtype");
+            assert_close(
+                &format!("{s:?} {name} of f16 queries and keys"),
+                &read(got),
+                &want,
+            );
         }
     }
 }

@@ -255,6 +255,12 @@ fn rope_matches_oracle_forward_and_backward() {
 }
 
 #[test]
+fn rope_pair_matches_oracle_forward_and_backward() {
+    // The CPU rotates in f32 only: attention reads f32 operands there.
+    rows_support::check_rope_pair::<Flex, Ad>(&Default::default(), &[burn::tensor::DType::F32]);
+}
+
+#[test]
 fn swiglu_matches_oracle_forward_and_backward() {
     let dims = [2, 19, 101];
     let n = dims.iter().product();

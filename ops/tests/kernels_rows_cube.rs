@@ -12,6 +12,7 @@
 //! for the CPU kernels.
 
 use burn::backend::Autodiff;
+use burn::tensor::DType;
 use distillery_ops::kernels::{rms_norm, rope, swiglu};
 use distillery_ops::rng::SplitMix64;
 
@@ -20,9 +21,10 @@ mod cube_support;
 mod rows_support;
 
 use attention_support::{assert_close, random, read};
-use cube_support::{Cube, device_present, tensor};
+use cube_support::{Cube, device, device_present, tensor};
 use rows_support::{
-    rms_oracle, rms_oracle_grads, rope_oracle, rope_tables, silu, swiglu_oracle_grads,
+    check_rope_pair, rms_oracle, rms_oracle_grads, rope_oracle, rope_tables, silu,
+    swiglu_oracle_grads,
 };
 
 type Ad = Autodiff<Cube>;
@@ -103,6 +105,20 @@ fn rope_kernel_matches_oracle_forward_and_backward() {
         let grads = (y * tensor::<Ad, 4>(&g, dims)).sum().backward();
         assert_close(&what("dx"), &read(xt.grad(&grads).unwrap()), &want_dx);
     }
+}
+
+#[test]
+fn rope_pair_kernel_matches_oracle_and_writes_attention_operands() {
+    if !device_present() {
+        return;
+    }
+    // bf16 where the device has it (CUDA); lavapipe writes f16 only.
+    let dtypes: &[DType] = if cfg!(feature = "cuda") {
+        &[DType::F32, DType::F16, DType::BF16]
+    } else {
+        &[DType::F32, DType::F16]
+    };
+    check_rope_pair::<Cube, Ad>(&device(), dtypes);
 }
 
 #[test]

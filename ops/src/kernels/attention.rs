@@ -13,6 +13,11 @@
 //! scaled scores, `[batch, seq, heads]` f32: with it the backward recomputes
 //! the softmax weights block by block instead of keeping them.
 //!
+//! The output and every gradient are in `v`'s dtype. `q` and `k` may come
+//! in the dtype the scores' products read ([`AttentionOps::attention_operands`],
+//! written so by the rotary embedding, `kernels::rows::RowOps::rope_pair`),
+//! which spares the op a cast of its own.
+//!
 //! The op takes the model's [`Precision`]. With bf16, the CUDA backend runs
 //! the products on tensor cores where the shapes fit the tiles (lengths
 //! multiples of 16, head size a multiple of 16 up to 128): the scores and
@@ -32,7 +37,7 @@ use super::{Precision, float, tensor};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
-use burn::tensor::{Bool, FloatDType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
 
 /// The two halves of the op: the forward, and the gradients of its inputs.
 pub trait AttentionOps: Backend {
@@ -46,10 +51,23 @@ pub trait AttentionOps: Backend {
         with_lse: bool,
         precision: Precision,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        let _ = precision; // the composition computes in its inputs' dtype
-        let (out, lse) =
-            composite::forward::<Self>(tensor(q), tensor(k), tensor(v), scale, with_lse);
+        let _ = precision; // the composition computes in v's dtype
+        let (q, k, v) = composite::in_values_dtype::<Self>(q, k, v);
+        let (out, lse) = composite::forward::<Self>(q, k, v, scale, with_lse);
         (float(out), lse.map(float))
+    }
+
+    /// The dtype in which the op reads `q` and `k` without a cast of its
+    /// own, where it is not f32, for `[seq, keys, head size]` in
+    /// `precision` on `device`: the operands of its scores' products on
+    /// tensor cores. `None`: f32.
+    fn attention_operands(
+        device: &Self::Device,
+        shape: [usize; 3],
+        precision: Precision,
+    ) -> Option<DType> {
+        let _ = (device, shape, precision);
+        None
     }
 
     /// How the op (forward and backward) computes in `precision` on
@@ -78,16 +96,11 @@ pub trait AttentionOps: Backend {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         // The composite gets the row sums from the weights instead of `out`,
-        // and computes in its inputs' dtype.
+        // and computes in v's dtype.
         let _ = (out, precision);
-        let (dq, dk, dv) = composite::backward::<Self>(
-            tensor(q),
-            tensor(k),
-            tensor(v),
-            tensor(lse),
-            tensor(grad_out),
-            scale,
-        );
+        let (q, k, v) = composite::in_values_dtype::<Self>(q, k, v);
+        let (dq, dk, dv) =
+            composite::backward::<Self>(q, k, v, tensor(lse), tensor(grad_out), scale);
         (float(dq), float(dk), float(dv))
     }
 }
@@ -151,6 +164,22 @@ pub fn causal_attention_in<B: AttentionOps>(
 /// backends without a kernel, and the tests' oracle for the kernels.
 pub mod composite {
     use super::*;
+
+    /// `q`, `k` and `v` as tensors, the first two cast to `v`'s dtype.
+    #[allow(clippy::type_complexity)]
+    pub fn in_values_dtype<B: Backend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let v = tensor::<B, 4>(v);
+        let dtype = v.dtype();
+        let cast = |x: FloatTensor<B>| {
+            let x = tensor::<B, 4>(x);
+            if x.dtype() == dtype { x } else { x.cast(dtype) }
+        };
+        (cast(q), cast(k), v)
+    }
 
     /// `[batch, kv_heads, keys, d]` -> `[batch, heads, keys, d]`: each
     /// key/value head repeated for the query heads it serves.
@@ -316,6 +345,14 @@ mod on_autodiff {
     }
 
     impl<B: AttentionOps, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
+        fn attention_operands(
+            device: &Self::Device,
+            shape: [usize; 3],
+            precision: Precision,
+        ) -> Option<DType> {
+            B::attention_operands(device, shape, precision)
+        }
+
         fn attention_arithmetic(
             device: &Self::Device,
             shape: [usize; 3],

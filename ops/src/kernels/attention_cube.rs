@@ -124,7 +124,7 @@ pub(super) fn causal_attention<R: CubeRuntime>(
     scale: f32,
     with_lse: bool,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-    let dtype = q.dtype;
+    let dtype = v.dtype; // the output's (see `super::attention`)
     let [batch, seq, heads, d]: [usize; 4] = q.shape().dims();
     let [_, keys, kv_heads, _]: [usize; 4] = k.shape().dims();
     let (q, k, v) = (f32_contiguous(q), f32_contiguous(k), f32_contiguous(v));
@@ -231,11 +231,19 @@ where
         precision: Precision,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
         if let Some(plan) = tensor_core_plan(&q.client, attention_shape(&q, &k), precision) {
-            let dtype = q.dtype;
+            let dtype = v.dtype;
             let (out, lse) = causal_attention_tiles(q, k, v, scale, with_lse, TILE_OPERANDS, plan);
             return (to_dtype(out, dtype), lse);
         }
         causal_attention(q, k, v, scale, with_lse)
+    }
+
+    fn attention_operands(
+        device: &Self::Device,
+        shape: [usize; 3],
+        precision: Precision,
+    ) -> Option<DType> {
+        tensor_core_plan(&R::client(device), shape, precision).map(|_| TILE_OPERANDS)
     }
 
     fn attention_arithmetic(
@@ -267,7 +275,7 @@ where
     ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
         if let Some(plan) = tensor_core_backward_plan(&q.client, attention_shape(&q, &k), precision)
         {
-            let (q_dtype, kv_dtype) = (q.dtype, k.dtype);
+            let dtype = v.dtype;
             let (dq, dk, dv) = causal_attention_tiles_backward(
                 q,
                 k,
@@ -280,9 +288,9 @@ where
                 plan,
             );
             return (
-                to_dtype(dq, q_dtype),
-                to_dtype(dk, kv_dtype),
-                to_dtype(dv, kv_dtype),
+                to_dtype(dq, dtype),
+                to_dtype(dk, dtype),
+                to_dtype(dv, dtype),
             );
         }
         super::attention_cube_backward::causal_attention_backward(

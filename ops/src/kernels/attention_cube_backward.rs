@@ -243,7 +243,8 @@ pub(super) fn causal_attention_backward<R: CubeRuntime>(
     grad_out: CubeTensor<R>,
     scale: f32,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    let (q_dtype, kv_dtype) = (q.dtype, k.dtype);
+    // Every gradient in v's dtype (see `super::attention`).
+    let dtype = v.dtype;
     let [batch, seq, heads, d]: [usize; 4] = q.shape().dims();
     let [_, keys, kv_heads, _]: [usize; 4] = k.shape().dims();
     let (q, k, v) = (f32_contiguous(q), f32_contiguous(k), f32_contiguous(v));
@@ -259,7 +260,11 @@ pub(super) fn causal_attention_backward<R: CubeRuntime>(
         // No query saw any key.
         let dk = zeros_f32(&q, Shape::new([batch, keys, kv_heads, d]));
         let dv = zeros_f32(&q, Shape::new([batch, keys, kv_heads, d]));
-        return (dq, to_dtype(dk, kv_dtype), to_dtype(dv, kv_dtype));
+        return (
+            to_dtype(dq, dtype),
+            to_dtype(dk, dtype),
+            to_dtype(dv, dtype),
+        );
     }
     let dk = empty_f32(&q, Shape::new([batch, keys, kv_heads, d]));
     let dv = empty_f32(&q, Shape::new([batch, keys, kv_heads, d]));
@@ -313,8 +318,8 @@ pub(super) fn causal_attention_backward<R: CubeRuntime>(
         );
     }
     (
-        to_dtype(dq, q_dtype),
-        to_dtype(dk, kv_dtype),
-        to_dtype(dv, kv_dtype),
+        to_dtype(dq, dtype),
+        to_dtype(dk, dtype),
+        to_dtype(dv, dtype),
     )
 }

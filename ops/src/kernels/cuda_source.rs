@@ -59,9 +59,10 @@ pub fn attention_tile_sources(
 /// The element-wise kernels that run only on CUDA in their 16-bit types,
 /// as CUDA C++ for `arch`: the attention operands' cast to f16 and bf16,
 /// the two-part product's operands in bf16 (its parts and its stacked
-/// weight), and RMSNorm and SwiGLU writing the products' bf16 operands
-/// (rounded, and in two parts), each in vectors of 1 and 4. On lavapipe
-/// they run in f16 at most.
+/// weight), RMSNorm and SwiGLU writing the products' bf16 operands
+/// (rounded, and in two parts), and the rotary embedding writing
+/// attention's f16 and bf16 operands, each in vectors of 1 and 4. On
+/// lavapipe they run in f16 at most.
 pub fn sixteen_bit_sources(arch: CudaArch) -> Result<Vec<CudaKernelSource>, String> {
     let mut sources = Vec::new();
     for dtype in [DType::F16, DType::BF16] {

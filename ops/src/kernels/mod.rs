@@ -124,7 +124,7 @@ pub use matmul_parts_cube::{activation_parts, parts_product, two_part_product};
 pub use product_inputs::{
     ProductInputOps, rms_norm_products, sum_rms_norm_products, swiglu_product,
 };
-pub use rows::{RowOps, rms_norm, rope, swiglu};
+pub use rows::{RowOps, rms_norm, rope, rope_pair, swiglu};
 
 /// Whether CubeCL autotunes the matrix products and reductions of the GPU
 /// backends in this build: the `cuda` feature turns Burn's `autotune` on

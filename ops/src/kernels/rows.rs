@@ -19,7 +19,7 @@ use super::{float, tensor};
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 
 pub trait RowOps: Backend {
     /// `x: [rows, hidden]`, `weight: [hidden]`.
@@ -50,6 +50,38 @@ pub trait RowOps: Backend {
         sin: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         float(composite::rope::<Self>(tensor(x), tensor(cos), tensor(sin)))
+    }
+
+    /// The inverse rotation of [`RowOps::rope`] (`sin` negated): its
+    /// backward, in `grad`'s dtype.
+    fn rope_inverse(
+        grad: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::rope(grad, cos, Self::float_neg(sin))
+    }
+
+    /// [`RowOps::rope`] of the queries `q` and the keys `k` of one
+    /// attention (`[batch, seq, heads, d]` each, their head counts may
+    /// differ) with the same tables, both written in `dtype`, computed in
+    /// f32. A backend that fuses them does both in one pass. A 16-bit
+    /// `dtype` is the one attention reads its scores' operands in
+    /// ([`super::AttentionOps::attention_operands`]): values past its
+    /// finite range become its largest of their sign, as attention's own
+    /// cast of its operands clamps them.
+    fn rope_pair(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        dtype: DType,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let rotated = |x| {
+            let y = tensor::<Self, 4>(Self::rope(x, cos.clone(), sin.clone()));
+            float(composite::saturating_cast(y, dtype))
+        };
+        (rotated(q), rotated(k))
     }
 
     /// `silu(gate) * up` of two tensors of one shape: `[batch, seq, width]`
@@ -102,6 +134,34 @@ pub fn rope<B: RowOps>(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) ->
     );
     assert!(d % 2 == 0, "rope: head dimension {d} is odd");
     tensor(B::rope(float(x), float(cos), float(sin)))
+}
+
+/// [`rope`] of the queries and keys of one attention, written in `dtype`
+/// (see [`RowOps::rope_pair`]).
+pub fn rope_pair<B: RowOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    dtype: DType,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let ([qb, seq, _, d], [kb, k_seq, _, kd]) = (q.dims(), k.dims());
+    assert!(
+        qb == kb && seq == k_seq && d == kd,
+        "rope: keys {:?} do not fit queries {:?}",
+        k.dims(),
+        q.dims()
+    );
+    assert!(
+        cos.dims() == [seq, d] && sin.dims() == [seq, d],
+        "rope: tables {:?} and {:?} for {:?} (expected [{seq}, {d}])",
+        cos.dims(),
+        sin.dims(),
+        q.dims()
+    );
+    assert!(d % 2 == 0, "rope: head dimension {d} is odd");
+    let (q, k) = B::rope_pair(float(q), float(k), float(cos), float(sin), dtype);
+    (tensor(q), tensor(k))
 }
 
 /// `silu(gate) * up` of two tensors of one shape.
@@ -169,6 +229,23 @@ pub mod composite {
         x * table(cos) + swapped * table(sin)
     }
 
+    /// `x` cast to `dtype`, values past a 16-bit dtype's finite range
+    /// first clamped to it (see [`RowOps::rope_pair`]).
+    pub fn saturating_cast<B: Backend, const D: usize>(
+        x: Tensor<B, D>,
+        dtype: DType,
+    ) -> Tensor<B, D> {
+        if x.dtype() == dtype {
+            return x;
+        }
+        let largest = match dtype {
+            DType::F16 => half::f16::MAX.to_f32(),
+            DType::BF16 => half::bf16::MAX.to_f32(),
+            _ => f32::MAX,
+        };
+        x.clamp(-largest, largest).cast(dtype)
+    }
+
     pub fn swiglu_backward<B: Backend>(
         gate: Tensor<B, 3>,
         up: Tensor<B, 3>,
@@ -219,14 +296,34 @@ pub(super) mod on_autodiff {
     struct RopeBackward;
 
     impl<B: RowOps> Backward<B, 1> for RopeBackward {
-        /// `cos` and `-sin`: the inverse rotation.
+        /// The tables `cos` and `sin`.
         type State = (FloatTensor<B>, FloatTensor<B>);
 
         fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let (cos, neg_sin) = ops.state;
+            let (cos, sin) = ops.state;
             unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                B::rope(grad, cos, neg_sin)
+                B::rope_inverse(grad, cos, sin)
             });
+        }
+    }
+
+    /// The rotated `y` of `x` as a node of the graph (the rotation having
+    /// run on the inner backend): its backward rotates the gradient back,
+    /// in the gradient's dtype whatever `y`'s (f32 where `y` is a 16-bit
+    /// attention operand, see [`super::super::AttentionOps`]).
+    fn rope_node<B: RowOps, C: CheckpointStrategy>(
+        x: &FloatTensor<Autodiff<B, C>>,
+        y: FloatTensor<B>,
+        cos: &FloatTensor<B>,
+        sin: &FloatTensor<B>,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        match RopeBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((cos.clone(), sin.clone()), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 
@@ -312,17 +409,31 @@ pub(super) mod on_autodiff {
             sin: FloatTensor<Self>,
         ) -> FloatTensor<Self> {
             let (cos, sin) = (Self::inner(cos), Self::inner(sin));
-            match RopeBackward
-                .prepare::<C>([x.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let y = B::rope(x.primitive, cos.clone(), sin.clone());
-                    prep.finish((cos, B::float_neg(sin)), y)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(B::rope(x.primitive, cos, sin)),
-            }
+            let y = B::rope(x.primitive.clone(), cos.clone(), sin.clone());
+            rope_node::<B, C>(&x, y, &cos, &sin)
+        }
+
+        fn rope_pair(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            cos: FloatTensor<Self>,
+            sin: FloatTensor<Self>,
+            dtype: DType,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            // One pass forward; two nodes, each rotating its own gradient
+            // back (a node of the graph has one output).
+            let (cos, sin) = (Self::inner(cos), Self::inner(sin));
+            let (yq, yk) = B::rope_pair(
+                q.primitive.clone(),
+                k.primitive.clone(),
+                cos.clone(),
+                sin.clone(),
+                dtype,
+            );
+            (
+                rope_node::<B, C>(&q, yq, &cos, &sin),
+                rope_node::<B, C>(&k, yk, &cos, &sin),
+            )
         }
 
         fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -256,32 +256,105 @@ fn sum_partials<N: Size>(
     out[cv as usize] = acc;
 }
 
-/// `y = x cos + swap_halves(x) sin` per head; `x: [batch, seq, heads, d]`
-/// and the tables `[seq, d]` as vectors (`d_vectors` per head, the vector
-/// width dividing `d / 2`, so a vector's partner is a whole vector).
-#[cube(launch)]
-fn rope_vectors<N: Size>(
+/// Vector `i` of `x: [batch, seq, heads, d]` rotated: `x cos +
+/// swap_halves(x) sin` (`x cos - swap_halves(x) sin` with `inverse`, the
+/// backward), the tables `[seq, d]`; all read as vectors, `d_vectors` per
+/// head, the vector width dividing `d / 2` so that a vector's partner is a
+/// whole vector. Computed in f32, written in `E`; where `saturate`, values
+/// past `E`'s finite range become its largest of their sign.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn rotated<E: Float, N: Size>(
     x: &Tensor<Vector<f32, N>>,
     cos: &Tensor<Vector<f32, N>>,
     sin: &Tensor<Vector<f32, N>>,
-    y: &mut Tensor<Vector<f32, N>>,
+    i: u32,
+    seq: u32,
+    heads: u32,
+    d_vectors: u32,
+    #[comptime] inverse: bool,
+    #[comptime] saturate: bool,
+) -> Vector<E, N> {
+    let half = d_vectors / 2;
+    let j = i % d_vectors;
+    let pos = (i / d_vectors / heads) % seq;
+    let mut partner = i + half;
+    if j >= half {
+        partner = i - half;
+    }
+    let t = (pos * d_vectors + j) as usize;
+    let mut y = x[i as usize] * cos[t];
+    if comptime!(inverse) {
+        y -= x[partner as usize] * sin[t];
+    } else {
+        y += x[partner as usize] * sin[t];
+    }
+    if comptime!(saturate) {
+        // Bounds filled from scalars: CUDA C++ has no negation of a vector.
+        let largest = f32::cast_from(E::max_value());
+        let low = Vector::<f32, N>::empty().fill(-largest);
+        let high = Vector::<f32, N>::empty().fill(largest);
+        y = clamp(y, low, high);
+    }
+    Vector::<E, N>::cast_from(y)
+}
+
+/// [`rotated`] over all of `x` (`vectors` vectors) into `y`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn rope_vectors<E: Float, N: Size>(
+    x: &Tensor<Vector<f32, N>>,
+    cos: &Tensor<Vector<f32, N>>,
+    sin: &Tensor<Vector<f32, N>>,
+    y: &mut Tensor<Vector<E, N>>,
     vectors: u32,
     seq: u32,
     heads: u32,
     d_vectors: u32,
+    #[comptime] inverse: bool,
+    #[comptime] saturate: bool,
+    #[define(E)] _dtype: StorageType,
 ) {
-    let half = d_vectors / 2;
     let stride = CUBE_COUNT_X * CUBE_DIM_X;
     let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
     while i < vectors {
-        let j = i % d_vectors;
-        let pos = (i / d_vectors / heads) % seq;
-        let mut partner = i + half;
-        if j >= half {
-            partner = i - half;
+        y[i as usize] = rotated::<E, N>(x, cos, sin, i, seq, heads, d_vectors, inverse, saturate);
+        i += stride;
+    }
+}
+
+/// [`rotated`] over the queries `q` (`q_vectors` vectors, `q_heads` per
+/// position) and the keys `k` (the other `vectors - q_vectors`, `k_heads`
+/// per position) of one attention in one launch, into `q_out` and `k_out`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn rope_pair_vectors<E: Float, N: Size>(
+    q: &Tensor<Vector<f32, N>>,
+    k: &Tensor<Vector<f32, N>>,
+    cos: &Tensor<Vector<f32, N>>,
+    sin: &Tensor<Vector<f32, N>>,
+    q_out: &mut Tensor<Vector<E, N>>,
+    k_out: &mut Tensor<Vector<E, N>>,
+    q_vectors: u32,
+    vectors: u32,
+    seq: u32,
+    q_heads: u32,
+    k_heads: u32,
+    d_vectors: u32,
+    #[comptime] saturate: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let stride = CUBE_COUNT_X * CUBE_DIM_X;
+    let mut i = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+    while i < vectors {
+        if i < q_vectors {
+            q_out[i as usize] =
+                rotated::<E, N>(q, cos, sin, i, seq, q_heads, d_vectors, false, saturate);
+        } else {
+            let j = i - q_vectors;
+            k_out[j as usize] =
+                rotated::<E, N>(k, cos, sin, j, seq, k_heads, d_vectors, false, saturate);
         }
-        let t = (pos * d_vectors + j) as usize;
-        y[i as usize] = x[i as usize] * cos[t] + x[partner as usize] * sin[t];
         i += stride;
     }
 }
@@ -563,7 +636,19 @@ fn rms_norm_backward<R: CubeRuntime>(
     (to_dtype(dx, x_dtype), to_dtype(dw, w_dtype))
 }
 
-fn rope<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>) -> CubeTensor<R> {
+/// The vector width of a rotation of heads of `d` values: a vector and
+/// its partner half a head away must both be whole.
+fn rope_width<R: CubeRuntime>(client: &ComputeClient<R>, d: usize) -> usize {
+    vector_width(client, DType::F32, d / 2)
+}
+
+/// [`rope_vectors`]: `x` rotated (inversely where `inverse`), in its dtype.
+fn rope<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+    inverse: bool,
+) -> CubeTensor<R> {
     let dtype = x.dtype;
     let shape = x.shape();
     let [_, seq, heads, d]: [usize; 4] = shape.dims();
@@ -572,8 +657,7 @@ fn rope<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>
     let y = empty_f32(&x, shape);
     if n > 0 {
         let client = x.client.clone();
-        // A vector and its partner half a head away must both be whole.
-        let width = vector_width(&client, DType::F32, d / 2);
+        let width = rope_width(&client, d);
         let vectors = as_index(n / width, "rope");
         let (count, dim) = element_grid(&client, vectors as usize);
         rope_vectors::launch::<R>(
@@ -589,9 +673,58 @@ fn rope<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>
             seq as u32,
             heads as u32,
             (d / width) as u32,
+            inverse,
+            false,
+            DType::F32.into(),
         );
     }
     to_dtype(y, dtype)
+}
+
+/// [`rope_pair_vectors`]: `q` and `k` rotated in one launch, written in
+/// `dtype` (clamped to a 16-bit one's range).
+fn rope_pair<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+    dtype: DType,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (q_shape, k_shape) = (q.shape(), k.shape());
+    let [_, seq, q_heads, d]: [usize; 4] = q_shape.dims();
+    let k_heads = k_shape.dims::<4>()[2];
+    let (q, k) = (f32_contiguous(q), f32_contiguous(k));
+    let (cos, sin) = (f32_contiguous(cos), f32_contiguous(sin));
+    let client = q.client.clone();
+    let out = |shape| empty_device_contiguous_dtype(client.clone(), q.device.clone(), shape, dtype);
+    let (q_out, k_out) = (out(q_shape.clone()), out(k_shape.clone()));
+    let n = q_shape.num_elements() + k_shape.num_elements();
+    if n > 0 {
+        let width = rope_width(&client, d);
+        let vectors = as_index(n / width, "rope");
+        let (count, dim) = element_grid(&client, vectors as usize);
+        rope_pair_vectors::launch::<R>(
+            &client,
+            count,
+            dim,
+            width,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            cos.into_tensor_arg(),
+            sin.into_tensor_arg(),
+            q_out.clone().into_tensor_arg(),
+            k_out.clone().into_tensor_arg(),
+            as_index(q_shape.num_elements() / width, "rope"),
+            vectors,
+            seq as u32,
+            q_heads as u32,
+            k_heads as u32,
+            (d / width) as u32,
+            dtype != DType::F32,
+            dtype.into(),
+        );
+    }
+    (q_out, k_out)
 }
 
 fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
@@ -721,7 +854,21 @@ where
     }
 
     fn rope(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>) -> CubeTensor<R> {
-        rope(x, cos, sin)
+        rope(x, cos, sin, false)
+    }
+
+    fn rope_inverse(grad: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>) -> CubeTensor<R> {
+        rope(grad, cos, sin, true)
+    }
+
+    fn rope_pair(
+        q: CubeTensor<R>,
+        k: CubeTensor<R>,
+        cos: CubeTensor<R>,
+        sin: CubeTensor<R>,
+        dtype: DType,
+    ) -> (CubeTensor<R>, CubeTensor<R>) {
+        rope_pair(q, k, cos, sin, dtype)
     }
 
     fn swiglu(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
@@ -845,6 +992,44 @@ pub(super) fn bf16_writers_cuda_source(
             dtype,
         );
         let label = format!("swiglu_backward_vectors bf16 width{width}");
+        sources.push(compile_for_cuda(label, kernel, arch)?);
+    }
+    // The rotary embedding writing attention's operands: f16 (the scores'
+    // on tensor cores), and bf16.
+    for (out, out_name) in [(DType::F16.into(), "f16"), (dtype, "bf16")] {
+        use rope_pair_vectors::{_E, _N, E, N, RopePairVectors};
+        let mut at = Capture::new(CubeDim::new_1d(ELEMENT_UNITS), |scope| {
+            scope.register_type::<DynamicScalar<_E>>(out);
+            scope.register_size::<DynamicSize<_N>>(width);
+        });
+        let (seq, d) = (rows, 64usize);
+        let q = at.tensor::<Tensor<Vector<f32, N>>>(&[1, seq, 9, d]);
+        let k = at.tensor::<Tensor<Vector<f32, N>>>(&[1, seq, 3, d]);
+        let cos = at.tensor::<Tensor<Vector<f32, N>>>(&[seq, d]);
+        let sin = at.tensor::<Tensor<Vector<f32, N>>>(&[seq, d]);
+        let q_out = at.tensor::<Tensor<Vector<E, N>>>(&[1, seq, 9, d]);
+        let k_out = at.tensor::<Tensor<Vector<E, N>>>(&[1, seq, 3, d]);
+        let kernel = RopePairVectors::<cubecl::wgpu::WgpuRuntime>::new(
+            at.settings.clone(),
+            at.client.clone(),
+            q,
+            k,
+            cos,
+            sin,
+            q_out,
+            k_out,
+            // q_vectors, vectors, seq, q_heads, k_heads, d_vectors: scalars.
+            (),
+            (),
+            (),
+            (),
+            (),
+            (),
+            width,
+            true,
+            out,
+        );
+        let label = format!("rope_pair_vectors f32 to {out_name} width{width}");
         sources.push(compile_for_cuda(label, kernel, arch)?);
     }
     Ok(sources)

@@ -52,8 +52,19 @@ impl<B: ModelBackend> Attention<B> {
         // x prepared once for the three products (Linear::forward_shared).
         let [q, k, v] =
             Linear::forward_shared([&self.q_proj, &self.k_proj, &self.v_proj], x, Results::F32);
-        let q = rope.apply(q.reshape([batch, seq, h, d]));
-        let k = rope.apply(k.reshape([batch, seq, kv, d]));
+        let (q, k) = (
+            q.reshape([batch, seq, h, d]),
+            k.reshape([batch, seq, kv, d]),
+        );
+        // Rotated straight into the dtype in which attention reads its
+        // scores' operands, where it has one of its own: not with a cache,
+        // whose keys keep one dtype across calls of any length.
+        let operands = match cache {
+            None => B::attention_operands(&q.device(), [seq, seq, d], self.precision),
+            Some(_) => None,
+        };
+        let dtype = operands.unwrap_or(q.dtype());
+        let (q, k) = rope.apply_pair(q, k, dtype);
         let v = v.reshape([batch, seq, kv, d]);
 
         let (k, v) = match cache {

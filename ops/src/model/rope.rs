@@ -4,11 +4,11 @@
 use std::f64::consts::PI;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use super::ModelBackend;
 use super::config::LlamaConfig;
-use crate::kernels::rope;
+use crate::kernels::rope_pair;
 
 /// The per-pair inverse frequencies of one head (`head_dim / 2` of them).
 ///
@@ -106,10 +106,16 @@ fn llama3_scale(inv_freq: f64, factor: f64, low: f64, high: f64, old_ctx: f64) -
 }
 
 impl<B: ModelBackend> RopeTables<B> {
-    /// Rotates `x: [batch, seq, heads, head_dim]` in place of its layout:
-    /// `x * cos + rotate_half(x) * sin`, where `rotate_half(x) = [-x2, x1]`
-    /// (the minus sign lives in `sin`).
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        rope(x, self.cos.clone(), self.sin.clone())
+    /// Rotates the queries `q` and keys `k` of one attention (`[batch,
+    /// seq, heads, head_dim]` each, in place of their layout) and writes
+    /// them in `dtype` ([`rope_pair`]): `x * cos + rotate_half(x) * sin`,
+    /// where `rotate_half(x) = [-x2, x1]` (the minus sign lives in `sin`).
+    pub fn apply_pair(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        dtype: DType,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        rope_pair(q, k, self.cos.clone(), self.sin.clone(), dtype)
     }
 }

@@ -32,7 +32,11 @@ impl TypedOp for Align {
     // 2: under `precision: bf16` on CUDA, gate and up are written in bf16,
     // as autocast writes them (`kernels::matmul::Results`), in the
     // training step.
-    const VERSION: u32 = 2;
+    // 3: under `precision: bf16` on CUDA, where attention runs on tensor
+    // cores, the rotary embedding writes the queries and keys in f16, the
+    // scores' operands (`RowOps::rope_pair`): the backward's bf16 operands
+    // are rounded from those, not from f32.
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str =
         "Supervised fine-tuning on chat data, with the loss on assistant tokens only.";
 

@@ -121,7 +121,11 @@ impl TypedOp for Distill {
     // as autocast writes them (`kernels::matmul::Results`), in the
     // student's training step and a live teacher's with
     // `teacher_activations: rounded`.
-    const VERSION: u32 = 2;
+    // 3: under `precision: bf16` on CUDA, where attention runs on tensor
+    // cores, the rotary embedding writes the queries and keys in f16, the
+    // scores' operands (`RowOps::rope_pair`): the backward's bf16 operands
+    // are rounded from those, not from f32.
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str = "Trains a student on a frozen teacher's logits (knowledge distillation): a teacher model run at every step, or the top-K logits a `teacher_logits` stage stored.";
 
     fn slots(&self) -> Vec<Slot> {

@@ -1,6 +1,13 @@
 //! RMSNorm, rotary embedding and SwiGLU in float64: the oracles the row
 //! kernels' tests (CPU and CubeCL) share. Their gradients are checked by
-//! finite differences in `kernels_fused`.
+//! finite differences in `kernels_fused`. And [`check_rope_pair`], run by
+//! both on their backends.
+#![allow(dead_code)]
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Tensor, TensorData};
+use distillery_ops::kernels::rows::composite as rows_composite;
+use distillery_ops::kernels::{RowOps, rope, rope_pair};
 
 pub fn rms_oracle(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
     let n = w.len();
@@ -75,4 +82,114 @@ pub fn swiglu_oracle_grads(gate: &[f64], up: &[f64], g: &[f64]) -> (Vec<f64>, Ve
         .collect();
     let dup = (0..gate.len()).map(|i| g[i] * silu(gate[i])).collect();
     (dgate, dup)
+}
+
+/// [`rope_pair`] against the float64 rotation on a backend `B` and its
+/// autodiff `AB`: queries and keys of one attention with their own head
+/// counts (key/value heads shared by 1, 3 and 4 query heads), head sizes
+/// 64 and 128, odd lengths. Written in each of `dtypes`: in f32 within
+/// [`TOL`] of the oracle; in a 16-bit dtype, bit for bit the f32 rotation
+/// clamped to that dtype's range and cast (values past f16's range
+/// included). Under autodiff in f32, the gradients of `sum(yq gq) +
+/// sum(yk gk)`: the inverse rotations of `gq` and `gk`.
+///
+/// [`TOL`]: crate::attention_support::TOL
+pub fn check_rope_pair<B, AB>(device: &B::Device, dtypes: &[DType])
+where
+    B: RowOps,
+    AB: AutodiffBackend<InnerBackend = B> + RowOps,
+{
+    use crate::attention_support::{assert_close, random, read};
+    // (batch, seq, q_heads, k_heads, d, scale): the last case's values
+    // reach 1e5, past f16's largest (65,504).
+    for (batch, seq, q_heads, k_heads, d, scale) in [
+        (2, 37, 3, 3, 64, 1.0),
+        (1, 9, 12, 3, 128, 1.0),
+        (3, 5, 4, 1, 64, 2.0),
+        (1, 1, 9, 3, 64, 1.0),
+        (1, 7, 2, 2, 64, 1e5),
+    ] {
+        let (qd, kd) = ([batch, seq, q_heads, d], [batch, seq, k_heads, d]);
+        let (cos, sin) = rope_tables(seq, d);
+        let neg_sin: Vec<f64> = sin.iter().map(|v| -v).collect();
+        let mut rng = distillery_ops::rng::SplitMix64::new(41 + (q_heads * d) as u64);
+        let q = random(&mut rng, qd.iter().product(), scale);
+        let k = random(&mut rng, kd.iter().product(), scale);
+        let (gq, gk) = (
+            random(&mut rng, q.len(), 1.0),
+            random(&mut rng, k.len(), 1.0),
+        );
+        let want_q = rope_oracle(&q, [seq, q_heads, d], &cos, &sin);
+        let want_k = rope_oracle(&k, [seq, k_heads, d], &cos, &sin);
+        let what = |t: &str| format!("rope_pair q {qd:?} k {kd:?} x{scale}: {t}");
+        let t = |v: &[f64], dims: [usize; 4]| tensor4::<B>(v, dims, device);
+        let table = |v: &[f64]| tensor2::<B>(v, [seq, d], device);
+
+        for &dtype in dtypes {
+            let (yq, yk) = rope_pair(t(&q, qd), t(&k, kd), table(&cos), table(&sin), dtype);
+            assert_eq!(yq.dtype(), dtype, "{}", what("the queries' dtype"));
+            assert_eq!(yk.dtype(), dtype, "{}", what("the keys' dtype"));
+            if dtype == DType::F32 {
+                if scale <= 2.0 {
+                    assert_close(&what("queries"), &read(yq), &want_q);
+                    assert_close(&what("keys"), &read(yk), &want_k);
+                }
+                continue;
+            }
+            for (name, y, x, dims) in [("queries", yq, &q, qd), ("keys", yk, &k, kd)] {
+                let f32_rotation = rope(t(x, dims), table(&cos), table(&sin));
+                let want = rows_composite::saturating_cast(f32_rotation, dtype);
+                let (got, want) = (read(y), read(want));
+                let differs = got.iter().zip(&want).position(|(g, w)| g != w);
+                assert!(
+                    differs.is_none(),
+                    "{}",
+                    what(&format!(
+                        "{name} in {dtype:?} against the f32 rotation cast: entry {differs:?} is {:?}, not {:?}",
+                        differs.map(|i| got[i]),
+                        differs.map(|i| want[i])
+                    ))
+                );
+                assert!(
+                    got.iter().all(|v| v.is_finite()),
+                    "{}",
+                    what(&format!(
+                        "{name} in {dtype:?}: a value past the range is not clamped"
+                    ))
+                );
+            }
+        }
+        if scale > 2.0 {
+            continue;
+        }
+
+        let grad_in = |v: &[f64], dims: [usize; 4]| {
+            Tensor::<AB, 4>::from_inner(tensor4::<B>(v, dims, device)).require_grad()
+        };
+        let (qt, kt) = (grad_in(&q, qd), grad_in(&k, kd));
+        let table = |v: &[f64]| Tensor::<AB, 2>::from_inner(tensor2::<B>(v, [seq, d], device));
+        let (yq, yk) = rope_pair(qt.clone(), kt.clone(), table(&cos), table(&sin), DType::F32);
+        assert_close(
+            &what("autodiff queries"),
+            &read(yq.clone().inner()),
+            &want_q,
+        );
+        let g = |v: &[f64], dims| Tensor::<AB, 4>::from_inner(tensor4::<B>(v, dims, device));
+        let loss = (yq * g(&gq, qd)).sum() + (yk * g(&gk, kd)).sum();
+        let grads = loss.backward();
+        let want_dq = rope_oracle(&gq, [seq, q_heads, d], &cos, &neg_sin);
+        let want_dk = rope_oracle(&gk, [seq, k_heads, d], &cos, &neg_sin);
+        assert_close(&what("dq"), &read(qt.grad(&grads).unwrap()), &want_dq);
+        assert_close(&what("dk"), &read(kt.grad(&grads).unwrap()), &want_dk);
+    }
+}
+
+fn tensor4<B: RowOps>(v: &[f64], dims: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(v, dims), device)
+}
+
+fn tensor2<B: RowOps>(v: &[f64], dims: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
+    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(v, dims), device)
 }
