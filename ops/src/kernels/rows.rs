@@ -124,16 +124,21 @@ pub fn rms_norm<B: RowOps, const D: usize>(
 /// Rotary embedding of `x: [batch, seq, heads, d]` with tables `cos`, `sin`
 /// `[seq, d]` (see the module docs).
 pub fn rope<B: RowOps>(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 4> {
-    let [_, seq, _, d] = x.dims();
+    check_rope_tables(x.dims(), &cos, &sin);
+    tensor(B::rope(float(x), float(cos), float(sin)))
+}
+
+/// Panics unless `cos` and `sin` are `[seq, d]` tables for heads of
+/// `x_dims: [batch, seq, heads, d]`, `d` even.
+fn check_rope_tables<B: Backend>(x_dims: [usize; 4], cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) {
+    let [_, seq, _, d] = x_dims;
     assert!(
         cos.dims() == [seq, d] && sin.dims() == [seq, d],
-        "rope: tables {:?} and {:?} for {:?} (expected [{seq}, {d}])",
+        "rope: tables {:?} and {:?} for {x_dims:?} (expected [{seq}, {d}])",
         cos.dims(),
         sin.dims(),
-        x.dims()
     );
     assert!(d % 2 == 0, "rope: head dimension {d} is odd");
-    tensor(B::rope(float(x), float(cos), float(sin)))
 }
 
 /// [`rope`] of the queries and keys of one attention, written in `dtype`
@@ -152,14 +157,7 @@ pub fn rope_pair<B: RowOps>(
         k.dims(),
         q.dims()
     );
-    assert!(
-        cos.dims() == [seq, d] && sin.dims() == [seq, d],
-        "rope: tables {:?} and {:?} for {:?} (expected [{seq}, {d}])",
-        cos.dims(),
-        sin.dims(),
-        q.dims()
-    );
-    assert!(d % 2 == 0, "rope: head dimension {d} is odd");
+    check_rope_tables(q.dims(), &cos, &sin);
     let (q, k) = B::rope_pair(float(q), float(k), float(cos), float(sin), dtype);
     (tensor(q), tensor(k))
 }
