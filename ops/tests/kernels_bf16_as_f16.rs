@@ -54,7 +54,11 @@ fn the_bf16_path_with_f16_standing_in_matches_its_oracles() {
     check_products::<Cube>(&device);
     check_training::<Autodiff<Cube>>(&device);
     check_shared::<Cube, Autodiff<Cube>>(&device, &device);
-    product_inputs_support::check_product_inputs::<Cube, Autodiff<Cube>>(&device, &device, true);
+    product_inputs_support::check_product_inputs::<Cube, Autodiff<Cube>>(
+        &device,
+        &device,
+        product_inputs_support::Kernels::Cube,
+    );
 
     // A model's logits in inference's two-part arithmetic: f16 parts keep
     // about 22 bits of the activations, the weights 11.

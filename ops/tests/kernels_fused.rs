@@ -255,6 +255,11 @@ fn rope_matches_oracle_forward_and_backward() {
 }
 
 #[test]
+fn rms_norm_backward_sums_a_residual_gradient() {
+    rows_support::check_rms_norm_residual::<Flex>(&Default::default(), true);
+}
+
+#[test]
 fn rope_pair_matches_oracle_forward_and_backward() {
     // The CPU rotates in f32 only: attention reads f32 operands there.
     rows_support::check_rope_pair::<Flex, Ad>(&Default::default(), &[burn::tensor::DType::F32]);

@@ -69,10 +69,9 @@ fn shared_products_equal_the_products_alone_and_sum_their_gradients() {
 
 #[test]
 fn row_ops_writing_the_products_operands_equal_their_composition() {
-    // The CPU writes f32 results whatever a layer asks for.
     product_inputs_support::check_product_inputs::<Flex, Autodiff<Flex>>(
         &Default::default(),
         &Default::default(),
-        false,
+        product_inputs_support::Kernels::Cpu,
     );
 }

@@ -64,7 +64,7 @@ fn row_ops_writing_the_products_operands_equal_their_composition() {
     product_inputs_support::check_product_inputs::<Cube, Autodiff<Cube>>(
         &device(),
         &device(),
-        true,
+        product_inputs_support::Kernels::Cube,
     );
 }
 

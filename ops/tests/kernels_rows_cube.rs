@@ -23,8 +23,8 @@ mod rows_support;
 use attention_support::{assert_close, random, read};
 use cube_support::{Cube, device, device_present, tensor};
 use rows_support::{
-    check_rope_pair, rms_oracle, rms_oracle_grads, rope_oracle, rope_tables, silu,
-    swiglu_oracle_grads,
+    check_rms_norm_residual, check_rope_pair, rms_oracle, rms_oracle_grads, rope_oracle,
+    rope_tables, silu, swiglu_oracle_grads,
 };
 
 type Ad = Autodiff<Cube>;
@@ -64,6 +64,15 @@ fn rms_norm_kernels_match_oracle() {
         assert_close(&what("dx"), &read(xt.grad(&grads).unwrap()), &want_dx);
         assert_close(&what("dw"), &read(wt.grad(&grads).unwrap()), &want_dw);
     }
+}
+
+#[test]
+fn rms_norm_backward_kernel_sums_a_residual_gradient() {
+    if !device_present() {
+        return;
+    }
+    // A compiler may contract the kernel's arithmetic: not bit for bit.
+    check_rms_norm_residual::<Cube>(&device(), false);
 }
 
 #[test]

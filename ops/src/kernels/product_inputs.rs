@@ -20,7 +20,7 @@
 use super::matmul::{
     Activations, MatmulOps, Precision, Results, WeightLayout, assert_fits, shared_products_as,
 };
-use super::rows::RowOps;
+use super::rows::{RowOps, as_rows};
 use super::{float, tensor};
 use burn::tensor::Tensor;
 use burn::tensor::ops::FloatTensor;
@@ -54,11 +54,12 @@ pub trait ProductInputOps: RowOps + MatmulOps {
         )
     }
 
-    /// `x + delta` (both `[rows, hidden]`: a residual add) and
-    /// [`ProductInputOps::rms_norm_products`] of that sum:
-    /// `(sum, products)`. Where the norm is a kernel of its own, it adds
-    /// the two as it reads them and writes the sum in the same pass, which
-    /// a pass of its own would write and the norm read back.
+    /// `x + delta` (both `[..., hidden]`: a residual add, in the stream's
+    /// shape) and [`ProductInputOps::rms_norm_products`] of that sum's
+    /// rows: `(sum, products)`, the sum in `x`'s shape. Where the norm is
+    /// a kernel of its own, it adds the two as it reads them and writes
+    /// the sum in the same pass, which a pass of its own would write and
+    /// the norm read back.
     #[allow(clippy::too_many_arguments)]
     fn sum_rms_norm_products(
         x: FloatTensor<Self>,
@@ -110,6 +111,22 @@ pub trait ProductInputOps: RowOps + MatmulOps {
         Self::trained_operand(Self::rms_norm(x, norm_weight, eps), precision)
     }
 
+    /// For a training step: `x + delta` (both `[rows, hidden]`, f32) and
+    /// [`ProductInputOps::rms_norm_trained`] of the sum, `(sum, normed)`,
+    /// the sum taken as the norm reads it where the norm is a kernel of
+    /// its own.
+    fn sum_rms_norm_trained(
+        x: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        eps: f32,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let sum = Self::float_add(x, delta);
+        let normed = Self::rms_norm_trained(sum.clone(), norm_weight, eps, precision);
+        (sum, normed)
+    }
+
     /// SwiGLU's result as [`MatmulOps::trained_operand`] leaves it, as
     /// [`ProductInputOps::rms_norm_trained`] is RMSNorm's.
     fn swiglu_trained(
@@ -153,7 +170,7 @@ pub(super) fn composed_sum_rms_norm_products<B: ProductInputOps>(
 ) -> (FloatTensor<B>, Vec<FloatTensor<B>>) {
     let sum = B::float_add(x, delta);
     let products = B::rms_norm_products(
-        sum.clone(),
+        as_rows::<B>(sum.clone()),
         norm_weight,
         eps,
         weights,
@@ -244,14 +261,15 @@ fn products_array<B: ProductInputOps, const N: usize>(
         .unwrap_or_else(|p: Vec<_>| panic!("{N} products asked for, {} made", p.len()))
 }
 
-/// `x + delta` (both `[rows, hidden]`: a residual add) and
-/// [`rms_norm_products`] of that sum, the sum written by the pass that
-/// normalizes it ([`ProductInputOps::sum_rms_norm_products`]):
-/// `(sum, products)`, the products written as `results` says.
+/// `x + delta` (both `[..., hidden]`: a residual add) and
+/// [`rms_norm_products`] of that sum's rows, the sum written by the pass
+/// that normalizes it ([`ProductInputOps::sum_rms_norm_products`]):
+/// `(sum, products)`, the sum in `x`'s shape, the products `[rows, out]`
+/// written as `results` says.
 #[allow(clippy::too_many_arguments)]
-pub fn sum_rms_norm_products<B: ProductInputOps, const N: usize>(
-    x: Tensor<B, 2>,
-    delta: Tensor<B, 2>,
+pub fn sum_rms_norm_products<B: ProductInputOps, const D: usize, const N: usize>(
+    x: Tensor<B, D>,
+    delta: Tensor<B, D>,
     norm_weight: Tensor<B, 1>,
     eps: f32,
     weights: [Tensor<B, 2>; N],
@@ -259,13 +277,13 @@ pub fn sum_rms_norm_products<B: ProductInputOps, const N: usize>(
     precision: Precision,
     activations: Activations,
     results: Results,
-) -> (Tensor<B, 2>, [Tensor<B, 2>; N]) {
+) -> (Tensor<B, D>, [Tensor<B, 2>; N]) {
     assert_eq!(
         x.dims(),
         delta.dims(),
         "RMSNorm of a sum before products: x and delta differ in shape"
     );
-    assert_norm_products_fit(x.dims()[1], &norm_weight, &weights, layout);
+    assert_norm_products_fit(x.dims()[D - 1], &norm_weight, &weights, layout);
     let (sum, products) = B::sum_rms_norm_products(
         float(x),
         float(delta),
@@ -320,10 +338,37 @@ impl ProductInputOps for burn::backend::Flex {}
 mod on_autodiff {
     use super::*;
     use crate::kernels::matmul::on_autodiff::product_node;
-    use crate::kernels::rows::on_autodiff::{rms_norm_node, swiglu_node};
+    use crate::kernels::rows::on_autodiff::{residual_sum_node, rms_norm_node, swiglu_node};
     use burn::backend::Autodiff;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::tensor::{DType, TensorMetadata};
+
+    /// Each of `weights` times `normed`, a norm node whose result is the
+    /// products' rounded operand, as a node that reads it as it is and
+    /// sends back a gradient in `dtype` (the f32 norm's).
+    fn rounded_products<B: ProductInputOps, C: CheckpointStrategy>(
+        normed: &FloatTensor<Autodiff<B, C>>,
+        dtype: DType,
+        weights: Vec<FloatTensor<Autodiff<B, C>>>,
+        layout: WeightLayout,
+        precision: Precision,
+        results: Results,
+    ) -> Vec<FloatTensor<Autodiff<B, C>>> {
+        weights
+            .into_iter()
+            .map(|w| {
+                product_node::<B, C>(
+                    normed,
+                    normed.primitive.clone(),
+                    dtype,
+                    w,
+                    layout,
+                    precision,
+                    results,
+                )
+            })
+            .collect()
+    }
 
     /// Whether products in `precision` round their operands on `x`'s device.
     fn rounds<B: MatmulOps>(x: &FloatTensor<B>, precision: Precision) -> bool {
@@ -358,21 +403,53 @@ mod on_autodiff {
             let normed = rms_norm_node::<B, C>(x, norm_weight, eps, |x, w| {
                 B::rms_norm_trained(x, w, eps, precision)
             });
-            let rounded = normed.primitive.clone();
-            weights
-                .into_iter()
-                .map(|w| {
-                    product_node::<B, C>(
-                        &normed,
-                        rounded.clone(),
-                        dtype,
-                        w,
-                        layout,
-                        precision,
-                        results,
-                    )
-                })
-                .collect()
+            rounded_products::<B, C>(&normed, dtype, weights, layout, precision, results)
+        }
+
+        fn sum_rms_norm_products(
+            x: FloatTensor<Self>,
+            delta: FloatTensor<Self>,
+            norm_weight: FloatTensor<Self>,
+            eps: f32,
+            weights: Vec<FloatTensor<Self>>,
+            layout: WeightLayout,
+            precision: Precision,
+            activations: Activations,
+            results: Results,
+        ) -> (FloatTensor<Self>, Vec<FloatTensor<Self>>) {
+            if x.primitive.dtype() != DType::F32 || delta.primitive.dtype() != DType::F32 {
+                return composed_sum_rms_norm_products::<Self>(
+                    x,
+                    delta,
+                    norm_weight,
+                    eps,
+                    weights,
+                    layout,
+                    precision,
+                    activations,
+                    results,
+                );
+            }
+            let shape = x.primitive.shape();
+            let (sum, normed) = B::sum_rms_norm_trained(
+                as_rows::<B>(x.primitive.clone()),
+                as_rows::<B>(delta.primitive.clone()),
+                norm_weight.primitive.clone(),
+                eps,
+                precision,
+            );
+            // The sum, in the stream's shape, is the norm's parent: the
+            // norm's backward then finds there the gradient of the next
+            // residual add, a deeper node whose backward ran first, and
+            // sums it as it writes its own (`rows::on_autodiff`).
+            let sum = residual_sum_node::<B, C>(&x, &delta, B::float_reshape(sum, shape));
+            let normed = rms_norm_node::<B, C>(sum.clone(), norm_weight, eps, |_, _| normed);
+            let products = if rounds::<B>(&x.primitive, precision) {
+                rounded_products::<B, C>(&normed, DType::F32, weights, layout, precision, results)
+            } else {
+                shared_products_as::<Self>(normed, weights, layout, precision, activations, results)
+            };
+            (sum, products)
         }
 
         fn swiglu_product(

@@ -17,9 +17,11 @@ use super::product_inputs::{
     ProductInputOps, composed_rms_norm_products, composed_sum_rms_norm_products,
     composed_swiglu_product,
 };
-use super::rows::RowOps;
+use super::rows::{RowOps, as_rows};
 use super::rows_cube::{rms_norm_as, sum_rms_norm_as, swiglu_as};
 use burn::tensor::DType;
+use burn::tensor::TensorMetadata;
+use burn::tensor::ops::FloatTensorOps;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -84,6 +86,9 @@ where
                 results,
             );
         }
+        // The stream's rows, and the sum back in its shape.
+        let shape = x.shape();
+        let (x, delta) = (as_rows::<Self>(x), as_rows::<Self>(delta));
         let Some(reduced) = reduced::<Self>(&x.device, precision) else {
             let (sum, normed) = sum_rms_norm_as(x, delta, norm_weight, eps, DType::F32, false);
             let products = shared_products_as::<Self>(
@@ -94,13 +99,29 @@ where
                 activations,
                 results,
             );
-            return (sum, products);
+            return (Self::float_reshape(sum, shape), products);
         };
         let parts = activations == Activations::TwoParts;
         let (sum, operand) = sum_rms_norm_as(x, delta, norm_weight, eps, reduced, parts);
         let out = results_dtype(reduced, parts, results, DType::F32);
         let products = operand_products(operand, weights, layout, reduced, parts, out);
-        (sum, products)
+        (Self::float_reshape(sum, shape), products)
+    }
+
+    fn sum_rms_norm_trained(
+        x: CubeTensor<R>,
+        delta: CubeTensor<R>,
+        norm_weight: CubeTensor<R>,
+        eps: f32,
+        precision: Precision,
+    ) -> (CubeTensor<R>, CubeTensor<R>) {
+        if x.dtype != DType::F32 || delta.dtype != DType::F32 {
+            let sum = Self::float_add(x, delta);
+            let normed = Self::rms_norm_trained(sum.clone(), norm_weight, eps, precision);
+            return (sum, normed);
+        }
+        let dtype = reduced::<Self>(&x.device, precision).unwrap_or(DType::F32);
+        sum_rms_norm_as(x, delta, norm_weight, eps, dtype, false)
     }
 
     fn swiglu_product(

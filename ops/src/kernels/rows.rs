@@ -19,7 +19,7 @@ use super::{float, tensor};
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Shape, Tensor, TensorMetadata};
 
 pub trait RowOps: Backend {
     /// `x: [rows, hidden]`, `weight: [hidden]`.
@@ -31,16 +31,25 @@ pub trait RowOps: Backend {
         ))
     }
 
-    /// `(dx, dweight)` from `x`, `weight` and the output's gradient.
+    /// `(dx, dweight)` from `x`, `weight` and the output's gradient; with
+    /// `residual` (f32, `x`'s shape), `dx + residual`: the gradient that
+    /// `x` has from its other consumers (the residual stream's next add),
+    /// summed as `dx` is written rather than by a pass of its own. The
+    /// sum is `dx`'s f32 add, bit for bit.
     fn rms_norm_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         eps: f32,
+        residual: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (dx, dw) =
             composite::rms_norm_backward::<Self>(tensor(x), tensor(weight), tensor(grad), eps);
-        (float(dx), float(dw))
+        let dx = match residual {
+            Some(residual) => Self::float_add(float(dx), residual),
+            None => float(dx),
+        };
+        (dx, float(dw))
     }
 
     /// `x: [batch, seq, heads, d]`, `cos`, `sin`: `[seq, d]`.
@@ -119,6 +128,15 @@ pub fn rms_norm<B: RowOps, const D: usize>(
     let rows = x.reshape([dims[..D - 1].iter().product::<usize>(), hidden]);
     let y: Tensor<B, 2> = tensor(B::rms_norm(float(rows), float(weight), eps));
     y.reshape(dims)
+}
+
+/// `x: [..., hidden]` as `[rows, hidden]` (the rows of a residual stream
+/// of any rank, as RMSNorm reads them).
+pub(super) fn as_rows<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let dims = x.shape().as_slice().to_vec();
+    let hidden = dims.last().copied().unwrap_or(1);
+    let rows = dims[..dims.len().saturating_sub(1)].iter().product();
+    B::float_reshape(x, Shape::new([rows, hidden]))
 }
 
 /// Rotary embedding of `x: [batch, seq, heads, d]` with tables `cos`, `sin`
@@ -274,18 +292,85 @@ pub(super) mod on_autodiff {
     }
 
     impl<B: RowOps> Backward<B, 2> for RmsNormBackward {
+        /// `x` (`[..., hidden]`: a residual stream of any rank, so that
+        /// the stream itself is the node's parent) and the weight.
         type State = (FloatTensor<B>, FloatTensor<B>);
 
         fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
             let [node_x, node_w] = ops.parents;
             let grad = grads.consume::<B>(&ops.node);
             let (x, w) = ops.state;
-            let (dx, dw) = B::rms_norm_backward(x, w, grad, self.eps);
+            let shape = x.shape();
+            // The gradient `x` already has (a residual stream's, from the
+            // next add, whose node is deeper and so went first): summed
+            // by the norm's backward rather than by `register`'s add.
+            // `Gradients` looks a node's gradient up by a tensor of the
+            // node, so one is made for the lookup.
+            let residual = node_x.as_ref().and_then(|node| {
+                let mut key = <Autodiff<B> as AutodiffBackend>::from_inner(x.clone());
+                key.node = node.clone();
+                take_residual::<B>(grads, &key)
+            });
+            let (dx, dw) = B::rms_norm_backward(
+                as_rows::<B>(x),
+                w,
+                grad,
+                self.eps,
+                residual.map(as_rows::<B>),
+            );
             if let Some(node) = node_x {
-                grads.register::<B>(node.id, dx);
+                grads.register::<B>(node.id, B::float_reshape(dx, shape));
             }
             if let Some(node) = node_w {
                 grads.register::<B>(node.id, dw);
+            }
+        }
+    }
+
+    /// The gradient registered for `key`'s node, taken out of `grads` for
+    /// [`RowOps::rms_norm_backward`] to sum, where it is f32 of `key`'s
+    /// shape (and `key` f32); otherwise left for `register` to add to.
+    fn take_residual<B: Backend>(
+        grads: &mut Gradients,
+        key: &FloatTensor<Autodiff<B>>,
+    ) -> Option<FloatTensor<B>> {
+        let residual = grads.get::<B>(key)?;
+        let fits = key.primitive.dtype() == DType::F32
+            && residual.dtype() == DType::F32
+            && residual.shape() == key.primitive.shape();
+        if fits { grads.remove::<B>(key) } else { None }
+    }
+
+    /// A residual add `x + delta` as a node of the graph, its sum computed
+    /// on the inner backend by the pass that normalizes it
+    /// ([`super::super::ProductInputOps::sum_rms_norm_products`]): its
+    /// backward sends its gradient to both, as Burn's add does for
+    /// operands of one shape, without a launch.
+    pub(in crate::kernels) fn residual_sum_node<B: Backend, C: CheckpointStrategy>(
+        x: &FloatTensor<Autodiff<B, C>>,
+        delta: &FloatTensor<Autodiff<B, C>>,
+        sum: FloatTensor<B>,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        ResidualSumBackward
+            .prepare::<C>([x.node.clone(), delta.node.clone()])
+            .compute_bound()
+            .stateless(sum)
+    }
+
+    #[derive(Debug)]
+    struct ResidualSumBackward;
+
+    impl<B: Backend> Backward<B, 2> for ResidualSumBackward {
+        type State = ();
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = grads.consume::<B>(&ops.node);
+            let [node_x, node_delta] = ops.parents;
+            if let Some(node) = node_x {
+                grads.register::<B>(node.id, grad.clone());
+            }
+            if let Some(node) = node_delta {
+                grads.register::<B>(node.id, grad);
             }
         }
     }
@@ -349,7 +434,10 @@ pub(super) mod on_autodiff {
     /// the inner backend: the f32 norm, or the norm written as the products
     /// after it read it (`kernels::product_inputs`). Either way the node's
     /// gradient is the f32 norm's, and its backward reads `x` and the
-    /// weight.
+    /// weight. `x` may be `[..., hidden]` of any rank (a residual stream,
+    /// the node's parent as it is) while `forward` normalizes its rows:
+    /// the gradient comes back `[rows, hidden]`, `dx` goes out in `x`'s
+    /// shape.
     pub(in crate::kernels) fn rms_norm_node<B: RowOps, C: CheckpointStrategy>(
         x: FloatTensor<Autodiff<B, C>>,
         weight: FloatTensor<Autodiff<B, C>>,

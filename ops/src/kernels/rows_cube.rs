@@ -145,14 +145,16 @@ fn write_as<E: Float, N: Size>(
 }
 
 /// RMSNorm's `dx` for a row, a cube per row as in the forward:
-/// `dx = r w g - x r^3 / n sum(x w g)`; writes the row's `r` to `inv_rms`
-/// for the weight gradient's pass.
+/// `dx = r w g - x r^3 / n sum(x w g)`, plus `residual`'s row where
+/// `summed` (the gradient `x` has from elsewhere; not read otherwise);
+/// writes the row's `r` to `inv_rms` for the weight gradient's pass.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn rms_norm_backward_rows<N: Size>(
     x: &Tensor<Vector<f32, N>>,
     w: &Tensor<Vector<f32, N>>,
     g: &Tensor<Vector<f32, N>>,
+    residual: &Tensor<Vector<f32, N>>,
     dx: &mut Tensor<Vector<f32, N>>,
     inv_rms: &mut Tensor<f32>,
     rows: u32,
@@ -161,6 +163,7 @@ fn rms_norm_backward_rows<N: Size>(
     #[comptime] row_vectors: u32,
     #[comptime] per_unit: usize,
     #[comptime] levels: u32,
+    #[comptime] summed: bool,
 ) {
     let row = cube_index();
     let live = row < rows;
@@ -199,7 +202,13 @@ fn rms_norm_backward_rows<N: Size>(
     for k in 0..per_unit {
         let i = UNIT_POS_X + (k as u32) * CUBE_DIM_X;
         if live && i < row_vectors {
-            dx[(base + i) as usize] = gws[k] * r_v - xs[k] * c_v;
+            let at = (base + i) as usize;
+            let d = gws[k] * r_v - xs[k] * c_v;
+            if comptime!(summed) {
+                dx[at] = d + residual[at];
+            } else {
+                dx[at] = d;
+            }
         }
     }
     if live && UNIT_POS_X == 0 {
@@ -556,6 +565,7 @@ fn rms_norm_backward<R: CubeRuntime>(
     weight: CubeTensor<R>,
     grad: CubeTensor<R>,
     eps: f32,
+    residual: Option<CubeTensor<R>>,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let (x_dtype, w_dtype) = (x.dtype, weight.dtype);
     let [rows, hidden]: [usize; 2] = x.shape().dims();
@@ -564,20 +574,29 @@ fn rms_norm_backward<R: CubeRuntime>(
         [rows, hidden],
         "RMSNorm backward: the gradient's shape differs from the input's"
     );
+    if let Some(residual) = &residual {
+        assert!(
+            x_dtype == DType::F32
+                && residual.dtype == DType::F32
+                && residual.shape().dims::<2>() == [rows, hidden],
+            "RMSNorm backward: a residual gradient is summed only into an f32 dx of its shape"
+        );
+    }
     let (x, weight, grad) = (
         f32_contiguous(x),
         f32_contiguous(weight),
         f32_contiguous(grad),
     );
-    let dx = empty_f32(&x, Shape::new([rows, hidden]));
     let dw = empty_f32(&x, Shape::new([hidden]));
-    if hidden == 0 {
-        return (to_dtype(dx, x_dtype), to_dtype(dw, w_dtype));
-    }
-    if rows == 0 {
+    if hidden == 0 || rows == 0 {
+        let dx = residual.unwrap_or_else(|| empty_f32(&x, Shape::new([rows, hidden])));
         let dw = super::cube_common::zeros_f32(&x, Shape::new([hidden]));
         return (to_dtype(dx, x_dtype), to_dtype(dw, w_dtype));
     }
+    let dx = empty_f32(&x, Shape::new([rows, hidden]));
+    let summed = residual.is_some();
+    // Without a residual the kernel reads none: `grad` stands in.
+    let residual = residual.map_or_else(|| grad.clone(), f32_contiguous);
     as_index(rows * hidden, "RMSNorm backward");
     let client = x.client.clone();
     let width = vector_width(&client, DType::F32, hidden);
@@ -592,6 +611,7 @@ fn rms_norm_backward<R: CubeRuntime>(
         x.clone().into_tensor_arg(),
         weight.into_tensor_arg(),
         grad.clone().into_tensor_arg(),
+        residual.into_tensor_arg(),
         dx.clone().into_tensor_arg(),
         inv_rms.clone().into_tensor_arg(),
         rows as u32,
@@ -600,6 +620,7 @@ fn rms_norm_backward<R: CubeRuntime>(
         row_vectors as u32,
         per_unit,
         levels,
+        summed,
     );
     let chunks = rows.div_ceil(DW_CHUNK_ROWS as usize);
     let partials = empty_f32(&x, Shape::new([chunks, hidden]));
@@ -849,8 +870,9 @@ where
         weight: CubeTensor<R>,
         grad: CubeTensor<R>,
         eps: f32,
+        residual: Option<CubeTensor<R>>,
     ) -> (CubeTensor<R>, CubeTensor<R>) {
-        rms_norm_backward(x, weight, grad, eps)
+        rms_norm_backward(x, weight, grad, eps, residual)
     }
 
     fn rope(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>) -> CubeTensor<R> {

@@ -223,22 +223,38 @@ impl RowOps for Flex {
         weight: FlexTensor,
         grad: FlexTensor,
         eps: f32,
+        residual: Option<FlexTensor>,
     ) -> (FlexTensor, FlexTensor) {
         let (x_type, w_type) = (x.dtype(), weight.dtype());
+        let residual = residual.map(|r| {
+            assert!(
+                x_type == DType::F32 && r.dtype() == DType::F32 && r.shape() == x.shape(),
+                "RMSNorm backward: a residual gradient is summed only into an f32 dx of its shape"
+            );
+            host_f32(r)
+        });
         let (x, weight) = (host_f32(x), host_f32(weight));
         let (xs, w) = (slice(&x), slice(&weight));
+        let rs = residual.as_ref().map(slice);
         let hidden = w.len();
         let mut dx = output_from(grad);
-        let block = hidden * ROWS_PER_TASK;
+        let block = (hidden * ROWS_PER_TASK).max(1);
         // One weight-gradient partial per block of rows, summed in order.
         let partials: Vec<Vec<f32>> = dx
             .storage_mut::<f32>()
-            .par_chunks_mut(block.max(1))
-            .zip(xs.par_chunks(block.max(1)))
-            .map(|(g, x)| {
+            .par_chunks_mut(block)
+            .enumerate()
+            .map(|(b, g)| {
+                let at = b * block..b * block + g.len();
                 let mut dw = vec![0.0f32; hidden];
-                for (g, x) in g.chunks_exact_mut(hidden).zip(x.chunks_exact(hidden)) {
+                for (g, x) in g
+                    .chunks_exact_mut(hidden)
+                    .zip(xs[at.clone()].chunks_exact(hidden))
+                {
                     simd::rms_norm_backward_row(x, w, g, &mut dw, eps);
+                }
+                if let Some(rs) = rs {
+                    g.iter_mut().zip(&rs[at]).for_each(|(d, r)| *d += r);
                 }
                 dw
             })

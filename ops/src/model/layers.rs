@@ -133,9 +133,12 @@ impl<B: ModelBackend> Linear<B> {
                 delta,
                 sum,
             } => {
+                // The stream as it is, not its rows: under autodiff the
+                // sum is then the norm's parent, whose backward sums the
+                // stream's gradient (`kernels::product_inputs`).
                 let (summed, ys) = sum_rms_norm_products(
-                    x.reshape([batch * seq, d_in]),
-                    delta.reshape([batch * seq, d_in]),
+                    x,
+                    delta,
                     norm.weight.val(),
                     norm.eps as f32,
                     weights,
@@ -144,7 +147,7 @@ impl<B: ModelBackend> Linear<B> {
                     activations,
                     results,
                 );
-                *sum = Some(summed.reshape([batch, seq, d_in]));
+                *sum = Some(summed);
                 ys
             }
         };

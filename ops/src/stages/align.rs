@@ -36,7 +36,11 @@ impl TypedOp for Align {
     // cores, the rotary embedding writes the queries and keys in f16, the
     // scores' operands (`RowOps::rope_pair`): the backward's bf16 operands
     // are rounded from those, not from f32.
-    const VERSION: u32 = 3;
+    // 4: on the GPU, RMSNorm's backward sums the residual stream's
+    // gradient as it writes its own (`RowOps::rms_norm_backward`), which a
+    // kernel compiler may contract: the sum can differ in its last bit
+    // from the separate add's. The CPU's is the add's, bit for bit.
+    const VERSION: u32 = 4;
     const DESCRIPTION: &'static str =
         "Supervised fine-tuning on chat data, with the loss on assistant tokens only.";
 

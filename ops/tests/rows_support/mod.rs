@@ -1,11 +1,11 @@
 //! RMSNorm, rotary embedding and SwiGLU in float64: the oracles the row
 //! kernels' tests (CPU and CubeCL) share. Their gradients are checked by
-//! finite differences in `kernels_fused`. And [`check_rope_pair`], run by
-//! both on their backends.
+//! finite differences in `kernels_fused`. And [`check_rope_pair`] and
+//! [`check_rms_norm_residual`], run by both on their backends.
 #![allow(dead_code)]
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use distillery_ops::kernels::rows::composite as rows_composite;
 use distillery_ops::kernels::{RowOps, rope, rope_pair};
 
@@ -182,6 +182,78 @@ where
         assert_close(&what("dq"), &read(qt.grad(&grads).unwrap()), &want_dq);
         assert_close(&what("dk"), &read(kt.grad(&grads).unwrap()), &want_dk);
     }
+}
+
+/// RMSNorm's backward summing a residual gradient
+/// ([`RowOps::rms_norm_backward`] with `residual`): `dx` is the plain
+/// backward's `dx` plus the residual, that f32 add bit for bit where
+/// `sums_exactly` (the CPU; a CubeCL compiler may contract or reassociate
+/// the kernel's arithmetic: there within two ulps of the row's largest),
+/// and within [`TOL`] of the float64 `dx` plus it; `dw` is the plain
+/// backward's. Rows of SmolLM2's width, an odd width, several
+/// weight-gradient chunks, and no rows at all.
+///
+/// [`TOL`]: crate::attention_support::TOL
+pub fn check_rms_norm_residual<B: RowOps>(device: &B::Device, sums_exactly: bool) {
+    use crate::attention_support::{assert_close, random, read};
+    for (rows, hidden) in [(37, 96), (2, 576), (70, 5), (200, 64), (0, 8)] {
+        let eps = 1e-5;
+        let mut rng = distillery_ops::rng::SplitMix64::new(91 + hidden as u64);
+        let x = random(&mut rng, rows * hidden, 2.0);
+        let w = random(&mut rng, hidden, 1.0);
+        let g = random(&mut rng, rows * hidden, 1.0);
+        let residual = random(&mut rng, rows * hidden, 3.0);
+        let what = |t: &str| format!("rms_norm backward {rows}x{hidden} with a residual: {t}");
+        let t = |v: &[f64]| {
+            tensor2::<B>(v, [rows, hidden], device)
+                .into_primitive()
+                .tensor()
+        };
+        let w1 = || tensor1::<B>(&w, device).into_primitive().tensor();
+        let backward = |residual: Option<&[f64]>| {
+            let (dx, dw) = B::rms_norm_backward(t(&x), w1(), t(&g), eps as f32, residual.map(t));
+            let dx: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(dx));
+            let dw: Tensor<B, 1> = Tensor::from_primitive(TensorPrimitive::Float(dw));
+            assert_eq!(dx.dtype(), DType::F32, "{}", what("dx's dtype"));
+            (read(dx), read(dw))
+        };
+        let (plain_dx, plain_dw) = backward(None);
+        let (dx, dw) = backward(Some(&residual));
+        let summed: Vec<f64> = plain_dx
+            .iter()
+            .zip(&residual)
+            .map(|(&d, &r)| f64::from(d as f32 + r as f32))
+            .collect();
+        let largest = |row: usize| {
+            summed[row * hidden..(row + 1) * hidden]
+                .iter()
+                .fold(0.0f64, |m, v| m.max(v.abs()))
+        };
+        let ulps = if sums_exactly { 0.0 } else { 2.0 };
+        let differs = (0..dx.len()).find(|&i| {
+            let bound = ulps * f64::from(f32::EPSILON) * largest(i / hidden);
+            (dx[i] - summed[i]).abs() > bound || dx[i].is_nan()
+        });
+        assert!(
+            differs.is_none(),
+            "{}",
+            what(&format!(
+                "dx at {differs:?} is {:?}, not the plain dx plus the residual, {:?} (within {ulps} ulps)",
+                differs.map(|i| dx[i]),
+                differs.map(|i| summed[i])
+            ))
+        );
+        assert_eq!(dw, plain_dw, "{}", what("dw against the plain backward's"));
+        let (want_dx, _) = rms_oracle_grads(&x, &w, &g, eps);
+        let want: Vec<f64> = want_dx.iter().zip(&residual).map(|(d, r)| d + r).collect();
+        assert_close(&what("dx against float64"), &dx, &want);
+    }
+}
+
+fn tensor1<B: RowOps>(v: &[f64], device: &B::Device) -> Tensor<B, 1> {
+    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
 fn tensor4<B: RowOps>(v: &[f64], dims: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
