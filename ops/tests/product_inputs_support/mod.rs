@@ -115,6 +115,7 @@ fn rounds<B: MatmulOps>(device: &B::Device) -> bool {
 
 /// Whose kernels a backend runs, as the checks below need to know.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(dead_code)] // Each test binary names the one it runs.
 pub enum Kernels {
     /// The CPU's: f32 results whatever a layer asks for, and arithmetic
     /// exactly as written (Rust neither contracts nor reassociates).
