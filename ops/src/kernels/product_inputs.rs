@@ -15,7 +15,10 @@
 //!
 //! Under autodiff the row op stays a node of its own, with the f32 op's
 //! backward from its inputs; its result is the rounded operand, which the
-//! products' nodes read as it is and send an f32 gradient.
+//! products' nodes read as it is and send an f32 gradient. A residual add
+//! the norm sums is a node of its own too, in the stream's shape, made by
+//! the norm's pass; the norm's backward sums the stream's gradient into
+//! its own (`RowOps::rms_norm_backward`'s `residual`).
 
 use super::matmul::{
     Activations, MatmulOps, Precision, Results, WeightLayout, assert_fits, shared_products_as,

@@ -32,10 +32,12 @@ pub trait RowOps: Backend {
     }
 
     /// `(dx, dweight)` from `x`, `weight` and the output's gradient; with
-    /// `residual` (f32, `x`'s shape), `dx + residual`: the gradient that
-    /// `x` has from its other consumers (the residual stream's next add),
-    /// summed as `dx` is written rather than by a pass of its own. The
-    /// sum is `dx`'s f32 add, bit for bit.
+    /// `residual` (f32 of `x`'s shape, `x` f32 too), `dx + residual`: the
+    /// gradient that `x` has from its other consumers (the residual
+    /// stream's next add), summed as `dx` is written rather than by a
+    /// pass of its own. The sum is the f32 add of the two; a kernel
+    /// compiler may contract it with `dx`'s arithmetic, so on a GPU it
+    /// can differ from the separate add's in its last bit.
     fn rms_norm_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
