@@ -10,7 +10,7 @@
 //! terms of magnitude ~1).
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use distillery_ops::kernels::attention::composite as attention_composite;
 use distillery_ops::kernels::rows::composite as rows_composite;
 use distillery_ops::kernels::{causal_attention, rms_norm, rope, swiglu};
@@ -262,7 +262,8 @@ fn rms_norm_backward_sums_a_residual_gradient() {
 #[test]
 fn rope_pair_matches_oracle_forward_and_backward() {
     // The CPU rotates in f32 only: attention reads f32 operands there.
-    rows_support::check_rope_pair::<Flex, Ad>(&Default::default(), &[burn::tensor::DType::F32]);
+    // The gradients in bf16 through the default inverse rotation's cast.
+    rows_support::check_rope_pair::<Flex, Ad>(&Default::default(), &[DType::F32], &[DType::BF16]);
 }
 
 #[test]

@@ -181,6 +181,17 @@ pub trait MatmulOps: Backend {
         t
     }
 
+    /// The dtype a training product in `precision` rounds its result's
+    /// gradient to in its backward, where it rounds it to one of its own
+    /// (bf16 on CUDA): an op that writes that gradient may write it so,
+    /// in place of the cast the product would make of it. `None` where
+    /// the backward reads the gradient as it comes (AMX rounds as it
+    /// packs).
+    fn trained_gradient(device: &Self::Device, precision: Precision) -> Option<DType> {
+        let _ = (device, precision);
+        None
+    }
+
     /// The same product in a training step, whose arithmetic may differ
     /// from inference's: bf16 on AMX rounds `x` once, as mixed-precision
     /// training does, where inference carries it in two parts. `x` and the
@@ -518,6 +529,10 @@ pub(super) mod on_autodiff {
 
         fn reduced_dtype(device: &Self::Device) -> Option<DType> {
             B::reduced_dtype(device)
+        }
+
+        fn trained_gradient(device: &Self::Device, precision: Precision) -> Option<DType> {
+            B::trained_gradient(device, precision)
         }
 
         fn linear_matmul(

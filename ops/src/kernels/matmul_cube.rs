@@ -178,6 +178,11 @@ where
         }
     }
 
+    fn trained_gradient(device: &Self::Device, precision: Precision) -> Option<DType> {
+        // `rounded_product_backward` casts `dy` to this.
+        reduced::<Self>(device, precision)
+    }
+
     fn trained_operand(t: CubeTensor<R>, precision: Precision) -> CubeTensor<R> {
         match reduced::<Self>(&t.device, precision) {
             Some(reduced) => to_dtype(t, reduced),

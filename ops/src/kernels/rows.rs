@@ -64,13 +64,20 @@ pub trait RowOps: Backend {
     }
 
     /// The inverse rotation of [`RowOps::rope`] (`sin` negated): its
-    /// backward, in `grad`'s dtype.
+    /// backward, computed as `grad`'s dtype computes it and written in
+    /// `dtype` (a plain cast: the one the gradient's consumer would make).
     fn rope_inverse(
         grad: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
+        dtype: DType,
     ) -> FloatTensor<Self> {
-        Self::rope(grad, cos, Self::float_neg(sin))
+        let rotated = Self::rope(grad, cos, Self::float_neg(sin));
+        if rotated.dtype() == dtype {
+            rotated
+        } else {
+            Self::float_cast(rotated, dtype.into())
+        }
     }
 
     /// [`RowOps::rope`] of the queries `q` and the keys `k` of one
@@ -80,14 +87,20 @@ pub trait RowOps: Backend {
     /// `dtype` is the one attention reads its scores' operands in
     /// ([`super::AttentionOps::attention_operands`]): values past its
     /// finite range become its largest of their sign, as attention's own
-    /// cast of its operands clamps them.
+    /// cast of its operands clamps them. `grads` is for autodiff: the
+    /// dtype the backward writes q's and k's gradients in (the one their
+    /// products round them to, [`super::MatmulOps::trained_gradient`]),
+    /// or the incoming gradient's where `None`; a backend without a graph
+    /// has no use for it.
     fn rope_pair(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
         dtype: DType,
+        grads: Option<DType>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = grads;
         let rotated = |x| {
             let y = tensor::<Self, 4>(Self::rope(x, cos.clone(), sin.clone()));
             float(composite::saturating_cast(y, dtype))
@@ -161,14 +174,16 @@ fn check_rope_tables<B: Backend>(x_dims: [usize; 4], cos: &Tensor<B, 2>, sin: &T
     assert!(d % 2 == 0, "rope: head dimension {d} is odd");
 }
 
-/// [`rope`] of the queries and keys of one attention, written in `dtype`
-/// (see [`RowOps::rope_pair`]).
+/// [`rope`] of the queries and keys of one attention, written in `dtype`,
+/// their gradients under autodiff in `grads` where given (see
+/// [`RowOps::rope_pair`]).
 pub fn rope_pair<B: RowOps>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
     dtype: DType,
+    grads: Option<DType>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let ([qb, seq, _, d], [kb, k_seq, _, kd]) = (q.dims(), k.dims());
     assert!(
@@ -178,7 +193,7 @@ pub fn rope_pair<B: RowOps>(
         q.dims()
     );
     check_rope_tables(q.dims(), &cos, &sin);
-    let (q, k) = B::rope_pair(float(q), float(k), float(cos), float(sin), dtype);
+    let (q, k) = B::rope_pair(float(q), float(k), float(cos), float(sin), dtype, grads);
     (tensor(q), tensor(k))
 }
 
@@ -378,7 +393,11 @@ pub(super) mod on_autodiff {
     }
 
     #[derive(Debug)]
-    struct RopeBackward;
+    struct RopeBackward {
+        /// The dtype the input's gradient is written in; the incoming
+        /// gradient's where `None` (see [`RowOps::rope_pair`]).
+        grads: Option<DType>,
+    }
 
     impl<B: RowOps> Backward<B, 1> for RopeBackward {
         /// The tables `cos` and `sin`.
@@ -387,22 +406,24 @@ pub(super) mod on_autodiff {
         fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let (cos, sin) = ops.state;
             unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                B::rope_inverse(grad, cos, sin)
+                let dtype = self.grads.unwrap_or(grad.dtype());
+                B::rope_inverse(grad, cos, sin, dtype)
             });
         }
     }
 
     /// The rotated `y` of `x` as a node of the graph (the rotation having
     /// run on the inner backend): its backward rotates the gradient back,
-    /// in the gradient's dtype whatever `y`'s (f32 where `y` is a 16-bit
-    /// attention operand, see [`super::super::AttentionOps`]).
+    /// in `grads` or the gradient's dtype whatever `y`'s (f32 where `y` is
+    /// a 16-bit attention operand, see [`super::super::AttentionOps`]).
     fn rope_node<B: RowOps, C: CheckpointStrategy>(
         x: &FloatTensor<Autodiff<B, C>>,
         y: FloatTensor<B>,
         cos: &FloatTensor<B>,
         sin: &FloatTensor<B>,
+        grads: Option<DType>,
     ) -> FloatTensor<Autodiff<B, C>> {
-        match RopeBackward
+        match (RopeBackward { grads })
             .prepare::<C>([x.node.clone()])
             .compute_bound()
             .stateful()
@@ -498,7 +519,7 @@ pub(super) mod on_autodiff {
         ) -> FloatTensor<Self> {
             let (cos, sin) = (Self::inner(cos), Self::inner(sin));
             let y = B::rope(x.primitive.clone(), cos.clone(), sin.clone());
-            rope_node::<B, C>(&x, y, &cos, &sin)
+            rope_node::<B, C>(&x, y, &cos, &sin, None)
         }
 
         fn rope_pair(
@@ -507,6 +528,7 @@ pub(super) mod on_autodiff {
             cos: FloatTensor<Self>,
             sin: FloatTensor<Self>,
             dtype: DType,
+            grads: Option<DType>,
         ) -> (FloatTensor<Self>, FloatTensor<Self>) {
             // One pass forward; two nodes, each rotating its own gradient
             // back (a node of the graph has one output).
@@ -517,10 +539,11 @@ pub(super) mod on_autodiff {
                 cos.clone(),
                 sin.clone(),
                 dtype,
+                None,
             );
             (
-                rope_node::<B, C>(&q, yq, &cos, &sin),
-                rope_node::<B, C>(&k, yk, &cos, &sin),
+                rope_node::<B, C>(&q, yq, &cos, &sin, grads),
+                rope_node::<B, C>(&k, yk, &cos, &sin, grads),
             )
         }
 

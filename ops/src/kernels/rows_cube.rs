@@ -663,19 +663,20 @@ fn rope_width<R: CubeRuntime>(client: &ComputeClient<R>, d: usize) -> usize {
     vector_width(client, DType::F32, d / 2)
 }
 
-/// [`rope_vectors`]: `x` rotated (inversely where `inverse`), in its dtype.
+/// [`rope_vectors`]: `x` rotated (inversely where `inverse`) in f32,
+/// written in `dtype` (a plain cast, as a cast of the f32 result makes).
 fn rope<R: CubeRuntime>(
     x: CubeTensor<R>,
     cos: CubeTensor<R>,
     sin: CubeTensor<R>,
     inverse: bool,
+    dtype: DType,
 ) -> CubeTensor<R> {
-    let dtype = x.dtype;
     let shape = x.shape();
     let [_, seq, heads, d]: [usize; 4] = shape.dims();
     let (x, cos, sin) = (f32_contiguous(x), f32_contiguous(cos), f32_contiguous(sin));
     let n = shape.num_elements();
-    let y = empty_f32(&x, shape);
+    let y = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, dtype);
     if n > 0 {
         let client = x.client.clone();
         let width = rope_width(&client, d);
@@ -696,10 +697,10 @@ fn rope<R: CubeRuntime>(
             (d / width) as u32,
             inverse,
             false,
-            DType::F32.into(),
+            dtype.into(),
         );
     }
-    to_dtype(y, dtype)
+    y
 }
 
 /// [`rope_pair_vectors`]: `q` and `k` rotated in one launch, written in
@@ -876,11 +877,17 @@ where
     }
 
     fn rope(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>) -> CubeTensor<R> {
-        rope(x, cos, sin, false)
+        let dtype = x.dtype;
+        rope(x, cos, sin, false, dtype)
     }
 
-    fn rope_inverse(grad: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>) -> CubeTensor<R> {
-        rope(grad, cos, sin, true)
+    fn rope_inverse(
+        grad: CubeTensor<R>,
+        cos: CubeTensor<R>,
+        sin: CubeTensor<R>,
+        dtype: DType,
+    ) -> CubeTensor<R> {
+        rope(grad, cos, sin, true, dtype)
     }
 
     fn rope_pair(
@@ -889,6 +896,7 @@ where
         cos: CubeTensor<R>,
         sin: CubeTensor<R>,
         dtype: DType,
+        _grads: Option<DType>,
     ) -> (CubeTensor<R>, CubeTensor<R>) {
         rope_pair(q, k, cos, sin, dtype)
     }

@@ -1,8 +1,8 @@
 //! Causal self-attention with grouped-query heads and RoPE.
 
 use burn::module::Module;
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
 
 use crate::kernels::{Precision, Results, causal_attention_in};
 
@@ -64,7 +64,8 @@ impl<B: ModelBackend> Attention<B> {
             Some(_) => None,
         };
         let dtype = operands.unwrap_or(q.dtype());
-        let (q, k) = rope.apply_pair(q, k, dtype);
+        let grads = self.query_key_gradients(&q.device());
+        let (q, k) = rope.apply_pair(q, k, dtype, grads);
         let v = v.reshape([batch, seq, kv, d]);
 
         let (k, v) = match cache {
@@ -72,6 +73,20 @@ impl<B: ModelBackend> Attention<B> {
             None => (k, v),
         };
         causal_attention_in(q, k, v, self.precision).reshape([batch, seq, h * d])
+    }
+
+    /// The dtype in which the q and k products' backward reads their
+    /// results' gradients
+    /// ([`crate::kernels::MatmulOps::trained_gradient`]: bf16 on CUDA),
+    /// so that the rotation's backward writes them so, in place of a cast
+    /// of its f32 result by each product. `None` where they read them as
+    /// they come, or where a bias would sum them (in their dtype).
+    fn query_key_gradients(&self, device: &B::Device) -> Option<DType> {
+        let (q, k) = (&self.q_proj, &self.k_proj);
+        if q.bias.is_some() || k.bias.is_some() || q.precision != k.precision {
+            return None;
+        }
+        B::trained_gradient(device, q.precision)
     }
 
     /// `o_proj`: `[batch, seq, heads * head_dim]` -> `[batch, seq, hidden]`.

@@ -110,12 +110,15 @@ impl<B: ModelBackend> RopeTables<B> {
     /// seq, heads, head_dim]` each, in place of their layout) and writes
     /// them in `dtype` ([`rope_pair`]): `x * cos + rotate_half(x) * sin`,
     /// where `rotate_half(x) = [-x2, x1]` (the minus sign lives in `sin`).
+    /// In a training step their gradients are written in `grads` where
+    /// given.
     pub fn apply_pair(
         &self,
         q: Tensor<B, 4>,
         k: Tensor<B, 4>,
         dtype: DType,
+        grads: Option<DType>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        rope_pair(q, k, self.cos.clone(), self.sin.clone(), dtype)
+        rope_pair(q, k, self.cos.clone(), self.sin.clone(), dtype, grads)
     }
 }

@@ -91,10 +91,12 @@ pub fn swiglu_oracle_grads(gate: &[f64], up: &[f64], g: &[f64]) -> (Vec<f64>, Ve
 /// [`TOL`] of the oracle; in a 16-bit dtype, bit for bit the f32 rotation
 /// clamped to that dtype's range and cast (values past f16's range
 /// included). Under autodiff in f32, the gradients of `sum(yq gq) +
-/// sum(yk gk)`: the inverse rotations of `gq` and `gk`.
+/// sum(yk gk)`: the inverse rotations of `gq` and `gk`; written in each
+/// of `grad_dtypes` (as a product's backward reads them), those f32
+/// gradients cast, bit for bit.
 ///
 /// [`TOL`]: crate::attention_support::TOL
-pub fn check_rope_pair<B, AB>(device: &B::Device, dtypes: &[DType])
+pub fn check_rope_pair<B, AB>(device: &B::Device, dtypes: &[DType], grad_dtypes: &[DType])
 where
     B: RowOps,
     AB: AutodiffBackend<InnerBackend = B> + RowOps,
@@ -126,7 +128,7 @@ where
         let table = |v: &[f64]| tensor2::<B>(v, [seq, d], device);
 
         for &dtype in dtypes {
-            let (yq, yk) = rope_pair(t(&q, qd), t(&k, kd), table(&cos), table(&sin), dtype);
+            let (yq, yk) = rope_pair(t(&q, qd), t(&k, kd), table(&cos), table(&sin), dtype, None);
             assert_eq!(yq.dtype(), dtype, "{}", what("the queries' dtype"));
             assert_eq!(yk.dtype(), dtype, "{}", what("the keys' dtype"));
             if dtype == DType::F32 {
@@ -163,24 +165,53 @@ where
             continue;
         }
 
-        let grad_in = |v: &[f64], dims: [usize; 4]| {
-            Tensor::<AB, 4>::from_inner(tensor4::<B>(v, dims, device)).require_grad()
+        // `(dq, dk)` of `sum(yq gq) + sum(yk gk)`, written in `grads`.
+        let train = |grads: Option<DType>| {
+            let grad_in = |v: &[f64], dims: [usize; 4]| {
+                Tensor::<AB, 4>::from_inner(tensor4::<B>(v, dims, device)).require_grad()
+            };
+            let (qt, kt) = (grad_in(&q, qd), grad_in(&k, kd));
+            let table = |v: &[f64]| Tensor::<AB, 2>::from_inner(tensor2::<B>(v, [seq, d], device));
+            let (yq, yk) = rope_pair(
+                qt.clone(),
+                kt.clone(),
+                table(&cos),
+                table(&sin),
+                DType::F32,
+                grads,
+            );
+            assert_close(
+                &what("autodiff queries"),
+                &read(yq.clone().inner()),
+                &want_q,
+            );
+            let g = |v: &[f64], dims| Tensor::<AB, 4>::from_inner(tensor4::<B>(v, dims, device));
+            let loss = (yq * g(&gq, qd)).sum() + (yk * g(&gk, kd)).sum();
+            let grads = loss.backward();
+            (qt.grad(&grads).unwrap(), kt.grad(&grads).unwrap())
         };
-        let (qt, kt) = (grad_in(&q, qd), grad_in(&k, kd));
-        let table = |v: &[f64]| Tensor::<AB, 2>::from_inner(tensor2::<B>(v, [seq, d], device));
-        let (yq, yk) = rope_pair(qt.clone(), kt.clone(), table(&cos), table(&sin), DType::F32);
-        assert_close(
-            &what("autodiff queries"),
-            &read(yq.clone().inner()),
-            &want_q,
-        );
-        let g = |v: &[f64], dims| Tensor::<AB, 4>::from_inner(tensor4::<B>(v, dims, device));
-        let loss = (yq * g(&gq, qd)).sum() + (yk * g(&gk, kd)).sum();
-        let grads = loss.backward();
+        let (dq, dk) = train(None);
+        assert_eq!(dq.dtype(), DType::F32, "{}", what("dq's dtype"));
         let want_dq = rope_oracle(&gq, [seq, q_heads, d], &cos, &neg_sin);
         let want_dk = rope_oracle(&gk, [seq, k_heads, d], &cos, &neg_sin);
-        assert_close(&what("dq"), &read(qt.grad(&grads).unwrap()), &want_dq);
-        assert_close(&what("dk"), &read(kt.grad(&grads).unwrap()), &want_dk);
+        assert_close(&what("dq"), &read(dq.clone()), &want_dq);
+        assert_close(&what("dk"), &read(dk.clone()), &want_dk);
+        // Written in a product's gradient dtype: the cast of the f32
+        // gradients, bit for bit, as the product would make it.
+        for &dtype in grad_dtypes {
+            let (dq16, dk16) = train(Some(dtype));
+            for (name, got, f32_grad) in [("dq", dq16, &dq), ("dk", dk16, &dk)] {
+                assert_eq!(got.dtype(), dtype, "{}", what(&format!("{name}'s dtype")));
+                let (got, want) = (read(got), read(f32_grad.clone().cast(dtype)));
+                assert!(
+                    got == want,
+                    "{}",
+                    what(&format!(
+                        "{name} in {dtype:?} is not the f32 gradient cast, bit for bit"
+                    ))
+                );
+            }
+        }
     }
 }
 
