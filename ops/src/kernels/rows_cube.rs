@@ -1062,5 +1062,73 @@ pub(super) fn bf16_writers_cuda_source(
         let label = format!("rope_pair_vectors f32 to {out_name} width{width}");
         sources.push(compile_for_cuda(label, kernel, arch)?);
     }
+    // The inverse rotation writing q's and k's gradients as their
+    // products read them (`MatmulOps::trained_gradient`): bf16, a plain
+    // cast.
+    {
+        use rope_vectors::{_E, _N, E, N, RopeVectors};
+        let mut at = Capture::new(CubeDim::new_1d(ELEMENT_UNITS), |scope| {
+            scope.register_type::<DynamicScalar<_E>>(dtype);
+            scope.register_size::<DynamicSize<_N>>(width);
+        });
+        let (seq, d) = (rows, 64usize);
+        let x = at.tensor::<Tensor<Vector<f32, N>>>(&[1, seq, 9, d]);
+        let cos = at.tensor::<Tensor<Vector<f32, N>>>(&[seq, d]);
+        let sin = at.tensor::<Tensor<Vector<f32, N>>>(&[seq, d]);
+        let y = at.tensor::<Tensor<Vector<E, N>>>(&[1, seq, 9, d]);
+        let kernel = RopeVectors::<cubecl::wgpu::WgpuRuntime>::new(
+            at.settings.clone(),
+            at.client.clone(),
+            x,
+            cos,
+            sin,
+            y,
+            // vectors, seq, heads, d_vectors: scalars.
+            (),
+            (),
+            (),
+            (),
+            width,
+            true,
+            false,
+            dtype,
+        );
+        let label = format!("rope_vectors inverse f32 to bf16 width{width}");
+        sources.push(compile_for_cuda(label, kernel, arch)?);
+    }
+    // RMSNorm's backward summing the residual stream's gradient (f32).
+    {
+        use rms_norm_backward_rows::{_N, N, RmsNormBackwardRows};
+        let mut at = Capture::new(CubeDim::new_1d(cube), |scope| {
+            scope.register_size::<DynamicSize<_N>>(width);
+        });
+        let x = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+        let w = at.tensor::<Tensor<Vector<f32, N>>>(&[hidden]);
+        let g = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+        let residual = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+        let dx = at.tensor::<Tensor<Vector<f32, N>>>(&[rows, hidden]);
+        let inv_rms = at.tensor::<Tensor<f32>>(&[rows]);
+        let kernel = RmsNormBackwardRows::<cubecl::wgpu::WgpuRuntime>::new(
+            at.settings.clone(),
+            at.client.clone(),
+            x,
+            w,
+            g,
+            residual,
+            dx,
+            inv_rms,
+            // rows, hidden, eps: scalars.
+            (),
+            (),
+            (),
+            width,
+            row_vectors as u32,
+            row_vectors.div_ceil(cube as usize),
+            cube.trailing_zeros(),
+            true,
+        );
+        let label = format!("rms_norm_backward_rows summed width{width}");
+        sources.push(compile_for_cuda(label, kernel, arch)?);
+    }
     Ok(sources)
 }
