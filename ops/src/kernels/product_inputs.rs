@@ -125,9 +125,7 @@ pub trait ProductInputOps: RowOps + MatmulOps {
         eps: f32,
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let sum = Self::float_add(x, delta);
-        let normed = Self::rms_norm_trained(sum.clone(), norm_weight, eps, precision);
-        (sum, normed)
+        composed_sum_rms_norm_trained::<Self>(x, delta, norm_weight, eps, precision)
     }
 
     /// SwiGLU's result as [`MatmulOps::trained_operand`] leaves it, as
@@ -183,6 +181,20 @@ pub(super) fn composed_sum_rms_norm_products<B: ProductInputOps>(
         results,
     );
     (sum, products)
+}
+
+/// [`ProductInputOps::sum_rms_norm_trained`] as the add, then
+/// [`ProductInputOps::rms_norm_trained`] of the sum.
+pub(super) fn composed_sum_rms_norm_trained<B: ProductInputOps>(
+    x: FloatTensor<B>,
+    delta: FloatTensor<B>,
+    norm_weight: FloatTensor<B>,
+    eps: f32,
+    precision: Precision,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let sum = B::float_add(x, delta);
+    let normed = B::rms_norm_trained(sum.clone(), norm_weight, eps, precision);
+    (sum, normed)
 }
 
 /// [`ProductInputOps::swiglu_product`] as its two ops.

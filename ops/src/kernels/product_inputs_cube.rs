@@ -15,7 +15,7 @@ use super::matmul_cube::{reduced, rounded_product};
 use super::matmul_parts_cube::parts_product;
 use super::product_inputs::{
     ProductInputOps, composed_rms_norm_products, composed_sum_rms_norm_products,
-    composed_swiglu_product,
+    composed_sum_rms_norm_trained, composed_swiglu_product,
 };
 use super::rows::{RowOps, as_rows};
 use super::rows_cube::{rms_norm_as, sum_rms_norm_as, swiglu_as};
@@ -116,9 +116,8 @@ where
         precision: Precision,
     ) -> (CubeTensor<R>, CubeTensor<R>) {
         if x.dtype != DType::F32 || delta.dtype != DType::F32 {
-            let sum = Self::float_add(x, delta);
-            let normed = Self::rms_norm_trained(sum.clone(), norm_weight, eps, precision);
-            return (sum, normed);
+            // The composition adds in the inputs' dtype; the kernel in f32.
+            return composed_sum_rms_norm_trained::<Self>(x, delta, norm_weight, eps, precision);
         }
         let dtype = reduced::<Self>(&x.device, precision).unwrap_or(DType::F32);
         sum_rms_norm_as(x, delta, norm_weight, eps, dtype, false)

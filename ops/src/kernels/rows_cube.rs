@@ -587,13 +587,13 @@ fn rms_norm_backward<R: CubeRuntime>(
         f32_contiguous(weight),
         f32_contiguous(grad),
     );
-    let dw = empty_f32(&x, Shape::new([hidden]));
     if hidden == 0 || rows == 0 {
         let dx = residual.unwrap_or_else(|| empty_f32(&x, Shape::new([rows, hidden])));
         let dw = super::cube_common::zeros_f32(&x, Shape::new([hidden]));
         return (to_dtype(dx, x_dtype), to_dtype(dw, w_dtype));
     }
     let dx = empty_f32(&x, Shape::new([rows, hidden]));
+    let dw = empty_f32(&x, Shape::new([hidden]));
     let summed = residual.is_some();
     // Without a residual the kernel reads none: `grad` stands in.
     let residual = residual.map_or_else(|| grad.clone(), f32_contiguous);
