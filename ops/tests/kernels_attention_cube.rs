@@ -153,3 +153,64 @@ fn the_cube_attention_reads_f16_queries_and_keys_and_answers_in_f32() {
         }
     }
 }
+
+/// The backward given the forward's output in f16 (as the forward writes
+/// it for `o_proj` where the products round it,
+/// `ProductInputOps::causal_attention_trained`), with the gradient of the
+/// output as rows (`o_proj`'s), gives the gradients it gives of that
+/// output's values in f32, bit for bit: the row sums `dO . O` read it in
+/// its own dtype.
+#[test]
+fn the_cube_backward_reads_an_f16_output_as_its_values() {
+    if !device_present() {
+        return;
+    }
+    type Prim = burn::tensor::ops::FloatTensor<Cube>;
+    let values = |t: Prim| {
+        read(Tensor::<Cube, 4>::from_primitive(
+            burn::tensor::TensorPrimitive::Float(t),
+        ))
+    };
+    for (n, s) in shapes().enumerate() {
+        let [q, k, v, g] = attention_inputs(s, 600 + n as u64);
+        let (q_dims, kv_dims) = (
+            [s.batch, s.seq, s.heads, s.d],
+            [s.batch, s.keys(), s.kv_heads, s.d],
+        );
+        let prim = |x: &[f64], dims| tensor::<Cube, 4>(x, dims).into_primitive().tensor();
+        let scale = 1.0 / (s.d as f32).sqrt();
+        let (out, lse) = Cube::causal_attention(
+            prim(&q, q_dims),
+            prim(&k, kv_dims),
+            prim(&v, kv_dims),
+            scale,
+            true,
+            Precision::F32,
+        );
+        let lse = lse.expect("asked for");
+        let out16 = Tensor::<Cube, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+            .cast(DType::F16);
+        let out32 = out16.clone().cast(DType::F32);
+        let rows = [s.batch * s.seq, s.heads * s.d];
+        let backward = |out: Tensor<Cube, 4>| {
+            Cube::causal_attention_backward(
+                prim(&q, q_dims),
+                prim(&k, kv_dims),
+                prim(&v, kv_dims),
+                out.into_primitive().tensor(),
+                lse.clone(),
+                tensor::<Cube, 2>(&g, rows).into_primitive().tensor(),
+                scale,
+                Precision::F32,
+            )
+        };
+        let (dq16, dk16, dv16) = backward(out16);
+        let (dq32, dk32, dv32) = backward(out32);
+        for (name, got, want) in [("dq", dq16, dq32), ("dk", dk16, dk32), ("dv", dv16, dv32)] {
+            let (got, want) = (values(got), values(want));
+            let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "{s:?} {name}: {differ} of {} differ", got.len());
+            assert!(got.iter().any(|&x| x != 0.0), "{s:?} {name}: all zero");
+        }
+    }
+}

@@ -111,7 +111,7 @@ fn check(
     let plan = tile_plan(&qp.client, s.seq, s.keys(), s.d, dtype, emulate)
         .unwrap_or_else(|| panic!("{s:?}: no tile plan"));
     let scale = 1.0 / (s.d as f32).sqrt();
-    let (out, lse) = causal_attention_tiles(qp, kp, vp, scale, true, dtype, plan);
+    let (out, lse) = causal_attention_tiles(qp, kp, vp, scale, true, dtype, DType::F32, plan);
     let (q, k, v) = (
         rounded(&q, oracle_dtype),
         rounded(&k, oracle_dtype),
@@ -182,6 +182,56 @@ fn the_tiles_on_matrix_units_match_the_oracle_with_bf16_operands() {
     }
 }
 
+/// The output written in a 16-bit dtype (as `o_proj` reads it) is the f32
+/// output rounded, bit for bit: emulated on any device, in f16 with f32
+/// and f16 operands; on tensor cores in a cuda build, in bf16 with the
+/// operands bf16 training gives them. The log-sum-exp does not change.
+#[test]
+fn the_output_written_rounded_is_the_f32_output_rounded() {
+    if !device_present() {
+        return;
+    }
+    let mut runs = vec![
+        (DType::F32, true, DType::F16),
+        (DType::F16, true, DType::F16),
+    ];
+    if cfg!(feature = "cuda") {
+        runs.push((DType::F16, false, DType::BF16));
+    }
+    for (n, s) in SHAPES.into_iter().enumerate() {
+        for &(operands, emulate, out_dtype) in &runs {
+            let [q, k, v, _] = attention_inputs(s, 1300 + n as u64);
+            let inputs = || {
+                (
+                    prim(&q, [s.batch, s.seq, s.heads, s.d]),
+                    prim(&k, [s.batch, s.keys(), s.kv_heads, s.d]),
+                    prim(&v, [s.batch, s.keys(), s.kv_heads, s.d]),
+                )
+            };
+            let client = inputs().0.client;
+            let plan = tile_plan(&client, s.seq, s.keys(), s.d, operands, emulate).expect("a plan");
+            let scale = 1.0 / (s.d as f32).sqrt();
+            let run = |dtype| {
+                let (q, k, v) = inputs();
+                causal_attention_tiles(q, k, v, scale, true, operands, dtype, plan)
+            };
+            let (full, full_lse) = run(DType::F32);
+            let (out, lse) = run(out_dtype);
+            let what = format!("{s:?}, {operands:?} operands, {plan:?}, out {out_dtype:?}");
+            assert_eq!(out.dtype, out_dtype, "{what}");
+            let want = rounded(&values::<4>(full), out_dtype);
+            let got = values::<4>(out);
+            let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "{what}: {differ} of {} values differ", got.len());
+            assert_eq!(
+                values::<3>(lse.expect("asked for")),
+                values::<3>(full_lse.expect("asked for")),
+                "{what}: log-sum-exp"
+            );
+        }
+    }
+}
+
 #[test]
 fn shapes_the_tiles_do_not_take_get_no_plan() {
     if !device_present() {
@@ -223,6 +273,7 @@ fn operands_past_the_f16_range_are_clamped() {
         1.0 / (s.d as f32).sqrt(),
         false,
         DType::F16,
+        DType::F32,
         plan,
     );
     let out = values::<4>(out);
@@ -269,6 +320,7 @@ fn check_backward(
         scale,
         true,
         scores,
+        DType::F32,
         plan,
     );
     let (dq, dk, dv) = causal_attention_tiles_backward(

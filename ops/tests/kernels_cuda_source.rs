@@ -89,7 +89,12 @@ fn attention_tiles_compile_for_cuda_under_every_plan() {
                         continue;
                     }
                 };
-                assert_eq!(sources.len(), 4, "two forwards, dq and dk/dv");
+                assert_eq!(
+                    sources.len(),
+                    6,
+                    "four forwards (inference and training, each writing f32 and bf16), \
+                     dq and dk/dv"
+                );
                 for source in &sources {
                     // The products are tensor-core instructions, not their
                     // emulation.
@@ -98,6 +103,14 @@ fn attention_tiles_compile_for_cuda_under_every_plan() {
                         "{}: no tensor-core product in the source",
                         source.label
                     );
+                    // A forward writing bf16 rounds its accumulators to it.
+                    if source.label.ends_with("out BF16") {
+                        assert!(
+                            source.source.contains("__nv_bfloat16"),
+                            "{}: no bf16 in the source",
+                            source.label
+                        );
+                    }
                     match nvrtc_ptx(source, arch, &include) {
                         Ok(ptx) => {
                             assert!(

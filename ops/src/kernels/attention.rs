@@ -83,7 +83,10 @@ pub trait AttentionOps: Backend {
     }
 
     /// `(dq, dk, dv)` given the forward's inputs, output, log-sum-exp and
-    /// the gradient of the output.
+    /// the gradient of the output. The output may come in another dtype
+    /// than `v`'s (rounded, as `o_proj` read it:
+    /// `kernels::product_inputs::ProductInputOps::attention_product`), and
+    /// is read as it is.
     #[allow(clippy::too_many_arguments)]
     fn causal_attention_backward(
         q: FloatTensor<Self>,
@@ -125,6 +128,26 @@ pub fn causal_attention_in<B: AttentionOps>(
     v: Tensor<B, 4>,
     precision: Precision,
 ) -> Tensor<B, 4> {
+    let scale = checked_scale(&q, &k, &v);
+    let (out, _) = B::causal_attention(
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+        scale,
+        false,
+        precision,
+    );
+    tensor(out)
+}
+
+/// The usual scale `1 / sqrt(d)` of attention over `q`, `k` and `v`
+/// (see the module docs for their shapes). Panics when the shapes
+/// disagree.
+pub(super) fn checked_scale<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+) -> f32 {
     let [batch, seq, heads, d] = q.dims();
     let [kb, keys, kv_heads, kd] = k.dims();
     assert_eq!(
@@ -148,16 +171,7 @@ pub fn causal_attention_in<B: AttentionOps>(
         kv_heads > 0 && heads % kv_heads == 0,
         "attention: {heads} query heads cannot share {kv_heads} key/value heads evenly"
     );
-    let scale = 1.0 / (d as f32).sqrt();
-    let (out, _) = B::causal_attention(
-        q.into_primitive().tensor(),
-        k.into_primitive().tensor(),
-        v.into_primitive().tensor(),
-        scale,
-        false,
-        precision,
-    );
-    tensor(out)
+    1.0 / (d as f32).sqrt()
 }
 
 /// The textbook computation, with Burn's tensor ops: the default for
@@ -290,13 +304,14 @@ pub mod composite {
 
 /// Under autodiff the op runs on the inner backend with its log-sum-exp;
 /// the backward gets the inputs, the output and the log-sum-exp as state.
-mod on_autodiff {
+pub(super) mod on_autodiff {
     use super::*;
     use burn::backend::Autodiff;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::tensor::TensorMetadata;
     use burn::tensor::backend::AutodiffBackend;
 
     #[derive(Debug)]
@@ -324,8 +339,10 @@ mod on_autodiff {
             _checkpointer: &mut Checkpointer,
         ) {
             let [node_q, node_k, node_v] = ops.parents;
-            let grad_out = grads.consume::<B>(&ops.node);
             let (q, k, v, out, lse) = ops.state;
+            // In the output's shape: a product reading its rows (`o_proj`,
+            // `kernels::product_inputs`) sends its gradient as rows.
+            let grad_out = B::float_reshape(grads.consume::<B>(&ops.node), out.shape());
             let (dq, dk, dv) = B::causal_attention_backward(
                 q,
                 k,
@@ -340,6 +357,46 @@ mod on_autodiff {
                 if let Some(node) = node {
                     grads.register::<B>(node.id, grad);
                 }
+            }
+        }
+    }
+
+    /// Attention of `q`, `k` and `v` as a node of the graph, whose forward
+    /// is `forward` (the inner backend's, given `with_lse`) and whose
+    /// backward is [`AttentionOps::causal_attention_backward`] from the
+    /// inputs, the output `forward` wrote (in whatever dtype) and its
+    /// log-sum-exp: the output, and the log-sum-exp where it was made
+    /// (always where the graph tracks the op, else when `with_lse`).
+    pub(in crate::kernels) fn attention_node<B: AttentionOps, C: CheckpointStrategy>(
+        q: FloatTensor<Autodiff<B, C>>,
+        k: FloatTensor<Autodiff<B, C>>,
+        v: FloatTensor<Autodiff<B, C>>,
+        scale: f32,
+        precision: Precision,
+        with_lse: bool,
+        forward: impl FnOnce(
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            bool,
+        ) -> (FloatTensor<B>, Option<FloatTensor<B>>),
+    ) -> (FloatTensor<Autodiff<B, C>>, Option<FloatTensor<B>>) {
+        let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
+        let prep = AttentionBackward { scale, precision }
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (q, k, v) = (q.primitive, k.primitive, v.primitive);
+                let (out, lse) = forward(q.clone(), k.clone(), v.clone(), true);
+                let lse = lse.expect("the log-sum-exp was asked for");
+                let state = (q, k, v, out.clone(), lse.clone());
+                (prep.finish(state, out), Some(lse))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, lse) = forward(q.primitive, k.primitive, v.primitive, with_lse);
+                (prep.finish(out), lse)
             }
         }
     }
@@ -369,39 +426,11 @@ mod on_autodiff {
             with_lse: bool,
             precision: Precision,
         ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-            let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
-            let prep = AttentionBackward { scale, precision }
-                .prepare::<C>(nodes)
-                .compute_bound()
-                .stateful();
-            match prep {
-                OpsKind::Tracked(prep) => {
-                    let (q, k, v) = (q.primitive, k.primitive, v.primitive);
-                    let (out, lse) = B::causal_attention(
-                        q.clone(),
-                        k.clone(),
-                        v.clone(),
-                        scale,
-                        true,
-                        precision,
-                    );
-                    let lse = lse.expect("the log-sum-exp was asked for");
-                    let kept_lse = with_lse.then(|| Self::from_inner(lse.clone()));
-                    let state = (q, k, v, out.clone(), lse);
-                    (prep.finish(state, out), kept_lse)
-                }
-                OpsKind::UnTracked(prep) => {
-                    let (out, lse) = B::causal_attention(
-                        q.primitive,
-                        k.primitive,
-                        v.primitive,
-                        scale,
-                        with_lse,
-                        precision,
-                    );
-                    (prep.finish(out), lse.map(Self::from_inner))
-                }
-            }
+            let (out, lse) =
+                attention_node::<B, C>(q, k, v, scale, precision, with_lse, |q, k, v, lse| {
+                    B::causal_attention(q, k, v, scale, lse, precision)
+                });
+            (out, lse.filter(|_| with_lse).map(Self::from_inner))
         }
     }
 }

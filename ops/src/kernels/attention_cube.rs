@@ -30,6 +30,7 @@ use super::cube_common::{
 };
 use super::kd_cube_common::LOWEST;
 use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
@@ -38,14 +39,15 @@ use cubecl::prelude::*;
 ///
 /// `q: [batch, seq, heads, d]`, `k, v: [batch, keys, kv_heads, d]`, all
 /// contiguous f32 read as vectors of `N` (`d_vectors = d / N`); `out` like
-/// `q`, `lse: [batch, seq, heads]`.
+/// `q`, in `O` (the f32 result rounded as it is written), `lse: [batch,
+/// seq, heads]`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn attention_rows<N: Size>(
+fn attention_rows<O: Float, N: Size>(
     q: &Tensor<Vector<f32, N>>,
     k: &Tensor<Vector<f32, N>>,
     v: &Tensor<Vector<f32, N>>,
-    out: &mut Tensor<Vector<f32, N>>,
+    out: &mut Tensor<Vector<O, N>>,
     lse: &mut Tensor<f32>,
     seq: u32,
     keys: u32,
@@ -55,6 +57,7 @@ fn attention_rows<N: Size>(
     scale: f32,
     #[comptime] d_vectors: usize,
     #[comptime] with_lse: bool,
+    #[define(O)] _out: StorageType,
 ) {
     let unit = row_unit();
     if unit >= queries {
@@ -108,27 +111,33 @@ fn attention_rows<N: Size>(
     let inv_v = Vector::<f32, N>::empty().fill(f32::new(1.0) / l);
     #[unroll]
     for t in 0..d_vectors {
-        out[q_base + t] = acc[t] * inv_v;
+        out[q_base + t] = Vector::cast_from(acc[t] * inv_v);
     }
     if comptime!(with_lse) {
         lse[row] = m + f32::ln(l);
     }
 }
 
-/// See [`AttentionOps::causal_attention`]; the shapes were checked by
-/// [`super::causal_attention`] or the caller.
+/// See [`AttentionOps::causal_attention`], the output written in
+/// `out_dtype`; the shapes were checked by [`super::causal_attention`] or
+/// the caller.
 pub(super) fn causal_attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
     scale: f32,
     with_lse: bool,
+    out_dtype: DType,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-    let dtype = v.dtype; // the output's (see `super::attention`)
     let [batch, seq, heads, d]: [usize; 4] = q.shape().dims();
     let [_, keys, kv_heads, _]: [usize; 4] = k.shape().dims();
     let (q, k, v) = (f32_contiguous(q), f32_contiguous(k), f32_contiguous(v));
-    let out = empty_f32(&q, Shape::new([batch, seq, heads, d]));
+    let out = empty_device_contiguous_dtype(
+        q.client.clone(),
+        q.device.clone(),
+        Shape::new([batch, seq, heads, d]),
+        out_dtype,
+    );
     let lse = empty_f32(&q, Shape::new([batch, seq, heads]));
     let queries = batch * seq * heads;
     if queries > 0 && d > 0 {
@@ -153,9 +162,31 @@ pub(super) fn causal_attention<R: CubeRuntime>(
             scale,
             d / width,
             with_lse,
+            out_dtype.into(),
         );
     }
-    (to_dtype(out, dtype), with_lse.then_some(lse))
+    (out, with_lse.then_some(lse))
+}
+
+/// The forward in `precision`, its output written in `out_dtype`: on
+/// tensor cores where [`tensor_core_plan`] finds a plan, else one unit per
+/// query.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn causal_attention_as<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    scale: f32,
+    with_lse: bool,
+    precision: Precision,
+    out_dtype: DType,
+) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+    match tensor_core_plan(&q.client, attention_shape(&q, &k), precision) {
+        Some(plan) => {
+            causal_attention_tiles(q, k, v, scale, with_lse, TILE_OPERANDS, out_dtype, plan)
+        }
+        None => causal_attention(q, k, v, scale, with_lse, out_dtype),
+    }
 }
 
 /// The operands of the forward's products on tensor cores under the bf16
@@ -230,12 +261,8 @@ where
         with_lse: bool,
         precision: Precision,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-        if let Some(plan) = tensor_core_plan(&q.client, attention_shape(&q, &k), precision) {
-            let dtype = v.dtype;
-            let (out, lse) = causal_attention_tiles(q, k, v, scale, with_lse, TILE_OPERANDS, plan);
-            return (to_dtype(out, dtype), lse);
-        }
-        causal_attention(q, k, v, scale, with_lse)
+        let dtype = v.dtype; // the output's (see `super::attention`)
+        causal_attention_as(q, k, v, scale, with_lse, precision, dtype)
     }
 
     fn attention_operands(

@@ -24,6 +24,7 @@ use super::cube_common::{
 };
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::CubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
@@ -44,21 +45,29 @@ fn dot<N: Size>(
     lane_sum(acc)
 }
 
-/// `delta[row] = dO[row, :] . O[row, :]` for every query row.
+/// `delta[row] = dO[row, :] . O[row, :]` for every query row, `O` read in
+/// its own dtype (where the forward wrote it rounded, as `o_proj` read
+/// it) and summed in f32.
 #[cube(launch)]
-fn attention_delta<N: Size>(
+fn attention_delta<O: Float, N: Size>(
     grad_out: &Tensor<Vector<f32, N>>,
-    out: &Tensor<Vector<f32, N>>,
+    out: &Tensor<Vector<O, N>>,
     delta: &mut Tensor<f32>,
     rows: u32,
     #[comptime] d_vectors: usize,
+    #[define(O)] _out: StorageType,
 ) {
     let row = row_unit();
     if row >= rows {
         terminate!();
     }
     let at = row as usize * d_vectors;
-    delta[row as usize] = dot(grad_out, at, out, at, d_vectors);
+    let mut acc = Vector::<f32, N>::empty().fill(f32::new(0.0));
+    #[unroll]
+    for t in 0..d_vectors {
+        acc += grad_out[at + t] * Vector::<f32, N>::cast_from(out[at + t]);
+    }
+    delta[row as usize] = lane_sum(acc);
 }
 
 /// `dq` for every query: unit over (batch, head, query), queries fastest.
@@ -203,13 +212,16 @@ fn attention_dkv<N: Size>(
 }
 
 /// `D = dO . O` for every query row, `[batch, seq, heads]` f32, of
-/// `grad_out` and `out` (`[batch, seq, heads, d]`, any float dtype).
+/// `grad_out` and `out` (`[batch, seq, heads, d]`, any float dtype: `out`
+/// is read in its own, with no cast of its own). `grad_out` may come in
+/// any shape of as many values (`o_proj`'s rows).
 pub(super) fn delta_of<R: CubeRuntime>(
     grad_out: CubeTensor<R>,
     out: CubeTensor<R>,
 ) -> CubeTensor<R> {
     let [batch, seq, heads, d]: [usize; 4] = out.shape().dims();
-    let (grad_out, out) = (f32_contiguous(grad_out), f32_contiguous(out));
+    let (grad_out, out) = (f32_contiguous(grad_out), into_contiguous(out));
+    let out_dtype = out.dtype;
     let delta = empty_f32(&out, Shape::new([batch, seq, heads]));
     let rows = batch * seq * heads;
     if rows == 0 || d == 0 {
@@ -228,6 +240,7 @@ pub(super) fn delta_of<R: CubeRuntime>(
         delta.clone().into_tensor_arg(),
         rows as u32,
         d / width,
+        out_dtype.into(),
     );
     delta
 }
@@ -248,11 +261,8 @@ pub(super) fn causal_attention_backward<R: CubeRuntime>(
     let [batch, seq, heads, d]: [usize; 4] = q.shape().dims();
     let [_, keys, kv_heads, _]: [usize; 4] = k.shape().dims();
     let (q, k, v) = (f32_contiguous(q), f32_contiguous(k), f32_contiguous(v));
-    let (out, lse, grad_out) = (
-        f32_contiguous(out),
-        f32_contiguous(lse),
-        f32_contiguous(grad_out),
-    );
+    // `out` is read by `delta_of` alone, in its own dtype.
+    let (lse, grad_out) = (f32_contiguous(lse), f32_contiguous(grad_out));
     let queries = batch * seq * heads;
     let key_rows = batch * keys * kv_heads;
     let dq = empty_f32(&q, Shape::new([batch, seq, heads, d]));

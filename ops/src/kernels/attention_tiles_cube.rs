@@ -222,15 +222,16 @@ fn stage<E: Float>(#[comptime] planes: u32, #[comptime] key_tile: usize) -> Stag
 
 /// `out` and `lse` on the devices' matrix-multiply units (see the module
 /// docs). `q: [batch, seq, heads, d]`, `k, v: [batch, keys, kv_heads, d]`
-/// contiguous in `E`; `out: [batch, seq, heads, d]` and `lse: [batch, seq,
-/// heads]` f32. Cube `(query block, head, batch)` of `32 x planes` units.
+/// contiguous in `E`; `out: [batch, seq, heads, d]` in `O` (the f32 sums
+/// rounded as they are stored) and `lse: [batch, seq, heads]` f32. Cube
+/// `(query block, head, batch)` of `32 x planes` units.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn attention_tiles<E: Float>(
+fn attention_tiles<E: Float, O: Float>(
     q: &Tensor<E>,
     k: &Tensor<E>,
     v: &Tensor<E>,
-    out: &mut Tensor<f32>,
+    out: &mut Tensor<O>,
     lse: &mut Tensor<f32>,
     seq: u32,
     keys: u32,
@@ -241,7 +242,7 @@ fn attention_tiles<E: Float>(
     #[comptime] planes: u32,
     #[comptime] key_frags: usize,
     #[comptime] with_lse: bool,
-    #[define(E)] _dtype: StorageType,
+    #[define(E, O)] _types: [StorageType; 2],
 ) {
     let key_tile = key_frags * TILE;
     let at = place(seq, keys, heads, kv_heads, d, planes, key_tile);
@@ -332,11 +333,11 @@ fn attention_tiles<E: Float>(
 /// device, for the tests.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn attention_tiles_emulated<E: Float>(
+fn attention_tiles_emulated<E: Float, O: Float>(
     q: &Tensor<E>,
     k: &Tensor<E>,
     v: &Tensor<E>,
-    out: &mut Tensor<f32>,
+    out: &mut Tensor<O>,
     lse: &mut Tensor<f32>,
     seq: u32,
     keys: u32,
@@ -347,7 +348,7 @@ fn attention_tiles_emulated<E: Float>(
     #[comptime] planes: u32,
     #[comptime] key_frags: usize,
     #[comptime] with_lse: bool,
-    #[define(E)] _dtype: StorageType,
+    #[define(E, O)] _types: [StorageType; 2],
 ) {
     let key_tile = key_frags * TILE;
     let at = place(seq, keys, heads, kv_heads, d, planes, key_tile);
@@ -602,10 +603,13 @@ pub fn tile_plan_within(
 
 /// The forward of [`super::attention::AttentionOps::causal_attention`]
 /// with the products' operands rounded to `dtype` (bf16 on CUDA; f16 and
-/// f32 run too), as `plan` lays it out: the f32 output `[batch, seq, heads,
-/// d]` and, when `with_lse`, the log-sum-exp `[batch, seq, heads]`. The
-/// shapes must have been checked as [`super::causal_attention`] does, and
-/// the plan made by [`tile_plan`] for them.
+/// f32 run too), as `plan` lays it out: the output `[batch, seq, heads, d]`
+/// in `out_dtype` (its f32 sums rounded as they are stored, as a cast of
+/// the f32 output would round them) and, when `with_lse`, the log-sum-exp
+/// `[batch, seq, heads]`. The shapes must have been checked as
+/// [`super::causal_attention`] does, and the plan made by [`tile_plan`]
+/// for them.
+#[allow(clippy::too_many_arguments)]
 pub fn causal_attention_tiles<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
@@ -613,12 +617,18 @@ pub fn causal_attention_tiles<R: CubeRuntime>(
     scale: f32,
     with_lse: bool,
     dtype: DType,
+    out_dtype: DType,
     plan: TilePlan,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let [batch, seq, heads, d]: [usize; 4] = q.shape().dims();
     let [_, keys, kv_heads, _]: [usize; 4] = k.shape().dims();
     let (q, k, v) = (operands(q, dtype), operands(k, dtype), operands(v, dtype));
-    let out = empty_f32(&q, Shape::new([batch, seq, heads, d]));
+    let out = empty_device_contiguous_dtype(
+        q.client.clone(),
+        q.device.clone(),
+        Shape::new([batch, seq, heads, d]),
+        out_dtype,
+    );
     let lse = empty_f32(&q, Shape::new([batch, seq, heads]));
     if batch > 0 && heads > 0 {
         let client = q.client.clone();
@@ -649,7 +659,7 @@ pub fn causal_attention_tiles<R: CubeRuntime>(
                     plan.planes,
                     plan.tile_frags,
                     with_lse,
-                    dtype.into(),
+                    [dtype.into(), out_dtype.into()],
                 )
             };
         }
@@ -662,25 +672,26 @@ pub fn causal_attention_tiles<R: CubeRuntime>(
     (out, with_lse.then_some(lse))
 }
 
-/// The forward's `cmma` kernel for `plan`, head size `d` and operands in
-/// `dtype`, writing the log-sum-exp (training) or not (inference) as
-/// `with_lse` says, as CUDA C++ for `arch` (`kernels::cuda_source`). The
-/// lengths and head counts are launch values the source does not depend
-/// on.
+/// The forward's `cmma` kernel for `plan`, head size `d`, operands in
+/// `dtype` and the output in `out_dtype`, writing the log-sum-exp
+/// (training) or not (inference) as `with_lse` says, as CUDA C++ for
+/// `arch` (`kernels::cuda_source`). The lengths and head counts are launch
+/// values the source does not depend on.
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
 pub(super) fn forward_cuda_source(
     d: usize,
     plan: TilePlan,
-    dtype: DType,
+    [dtype, out_dtype]: [DType; 2],
     with_lse: bool,
     arch: super::cuda_capture::CudaArch,
 ) -> Result<super::cuda_capture::CudaKernelSource, String> {
     use super::cuda_capture::{Capture, compile_for_cuda};
-    use attention_tiles::{_E, AttentionTiles, E};
-    let operand: StorageType = dtype.into();
+    use attention_tiles::{_E, _O, AttentionTiles, E, O};
+    let types: [StorageType; 2] = [dtype.into(), out_dtype.into()];
     let dim = CubeDim::new_2d(PLANE_UNITS, plan.planes);
     let mut at = Capture::new(dim, |scope| {
-        scope.register_type::<DynamicScalar<_E>>(operand)
+        scope.register_type::<DynamicScalar<_E>>(types[0]);
+        scope.register_type::<DynamicScalar<_O>>(types[1]);
     });
     let (seq, heads, kv_heads) = (64usize, 3usize, 1usize);
     let q_shape = [1, seq, heads, d];
@@ -688,7 +699,7 @@ pub(super) fn forward_cuda_source(
     let q = at.tensor::<Tensor<E>>(&q_shape);
     let k = at.tensor::<Tensor<E>>(&kv_shape);
     let v = at.tensor::<Tensor<E>>(&kv_shape);
-    let out = at.tensor::<Tensor<f32>>(&q_shape);
+    let out = at.tensor::<Tensor<O>>(&q_shape);
     let lse = at.tensor::<Tensor<f32>>(&q_shape[..3]);
     let kernel = AttentionTiles::<cubecl::wgpu::WgpuRuntime>::new(
         at.settings.clone(),
@@ -709,11 +720,11 @@ pub(super) fn forward_cuda_source(
         plan.planes,
         plan.tile_frags,
         with_lse,
-        operand,
+        types,
     );
     let lse = if with_lse { " lse" } else { "" };
     let label = format!(
-        "attention_tiles {dtype:?} d{d} planes{} frags{}{lse}",
+        "attention_tiles {dtype:?} d{d} planes{} frags{}{lse} out {out_dtype:?}",
         plan.planes, plan.tile_frags
     );
     compile_for_cuda(label, kernel, arch)

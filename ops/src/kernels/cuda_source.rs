@@ -31,10 +31,12 @@ use std::ffi::{CStr, CString};
 
 /// The tensor-core attention kernels for head size `d`, as CUDA C++ for
 /// `arch`: the forward under `forward` for inference and for training (the
-/// latter writes the log-sum-exp), then the backward's `dq` and `dk`/`dv`
-/// under `backward`, with the operand types CUDA's dispatch gives them
-/// under bf16 (f16 scores and weighted values, bf16 gradient products).
-/// The plans' `matrix_units` is not read: these are the `cmma` kernels.
+/// latter writes the log-sum-exp), each writing its output in f32 and in
+/// bf16 (as `o_proj`'s rounded operand), then the backward's `dq` and
+/// `dk`/`dv` under `backward`, with the operand types CUDA's dispatch
+/// gives them under bf16 (f16 scores and weighted values, bf16 gradient
+/// products). The plans' `matrix_units` is not read: these are the `cmma`
+/// kernels.
 pub fn attention_tile_sources(
     d: usize,
     forward: TilePlan,
@@ -44,13 +46,15 @@ pub fn attention_tile_sources(
     let operands = [TILE_OPERANDS, TILE_GRADIENTS];
     let mut sources = Vec::new();
     for with_lse in [false, true] {
-        sources.push(forward_cuda_source(
-            d,
-            forward,
-            TILE_OPERANDS,
-            with_lse,
-            arch,
-        )?);
+        for out in [DType::F32, DType::BF16] {
+            sources.push(forward_cuda_source(
+                d,
+                forward,
+                [TILE_OPERANDS, out],
+                with_lse,
+                arch,
+            )?);
+        }
     }
     sources.extend(backward_cuda_sources(d, backward, operands, arch)?);
     Ok(sources)

@@ -121,10 +121,12 @@ pub fn emulated_execute<E: Float>(
     }
 }
 
-/// `dst[r * stride + c] = acc[r * 16 + c]`: `cmma::store`, row-major.
+/// `dst[r * stride + c] = acc[r * 16 + c]`: `cmma::store`, row-major, of
+/// an accumulator cast to `dst`'s type (`cmma::cast`), as the
+/// emulation rounds each f32 sum once, as it is stored.
 #[cube]
-pub fn emulated_store(
-    dst: &mut Slice<f32, ReadWrite>,
+pub fn emulated_store<O: Float>(
+    dst: &mut Slice<O, ReadWrite>,
     acc: &SharedMemory<f32>,
     acc_at: usize,
     stride: usize,
@@ -133,7 +135,7 @@ pub fn emulated_store(
     while e < TILE_VALUES {
         let r = e / TILE;
         let c = e % TILE;
-        dst[r * stride + c] = acc[acc_at + e];
+        dst[r * stride + c] = O::cast_from(acc[acc_at + e]);
         e += PLANE_UNITS as usize;
     }
 }
@@ -289,11 +291,13 @@ pub fn accumulate_products<E: Float>(
     }
 }
 
-/// The accumulators to `dst`'s 16 rows at `at` (rows `stride` apart).
+/// The accumulators to `dst`'s 16 rows at `at` (rows `stride` apart),
+/// each f32 sum rounded to `dst`'s type as it is stored (`cmma::cast`,
+/// nothing where that is f32).
 #[cube]
-pub fn store_rows(
+pub fn store_rows<O: Float>(
     acc: &Sequence<cmma::Matrix<f32>>,
-    dst: &mut Tensor<f32>,
+    dst: &mut Tensor<O>,
     at: usize,
     stride: usize,
     #[comptime] d: usize,
@@ -301,9 +305,10 @@ pub fn store_rows(
     #[unroll]
     for f in 0..d / TILE {
         let start = at + f * TILE;
+        let rounded = cmma::cast::<f32, O>(acc.index(f));
         cmma::store(
             &mut dst.slice_mut(start, rows_end(start, stride)),
-            acc.index(f),
+            &rounded,
             stride as u32,
             cmma::MatrixLayout::RowMajor,
         );
@@ -468,10 +473,10 @@ pub fn emulated_accumulate_products<E: Float>(
 
 /// [`store_rows`] emulated, from `acc[acc_at..]`.
 #[cube]
-pub fn emulated_store_rows(
+pub fn emulated_store_rows<O: Float>(
     acc: &SharedMemory<f32>,
     acc_at: usize,
-    dst: &mut Tensor<f32>,
+    dst: &mut Tensor<O>,
     at: usize,
     stride: usize,
     #[comptime] d: usize,

@@ -20,10 +20,10 @@
 //!   `matmul_parts_cube`).
 //! - [`rows`]: RMSNorm, rotary embedding and SwiGLU, fused, forward and
 //!   backward (`rows_flex` on the CPU, `rows_cube` on the CubeCL backends).
-//! - [`product_inputs`]: RMSNorm and SwiGLU writing their result as the
-//!   products after them read it (on the CubeCL backends in bf16,
-//!   `product_inputs_cube`: rounded, or in two parts), not in f32 to be
-//!   rounded by a pass of its own.
+//! - [`product_inputs`]: RMSNorm, SwiGLU and attention writing their
+//!   result as the products after them read it (on the CubeCL backends in
+//!   bf16, `product_inputs_cube`: rounded, or in two parts), not in f32 to
+//!   be rounded by a pass of its own.
 //! - [`importance`]: the width statistics and block importance reductions.
 //! - [`kd`]: the fused knowledge-distillation loss and its gradient, against
 //!   a full teacher distribution or a sparse (top-K) one.
@@ -122,7 +122,7 @@ pub use matmul_cube::{rounded_product, rounded_product_backward};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use matmul_parts_cube::{activation_parts, parts_product, two_part_product};
 pub use product_inputs::{
-    ProductInputOps, rms_norm_products, sum_rms_norm_products, swiglu_product,
+    ProductInputOps, attention_product, rms_norm_products, sum_rms_norm_products, swiglu_product,
 };
 pub use rows::{RowOps, rms_norm, rope, rope_pair, swiglu};
 

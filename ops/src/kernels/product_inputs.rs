@@ -1,7 +1,7 @@
 //! Row ops that write their result as the products after them read it
 //! ([`ProductInputOps`]): RMSNorm before a layer's q, k and v projections
 //! (and before gate and up), also of a residual add it sums as it reads
-//! it, and SwiGLU before down.
+//! it, SwiGLU before down, and attention before `o_proj`.
 //!
 //! Where the products round their input (CUDA under `precision: bf16`,
 //! `matmul_cube`), the row op's f32 result is written, read back once to
@@ -20,15 +20,16 @@
 //! the norm's pass; the norm's backward sums the stream's gradient into
 //! its own (`RowOps::rms_norm_backward`'s `residual`).
 
+use super::attention::{AttentionOps, checked_scale};
 use super::matmul::{
     Activations, MatmulOps, Precision, Results, WeightLayout, assert_fits, shared_products_as,
 };
 use super::rows::{RowOps, as_rows};
 use super::{float, tensor};
-use burn::tensor::Tensor;
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorMetadata};
 
-pub trait ProductInputOps: RowOps + MatmulOps {
+pub trait ProductInputOps: RowOps + MatmulOps + AttentionOps {
     /// `rms_norm(x, norm_weight)` (`x: [rows, hidden]`) times each of
     /// `weights` (all stored as `layout`), in `precision`: what
     /// [`super::matmul::linear_matmul_shared_as`] gives of [`RowOps::rms_norm`]'s result,
@@ -137,6 +138,90 @@ pub trait ProductInputOps: RowOps + MatmulOps {
     ) -> FloatTensor<Self> {
         Self::trained_operand(Self::swiglu(gate, up), precision)
     }
+
+    /// Causal attention ([`AttentionOps::causal_attention`], in
+    /// `attention`) and its output's rows, `[batch * seq, heads * d]`, times
+    /// the weight (stored as `layout`), in `precision`: what
+    /// [`super::matmul::linear_matmul_as`] gives of the attention's output
+    /// (`o_proj`), as [`ProductInputOps::rms_norm_products`] is RMSNorm's.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_product(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+        attention: Precision,
+        weight: FloatTensor<Self>,
+        layout: WeightLayout,
+        precision: Precision,
+        activations: Activations,
+    ) -> FloatTensor<Self> {
+        composed_attention_product::<Self>(
+            q,
+            k,
+            v,
+            scale,
+            attention,
+            weight,
+            layout,
+            precision,
+            activations,
+        )
+    }
+
+    /// The attention's output (`[batch, seq, heads, d]`, in `attention`)
+    /// as [`MatmulOps::trained_operand`] leaves it for products in
+    /// `precision`, and its log-sum-exp when `with_lse`, as
+    /// [`ProductInputOps::rms_norm_trained`] is RMSNorm's.
+    #[allow(clippy::too_many_arguments)]
+    fn causal_attention_trained(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+        with_lse: bool,
+        attention: Precision,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (out, lse) = Self::causal_attention(q, k, v, scale, with_lse, attention);
+        (Self::trained_operand(out, precision), lse)
+    }
+}
+
+/// [`ProductInputOps::attention_product`] as its two ops: the attention,
+/// then the product of its rows with the activations carried as
+/// `activations` says (rounded once: the output as
+/// [`ProductInputOps::causal_attention_trained`] writes it, which the
+/// product reads without rounding it again).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn composed_attention_product<B: ProductInputOps>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    scale: f32,
+    attention: Precision,
+    weight: FloatTensor<B>,
+    layout: WeightLayout,
+    precision: Precision,
+    activations: Activations,
+) -> FloatTensor<B> {
+    let [batch, seq, heads, d]: [usize; 4] = q.shape().dims();
+    let (context, _) = match activations {
+        Activations::Rounded => {
+            B::causal_attention_trained(q, k, v, scale, false, attention, precision)
+        }
+        Activations::TwoParts => B::causal_attention(q, k, v, scale, false, attention),
+    };
+    let rows = B::float_reshape(context, [batch * seq, heads * d].into());
+    let mut ys = shared_products_as::<B>(
+        rows,
+        vec![weight],
+        layout,
+        precision,
+        activations,
+        Results::F32,
+    );
+    ys.pop().expect("one product")
 }
 
 /// [`ProductInputOps::rms_norm_products`] as its two ops.
@@ -343,6 +428,39 @@ pub fn swiglu_product<B: ProductInputOps>(
     ))
 }
 
+/// Causal attention of `q: [batch, seq, heads, d]`, `k, v: [batch, keys,
+/// kv_heads, d]` (see [`super::attention`]) in `attention`, and its
+/// output's rows times the weight (stored as `layout`), in `precision`
+/// with the activations carried as `activations` says, the attention's
+/// output written as the product reads it
+/// ([`ProductInputOps::attention_product`]): `[batch * seq, out]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_product<B: ProductInputOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    attention: Precision,
+    weight: Tensor<B, 2>,
+    layout: WeightLayout,
+    precision: Precision,
+    activations: Activations,
+) -> Tensor<B, 2> {
+    let scale = checked_scale(&q, &k, &v);
+    let [_, _, heads, d] = q.dims();
+    assert_fits(heads * d, &weight, layout);
+    tensor(B::attention_product(
+        float(q),
+        float(k),
+        float(v),
+        scale,
+        attention,
+        float(weight),
+        layout,
+        precision,
+        activations,
+    ))
+}
+
 impl ProductInputOps for burn::backend::Flex {}
 
 /// Under autodiff, where the products round their operands, the row op is
@@ -352,11 +470,12 @@ impl ProductInputOps for burn::backend::Flex {}
 /// ops as they always were.
 mod on_autodiff {
     use super::*;
+    use crate::kernels::attention::on_autodiff::attention_node;
     use crate::kernels::matmul::on_autodiff::product_node;
     use crate::kernels::rows::on_autodiff::{residual_sum_node, rms_norm_node, swiglu_node};
     use burn::backend::Autodiff;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-    use burn::tensor::{DType, TensorMetadata};
+    use burn::tensor::DType;
 
     /// Each of `weights` times `normed`, a norm node whose result is the
     /// products' rounded operand, as a node that reads it as it is and
@@ -494,6 +613,50 @@ mod on_autodiff {
                 &act,
                 rounded,
                 dtype,
+                weight,
+                layout,
+                precision,
+                Results::F32,
+            )
+        }
+
+        fn attention_product(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            scale: f32,
+            attention: Precision,
+            weight: FloatTensor<Self>,
+            layout: WeightLayout,
+            precision: Precision,
+            activations: Activations,
+        ) -> FloatTensor<Self> {
+            if !rounds::<B>(&q.primitive, precision) || v.primitive.dtype() != DType::F32 {
+                return composed_attention_product::<Self>(
+                    q,
+                    k,
+                    v,
+                    scale,
+                    attention,
+                    weight,
+                    layout,
+                    precision,
+                    activations,
+                );
+            }
+            // The attention writes its output rounded (its f32 result's
+            // dtype is its gradient's and the product's); its backward
+            // reads that output, which is what the product read.
+            let [batch, seq, heads, d]: [usize; 4] = q.primitive.shape().dims();
+            let (context, _) =
+                attention_node::<B, C>(q, k, v, scale, attention, false, |q, k, v, lse| {
+                    B::causal_attention_trained(q, k, v, scale, lse, attention, precision)
+                });
+            let rows = B::float_reshape(context.primitive.clone(), [batch * seq, heads * d].into());
+            product_node::<B, C>(
+                &context,
+                rows,
+                DType::F32,
                 weight,
                 layout,
                 precision,

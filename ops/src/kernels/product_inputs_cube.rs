@@ -7,8 +7,10 @@
 //! (`matmul_parts_cube::parts_product`). Elsewhere, the two ops. RMSNorm
 //! of a residual add sums it as it reads it and writes the sum, in f32 as
 //! the add would (`rows_cube`'s `sum_rms_norm_as`), whatever the products'
-//! arithmetic.
+//! arithmetic. Attention writes its output rounded where the products
+//! round it once (`attention_cube`'s `causal_attention_as`).
 
+use super::attention_cube::causal_attention_as;
 use super::cube_common::to_dtype;
 use super::matmul::{Activations, Precision, Results, WeightLayout, shared_products_as};
 use super::matmul_cube::{reduced, rounded_product};
@@ -169,6 +171,21 @@ where
             Some(reduced) => swiglu_as(gate, up, reduced, false),
             None => Self::swiglu(gate, up),
         }
+    }
+
+    fn causal_attention_trained(
+        q: CubeTensor<R>,
+        k: CubeTensor<R>,
+        v: CubeTensor<R>,
+        scale: f32,
+        with_lse: bool,
+        attention: Precision,
+        precision: Precision,
+    ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+        // Written rounded by the kernel, as the products read it; else in
+        // v's dtype, as `causal_attention` writes it.
+        let out = reduced::<Self>(&q.device, precision).unwrap_or(v.dtype);
+        causal_attention_as(q, k, v, scale, with_lse, attention, out)
     }
 }
 

@@ -30,9 +30,24 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: ModelBackend> Attention<B> {
+    /// The block: `x: [batch, seq, hidden]` (or its norm still to apply,
+    /// see [`ProductInput`]) -> `[batch, seq, hidden]`, the attention's
+    /// output written as `o_proj` reads it ([`Linear::forward_attention`]),
+    /// for a caller that does not want that output itself. See
+    /// [`Attention::context`] for the cache.
+    pub fn forward(
+        &self,
+        x: ProductInput<'_, B>,
+        rope: &RopeTables<B>,
+        cache: Option<&mut LayerKv<B>>,
+    ) -> Tensor<B, 3> {
+        let [q, k, v] = self.operands(x, rope, cache);
+        self.o_proj.forward_attention(q, k, v, self.precision)
+    }
+
     /// Everything up to the `o_proj` input: `x: [batch, seq, hidden]`
     /// (or its norm still to apply, see [`ProductInput`]) ->
-    /// `[batch, seq, heads * head_dim]`.
+    /// `[batch, seq, heads * head_dim]`, in f32.
     ///
     /// With a cache, the new keys and values are appended to it and the
     /// queries attend to everything cached (query `i` of this call sees
@@ -44,6 +59,21 @@ impl<B: ModelBackend> Attention<B> {
         rope: &RopeTables<B>,
         cache: Option<&mut LayerKv<B>>,
     ) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
+        let [q, k, v] = self.operands(x, rope, cache);
+        let width = self.num_heads * self.head_dim;
+        causal_attention_in(q, k, v, self.precision).reshape([batch, seq, width])
+    }
+
+    /// The attention's `q: [batch, seq, heads, head_dim]` and `k`, `v`:
+    /// `[batch, keys, kv_heads, head_dim]`, rotated, with the cache's
+    /// earlier keys and values in front (see [`Attention::context`]).
+    fn operands(
+        &self,
+        x: ProductInput<'_, B>,
+        rope: &RopeTables<B>,
+        cache: Option<&mut LayerKv<B>>,
+    ) -> [Tensor<B, 4>; 3] {
         let [batch, seq, _] = x.dims();
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
 
@@ -72,7 +102,7 @@ impl<B: ModelBackend> Attention<B> {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        causal_attention_in(q, k, v, self.precision).reshape([batch, seq, h * d])
+        [q, k, v]
     }
 
     /// The dtype in which the q and k products' backward reads their

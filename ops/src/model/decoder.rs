@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use super::ModelBackend;
 use super::attention::Attention;
 use super::cache::LayerKv;
-use super::capture::{Capture, LayerActivations, keep};
+use super::capture::{Capture, LayerActivations};
 use super::layers::{ProductInput, RmsNorm};
 use super::mlp::Mlp;
 use super::rope::RopeTables;
@@ -68,10 +68,14 @@ impl<B: ModelBackend> DecoderLayer<B> {
             &mut acts.input_layernorm,
             &mut x_sum,
         );
-        let context = self.self_attn.context(input, rope, cache);
-        acts.o_proj_input = keep(capture.o_proj_input, &context);
+        let attn = if capture.o_proj_input {
+            let context = self.self_attn.context(input, rope, cache);
+            acts.o_proj_input = Some(context.clone());
+            self.self_attn.output(context)
+        } else {
+            self.self_attn.forward(input, rope, cache)
+        };
         let x = x_sum.expect("the layer's input summed for its products");
-        let attn = self.self_attn.output(context);
 
         let mut h = None;
         let input = normed(

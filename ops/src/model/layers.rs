@@ -9,7 +9,8 @@ use crate::kernels::matmul::{
     Activations, Results, inference_weight, linear_matmul_as, linear_matmul_shared_as,
 };
 use crate::kernels::{
-    Precision, WeightLayout, rms_norm, rms_norm_products, sum_rms_norm_products, swiglu_product,
+    Precision, WeightLayout, attention_product, rms_norm, rms_norm_products, sum_rms_norm_products,
+    swiglu_product,
 };
 
 /// `y = x W + b` with `W: [in, out]`.
@@ -163,6 +164,31 @@ impl<B: ModelBackend> Linear<B> {
         let y = swiglu_product(
             gate.reshape([batch * seq, d_in]),
             up.reshape([batch * seq, d_in]),
+            self.weight.val(),
+            WeightLayout::InOut,
+            self.precision,
+            self.activations,
+        );
+        self.finish(y, batch, seq)
+    }
+
+    /// `forward` of the causal attention of `q`, `k` and `v` (in
+    /// `attention`, see [`crate::kernels::attention`]) as `[batch, seq,
+    /// heads * d]`, the attention's output written as this layer's product
+    /// reads it ([`attention_product`]).
+    pub fn forward_attention(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        attention: Precision,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, _, _] = q.dims();
+        let y = attention_product(
+            q,
+            k,
+            v,
+            attention,
             self.weight.val(),
             WeightLayout::InOut,
             self.precision,

@@ -40,7 +40,10 @@ impl TypedOp for Align {
     // gradient as it writes its own (`RowOps::rms_norm_backward`), which a
     // kernel compiler may contract: the sum can differ in its last bit
     // from the separate add's. The CPU's is the add's, bit for bit.
-    const VERSION: u32 = 4;
+    // 5: under `precision: bf16` on CUDA, attention writes its output in
+    // bf16, as `o_proj` reads it (`ProductInputOps::attention_product`),
+    // and its backward's row sums `dO . O` read that rounded output.
+    const VERSION: u32 = 5;
     const DESCRIPTION: &'static str =
         "Supervised fine-tuning on chat data, with the loss on assistant tokens only.";
 

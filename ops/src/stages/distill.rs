@@ -129,7 +129,10 @@ impl TypedOp for Distill {
     // gradient as it writes its own (`RowOps::rms_norm_backward`), which a
     // kernel compiler may contract: the sum can differ in its last bit
     // from the separate add's. The CPU's is the add's, bit for bit.
-    const VERSION: u32 = 4;
+    // 5: under `precision: bf16` on CUDA, attention writes its output in
+    // bf16, as `o_proj` reads it (`ProductInputOps::attention_product`),
+    // and its backward's row sums `dO . O` read that rounded output.
+    const VERSION: u32 = 5;
     const DESCRIPTION: &'static str = "Trains a student on a frozen teacher's logits (knowledge distillation): a teacher model run at every step, or the top-K logits a `teacher_logits` stage stored.";
 
     fn slots(&self) -> Vec<Slot> {

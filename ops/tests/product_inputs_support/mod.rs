@@ -1,7 +1,8 @@
 //! The row ops that write the products' operands
 //! (`kernels::product_inputs`) against their composition, for any backend:
 //! RMSNorm (of a tensor, or of a residual add it sums) then one input's
-//! products with several weights, SwiGLU then a product. The fused ops promise the composition's values bit for bit
+//! products with several weights, SwiGLU then a product, attention then
+//! `o_proj`. The fused ops promise the composition's values bit for bit
 //! (the same f32 arithmetic, then the same rounding), in inference and
 //! under autodiff (the products and every gradient), so that is what is
 //! asserted; the composition itself is checked against float64 by
@@ -19,9 +20,10 @@
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use distillery_ops::kernels::{
-    Activations, MatmulOps, Precision, ProductInputOps, Results, WeightLayout, linear_matmul,
-    linear_matmul_as, linear_matmul_shared, linear_matmul_shared_as, rms_norm, rms_norm_products,
-    sum_rms_norm_products, swiglu, swiglu_product,
+    Activations, MatmulOps, Precision, ProductInputOps, Results, WeightLayout, attention_product,
+    causal_attention_in, linear_matmul, linear_matmul_as, linear_matmul_shared,
+    linear_matmul_shared_as, rms_norm, rms_norm_products, sum_rms_norm_products, swiglu,
+    swiglu_product,
 };
 use distillery_ops::rng::SplitMix64;
 
@@ -145,6 +147,11 @@ where
     // (rows, width): an odd width (vectors of one), and one of 4s.
     for (rows, width) in [(13, 5), (40, 96)] {
         check_swiglu_product::<B, AB>(rows, width, inner, device, writes_rounded);
+    }
+    // [batch, seq, heads, kv_heads, d]: grouped-query ratios 3 and 1, an
+    // odd length.
+    for shape in [[2, 7, 6, 2, 16], [1, 12, 3, 3, 8]] {
+        check_attention_product::<B, AB>(shape, inner, device, kernels);
     }
 }
 
@@ -808,5 +815,183 @@ fn assert_training_same(what: &str, reference: &str, fused: &[Vec<f32>], want: &
             f,
             c,
         );
+    }
+}
+
+/// Attention then `o_proj` ([`attention_product`]) against the
+/// composition ([`causal_attention_in`], then the product of its rows).
+///
+/// In inference the two agree bit for bit in both precisions and
+/// activation modes (the attention's output rounded by its own kernel, as
+/// the product's cast would round it), and so does the output
+/// `causal_attention_trained` writes, against the f32 output rounded as
+/// `trained_operand` rounds it; on CubeCL under bf16 it is written in the
+/// 16-bit dtype.
+///
+/// In a training step the result and the weight's gradient agree bit for
+/// bit. So do q's, k's and v's on the CPU and in f32; where the output is
+/// written rounded (CubeCL under bf16), the backward's row sums
+/// `dO . O` read the rounded output the product read, so those three are
+/// held within 2^-8 of their largest instead.
+fn check_attention_product<B, AB>(
+    [batch, seq, heads, kv_heads, d]: [usize; 5],
+    inner: &B::Device,
+    device: &AB::Device,
+    kernels: Kernels,
+) where
+    B: ProductInputOps,
+    AB: AutodiffBackend<InnerBackend = B> + ProductInputOps,
+{
+    let n = 11;
+    let width = heads * d;
+    let q_dims = [batch, seq, heads, d];
+    let kv_dims = [batch, seq, kv_heads, d];
+    let mut rng = SplitMix64::new(71 + width as u64);
+    let q = random(&mut rng, batch * seq * width, 1.5);
+    let k = random(&mut rng, batch * seq * kv_heads * d, 1.5);
+    let v = random(&mut rng, batch * seq * kv_heads * d, 2.0);
+    let w = random(&mut rng, width * n, 1.0);
+    let r = random(&mut rng, batch * seq * n, 1.0);
+    let scale = 1.0 / (d as f32).sqrt();
+    for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+        let dims = weight_dims(width, n, layout);
+        for precision in [Precision::F32, Precision::Bf16] {
+            let what = format!(
+                "attention {q_dims:?} on {kv_dims:?} then o_proj, {layout:?} {precision:?}"
+            );
+
+            // Inference.
+            let t4 = |x: &[f32], d: [usize; 4]| {
+                Tensor::<B, 4>::from_data(TensorData::new(x.to_vec(), d), inner)
+            };
+            let (qt, kt, vt) = (t4(&q, q_dims), t4(&k, kv_dims), t4(&v, kv_dims));
+            let wt = Tensor::<B, 2>::from_data(TensorData::new(w.clone(), dims), inner);
+            let context = causal_attention_in(qt.clone(), kt.clone(), vt.clone(), precision)
+                .reshape([batch * seq, width]);
+            for activations in [Activations::TwoParts, Activations::Rounded] {
+                let what = format!("{what}, activations {activations:?}");
+                let fused = attention_product(
+                    qt.clone(),
+                    kt.clone(),
+                    vt.clone(),
+                    precision,
+                    wt.clone(),
+                    layout,
+                    precision,
+                    activations,
+                );
+                assert_eq!(fused.dims(), [batch * seq, n], "{what}: shape");
+                assert_eq!(fused.dtype(), DType::F32, "{what}: dtype");
+                let composed =
+                    linear_matmul_as(context.clone(), wt.clone(), layout, precision, activations);
+                assert_same(
+                    &format!("{what}: against the composition"),
+                    &values(fused),
+                    &values(composed),
+                );
+            }
+            let (trained, lse) = B::causal_attention_trained(
+                qt.clone().into_primitive().tensor(),
+                kt.clone().into_primitive().tensor(),
+                vt.clone().into_primitive().tensor(),
+                scale,
+                true,
+                precision,
+                precision,
+            );
+            assert!(lse.is_some(), "{what}: the log-sum-exp was asked for");
+            let want = B::trained_operand(context.clone().into_primitive().tensor(), precision);
+            assert_eq!(
+                trained.dtype(),
+                want.dtype(),
+                "{what}: the trained output's dtype"
+            );
+            let rounded =
+                kernels == Kernels::Cube && precision == Precision::Bf16 && rounds::<B>(inner);
+            assert_eq!(
+                trained.dtype() != DType::F32,
+                rounded,
+                "{what}: the trained output is {:?}",
+                trained.dtype()
+            );
+            assert_same(
+                &format!("{what}: the trained output against the f32 output rounded"),
+                &values(
+                    Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(trained))
+                        .reshape([batch * seq, width]),
+                ),
+                &values(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(want))),
+            );
+
+            // Training: the fused op against the composition.
+            let run = |fused: bool| {
+                let t = |x: &[f32], d: [usize; 4]| {
+                    Tensor::<AB, 4>::from_data(TensorData::new(x.to_vec(), d), device)
+                        .require_grad()
+                };
+                let (qt, kt, vt) = (t(&q, q_dims), t(&k, kv_dims), t(&v, kv_dims));
+                let wt = Tensor::<AB, 2>::from_data(TensorData::new(w.clone(), dims), device)
+                    .require_grad();
+                let y = if fused {
+                    attention_product(
+                        qt.clone(),
+                        kt.clone(),
+                        vt.clone(),
+                        precision,
+                        wt.clone(),
+                        layout,
+                        precision,
+                        Activations::TwoParts,
+                    )
+                } else {
+                    let context =
+                        causal_attention_in(qt.clone(), kt.clone(), vt.clone(), precision);
+                    linear_matmul(
+                        context.reshape([batch * seq, width]),
+                        wt.clone(),
+                        layout,
+                        precision,
+                    )
+                };
+                assert_eq!(
+                    y.dtype(),
+                    DType::F32,
+                    "{what}: the training product's dtype"
+                );
+                let rt = Tensor::<AB, 2>::from_data(
+                    TensorData::new(r.clone(), [batch * seq, n]),
+                    device,
+                );
+                let grads = (y.clone() * rt).sum().backward();
+                let mut out = vec![values(y.inner())];
+                let gradient = |name: &str, d: Option<Tensor<B, 4>>| {
+                    let d = d.unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+                    assert_eq!(d.dtype(), DType::F32, "{what}: {name}'s gradient dtype");
+                    values(d)
+                };
+                out.push(gradient("q", qt.grad(&grads)));
+                out.push(gradient("k", kt.grad(&grads)));
+                out.push(gradient("v", vt.grad(&grads)));
+                let dw = wt
+                    .grad(&grads)
+                    .unwrap_or_else(|| panic!("{what}: no gradient for the weight"));
+                out.push(values(dw));
+                out
+            };
+            let (fused, composed) = (run(true), run(false));
+            for ((f, c), name) in fused
+                .iter()
+                .zip(&composed)
+                .zip(["y", "dq", "dk", "dv", "dw"])
+            {
+                let what = format!("{what}: training {name} against the composition's");
+                if rounded && matches!(name, "dq" | "dk" | "dv") {
+                    // 2^-8 of the largest: 2^15 f32 ulps.
+                    assert_within_ulps(&what, f, c, 32768.0);
+                } else {
+                    assert_same(&what, f, c);
+                }
+            }
+        }
     }
 }
