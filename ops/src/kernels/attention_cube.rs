@@ -57,7 +57,7 @@ fn attention_rows<O: Float, N: Size>(
     scale: f32,
     #[comptime] d_vectors: usize,
     #[comptime] with_lse: bool,
-    #[define(O)] _out: StorageType,
+    #[define(O)] _out_dtype: StorageType,
 ) {
     let unit = row_unit();
     if unit >= queries {

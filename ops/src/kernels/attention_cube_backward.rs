@@ -55,7 +55,7 @@ fn attention_delta<O: Float, N: Size>(
     delta: &mut Tensor<f32>,
     rows: u32,
     #[comptime] d_vectors: usize,
-    #[define(O)] _out: StorageType,
+    #[define(O)] _out_dtype: StorageType,
 ) {
     let row = row_unit();
     if row >= rows {

@@ -644,9 +644,10 @@ mod on_autodiff {
                     activations,
                 );
             }
-            // The attention writes its output rounded (its f32 result's
-            // dtype is its gradient's and the product's); its backward
-            // reads that output, which is what the product read.
+            // The attention's node holds its output rounded, as the
+            // product reads it; the product sends back an f32 gradient (the
+            // dtype of the attention's f32 arithmetic), and the attention's
+            // backward reads that rounded output for its row sums.
             let [batch, seq, heads, d]: [usize; 4] = q.primitive.shape().dims();
             let (context, _) =
                 attention_node::<B, C>(q, k, v, scale, attention, false, |q, k, v, lse| {
