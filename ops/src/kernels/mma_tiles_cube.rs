@@ -121,9 +121,8 @@ pub fn emulated_execute<E: Float>(
     }
 }
 
-/// `dst[r * stride + c] = acc[r * 16 + c]`: `cmma::store`, row-major, of
-/// an accumulator cast to `dst`'s type (`cmma::cast`), as the
-/// emulation rounds each f32 sum once, as it is stored.
+/// `dst[r * stride + c] = acc[r * 16 + c]`: `cmma::cast` to `dst`'s type
+/// then `cmma::store`, row-major, each f32 sum rounded as it is stored.
 #[cube]
 pub fn emulated_store<O: Float>(
     dst: &mut Slice<O, ReadWrite>,
@@ -293,7 +292,7 @@ pub fn accumulate_products<E: Float>(
 
 /// The accumulators to `dst`'s 16 rows at `at` (rows `stride` apart),
 /// each f32 sum rounded to `dst`'s type as it is stored (`cmma::cast`,
-/// nothing where that is f32).
+/// which is no instruction where `dst` is f32 in the Rust type).
 #[cube]
 pub fn store_rows<O: Float>(
     acc: &Sequence<cmma::Matrix<f32>>,
