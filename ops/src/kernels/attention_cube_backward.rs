@@ -28,19 +28,20 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-/// The dot product of `d_vectors` vectors at `a[a_at..]` and `b[b_at..]`.
+/// The dot product of `d_vectors` vectors at `a[a_at..]` and `b[b_at..]`,
+/// `b` read in its own float type and summed in f32.
 #[cube]
-fn dot<N: Size>(
+fn dot<E: Float, N: Size>(
     a: &Tensor<Vector<f32, N>>,
     a_at: usize,
-    b: &Tensor<Vector<f32, N>>,
+    b: &Tensor<Vector<E, N>>,
     b_at: usize,
     #[comptime] d_vectors: usize,
 ) -> f32 {
     let mut acc = Vector::<f32, N>::empty().fill(f32::new(0.0));
     #[unroll]
     for t in 0..d_vectors {
-        acc += a[a_at + t] * b[b_at + t];
+        acc += a[a_at + t] * Vector::<f32, N>::cast_from(b[b_at + t]);
     }
     lane_sum(acc)
 }
@@ -62,12 +63,7 @@ fn attention_delta<O: Float, N: Size>(
         terminate!();
     }
     let at = row as usize * d_vectors;
-    let mut acc = Vector::<f32, N>::empty().fill(f32::new(0.0));
-    #[unroll]
-    for t in 0..d_vectors {
-        acc += grad_out[at + t] * Vector::<f32, N>::cast_from(out[at + t]);
-    }
-    delta[row as usize] = lane_sum(acc);
+    delta[row as usize] = dot(grad_out, at, out, at, d_vectors);
 }
 
 /// `dq` for every query: unit over (batch, head, query), queries fastest.

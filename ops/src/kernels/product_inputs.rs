@@ -631,6 +631,8 @@ mod on_autodiff {
             precision: Precision,
             activations: Activations,
         ) -> FloatTensor<Self> {
+            // The node below sends back an f32 gradient: values in another
+            // dtype take the composition, whose gradients follow theirs.
             if !rounds::<B>(&q.primitive, precision) || v.primitive.dtype() != DType::F32 {
                 return composed_attention_product::<Self>(
                     q,
